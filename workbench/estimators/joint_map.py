@@ -1,0 +1,392 @@
+"""Joint MAP: maximise the log joint over (mu, sigma, tau, group effects) in one go, from K
+starts in parallel, and say what each start found.
+
+Objective: `densities.log_joint` (h-likelihood without priors, or the PyMC density with priors),
+in the centered or non-centered parametrization. Optimiser, per start: L-BFGS-B on
+x = (mu, log sigma, log tau, u) (diagonally rescaled; log sigma and log tau boxed far from the
+data's scale so that a run toward tau -> 0 or infinity stops at a box edge), then Newton steps
+with the exact arrowhead Hessian where it is negative definite.
+
+Every end point is classified:
+* interior -- gradient ~ 0 (Newton decrement < 1e-8) and Hessian negative definite;
+* collapse -- tau -> 0 with the log joint still rising (unbounded: the funnel);
+* boundary -- tau -> 0 with the log joint levelling off (a finite supremum at tau = 0);
+* escape -- tau -> infinity (e.g. the non-centered h-likelihood, whose supremum is the
+  no-pooling fit);
+* not_converged -- anything else.
+The headline joint MAP is the best interior local maximum; if there is none, the result says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize, stats as sps
+
+from .. import densities as dens
+from ..densities import Arrowhead, Stats
+from ..priors import Priors
+
+BOX = 18.0  # log sigma, log tau boxed to log(sd(y)) +- BOX (a factor of 6.6e7 either way)
+ESCAPE_AT = 8.0  # a run whose tau passes e^8 sd(y) (about 3000 sd(y)) is stopped as escaping
+DECREMENT_TOL = 1e-8
+FIND_MAP_NOTE = (
+    "pm.find_MAP maximises the same density with priors (constrained scale, no Jacobian) by one "
+    "L-BFGS-B run from the model's initial point and reports success even where tau has "
+    "collapsed towards 0; here every start is run to its end and classified, and a collapsed "
+    "point is never reported as the MAP."
+)
+SCALE_NOTE = (
+    "The joint mode is taken of the log joint density of (y, {effects}) given (mu, sigma, tau)"
+    "{prior_part}; it is a mode on the sigma and tau scale (no Jacobian), so it is the same "
+    "point on the sigma^2 and tau^2 scale, but not a mode of the log sigma scale or of the "
+    "other parametrization."
+)
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """One start: where it began (`kind`), where it ended and what that end point is."""
+
+    index: int
+    kind: str  # eb, pooled, no_pooling, random
+    status: str
+    log_joint: float
+    x: np.ndarray
+    iterations: int
+    decrement: float | None
+    parametrization: str
+
+    @property
+    def mu(self) -> float:
+        return float(self.x[0])
+
+    @property
+    def sigma2(self) -> float:
+        return float(np.exp(2.0 * self.x[1]))
+
+    @property
+    def tau2(self) -> float:
+        return float(np.exp(2.0 * self.x[2]))
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "start": self.kind, "status": self.status,
+                "log_joint": self.log_joint, "mu": self.mu, "sigma2": self.sigma2,
+                "tau2": self.tau2, "iterations": self.iterations,
+                "newton_decrement": self.decrement}
+
+
+@dataclass(frozen=True)
+class JointMapResult:
+    parametrization: str
+    with_priors: bool
+    status: str  # interior or no_interior_mode
+    best: StartResult | None
+    starts: tuple[StartResult, ...]
+    labels: tuple[str, ...]
+    message: str
+    intervals: dict = field(default_factory=dict)
+    level: float = 0.95
+
+    @property
+    def mu(self) -> float | None:
+        return self.best.mu if self.best else None
+
+    @property
+    def sigma2(self) -> float | None:
+        return self.best.sigma2 if self.best else None
+
+    @property
+    def tau2(self) -> float | None:
+        return self.best.tau2 if self.best else None
+
+    @property
+    def log_joint(self) -> float | None:
+        return self.best.log_joint if self.best else None
+
+    @property
+    def group_effects(self) -> np.ndarray | None:
+        return dens.group_effects(self.best.x, self.parametrization) if self.best else None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.starts:
+            out[s.status] = out.get(s.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict:
+        out = {
+            "objective": "log joint with priors" if self.with_priors
+            else "log joint without priors (h-likelihood)",
+            "parametrization": self.parametrization,
+            "status": self.status,
+            "message": self.message,
+            "mu": self.mu,
+            "sigma2": self.sigma2,
+            "tau2": self.tau2,
+            "log_joint": self.log_joint,
+            "start_counts": self.counts(),
+            "starts": [s.to_dict() for s in self.starts],
+            "scale": SCALE_NOTE.format(
+                effects="a_j" if self.parametrization == "centered" else "z_j",
+                prior_part=" times the priors of mu, sigma and tau" if self.with_priors else ""),
+        }
+        if self.with_priors:
+            out["find_map"] = FIND_MAP_NOTE
+        if self.intervals:
+            out["ci_level"] = self.level
+            out["ci_hessian"] = self.intervals
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One start (a pure function of plain arrays: it runs in worker processes)
+
+
+def _newton_polish(x, st, par, priors, lo, hi, max_iter=50):
+    """Damped Newton steps while the Hessian is negative definite; returns (x, decrement, its)."""
+    value, g = dens.log_joint_and_grad(x, st, par, priors)
+    dec = None
+    for it in range(max_iter):
+        H = dens.log_joint_hessian(x, st, par, priors)
+        if not H.is_negative_definite():
+            return x, None, it
+        step = -H.solve(g)
+        dec = float(g @ step)  # g' (-H)^-1 g >= 0
+        if dec < 1e-20:
+            return x, dec, it
+        t = 1.0
+        while t > 1e-10:
+            x_new = x + t * step
+            if np.all(x_new[1:3] > lo) and np.all(x_new[1:3] < hi):
+                v_new, g_new = dens.log_joint_and_grad(x_new, st, par, priors)
+                if np.isfinite(v_new) and v_new >= value - 1e-12 * abs(value):
+                    break
+            t *= 0.5
+        else:
+            return x, dec, it
+        x, value, g = x_new, v_new, g_new
+    H = dens.log_joint_hessian(x, st, par, priors)
+    if not H.is_negative_definite():
+        return x, None, max_iter
+    return x, float(g @ -H.solve(g)), max_iter
+
+
+def _unbounded_towards_zero(x, st, par, priors) -> bool:
+    """Does the log joint keep rising as tau shrinks further from x (effects re-optimised)?"""
+    mu, sigma, tau, _ = dens.unpack(x)
+
+    def best_at(log_tau: float) -> float:
+        t = np.exp(log_tau)
+        a, _ = dens.conditional_effects(mu, sigma * sigma, t * t, st)
+        u = a if par == "centered" else a / t
+        return dens.log_joint(np.concatenate([[mu, np.log(sigma), log_tau], u]), st, par, priors)
+
+    return best_at(x[2] - 5.0) > best_at(x[2]) + 1.0
+
+
+def _rises_towards_infinity(x, st, par, priors) -> bool:
+    """Does the log joint keep rising as tau grows with the group effects a_j held fixed?"""
+    far = x.copy()
+    far[2] += 5.0
+    if par == "noncentered":
+        far[3:] *= np.exp(-5.0)
+    return dens.log_joint(far, st, par, priors) > dens.log_joint(x, st, par, priors)
+
+
+def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
+              priors: Priors | None, log_sd: float) -> StartResult:
+    """Maximise the log joint from x0 and classify the end point."""
+    lo, hi = log_sd - BOX, log_sd + BOX
+    x0 = x0.copy()
+    x0[1:3] = np.clip(x0[1:3], lo + 1.0, hi - 1.0)
+    H0 = dens.log_joint_hessian(x0, st, par, priors)
+    diag = np.concatenate([H0.A.diagonal(), H0.d])
+    scale = 1.0 / np.sqrt(np.maximum(-diag, 1e-8 * np.max(np.abs(diag))))
+    scale[1:3] = 1.0  # keep log sigma / log tau unscaled so the box stays simple
+
+    def negf(y):
+        v, g = dens.log_joint_and_grad(y * scale, st, par, priors)
+        if not np.isfinite(v):
+            return np.inf, np.zeros_like(y)
+        return -v, -g * scale
+
+    bounds = [(None, None), (lo / scale[1], hi / scale[1]), (lo / scale[2], hi / scale[2])]
+    bounds += [(None, None)] * st.m
+    state = {"it": 0, "escaping": False}
+
+    def stop_escaping(y):
+        """Stop a run that is walking off to tau -> infinity: past e^ESCAPE_AT sd(y), or (checked
+        every 100 iterations) tau has grown, the Hessian is not negative definite and the log
+        joint still rises along the ray tau -> infinity."""
+        state["it"] += 1
+        if y[2] > log_sd + ESCAPE_AT:
+            state["escaping"] = True
+            raise StopIteration
+        if state["it"] % 100 == 0 and y[2] > x0[2] + 1.0:
+            x = y * scale
+            if (not dens.log_joint_hessian(x, st, par, priors).is_negative_definite()
+                    and _rises_towards_infinity(x, st, par, priors)):
+                state["escaping"] = True
+                raise StopIteration
+
+    res = optimize.minimize(negf, x0 / scale, jac=True, method="L-BFGS-B", bounds=bounds,
+                            callback=stop_escaping,
+                            options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-15,
+                                     "gtol": 1e-12, "maxcor": 20})
+    x = res.x * scale
+    iters = int(res.nit)
+    near_lo = lambda v: v < lo + 1.0  # noqa: E731
+    dec = None
+    if near_lo(x[2]):
+        status = "collapse" if _unbounded_towards_zero(x, st, par, priors) else "boundary"
+    elif state["escaping"]:
+        status = "escape"
+    elif near_lo(x[1]):
+        status = "collapse"
+    else:
+        x, dec, newton_its = _newton_polish(x, st, par, priors, lo, hi)
+        iters += newton_its
+        if dec is not None and dec < DECREMENT_TOL:
+            status = "interior"
+        elif _rises_towards_infinity(x, st, par, priors):
+            status = "escape"
+        else:
+            status = "not_converged"
+    return StartResult(index=index, kind=kind, status=status,
+                       log_joint=dens.log_joint(x, st, par, priors), x=x, iterations=iters,
+                       decrement=dec, parametrization=par)
+
+
+# ----------------------------------------------------------------------------------------------
+# Starts
+
+
+def make_starts(st: Stats, par: str, eb_point: tuple[float, float, float], k: int,
+                seed: int, sd_y: float) -> list[tuple[str, np.ndarray]]:
+    """K starting points: the EB point with its conditional modes, the pooled fit, the no-pooling
+    fit, and random points around the EB point drawn from `seed`."""
+    mu_eb, s_eb, t_eb = eb_point
+    t_floor = (0.05 * sd_y) ** 2
+    pooled_mean = float(st.n @ st.ybar / st.N)
+
+    def point(mu, s, t, a):
+        u = a if par == "centered" else a / np.sqrt(t)
+        return np.concatenate([[mu, 0.5 * np.log(s), 0.5 * np.log(t)], u])
+
+    t_eb_pos = max(t_eb, t_floor)
+    a_eb, _ = dens.conditional_effects(mu_eb, s_eb, t_eb_pos, st)
+    starts = [
+        ("eb", point(mu_eb, s_eb, t_eb_pos, a_eb)),
+        ("pooled", point(pooled_mean, sd_y**2, t_floor, np.zeros(st.m))),
+        ("no_pooling", point(pooled_mean, st.W / max(st.N - st.m, 1.0),
+                             max(float(np.var(st.ybar)), t_floor), st.ybar - pooled_mean)),
+    ]
+    rng = np.random.default_rng(seed)
+    se_mu = np.sqrt(s_eb / st.N + t_eb_pos / st.m)
+    while len(starts) < k:
+        mu = mu_eb + 2.0 * se_mu * rng.standard_normal()
+        s = s_eb * np.exp(rng.normal(0.0, 0.7))
+        t = t_eb_pos * np.exp(rng.normal(0.0, 1.5))
+        a, v = dens.conditional_effects(mu, s, t, st)
+        a = a + np.sqrt(v) * rng.standard_normal(st.m)
+        starts.append(("random", point(mu, s, t, a)))
+    return starts[:k]
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
+               labels: tuple[str, ...], level: float) -> dict:
+    """Wald intervals from the Hessian at the mode: mu directly, sigma^2 and tau^2 through
+    log sigma and log tau, group means mu_j = mu + a_j by the delta method."""
+    H = dens.log_joint_hessian(best.x, st, par, priors)
+    neg = Arrowhead(-H.A, -H.B, -H.d)
+    top, border, diag_u = neg.inverse_blocks()
+    zq = float(sps.norm.ppf(0.5 + level / 2.0))
+    mu, ls, lt = best.x[:3]
+    tau = float(np.exp(lt))
+    u = best.x[3:]
+    if par == "centered":
+        var_a = diag_u
+        var_mean = top[0, 0] + diag_u + 2.0 * border[:, 0]
+    else:  # a = tau z: gradient of a_j in (log tau, z_j) is (tau z_j, tau)
+        var_a = (tau * u) ** 2 * top[2, 2] + tau**2 * diag_u + 2.0 * tau**2 * u * border[:, 2]
+        var_mean = (top[0, 0] + (tau * u) ** 2 * top[2, 2] + tau**2 * diag_u
+                    + 2.0 * tau * u * top[0, 2] + 2.0 * tau * border[:, 0]
+                    + 2.0 * tau**2 * u * border[:, 2])
+    a = dens.group_effects(best.x, par)
+    se_mu, se_ls, se_lt = np.sqrt(np.diag(top))
+    out = {
+        "mu": [mu - zq * se_mu, mu + zq * se_mu],
+        "sigma2": [float(np.exp(2 * (ls - zq * se_ls))), float(np.exp(2 * (ls + zq * se_ls)))],
+        "tau2": [float(np.exp(2 * (lt - zq * se_lt))), float(np.exp(2 * (lt + zq * se_lt)))],
+        "se": {"mu": float(se_mu), "log_sigma": float(se_ls), "log_tau": float(se_lt)},
+        "random_effects": {
+            lab: {"mode": float(a[j]), "sd": float(np.sqrt(var_a[j])),
+                  "group_mean": float(mu + a[j]),
+                  "group_mean_ci": [float(mu + a[j] - zq * np.sqrt(var_mean[j])),
+                                    float(mu + a[j] + zq * np.sqrt(var_mean[j]))]}
+            for j, lab in enumerate(labels)
+        },
+    }
+    out["mu"] = [float(v) for v in out["mu"]]
+    return out
+
+
+def _message(status: str, best: StartResult | None, counts: dict, par: str, with_priors: bool,
+             k: int) -> str:
+    what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
+    tally = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
+    if status == "interior":
+        caveat = ("It is a local maximum only: the centered log joint is unbounded as tau -> 0."
+                  if par == "centered" else
+                  "It is a mode of the non-centered density, a different point from the centered "
+                  "joint mode (the two differ by the term m log tau).")
+        return (f"Interior local maximum of the {what} found ({tally} of {k} starts): "
+                f"sigma^2 = {best.sigma2:.6g}, tau^2 = {best.tau2:.6g}. {caveat}")
+    hints = []
+    if counts.get("collapse"):
+        hints.append("the log joint rises without bound as tau -> 0 (all group effects pulled "
+                      "to mu), so no global joint mode exists")
+    if counts.get("escape"):
+        hints.append("runs escaped to tau -> infinity (the supremum there is the no-pooling fit)")
+    if counts.get("boundary"):
+        hints.append("runs stopped at tau -> 0 where the log joint levels off (the pooled fit)")
+    if counts.get("not_converged"):
+        hints.append("some runs did not converge")
+    return (f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
+            f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP.")
+
+
+def fit(st: Stats, *, parametrization: str = "centered", priors: Priors | None = None,
+        eb_point: tuple[float, float, float], sd_y: float, labels: tuple[str, ...],
+        n_starts: int = 16, seed: int = 0, n_jobs: int = -1, level: float = 0.95,
+        parallel_threshold: int = 20000) -> JointMapResult:
+    """Multi-start joint MAP. Starts run in `n_jobs` processes (joblib/loky; -1 = all cores);
+    when n_starts x m is below `parallel_threshold` they run in this process, because starting
+    workers costs more than the fits. Results do not depend on n_jobs."""
+    starts = make_starts(st, parametrization, eb_point, n_starts, seed, sd_y)
+    log_sd = float(np.log(sd_y))
+    jobs = [(i, kind, x0, st, parametrization, priors, log_sd)
+            for i, (kind, x0) in enumerate(starts)]
+    if n_jobs == 1 or n_starts * st.m < parallel_threshold:
+        results = [run_start(*job) for job in jobs]
+    else:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=n_jobs)(delayed(run_start)(*job) for job in jobs)
+    interior = [r for r in results if r.status == "interior"]
+    best = max(interior, key=lambda r: r.log_joint) if interior else None
+    status = "interior" if best else "no_interior_mode"
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    intervals = (_intervals(best, st, parametrization, priors, labels, level) if best else {})
+    return JointMapResult(parametrization=parametrization, with_priors=priors is not None,
+                          status=status, best=best, starts=tuple(results), labels=labels,
+                          message=_message(status, best, counts, parametrization,
+                                           priors is not None, n_starts),
+                          intervals=intervals, level=level)
