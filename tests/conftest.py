@@ -1,0 +1,37 @@
+"""Shared fixtures: the shipped data sets and lme4's reference numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench.data import GroupedData, from_arrays, load_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "models" / "data"
+CASES = {"dyestuff": ("Yield", "Batch"), "dyestuff2": ("Yield", "Batch"),
+         "hsb82": ("mAch", "school")}
+
+
+@pytest.fixture(scope="session")
+def lme4() -> dict:
+    """lme4 1.1-31 fits (tests/reference/lme4_oneway.R)."""
+    return json.loads((ROOT / "tests" / "reference" / "lme4_oneway.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def datasets() -> dict[str, GroupedData]:
+    return {name: load_csv(DATA / f"{name}.csv", *cols) for name, cols in CASES.items()}
+
+
+def simulate(m: int, sizes, mu: float, sigma: float, tau: float, seed: int) -> GroupedData:
+    """Data from the one-way model; `sizes` is an int (balanced) or an array of group sizes."""
+    rng = np.random.default_rng(seed)
+    n = np.full(m, sizes) if np.isscalar(sizes) else np.asarray(sizes)
+    g = np.repeat(np.arange(m), n)
+    theta = mu + tau * rng.standard_normal(m)
+    y = theta[g] + sigma * rng.standard_normal(g.size)
+    return from_arrays(y, [f"g{j}" for j in g])

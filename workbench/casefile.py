@@ -1,0 +1,67 @@
+"""Declarative case files (`models/NAME.toml`): data, columns, priors, sampler settings, seed."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+SECTIONS = {
+    "data": {"path", "y", "group"},
+    "compare": {"methods", "seed", "parametrization", "n_starts", "n_jobs"},
+    "mcmc": {"chains", "draws", "tune", "target_accept"},
+    "priors": {"mu_loc", "mu_scale", "sigma_scale", "tau_scale"},
+    "output": {"json", "posterior"},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: Path
+    title: str
+    data_path: Path
+    y: str
+    group: str
+    compare_kwargs: dict
+    json_path: Path
+    posterior_path: Path | None
+
+
+def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
+    """Read and check a case file; data paths are relative to the case file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such case file; see models/ for examples.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    for key, value in raw.items():
+        if key in ("title", "description"):
+            continue
+        if key not in SECTIONS:
+            raise InputError(f"{path}: unknown section [{key}]; use "
+                             f"{', '.join(f'[{s}]' for s in SECTIONS)}.")
+        bad = set(value) - SECTIONS[key]
+        if bad:
+            raise InputError(f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
+                             f"{', '.join(sorted(SECTIONS[key]))}.")
+    data = raw.get("data", {})
+    for k in ("path", "y", "group"):
+        if k not in data:
+            raise InputError(f"{path}: [data] needs '{k}'.")
+    kwargs = dict(raw.get("compare", {}))
+    kwargs.update(raw.get("mcmc", {}))
+    if raw.get("priors"):
+        kwargs["priors"] = dict(raw["priors"])
+    out = raw.get("output", {})
+    name = path.stem
+    posterior = out.get("posterior", str(reports_dir / f"{name}.posterior.nc"))
+    return Case(name=name, path=path, title=raw.get("title", name),
+                data_path=(path.parent / data["path"]).resolve(), y=data["y"],
+                group=data["group"], compare_kwargs=kwargs,
+                json_path=Path(out.get("json", reports_dir / f"{name}.json")),
+                posterior_path=Path(posterior) if posterior else None)

@@ -1,0 +1,128 @@
+"""Command line: `workbench compare DATA.csv --y COL --group COL ...` and
+`workbench run models/NAME.toml`. Bad input: one line on stderr, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2, no usage dump
+        self.exit(2, f"workbench: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("compare", help="fit one data set every way and compare")
+    c.add_argument("data", help="CSV file")
+    c.add_argument("--y", required=True, help="response column")
+    c.add_argument("--group", required=True, help="grouping column")
+    c.add_argument("--methods", default=None,
+                   help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--chains", type=int, default=4)
+    c.add_argument("--draws", type=int, default=1000)
+    c.add_argument("--tune", type=int, default=1000)
+    c.add_argument("--target-accept", type=float, default=0.9)
+    c.add_argument("--parametrization", default="noncentered",
+                   help="noncentered (default) or centered")
+    c.add_argument("--n-starts", type=int, default=16, help="joint-MAP starts (default 16)")
+    c.add_argument("--n-jobs", type=int, default=-1, help="processes (-1: all cores)")
+    c.add_argument("--json", type=Path, default=None, help="write the JSON record here")
+    c.add_argument("--posterior", type=Path, default=None,
+                   help="write the posterior (NetCDF) here")
+    c.add_argument("--quiet", action="store_true", help="no progress messages")
+    r = sub.add_parser("run", help="run a case file from models/")
+    r.add_argument("case", help="models/NAME.toml")
+    r.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    if path is None:
+        return
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: folder {parent} does not exist; create it or choose "
+                         f"another path.")
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name.")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+
+    def say(step: str) -> None:
+        print(f"[workbench] {step} ...", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet) -> int:
+    from .compare import compare
+    from .estimators.mcmc import save_netcdf
+
+    _check_writable(json_path, "--json")
+    _check_writable(posterior_path, "--posterior")
+    result = compare(data, y, group, progress=_progress(quiet), **kwargs)
+    print(result.table())
+    if json_path is not None:
+        text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        print(f"\nJSON written to {json_path}")
+    if posterior_path is not None and result.mcmc is not None:
+        _atomic_write(posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp))
+        print(f"posterior written to {posterior_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "compare":
+            kwargs = {k: getattr(args, k) for k in (
+                "methods", "seed", "chains", "draws", "tune", "target_accept",
+                "parametrization", "n_starts", "n_jobs")}
+            return _run_compare(args.data, args.y, args.group, kwargs, args.json,
+                                args.posterior, args.quiet)
+        from .casefile import load_case
+
+        case = load_case(args.case)
+        if not args.quiet:
+            print(f"[workbench] case {case.name}: {case.title}", file=sys.stderr)
+        return _run_compare(case.data_path, case.y, case.group, case.compare_kwargs,
+                            case.json_path, case.posterior_path, args.quiet)
+    except InputError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 2
+    except TypeError as exc:  # a case-file value of the wrong type
+        if "argument" in str(exc) or "unexpected" in str(exc):
+            print(f"workbench: error: bad setting: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
