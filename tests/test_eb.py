@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import simulate
 from scipy import optimize
 from scipy import stats as sps
 
-from conftest import simulate
 from workbench import densities as dens
 from workbench.densities import Stats
 from workbench.estimators import anova, eb

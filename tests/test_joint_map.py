@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import simulate
+
 from workbench import densities as dens
 from workbench.densities import Stats
 from workbench.estimators import eb, joint_map

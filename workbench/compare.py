@@ -8,6 +8,7 @@ parametrizations with and without priors, MCMC) -> `Comparison`, which the table
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -217,5 +218,5 @@ def compare(data, y: str | None = None, group: str | None = None, *, methods=Non
         out.mcmc = mcmc_est.fit(gd, pri, mcmc_est.McmcSettings(
             chains=settings.chains, draws=settings.draws, tune=settings.tune,
             target_accept=settings.target_accept, parametrization=settings.parametrization,
-            seed=settings.seed), progressbar=False)
+            seed=settings.seed), progressbar=progress is not None and sys.stderr.isatty())
     return out

@@ -92,7 +92,7 @@ def from_arrays(
     """Validate a response and a grouping vector and build the `GroupedData` record.
 
     Groups keep the order of first appearance (as `pandas.factorize` gives them)."""
-    group = pd.Series(np.asarray(group, dtype=object) if not isinstance(group, pd.Series) else group)
+    group = group if isinstance(group, pd.Series) else pd.Series(np.asarray(group))
     missing = group.isna().to_numpy()
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
@@ -150,7 +150,9 @@ def from_arrays(
 def _check_column(df: pd.DataFrame, name: str, option: str, source: str) -> None:
     if name in df.columns:
         return
-    close = difflib.get_close_matches(name, [str(c) for c in df.columns], n=3, cutoff=0.5)
+    cols = [str(c) for c in df.columns]
+    close = [c for c in cols if c.lower() == name.lower()]
+    close += [c for c in difflib.get_close_matches(name, cols, n=3, cutoff=0.5) if c not in close]
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else (
         f"available columns: {', '.join(map(str, df.columns[:12]))}"
     )

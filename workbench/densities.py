@@ -36,12 +36,12 @@ class Stats:
     wss: np.ndarray
 
     @classmethod
-    def of(cls, data: GroupedData) -> "Stats":
+    def of(cls, data: GroupedData) -> Stats:
         return cls(np.asarray(data.n, float), np.asarray(data.ybar, float),
                    np.asarray(data.wss, float))
 
     @property
-    def N(self) -> float:  # noqa: N802 - the statistics' own notation
+    def N(self) -> float:
         return float(self.n.sum())
 
     @property
@@ -49,7 +49,7 @@ class Stats:
         return int(self.n.size)
 
     @property
-    def W(self) -> float:  # noqa: N802
+    def W(self) -> float:
         return float(self.wss.sum())
 
 
@@ -62,7 +62,8 @@ def log_prior(mu: float, sigma: float, tau: float, priors: Priors) -> float:
     z = (mu - priors.mu_loc) / priors.mu_scale
     return (
         -0.5 * LOG_2PI - np.log(priors.mu_scale) - 0.5 * z * z
-        + LOG_HALFNORMAL_CONST - np.log(priors.sigma_scale) - 0.5 * (sigma / priors.sigma_scale) ** 2
+        + LOG_HALFNORMAL_CONST - np.log(priors.sigma_scale)
+        - 0.5 * (sigma / priors.sigma_scale) ** 2
         + LOG_HALFNORMAL_CONST - np.log(priors.tau_scale) - 0.5 * (tau / priors.tau_scale) ** 2
     )
 
@@ -109,14 +110,14 @@ def log_joint_and_grad(x: np.ndarray, stats: Stats, parametrization: str = "cent
     a = u if centered else tau * u
     r = ybar - mu - a
     nr = n * r
-    S = stats.W + float(nr @ r)  # noqa: N806 - residual sum of squares
-    N, m = stats.N, stats.m  # noqa: N806
+    S = stats.W + float(nr @ r)  # residual sum of squares
+    N, m = stats.N, stats.m
     value = -0.5 * N * (LOG_2PI + 2.0 * x[1]) - 0.5 * S / s2
     grad = np.empty_like(x, dtype=float)
     grad[0] = nr.sum() / s2
     grad[1] = -N + S / s2
     if centered:
-        A = float(u @ u)  # noqa: N806
+        A = float(u @ u)
         value += -0.5 * m * (LOG_2PI + 2.0 * x[2]) - 0.5 * A / t2
         grad[2] = -m + A / t2
         grad[3:] = nr / s2 - u / t2
@@ -184,12 +185,12 @@ def log_joint_hessian(x: np.ndarray, stats: Stats, parametrization: str = "cente
     a = u if centered else tau * u
     r = ybar - mu - a
     nr = n * r
-    S = stats.W + float(nr @ r)  # noqa: N806
-    A = np.zeros((3, 3))  # noqa: N806
+    S = stats.W + float(nr @ r)
+    A = np.zeros((3, 3))
     A[0, 0] = -stats.N / s2
     A[0, 1] = A[1, 0] = -2.0 * nr.sum() / s2
     A[1, 1] = -2.0 * S / s2
-    B = np.zeros((stats.m, 3))  # noqa: N806
+    B = np.zeros((stats.m, 3))
     if centered:
         A[2, 2] = -2.0 * float(u @ u) / t2
         B[:, 0] = -n / s2
@@ -217,7 +218,7 @@ def marginal_loglik(theta, stats: Stats) -> float:
     """l(mu, sigma^2, tau^2) from the per-group sufficient statistics, O(m)."""
     mu, s, t = (float(v) for v in theta)
     n = stats.n
-    V = s + n * t  # noqa: N806
+    V = s + n * t
     r = stats.ybar - mu
     return float(-0.5 * (stats.N * LOG_2PI + ((n - 1.0) * np.log(s)).sum() + np.log(V).sum()
                          + stats.W / s + (n * r * r / V).sum()))
@@ -227,7 +228,7 @@ def marginal_grad(theta, stats: Stats) -> np.ndarray:
     """Gradient of `marginal_loglik` in (mu, sigma^2, tau^2)."""
     mu, s, t = (float(v) for v in theta)
     n = stats.n
-    V = s + n * t  # noqa: N806
+    V = s + n * t
     r = stats.ybar - mu
     q = n * r * r / (V * V)
     return np.array([
@@ -241,9 +242,9 @@ def marginal_hessian(theta, stats: Stats) -> np.ndarray:
     """Hessian of `marginal_loglik` in (mu, sigma^2, tau^2) (minus the observed information)."""
     mu, s, t = (float(v) for v in theta)
     n = stats.n
-    V = s + n * t  # noqa: N806
+    V = s + n * t
     r = stats.ybar - mu
-    V2, V3 = V * V, V * V * V  # noqa: N806
+    V2, V3 = V * V, V * V * V
     h = np.empty((3, 3))
     h[0, 0] = -(n / V).sum()
     h[0, 1] = h[1, 0] = -(n * r / V2).sum()
@@ -271,7 +272,7 @@ def restricted_loglik(s: float, t: float, stats: Stats) -> float:
 def restricted_grad(s: float, t: float, stats: Stats) -> np.ndarray:
     """Gradient of `restricted_loglik` in (sigma^2, tau^2)."""
     n = stats.n
-    V = s + n * t  # noqa: N806
+    V = s + n * t
     u = (n / V).sum()
     du = np.array([-(n / V**2).sum(), -(n * n / V**2).sum()])
     g = marginal_grad((gls_mean(s, t, stats), s, t), stats)[1:]
@@ -282,7 +283,7 @@ def restricted_hessian(s: float, t: float, stats: Stats) -> np.ndarray:
     """Hessian of `restricted_loglik` in (sigma^2, tau^2): the Schur complement of the marginal
     Hessian over mu, plus the Hessian of -1/2 log sum(n_j / V_j)."""
     n = stats.n
-    V = s + n * t  # noqa: N806
+    V = s + n * t
     h = marginal_hessian((gls_mean(s, t, stats), s, t), stats)
     prof = h[1:, 1:] - np.outer(h[1:, 0], h[0, 1:]) / h[0, 0]
     u = (n / V).sum()
@@ -292,7 +293,8 @@ def restricted_hessian(s: float, t: float, stats: Stats) -> np.ndarray:
     return prof - 0.5 * (d2u / u - np.outer(du, du) / u**2)
 
 
-def conditional_effects(mu: float, s: float, t: float, stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+def conditional_effects(mu: float, s: float, t: float,
+                        stats: Stats) -> tuple[np.ndarray, np.ndarray]:
     """Conditional modes a_hat_j and variances v_j of the group effects given (mu, s, t)."""
     n = stats.n
     if t <= 0.0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 
-
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"

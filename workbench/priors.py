@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .data import GroupedData
@@ -46,11 +47,14 @@ def make_priors(data: GroupedData, overrides: dict | None = None) -> Priors:
     allowed = set(asdict(priors))
     for key, value in overrides.items():
         if key not in allowed:
-            raise InputError(f"unknown prior setting '{key}'; use one of {', '.join(sorted(allowed))}.")
+            raise InputError(f"unknown prior setting '{key}'; use one of "
+                             f"{', '.join(sorted(allowed))}.")
         try:
             value = float(value)
         except (TypeError, ValueError):
             raise InputError(f"prior setting '{key}' must be a number, got {value!r}.") from None
+        if not math.isfinite(value):
+            raise InputError(f"prior setting '{key}' must be finite, got {value!r}.")
         if key != "mu_loc" and not value > 0:
             raise InputError(f"prior setting '{key}' must be positive, got {value!r}.")
     return replace(priors, **{k: float(v) for k, v in overrides.items()})

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats as sps
+from scipy import optimize
+from scipy import stats as sps
 
 from .. import densities as dens
 from ..densities import Arrowhead, Stats
@@ -237,13 +238,12 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
                                      "gtol": 1e-12, "maxcor": 20})
     x = res.x * scale
     iters = int(res.nit)
-    near_lo = lambda v: v < lo + 1.0  # noqa: E731
     dec = None
-    if near_lo(x[2]):
+    if x[2] < lo + 1.0:
         status = "collapse" if _unbounded_towards_zero(x, st, par, priors) else "boundary"
     elif state["escaping"]:
         status = "escape"
-    elif near_lo(x[1]):
+    elif x[1] < lo + 1.0:
         status = "collapse"
     else:
         x, dec, newton_its = _newton_polish(x, st, par, priors, lo, hi)
