@@ -94,6 +94,15 @@ def group_effects(x: np.ndarray, parametrization: str) -> np.ndarray:
     return u if parametrization == "centered" else tau * u
 
 
+def _residuals(x: np.ndarray, stats: Stats, parametrization: str):
+    """(mu, sigma, tau, u, r, S): group-mean residuals r_j = ybar_j - mu - a_j and the residual
+    sum of squares S = W + sum n_j r_j^2 at x."""
+    mu, sigma, tau, u = unpack(x)
+    a = u if parametrization == "centered" else tau * u
+    r = stats.ybar - mu - a
+    return mu, sigma, tau, u, r, stats.W + float((stats.n * r) @ r)
+
+
 def log_joint(x: np.ndarray, stats: Stats, parametrization: str = "centered",
               priors: Priors | None = None) -> float:
     """Log joint density at x; without priors this is the h-likelihood of the question."""
@@ -103,14 +112,10 @@ def log_joint(x: np.ndarray, stats: Stats, parametrization: str = "centered",
 def log_joint_and_grad(x: np.ndarray, stats: Stats, parametrization: str = "centered",
                        priors: Priors | None = None) -> tuple[float, np.ndarray]:
     """Value and gradient of the log joint in x = (mu, log sigma, log tau, u)."""
-    mu, sigma, tau, u = unpack(x)
-    n, ybar = stats.n, stats.ybar
+    mu, sigma, tau, u, r, S = _residuals(x, stats, parametrization)
     s2, t2 = sigma * sigma, tau * tau
     centered = parametrization == "centered"
-    a = u if centered else tau * u
-    r = ybar - mu - a
-    nr = n * r
-    S = stats.W + float(nr @ r)  # residual sum of squares
+    nr = stats.n * r
     N, m = stats.N, stats.m
     value = -0.5 * N * (LOG_2PI + 2.0 * x[1]) - 0.5 * S / s2
     grad = np.empty_like(x, dtype=float)
@@ -178,14 +183,11 @@ class Arrowhead:
 def log_joint_hessian(x: np.ndarray, stats: Stats, parametrization: str = "centered",
                       priors: Priors | None = None) -> Arrowhead:
     """Analytic Hessian of the log joint in x = (mu, log sigma, log tau, u)."""
-    mu, sigma, tau, u = unpack(x)
-    n, ybar = stats.n, stats.ybar
+    mu, sigma, tau, u, r, S = _residuals(x, stats, parametrization)
+    n = stats.n
     s2, t2 = sigma * sigma, tau * tau
     centered = parametrization == "centered"
-    a = u if centered else tau * u
-    r = ybar - mu - a
     nr = n * r
-    S = stats.W + float(nr @ r)
     A = np.zeros((3, 3))
     A[0, 0] = -stats.N / s2
     A[0, 1] = A[1, 0] = -2.0 * nr.sum() / s2
