@@ -13,7 +13,8 @@ SECTIONS = {
     "compare": {"methods", "seed", "parametrization", "n_starts", "n_jobs"},
     "mcmc": {"chains", "draws", "tune", "target_accept"},
     "priors": {"mu_loc", "mu_scale", "sigma_scale", "tau_scale"},
-    "output": {"json", "posterior"},
+    "output": {"json", "posterior", "report"},
+    "truth": {"mu", "sigma2", "tau2"},
 }
 
 
@@ -28,6 +29,9 @@ class Case:
     compare_kwargs: dict
     json_path: Path
     posterior_path: Path | None
+    report_path: Path | None
+    truth: dict
+    text: str
 
 
 def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
@@ -35,8 +39,9 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such case file; see models/ for examples.")
+    text = path.read_text()
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc}).") from None
     for key, value in raw.items():
@@ -59,9 +64,11 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         kwargs["priors"] = dict(raw["priors"])
     out = raw.get("output", {})
     name = path.stem
-    posterior = out.get("posterior", str(reports_dir / f"{name}.posterior.nc"))
+    report = Path(out.get("report", reports_dir / f"{name}.html"))
     return Case(name=name, path=path, title=raw.get("title", name),
                 data_path=(path.parent / data["path"]).resolve(), y=data["y"],
                 group=data["group"], compare_kwargs=kwargs,
-                json_path=Path(out.get("json", reports_dir / f"{name}.json")),
-                posterior_path=Path(posterior) if posterior else None)
+                json_path=Path(out.get("json", report.with_suffix(".json"))),
+                posterior_path=Path(out.get("posterior", report.with_suffix(".posterior.nc"))),
+                report_path=report,
+                truth={k: float(v) for k, v in raw.get("truth", {}).items()}, text=text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", type=Path, default=None, help="write the JSON record here")
     c.add_argument("--posterior", type=Path, default=None,
                    help="write the posterior (NetCDF) here")
+    c.add_argument("--report", type=Path, default=None,
+                   help="write the HTML report here (JSON and posterior NetCDF beside it)")
     c.add_argument("--quiet", action="store_true", help="no progress messages")
     r = sub.add_parser("run", help="run a case file from models/")
     r.add_argument("case", help="models/NAME.toml")
@@ -83,13 +86,26 @@ def _progress(quiet: bool):
     return say
 
 
-def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet) -> int:
+def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
+                 report_path: Path | None = None, command: str = "", case_text: str | None = None,
+                 truth: dict | None = None) -> int:
     from .compare import compare
     from .estimators.mcmc import save_netcdf
 
+    if report_path is not None:
+        json_path = json_path or report_path.with_suffix(".json")
+        posterior_path = posterior_path or report_path.with_suffix(".posterior.nc")
     _check_writable(json_path, "--json")
     _check_writable(posterior_path, "--posterior")
+    _check_writable(report_path, "--report")
     result = compare(data, y, group, progress=_progress(quiet), **kwargs)
+    html = None
+    if report_path is not None:
+        from .report import render
+
+        if not quiet:
+            print("[workbench] explanation, plots and report ...", file=sys.stderr, flush=True)
+        html = render(result, command=command, case_text=case_text, truth=truth)
     print(result.table())
     if json_path is not None:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
@@ -98,25 +114,33 @@ def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet) -> in
     if posterior_path is not None and result.mcmc is not None:
         _atomic_write(posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp))
         print(f"posterior written to {posterior_path}")
+    if html is not None:
+        _atomic_write(report_path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+        print(f"report written to {report_path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    command = "workbench " + shlex.join(argv)
     try:
         if args.command == "compare":
             kwargs = {k: getattr(args, k) for k in (
                 "methods", "seed", "chains", "draws", "tune", "target_accept",
                 "parametrization", "n_starts", "n_jobs")}
             return _run_compare(args.data, args.y, args.group, kwargs, args.json,
-                                args.posterior, args.quiet)
+                                args.posterior, args.quiet, report_path=args.report,
+                                command=command)
         from .casefile import load_case
 
         case = load_case(args.case)
         if not args.quiet:
             print(f"[workbench] case {case.name}: {case.title}", file=sys.stderr)
         return _run_compare(case.data_path, case.y, case.group, case.compare_kwargs,
-                            case.json_path, case.posterior_path, args.quiet)
+                            case.json_path, case.posterior_path, args.quiet,
+                            report_path=case.report_path, command=command,
+                            case_text=case.text, truth=case.truth)
     except InputError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2

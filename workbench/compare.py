@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -60,6 +61,7 @@ class Comparison:
     eb_reml: eb_est.EBFit | None = None
     joint_maps: dict[tuple[str, bool], jm_est.JointMapResult] = field(default_factory=dict)
     mcmc: mcmc_est.McmcResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (not in JSON)
 
     @property
     def joint_map(self) -> jm_est.JointMapResult | None:
@@ -106,6 +108,12 @@ class Comparison:
             out["mcmc"] = self.mcmc.to_dict()
         out["warnings"] = self.warnings()
         return out
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the report's numbers and explanation, without plots."""
+        from .report import render
+
+        return render(self, command="(Jupyter)", fragment=True)
 
     def table(self) -> str:
         """A side-by-side text table of the point estimates."""
@@ -190,10 +198,22 @@ def compare(data, y: str | None = None, group: str | None = None, *, methods=Non
     gd = resolve_data(data, y, group)
     pri = make_priors(gd, priors)
     st = Stats.of(gd)
-    say = progress or (lambda step: None)
+    report = progress or (lambda step: None)
+    clock: dict[str, float] = {}
+    state = {"step": None, "t": 0.0}
+
+    def say(step: str) -> None:
+        now = time.perf_counter()
+        if state["step"] is not None:
+            clock[state["step"]] = clock.get(state["step"], 0.0) + now - state["t"]
+        state["step"], state["t"] = step, now
+        if step:
+            report(step)
+
     out = Comparison(data=gd, priors=pri, settings=settings)
     ms = settings.methods
     if "anova" in ms:
+        say("ANOVA (method of moments)")
         out.anova = anova_est.fit(st)
     if "eb-ml" in ms or "joint-map" in ms:
         say("empirical Bayes (ML)")
@@ -219,4 +239,6 @@ def compare(data, y: str | None = None, group: str | None = None, *, methods=Non
             chains=settings.chains, draws=settings.draws, tune=settings.tune,
             target_accept=settings.target_accept, parametrization=settings.parametrization,
             seed=settings.seed), progressbar=progress is not None and sys.stderr.isatty())
+    say("")
+    out.timings = clock
     return out
