@@ -106,6 +106,10 @@ class Comparison:
             }
         if self.mcmc is not None:
             out["mcmc"] = self.mcmc.to_dict()
+        if self.eb_ml is not None:
+            from .explain import explain
+
+            out["explanation"] = explain(self).to_dict()
         out["warnings"] = self.warnings()
         return out
 

@@ -88,7 +88,7 @@ def balanced_form(st: Stats) -> BalancedForm | None:
     f = (n * B / (m - 1)) / (st.W / (m * (n - 1)))
     thr = 4.0 * (n * n - 1) * m / ((m - 1) * n * n)
     disc = (n + 2) ** 2 - 4.0 * (n + 1) * (1.0 + st.W / (n * B)) if B > 0 else -1.0
-    s = ((n + 2) + np.sqrt(disc)) / (2.0 * (n + 1)) if disc >= 0 else None
+    s = float((n + 2) + np.sqrt(disc)) / (2.0 * (n + 1)) if disc >= 0 else None
     s2 = (st.W + n * B * (1 - s) ** 2) / (m * n) if s is not None else None
     t2 = s * s2 / (n * (1 - s)) if s is not None else None
     from .estimators import eb
