@@ -110,7 +110,12 @@ class Explanation:
     sentences: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        return {"eb_ml": asdict(self.eb), "joint_map": asdict(self.joint) if self.joint else None,
+        """JSON-ready: infinite terms (tau^2 = 0: volume -inf, log joint +inf) become null."""
+        def clean(p: PointTerms) -> dict:
+            return {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
+                    for k, v in asdict(p).items()}
+
+        return {"eb_ml": clean(self.eb), "joint_map": clean(self.joint) if self.joint else None,
                 "joint_status": self.joint_status,
                 "balanced": asdict(self.balanced) if self.balanced else None,
                 "sentences": list(self.sentences)}
