@@ -78,3 +78,15 @@ def test_repr_html_fragment(datasets):
     c = compare(datasets["dyestuff"], methods=["eb-ml", "eb-reml", "joint-map"])
     html = c._repr_html_()
     assert 'id="estimates"' in html and 'id="explanation"' in html and "<html" not in html
+
+
+def test_full_report_renders_for_the_boundary_case(datasets):
+    from workbench.report import render
+
+    c = compare(datasets["dyestuff2"], methods=["anova", "eb-ml", "eb-reml", "joint-map"])
+    html = render(c, command="workbench test")
+    for section in ("question", "data", "model", "estimates", "explanation", "diagnostics",
+                    "plots", "provenance"):
+        assert f'id="{section}"' in html
+    assert "MCMC was not run" in html and "boundary" in html.lower()
+    assert html.count("data:image/png;base64,") >= 7
