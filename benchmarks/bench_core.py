@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import command_wall
 
 from workbench.data import from_arrays
 from workbench.densities import Stats
@@ -90,14 +90,9 @@ def main() -> None:
     cmd = [str(Path(sys.executable).parent / "workbench"), "compare",
            str(ROOT / "models" / "data" / "dyestuff.csv"), "--y", "Yield", "--group", "Batch",
            "--chains", "4", "--draws", "1000", "--tune", "1000", "--quiet"]
-    subprocess.run(cmd, check=True, capture_output=True)  # warm the compile cache
-    walls = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        walls.append(time.perf_counter() - t0)
+    wall = command_wall(cmd, 3)  # the first, untimed run warms the compile cache
     print(f"[3] workbench compare dyestuff with MCMC 4x1000, warm cache: median "
-          f"{statistics.median(walls):.2f} s wall over 3 runs (target <= 20 s)")
+          f"{wall:.2f} s wall over 3 runs (target <= 20 s)")
 
 
 if __name__ == "__main__":

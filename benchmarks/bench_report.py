@@ -7,12 +7,11 @@ Targets: Dyestuff <= 30 s, Hsb82 <= 60 s.
 
 from __future__ import annotations
 
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import command_wall
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"dyestuff": 30.0, "hsb82": 60.0, "small_groups": None}
@@ -28,16 +27,11 @@ def main() -> None:
             case = Path(tmp) / f"{name}.toml"
             case.write_text(text + f'\n[output]\nreport = "{tmp}/{name}.html"\n')
             cmd = [exe, "run", str(case), "--quiet"]
-            subprocess.run(cmd, check=True, capture_output=True)  # warm the compile cache
-            walls = []
-            for _ in range(2):
-                t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True)
-                walls.append(time.perf_counter() - t0)
+            wall = command_wall(cmd, 2)  # the first, untimed run warms the compile cache
             size = (Path(tmp) / f"{name}.html").stat().st_size / 1e6
             verdict = "" if target is None else f" (target <= {target:.0f} s)"
             print(f"{name}: report end to end, MCMC 4x1000, warm cache: median "
-                  f"{statistics.median(walls):.1f} s over 2 runs{verdict}; report {size:.1f} MB")
+                  f"{wall:.1f} s over 2 runs{verdict}; report {size:.1f} MB")
 
 
 if __name__ == "__main__":
