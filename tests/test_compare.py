@@ -111,11 +111,13 @@ def test_case_file_runs(tmp_path, monkeypatch, capsys):
     case = tmp_path / "case.toml"
     case.write_text(f'title = "t"\n[data]\npath = "{DATA / "dyestuff2.csv"}"\ny = "Yield"\n'
                     f'group = "Batch"\n[compare]\nmethods = ["anova", "eb-ml", "eb-reml"]\n'
-                    f'seed = 1\n[output]\njson = "{tmp_path / "o.json"}"\n')
+                    f'seed = 1\n[output]\njson = "{tmp_path / "o.json"}"\n'
+                    f'report = "{tmp_path / "o.html"}"\n')
     assert main(["run", str(case), "--quiet"]) == 0
     d = json.loads((tmp_path / "o.json").read_text())
     assert d["eb_ml"]["boundary"] is True and d["eb_ml"]["tau2"] == 0.0
     assert "boundary" in capsys.readouterr().out
+    assert (tmp_path / "o.html").is_file() and (tmp_path / "o.posterior.nc").exists() is False
     for shipped in (ROOT / "models").glob("*.toml"):
         from workbench.casefile import load_case
 
