@@ -85,9 +85,20 @@ class EBFit:
 # 1-D maximisation on [0, inf) or (0, inf) from an analytic derivative
 
 
-def argmax_nonneg(fun, grad, lo: float, hi: float, allow_zero: bool, npts: int = 61) -> float:
+def argmax_nonneg(fun, grad, lo: float, hi: float, allow_zero: bool, npts: int = 61,
+                  guess: float | None = None) -> float:
     """Global maximiser of a smooth fun on a log grid [lo, hi] (plus 0 when allowed): every
-    sign change + -> - of grad is polished by Brent's method, then the best candidate wins."""
+    sign change + -> - of grad is polished by Brent's method, then the best candidate wins.
+
+    With a `guess` (a neighbouring problem's answer), a sign change of grad within a factor 4
+    of it is polished directly and only 0 is compared with it; the grid scan is the fallback."""
+    if guess is not None and guess > 0:
+        a, b = max(guess / 4.0, lo), min(guess * 4.0, hi)
+        if a < b and grad(a) > 0 and grad(b) <= 0:
+            root = optimize.brentq(grad, a, b, xtol=1e-300, rtol=1e-15, maxiter=200)
+            if allow_zero and fun(0.0) > fun(root):
+                return 0.0
+            return float(root)
     grid = np.geomspace(lo, hi, npts)
     g = np.array([grad(v) for v in grid])
     cands = [grid[0], grid[-1]] + ([0.0] if allow_zero else [])
@@ -171,14 +182,18 @@ def profile_intervals(st: Stats, s_hat: float, t_hat: float, reml: bool,
     lmax = val(s_hat, t_hat)
     scale = st.W / st.N + float(np.var(st.ybar))
 
+    last = {"t": t_hat, "s": s_hat}  # warm starts: the outer root search moves in small steps
+
     def prof_sigma(s: float) -> float:
         t = argmax_nonneg(lambda t: val(s, t), lambda t: grad(s, t)[1],
-                          1e-10 * scale, 1e6 * scale, allow_zero=True)
+                          1e-10 * scale, 1e6 * scale, allow_zero=True, guess=last["t"])
+        last["t"] = t if t > 0 else last["t"]
         return val(s, t)
 
     def prof_tau(t: float) -> float:
         s = argmax_nonneg(lambda s: val(s, t), lambda s: grad(s, t)[0],
-                          1e-8 * scale, 1e6 * scale, allow_zero=False)
+                          1e-8 * scale, 1e6 * scale, allow_zero=False, guess=last["s"])
+        last["s"] = s
         return val(s, t)
 
     def bounds(prof, v_hat: float, allow_zero: bool) -> tuple[float, float]:
