@@ -118,8 +118,8 @@ def test_case_file_runs(tmp_path, monkeypatch, capsys):
     assert d["eb_ml"]["boundary"] is True and d["eb_ml"]["tau2"] == 0.0
     assert "boundary" in capsys.readouterr().out
     assert (tmp_path / "o.html").is_file() and (tmp_path / "o.posterior.nc").exists() is False
-    for shipped in (ROOT / "models").glob("*.toml"):
-        from workbench.casefile import load_case
+    from workbench.casefile import load_case
 
-        c = load_case(shipped)
-        assert c.data_path.is_file()
+    for shipped in (ROOT / "models").glob("*.toml"):
+        if "[simulation]" not in shipped.read_text():
+            assert load_case(shipped).data_path.is_file()

@@ -44,6 +44,8 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    if "simulation" in raw:
+        raise InputError(f"{path} is a simulation study: run 'workbench simulate {path}'.")
     for key, value in raw.items():
         if key in ("title", "description"):
             continue

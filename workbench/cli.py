@@ -46,7 +46,88 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a case file from models/")
     r.add_argument("case", help="models/NAME.toml")
     r.add_argument("--quiet", action="store_true")
+    s = sub.add_parser("simulate", help="a simulation study of bias and coverage")
+    s.add_argument("study", nargs="?", default=None,
+                   help="models/NAME.toml with a [simulation] section (flags override it)")
+    for flag, kind in (("--m", int), ("--mu", float), ("--sigma", float), ("--tau", float)):
+        s.add_argument(flag, type=_list_of(kind), default=None,
+                       help="a value or a comma-separated list (a grid)")
+    s.add_argument("--group-sizes", type=_list_of(str), default=None,
+                   help="'3' (balanced) or '2-8' (uniform sizes); comma-separated for a grid")
+    s.add_argument("--replicates", type=int, default=None)
+    s.add_argument("--methods", type=_list_of(str), default=None)
+    s.add_argument("--level", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--n-starts", type=int, default=None)
+    s.add_argument("--n-jobs", type=int, default=-1, help="local processes (-1: all cores)")
+    s.add_argument("--scheduler", default=None,
+                   help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    s.add_argument("--out", type=Path, default=None,
+                   help="store and outputs (default reports/NAME)")
+    s.add_argument("--quiet", action="store_true")
     return p
+
+
+def _list_of(kind):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of {kind.__name__}: {text!r}") from None
+
+    return parse
+
+
+def _run_simulate(args, command: str) -> int:
+    import dataclasses
+    import time
+
+    from . import simulate as sim
+
+    if args.study is not None:
+        study = sim.load_study(args.study)
+    else:
+        study = sim.Study(name="quick", grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0],
+                                              "sigma": [1.0], "tau": [1.0]}, replicates=100)
+    grid = dict(study.grid)
+    for key in sim.GRID_KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            grid[key] = value
+    changes = {k: getattr(args, k) for k in ("replicates", "level", "seed", "n_starts")
+               if getattr(args, k) is not None}
+    if args.methods is not None:
+        bad = [m for m in args.methods if m not in sim.SIM_METHODS]
+        if bad:
+            raise InputError(f"unknown method '{bad[0]}' in --methods; choose from "
+                             f"{','.join(sim.SIM_METHODS)}.")
+        changes["methods"] = tuple(args.methods)
+    study = dataclasses.replace(study, grid=grid, **changes)
+    sim.check_study(study, "options")
+    out = args.out or Path("reports") / study.name
+    t0 = time.perf_counter()
+    counts = sim.run_study(study, out, n_jobs=args.n_jobs, scheduler=args.scheduler,
+                           progress=not args.quiet)
+    table = sim.study_table(study, out)
+    summary = sim.summarize(table, study)
+    html = sim.render_report(study, summary, command=command, counts=counts,
+                             seconds=time.perf_counter() - t0)
+    _atomic_write(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False))
+    _atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    _atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    cols = ["setting", "method", "parameter", "bias", "relative_bias", "coverage",
+            "coverage_mcse", "interior_share"]
+    with pd_options():
+        print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\n{counts['computed']} replicates computed, {counts['skipped']} resumed; "
+          f"written to {out}/ (summary.csv, replicates_table.csv, report.html)")
+    return 0
+
+
+def pd_options():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_rows", 500)
 
 
 def _check_writable(path: Path | None, option: str) -> None:
@@ -132,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_compare(args.data, args.y, args.group, kwargs, args.json,
                                 args.posterior, args.quiet, report_path=args.report,
                                 command=command)
+        if args.command == "simulate":
+            return _run_simulate(args, command)
         from .casefile import load_case
 
         case = load_case(args.case)
