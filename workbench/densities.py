@@ -16,6 +16,7 @@ optimiser walks, not where the maximum of this function is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -40,15 +41,16 @@ class Stats:
         return cls(np.asarray(data.n, float), np.asarray(data.ybar, float),
                    np.asarray(data.wss, float))
 
-    @property
+    # cached: these sit in every objective's inner loop
+    @cached_property
     def N(self) -> float:
         return float(self.n.sum())
 
-    @property
+    @cached_property
     def m(self) -> int:
         return int(self.n.size)
 
-    @property
+    @cached_property
     def W(self) -> float:
         return float(self.wss.sum())
 
@@ -230,13 +232,13 @@ def marginal_grad(theta, stats: Stats) -> np.ndarray:
     """Gradient of `marginal_loglik` in (mu, sigma^2, tau^2)."""
     mu, s, t = (float(v) for v in theta)
     n = stats.n
-    V = s + n * t
-    r = stats.ybar - mu
-    q = n * r * r / (V * V)
+    iv = 1.0 / (s + n * t)
+    nr_iv = n * (stats.ybar - mu) * iv
+    sq = nr_iv * nr_iv  # n_j^2 r_j^2 / V_j^2
     return np.array([
-        (n * r / V).sum(),
-        -0.5 * (((n - 1.0) / s).sum() + (1.0 / V).sum() - stats.W / s**2 - q.sum()),
-        -0.5 * ((n / V).sum() - (n * q).sum()),
+        nr_iv.sum(),
+        -0.5 * ((stats.N - stats.m) / s + iv.sum() - stats.W / s**2 - (sq / n).sum()),
+        -0.5 * (float(n @ iv) - sq.sum()),
     ])
 
 

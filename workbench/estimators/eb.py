@@ -207,12 +207,12 @@ def profile_intervals(st: Stats, s_hat: float, t_hat: float, reml: bool,
             a = sd_hat * 0.5
             while excess(a) <= 0.0:
                 a *= 0.5
-            lo = optimize.brentq(excess, a, sd_hat, xtol=1e-12 * max(sd_hat, 1e-300))
+            lo = optimize.brentq(excess, a, sd_hat, xtol=1e-10 * max(sd_hat, 1e-300))
         ref = sd_hat if sd_hat > 0 else np.sqrt(scale) * 1e-3
         b = ref * 2.0
         while excess(b) <= 0.0:
             b *= 2.0
-        hi = optimize.brentq(excess, ref if sd_hat > 0 else 0.0, b, xtol=1e-12 * b)
+        hi = optimize.brentq(excess, ref if sd_hat > 0 else 0.0, b, xtol=1e-10 * b)
         return float(lo), float(hi)
 
     return {"sigma": bounds(prof_sigma, s_hat, False), "tau": bounds(prof_tau, t_hat, True)}

@@ -203,6 +203,12 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
     x0 = x0.copy()
     x0[1:3] = np.clip(x0[1:3], lo + 1.0, hi - 1.0)
     H0 = dens.log_joint_hessian(x0, st, par, priors)
+    if H0.is_negative_definite():  # locally concave start: Newton first (a few O(m) steps)
+        x_n, dec, its = _newton_polish(x0, st, par, priors, lo, hi)
+        if dec is not None and dec < DECREMENT_TOL and lo + 1.0 < x_n[2] < hi - 1.0:
+            return StartResult(index=index, kind=kind, status="interior",
+                               log_joint=dens.log_joint(x_n, st, par, priors), x=x_n,
+                               iterations=its, decrement=dec, parametrization=par)
     diag = np.concatenate([H0.A.diagonal(), H0.d])
     scale = 1.0 / np.sqrt(np.maximum(-diag, 1e-8 * np.max(np.abs(diag))))
     scale[1:3] = 1.0  # keep log sigma / log tau unscaled so the box stays simple
@@ -234,8 +240,8 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
 
     res = optimize.minimize(negf, x0 / scale, jac=True, method="L-BFGS-B", bounds=bounds,
                             callback=stop_escaping,
-                            options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-15,
-                                     "gtol": 1e-12, "maxcor": 20})
+                            options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-12,
+                                     "gtol": 1e-8, "maxcor": 20})
     x = res.x * scale
     iters = int(res.nit)
     dec = None
