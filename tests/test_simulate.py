@@ -149,3 +149,14 @@ def test_shipped_study_reproduces_the_question_in_small():
     for si in (0, 1):
         assert theta[(si, "joint-map:centered")] < 0.91
         assert theta[(si, "eb-reml")] > 0.91
+
+
+def test_mcmc_method_in_a_study(tmp_path):
+    study = Study(name="mc", grid={"m": [6], "group_sizes": ["4"], "mu": [1.0], "sigma": [1.0],
+                                   "tau": [1.0]}, replicates=1, methods=("mcmc",), seed=2,
+                  mcmc={"chains": 2, "draws": 150, "tune": 150})
+    run_study(study, tmp_path, n_jobs=1, progress=False)
+    t = study_table(study, tmp_path)
+    assert set(t.parameter) == {"mu", "sigma2", "tau2", "theta"}
+    assert t["estimate"].notna().all() and (t["lo"] < t["hi"]).all()
+    assert t["covered"].isin([0.0, 1.0]).all()

@@ -452,7 +452,7 @@ def plot_summary(summary: pd.DataFrame, level: float):
         row[1].set_yscale("log")
         row[1].set_title(f"Bias as a ratio — {label}", fontsize=9)
         row[1].legend(fontsize=7)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    axes[-1][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.tight_layout()
     return fig
 
