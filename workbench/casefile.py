@@ -34,16 +34,22 @@ class Case:
     text: str
 
 
+def read_toml(path: str | Path, what: str = "case file") -> tuple[dict, str]:
+    """A TOML file's table and text, or a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such {what}; see models/ for examples.")
+    text = path.read_text()
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}).") from None
+
+
 def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
     """Read and check a case file; data paths are relative to the case file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such case file; see models/ for examples.")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    raw, text = read_toml(path)
     if "simulation" in raw:
         raise InputError(f"{path} is a simulation study: run 'workbench simulate {path}'.")
     for key, value in raw.items():

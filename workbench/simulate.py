@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import os
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -82,13 +81,10 @@ class Study:
 
 def load_study(path: str | Path) -> Study:
     """Read and check a simulation case file."""
+    from .casefile import read_toml
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such study file; see models/ for examples.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc}).") from None
+    raw, _ = read_toml(path, "study file")
     sim = raw.get("simulation")
     if not isinstance(sim, dict):
         raise InputError(f"{path}: a study needs a [simulation] section.")
