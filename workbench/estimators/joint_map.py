@@ -19,6 +19,7 @@ The headline joint MAP is the best interior local maximum; if there is none, the
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,10 +112,7 @@ class JointMapResult:
         return dens.group_effects(self.best.x, self.parametrization) if self.best else None
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.starts:
-            out[s.status] = out.get(s.status, 0) + 1
-        return out
+        return _tally(self.starts)
 
     def to_dict(self) -> dict:
         out = {
@@ -139,6 +137,11 @@ class JointMapResult:
             out["ci_level"] = self.level
             out["ci_hessian"] = self.intervals
         return out
+
+
+def _tally(starts) -> dict[str, int]:
+    """How many starts ended in each status."""
+    return dict(Counter(s.status for s in starts))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
     a = dens.group_effects(best.x, par)
     se_mu, se_ls, se_lt = np.sqrt(np.diag(top))
     out = {
-        "mu": [mu - zq * se_mu, mu + zq * se_mu],
+        "mu": [float(mu - zq * se_mu), float(mu + zq * se_mu)],
         "sigma2": [float(np.exp(2 * (ls - zq * se_ls))), float(np.exp(2 * (ls + zq * se_ls)))],
         "tau2": [float(np.exp(2 * (lt - zq * se_lt))), float(np.exp(2 * (lt + zq * se_lt)))],
         "se": {"mu": float(se_mu), "log_sigma": float(se_ls), "log_tau": float(se_lt)},
@@ -338,7 +341,6 @@ def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
             for j, lab in enumerate(labels)
         },
     }
-    out["mu"] = [float(v) for v in out["mu"]]
     return out
 
 
@@ -387,9 +389,7 @@ def fit(st: Stats, *, parametrization: str = "centered", priors: Priors | None =
     interior = [r for r in results if r.status == "interior"]
     best = max(interior, key=lambda r: r.log_joint) if interior else None
     status = "interior" if best else "no_interior_mode"
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = _tally(results)
     intervals = (_intervals(best, st, parametrization, priors, labels, level) if best else {})
     return JointMapResult(parametrization=parametrization, with_priors=priors is not None,
                           status=status, best=best, starts=tuple(results), labels=labels,
