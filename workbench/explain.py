@@ -80,7 +80,7 @@ class BalancedForm:
     limit_ratio: float  # (n - 1) / n
 
 
-def balanced_form(st: Stats) -> BalancedForm | None:
+def balanced_form(st: Stats, sigma2_ml: float) -> BalancedForm | None:
     if not np.all(st.n == st.n[0]):
         return None
     n, m = int(st.n[0]), st.m
@@ -91,11 +91,8 @@ def balanced_form(st: Stats) -> BalancedForm | None:
     s = float((n + 2) + np.sqrt(disc)) / (2.0 * (n + 1)) if disc >= 0 else None
     s2 = (st.W + n * B * (1 - s) ** 2) / (m * n) if s is not None else None
     t2 = s * s2 / (n * (1 - s)) if s is not None else None
-    from .estimators import eb
-
-    ml = eb.fit(st, "ml", intervals=False)
     return BalancedForm(n=n, m=m, f_statistic=f, f_threshold=thr, interior_exists=f >= thr,
-                        shrinkage=s, sigma2_joint=s2, tau2_joint=t2, sigma2_ml=ml.sigma2,
+                        shrinkage=s, sigma2_joint=s2, tau2_joint=t2, sigma2_ml=sigma2_ml,
                         limit_ratio=(n - 1) / n)
 
 
@@ -186,7 +183,7 @@ def explain(comparison) -> Explanation:
     if jm is not None and jm.best is not None:
         joint = point_terms("joint MAP", jm.mu, jm.sigma2, jm.tau2, st,
                             effects=jm.group_effects)
-    bal = balanced_form(st)
+    bal = balanced_form(st, ml.sigma2)
     return Explanation(eb=eb_terms, joint=joint, joint_status=status, balanced=bal,
                        n_obs=c.data.n_obs, n_groups=c.data.n_groups,
                        sentences=sentences(eb_terms, joint, bal, c.data.n_obs, c.data.n_groups))
