@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .files import atomic_text, atomic_write
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,9 +111,9 @@ def _run_simulate(args, command: str) -> int:
     summary = sim.summarize(table, study)
     html = sim.render_report(study, summary, command=command, counts=counts,
                              seconds=time.perf_counter() - t0)
-    _atomic_write(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False))
-    _atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
-    _atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    atomic_write(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_text(out / "report.html", html)
     cols = ["setting", "method", "parameter", "bias", "relative_bias", "coverage",
             "coverage_mcse", "interior_share"]
     with pd_options():
@@ -139,22 +138,6 @@ def _check_writable(path: Path | None, option: str) -> None:
                          f"another path.")
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name.")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _progress(quiet: bool):
@@ -190,13 +173,13 @@ def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
     print(result.table())
     if json_path is not None:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_text(json_path, text + "\n")
         print(f"\nJSON written to {json_path}")
     if posterior_path is not None and result.mcmc is not None:
-        _atomic_write(posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp))
+        atomic_write(posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp))
         print(f"posterior written to {posterior_path}")
     if html is not None:
-        _atomic_write(report_path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+        atomic_text(report_path, html)
         print(f"report written to {report_path}")
     return 0
 

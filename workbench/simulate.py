@@ -23,6 +23,7 @@ from scipy import stats as sps
 from .data import from_arrays
 from .densities import Stats
 from .errors import InputError
+from .files import atomic_text
 from .priors import default_priors
 
 SIM_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map:noncentered",
@@ -257,7 +258,7 @@ class Store:
         for tmp in self.dir.glob(".*.tmp"):  # left by a killed run
             tmp.unlink()
         if not meta.is_file():
-            _atomic_text(meta, json.dumps({"fingerprint": study.fingerprint(),
+            atomic_text(meta, json.dumps({"fingerprint": study.fingerprint(),
                                            "definition": study.definition()}, indent=2))
 
     @staticmethod
@@ -273,7 +274,7 @@ class Store:
 
     def write(self, df: pd.DataFrame) -> None:
         s, r = int(df["setting"].iloc[0]), int(df["replicate"].iloc[0])
-        _atomic_text(self.dir / self._name(s, r), df.to_csv(index=False))
+        atomic_text(self.dir / self._name(s, r), df.to_csv(index=False))
 
     def load(self, keep: set[tuple[int, int]] | None = None) -> pd.DataFrame:
         files = sorted(self.dir.glob("s*_r*.csv"))
@@ -287,18 +288,8 @@ class Store:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Running
-
-
-def _task(study: Study, setting: Setting, rep: int) -> pd.DataFrame:
-    return run_replicate(study, setting, rep)
 
 
 def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str | None = None,
@@ -319,13 +310,13 @@ def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str
             from distributed import Client, as_completed
 
             with Client(scheduler, timeout="20s") as client:
-                futs = [client.submit(_task, study, s, r, pure=False) for s, r in tasks]
+                futs = [client.submit(run_replicate, study, s, r, pure=False) for s, r in tasks]
                 for fut in as_completed(futs):
                     store.write(fut.result())
                     bar.update()
         elif n_jobs == 1 or len(tasks) == 1:
             for s, r in tasks:
-                store.write(_task(study, s, r))
+                store.write(run_replicate(study, s, r))
                 bar.update()
         else:
             import multiprocessing as mp
@@ -336,7 +327,7 @@ def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str
                 os.environ.setdefault(var, "1")  # workers: one BLAS thread each, no spinning
             with ProcessPoolExecutor(max_workers=workers,
                                      mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(_task, study, s, r) for s, r in tasks]
+                futs = [pool.submit(run_replicate, study, s, r) for s, r in tasks]
                 for fut in as_completed(futs):
                     store.write(fut.result())
                     bar.update()
