@@ -35,3 +35,20 @@ def simulate(m: int, sizes, mu: float, sigma: float, tau: float, seed: int) -> G
     theta = mu + tau * rng.standard_normal(m)
     y = theta[g] + sigma * rng.standard_normal(g.size)
     return from_arrays(y, [f"g{j}" for j in g])
+
+
+HSB82_LEVELS = {"sector": ["Public", "Catholic"], "sx": ["Male", "Female"],
+                "minrty": ["No", "Yes"]}  # mlmRev's factor levels, as lme4_lmm.R sets them
+
+
+@pytest.fixture(scope="session")
+def lme4_lmm() -> dict:
+    """lme4 1.1-31 fits of general LMMs on Hsb82 (tests/reference/lme4_lmm.R)."""
+    return json.loads((ROOT / "tests" / "reference" / "lme4_lmm.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def hsb82_frame():
+    import pandas as pd
+
+    return pd.read_csv(DATA / "hsb82.csv")
