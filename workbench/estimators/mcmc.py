@@ -81,11 +81,14 @@ def summarize(idata, labels: tuple[str, ...]) -> tuple[dict, dict]:
     return out, groups
 
 
-def diagnose(idata, parametrization: str = "noncentered") -> tuple[dict, list[str]]:
-    """R-hat, bulk/tail ESS, divergences and E-BFMI, and plain warnings when they are off."""
+def diagnose(idata, parametrization: str = "noncentered",
+             names: list[str] | None = None) -> tuple[dict, list[str]]:
+    """R-hat, bulk/tail ESS, divergences and E-BFMI (over the variables `names`, by default
+    the one-way model's), and plain warnings when they are off."""
     import arviz as az
 
-    names = [v for v in ("mu", "sigma", "tau", "z", "theta") if v in idata.posterior]
+    names = [v for v in (names or ("mu", "sigma", "tau", "z", "theta"))
+             if v in idata.posterior]
     rhat = az.rhat(idata, var_names=names)
     ess_b = az.ess(idata, var_names=names, method="bulk")
     ess_t = az.ess(idata, var_names=names, method="tail")

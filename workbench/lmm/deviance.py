@@ -107,6 +107,11 @@ class PLS:
         with np.errstate(divide="ignore"):
             return fit + 2.0 * self.m * float(np.log(np.abs(np.diag(self.T))).sum())
 
+    def loglik(self, sigma2: float) -> float:
+        """Marginal log likelihood at (beta_hat(theta), sigma2, theta)."""
+        return -0.5 * (self.logdet_L + self.n_obs * np.log(2.0 * np.pi * sigma2)
+                       + self.r2 / sigma2)
+
     def cond_cov(self, sigma2: float) -> np.ndarray:
         """Conditional covariance of b_j given y and the parameters (lme4's condVar):
         sigma^2 T (T'Z_j'Z_j T + I)^-1 T', (m, q, q)."""

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from .deviance import PLS, Layout, solve
 from .design import Block, LMMData
+from .deviance import PLS, Layout, solve
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
 
