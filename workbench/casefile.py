@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import InputError
 
 SECTIONS = {
-    "data": {"path", "y", "group"},
+    "data": {"path", "y", "group", "formula", "levels"},
     "compare": {"methods", "seed", "parametrization", "n_starts", "n_jobs"},
     "mcmc": {"chains", "draws", "tune", "target_accept"},
     "priors": {"mu_loc", "mu_scale", "sigma_scale", "tau_scale"},
@@ -24,8 +24,8 @@ class Case:
     path: Path
     title: str
     data_path: Path
-    y: str
-    group: str
+    y: str | None
+    group: str | None
     compare_kwargs: dict
     json_path: Path
     posterior_path: Path | None
@@ -63,10 +63,15 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
             raise InputError(f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
                              f"{', '.join(sorted(SECTIONS[key]))}.")
     data = raw.get("data", {})
-    for k in ("path", "y", "group"):
+    needed = ("path", "formula") if "formula" in data else ("path", "y", "group")
+    for k in needed:
         if k not in data:
-            raise InputError(f"{path}: [data] needs '{k}'.")
+            raise InputError(f"{path}: [data] needs '{k}' (or 'formula' instead of y/group).")
     kwargs = dict(raw.get("compare", {}))
+    if "formula" in data:
+        kwargs["formula"] = data["formula"]
+        if "levels" in data:
+            kwargs["levels"] = {k: list(v) for k, v in dict(data["levels"]).items()}
     kwargs.update(raw.get("mcmc", {}))
     if raw.get("priors"):
         kwargs["priors"] = dict(raw["priors"])
@@ -74,8 +79,8 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
     name = path.stem
     report = Path(out.get("report", reports_dir / f"{name}.html"))
     return Case(name=name, path=path, title=raw.get("title", name),
-                data_path=(path.parent / data["path"]).resolve(), y=data["y"],
-                group=data["group"], compare_kwargs=kwargs,
+                data_path=(path.parent / data["path"]).resolve(), y=data.get("y"),
+                group=data.get("group"), compare_kwargs=kwargs,
                 json_path=Path(out.get("json", report.with_suffix(".json"))),
                 posterior_path=Path(out.get("posterior", report.with_suffix(".posterior.nc"))),
                 report_path=report,

@@ -23,8 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     c = sub.add_parser("compare", help="fit one data set every way and compare")
     c.add_argument("data", help="CSV file")
-    c.add_argument("--y", required=True, help="response column")
-    c.add_argument("--group", required=True, help="grouping column")
+    c.add_argument("--y", default=None, help="response column (one-way model)")
+    c.add_argument("--group", default=None, help="grouping column (one-way model)")
+    c.add_argument("--formula", default=None,
+                   help='lme4 formula, e.g. "y ~ x + (1 + x | g)" (instead of --y/--group)')
+    c.add_argument("--levels", action="append", default=None, metavar="COL=A,B,...",
+                   help="level order of a categorical column (first = reference); repeatable")
     c.add_argument("--methods", default=None,
                    help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc")
     c.add_argument("--seed", type=int, default=0)
@@ -129,6 +133,19 @@ def pd_options():
     return pd.option_context("display.width", 200, "display.max_rows", 500)
 
 
+def _levels(items: list[str] | None) -> dict[str, list[str]] | None:
+    """--levels sector=Public,Catholic -> {"sector": ["Public", "Catholic"]}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        col, sep, vals = item.partition("=")
+        if not sep or not col.strip() or not vals.strip():
+            raise InputError(f"--levels '{item}' must look like COLUMN=LEVEL1,LEVEL2,...")
+        out[col.strip()] = [v.strip() for v in vals.split(",") if v.strip()]
+    return out
+
+
 def _check_writable(path: Path | None, option: str) -> None:
     if path is None:
         return
@@ -193,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {k: getattr(args, k) for k in (
                 "methods", "seed", "chains", "draws", "tune", "target_accept",
                 "parametrization", "n_starts", "n_jobs")}
+            if args.formula is None and (args.y is None or args.group is None):
+                raise InputError("give --formula \"y ~ x + (1 + x | g)\", or --y and --group "
+                                 "for the one-way model.")
+            if args.formula is not None:
+                kwargs["formula"] = args.formula
+                kwargs["levels"] = _levels(args.levels)
             return _run_compare(args.data, args.y, args.group, kwargs, args.json,
                                 args.posterior, args.quiet, report_path=args.report,
                                 command=command)

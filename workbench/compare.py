@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import GroupedData, from_frame, load_csv
+from .data import GroupedData, from_frame, load_csv, read_csv
 from .densities import PARAMETRIZATIONS, Stats
 from .errors import InputError
 from .estimators import anova as anova_est
@@ -184,24 +184,8 @@ def resolve_data(data, y: str | None, group: str | None) -> GroupedData:
     raise InputError(f"data must be a CSV path or a pandas DataFrame, got {type(data).__name__}.")
 
 
-def compare(data, y: str | None = None, group: str | None = None, *, methods=None,
-            seed: int = 0, parametrization: str = "noncentered", n_starts: int = 16,
-            n_jobs: int = -1, chains: int = 4, draws: int = 1000, tune: int = 1000,
-            target_accept: float = 0.9, priors: dict | None = None,
-            progress=None) -> Comparison:
-    """Fit the one-way model every requested way and return the `Comparison` record.
-
-    `data` is a CSV path, a DataFrame (with `y` and `group` naming columns) or a `GroupedData`.
-    `priors` overrides the default priors (keys of `Priors`). `progress(step: str)` is called
-    before each long step."""
-    settings = Settings(methods=parse_methods(methods), seed=int(seed),
-                        parametrization=parametrization, n_starts=int(n_starts),
-                        n_jobs=int(n_jobs), chains=int(chains), draws=int(draws),
-                        tune=int(tune), target_accept=float(target_accept))
-    check_settings(settings)
-    gd = resolve_data(data, y, group)
-    pri = make_priors(gd, priors)
-    st = Stats.of(gd)
+def _stopwatch(progress):
+    """(clock, say): `say(step)` closes the running step's timer and announces the next."""
     report = progress or (lambda step: None)
     clock: dict[str, float] = {}
     state = {"step": None, "t": 0.0}
@@ -214,6 +198,74 @@ def compare(data, y: str | None = None, group: str | None = None, *, methods=Non
         if step:
             report(step)
 
+    return clock, say
+
+
+def _formula_data(data, formula: str, levels: dict | None):
+    """Parse the formula; return (spec, LMMData or None for the one-way model)."""
+    from .lmm import design
+    from .lmm.formula import parse
+
+    spec = parse(formula)
+    if isinstance(data, str | Path):
+        frame, digest = read_csv(data)
+        source = str(data)
+    elif isinstance(data, pd.DataFrame):
+        frame, digest, source = data, "", "<DataFrame>"
+    else:
+        raise InputError(f"with formula=..., data must be a CSV path or a pandas DataFrame, got "
+                         f"{type(data).__name__}.")
+    if spec.is_oneway and not levels:
+        return spec, from_frame(frame, spec.response, spec.factor, source=source,
+                                sha256=digest)
+    return spec, design.from_frame(frame, spec, source=source, sha256=digest, levels=levels)
+
+
+def compare(data, y: str | None = None, group: str | None = None, *, formula: str | None = None,
+            levels: dict | None = None, methods=None, seed: int = 0,
+            parametrization: str = "noncentered", n_starts: int = 16,
+            n_jobs: int = -1, chains: int = 4, draws: int = 1000, tune: int = 1000,
+            target_accept: float = 0.9, priors: dict | None = None,
+            progress=None):
+    """Fit the model every requested way and return the comparison record.
+
+    `data` is a CSV path, a DataFrame (with `y` and `group` naming columns) or a `GroupedData`.
+    With `formula` (lme4 syntax, e.g. "y ~ x + (1 + x | g)") the general LMM is fitted and an
+    `LMMComparison` returned; `y ~ 1 + (1 | g)` takes the one-way path (same answers, faster).
+    `levels` sets a categorical column's level order (first = reference level).
+    `priors` overrides the default priors. `progress(step: str)` is called before each step."""
+    gd = None
+    if formula is not None:
+        if y is not None or group is not None:
+            raise InputError("give either a formula or y/group, not both.")
+        spec, gd = _formula_data(data, formula, levels)
+        if not isinstance(gd, GroupedData):
+            from .lmm.compare import METHODS as LMM_METHODS
+            from .lmm.compare import compare_lmm
+
+            chosen = parse_methods(methods) if methods is not None else LMM_METHODS
+            if "anova" in chosen:
+                raise InputError("method 'anova' is only for the one-way model y ~ 1 + (1 | g); "
+                                 f"choose from {','.join(LMM_METHODS)}.")
+            settings = Settings(methods=chosen, seed=int(seed), parametrization=parametrization,
+                                n_starts=int(n_starts), n_jobs=int(n_jobs), chains=int(chains),
+                                draws=int(draws), tune=int(tune),
+                                target_accept=float(target_accept))
+            check_settings(settings)
+            clock, say = _stopwatch(progress)
+            out = compare_lmm(gd, settings, priors, say)
+            say("")
+            out.timings = clock
+            return out
+    settings = Settings(methods=parse_methods(methods), seed=int(seed),
+                        parametrization=parametrization, n_starts=int(n_starts),
+                        n_jobs=int(n_jobs), chains=int(chains), draws=int(draws),
+                        tune=int(tune), target_accept=float(target_accept))
+    check_settings(settings)
+    gd = gd if gd is not None else resolve_data(data, y, group)
+    pri = make_priors(gd, priors)
+    st = Stats.of(gd)
+    clock, say = _stopwatch(progress)
     out = Comparison(data=gd, priors=pri, settings=settings)
     ms = settings.methods
     if "anova" in ms:
