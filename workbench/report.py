@@ -134,9 +134,89 @@ def lme4_text(c) -> str:
     ])
 
 
+LMM_FORMULAS = {
+    "model": r"y = X\beta + Zb + e,\quad b_j \sim \mathrm{N}(0, G),\quad "
+             r"e \sim \mathrm{N}(0, \sigma^2 I),\quad G = \sigma^2 TT'",
+    "laplace": r"\ell(\theta) = h(\theta, \hat b(\theta)) - \frac{1}{2}\log\det\left("
+               r"\frac{Z'Z}{\sigma^2} + G^{-1}\right) + \frac{mq}{2}\log 2\pi",
+    "em": r"\sigma^2_{ML} = \frac{RSS + \mathrm{tr}(Z V_b Z')}{N},\qquad "
+          r"\sigma^2_{joint} = \frac{RSS}{N}",
+}
+LMM_TERMS = [("sigma²", "sigma2"), ("RSS = ||y − Xβ − Zb||²", "rss"),
+             ("missing term tr(Z V_b Z′)", "missing"), ("hidden df p_D", "p_d"),
+             ("volume ½ Σ log det V_bj", "volume"), ("log joint h", "log_joint"),
+             ("log marginal l", "log_marginal"), ("EM σ² with the missing term", "em_sigma2"),
+             ("EM σ² without it", "em_sigma2_no_missing")]
+
+
+def lmm_lme4_text(c) -> str:
+    """An lme4-like printout of the EB-ML fit of a formula model."""
+    f, d = c.eb_ml, c.data
+    comps = f.components
+    lines = ["Linear mixed model fit by maximum likelihood (workbench EB-ML)",
+             f"Formula: {d.formula}", "     logLik  deviance",
+             f"  {f.loglik:9.4f}  {f.objective:8.4f}", "Random effects:",
+             " Groups   Name          Variance  Std.Dev."]
+    for k, (name, v) in enumerate(comps.variances.items()):
+        grp = d.group_name[:8] if k == 0 else ""
+        lines.append(f" {grp:<8} {name:<13} {v:<9.6g} {np.sqrt(v):.5g}")
+    lines.append(f" Residual               {f.sigma2:<9.6g} {np.sqrt(f.sigma2):.5g}")
+    for name, r in comps.correlations.items():
+        lines.append(f" Corr({name}) = {r:.4f}")
+    lines += [f"Number of obs: {d.n_obs}, groups:  {d.group_name}, {d.n_groups}",
+              "Fixed effects:", "                   Estimate Std. Error"]
+    lines += [f"{n:<18} {v['estimate']:9.6g} {v['se']:10.6g}"
+              for n, v in f.fixed_effects().items()]
+    return "\n".join(lines)
+
+
+def _lmm_context(c, *, command: str, case_text: str | None, truth: dict | None,
+                 fragment: bool) -> dict:
+    from .lmm import plots as lplots
+
+    t0 = time.perf_counter()
+    ex = c.explanation() if c.eb_ml is not None else None
+    figures = []
+    if not fragment and c.eb_ml is not None:
+        figures.append(("components", "Variance components: posterior and every point estimate",
+                        lplots.plot_components(c)))
+        figures.append(("scalepath", "Log marginal and log joint as the variances shrink",
+                        lplots.plot_scale_path(c, lplots.scale_path(c))))
+        figures.append(("caterpillar", "Random-effect intervals by method",
+                        lplots.plot_caterpillar(c)))
+        if c.mcmc is not None:
+            figures.append(("rank", "Sampler diagnostics: rank plots", lplots.plot_rank(c)))
+    images = [{"id": i, "title": t, "src": _png_uri(plots.to_png(f))} for i, t, f in figures]
+    cols, rows = c.rows()
+    diag = c.mcmc.diagnostics if c.mcmc is not None else None
+    banner = list(c.mcmc.warnings) if diag is not None and (
+        diag["r_hat_max"] > 1.01 or diag["divergences"] > 0) else []
+    timings = dict(c.timings)
+    timings["report (explanation and plots)"] = time.perf_counter() - t0
+    d = c.data
+    return {
+        "fragment": fragment,
+        "title": f"{d.formula}: joint MAP vs empirical Bayes vs posterior",
+        "data": d.summary(), "priors": c.priors.describe(), "settings": c.settings.to_dict(),
+        "formulas": ({k: _png_uri(formula_png(v)) for k, v in LMM_FORMULAS.items()}
+                     if not fragment else {}),
+        "head": cols, "rows": [[lab, *[_fmt(v) for v in vals]] for lab, vals in rows],
+        "lme4": lmm_lme4_text(c) if c.eb_ml is not None else "",
+        "jm": [("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [],
+        "ex": ex, "terms": LMM_TERMS, "fmt": _fmt, "diag": diag, "banner": banner,
+        "warnings": c.warnings(), "images": images, "versions": versions(),
+        "command": command, "case_text": case_text,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "timings": timings, "truth": truth or {}, "seed": c.settings.seed,
+    }
+
+
 def build_context(c, *, command: str, case_text: str | None = None,
                   truth: dict | None = None, fragment: bool = False) -> dict:
     """Everything the template shows, computed once (plots as inline PNG)."""
+    if hasattr(c, "explanation"):  # a formula model (LMMComparison)
+        return _lmm_context(c, command=command, case_text=case_text, truth=truth,
+                            fragment=fragment)
     t0 = time.perf_counter()
     st = Stats.of(c.data)
     ex = explain(c) if c.eb_ml is not None else None
@@ -203,4 +283,5 @@ def render(c, **kwargs) -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
-    return env.get_template("report.html.j2").render(**build_context(c, **kwargs))
+    name = "report_lmm.html.j2" if hasattr(c, "explanation") else "report.html.j2"
+    return env.get_template(name).render(**build_context(c, **kwargs))

@@ -18,8 +18,8 @@ import numpy as np
 import scipy.optimize
 
 from ..estimators.joint_map import _tally
-from .deviance import PLS, Layout, solve
 from .design import LMMData
+from .deviance import PLS, Layout, solve
 from .eb import LMMFit, _central, variance_components
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
