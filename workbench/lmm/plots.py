@@ -98,19 +98,25 @@ def plot_components(c):
 
 
 def plot_scale_path(c, path: ScalePath):
-    """Log marginal and log joint as all random-effect variances shrink together."""
-    fig, ax = plt.subplots(figsize=(8, 4.4))
+    """Log marginal and log joint as all random-effect variances shrink together (two axes:
+    the joint's rise is far larger than the marginal's peak)."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    at_ml = int(np.argmin(np.abs(np.log(path.scale))))
     ax.plot(path.scale, path.log_marginal - path.log_marginal.max(), color=COLORS["EB-ML"],
-            lw=2, label="log marginal likelihood l (profiled)")
-    ax.plot(path.scale, path.log_joint - path.log_joint.max(), color=JOINT_COLOR, lw=2,
-            label="log joint h (profiled over beta, b, sigma^2)")
+            lw=2, label="log marginal likelihood l (profiled), left axis")
+    ax.set_ylim(-40, 3)
+    ax.set_ylabel("l minus its maximum", color=COLORS["EB-ML"])
+    ax2 = ax.twinx()
+    ax2.plot(path.scale, path.log_joint - path.log_joint[at_ml], color=JOINT_COLOR, lw=2,
+             label="log joint h (profiled over beta, b, sigma^2), right axis")
+    ax2.set_ylabel("h minus its value at c = 1", color=JOINT_COLOR)
     ax.axvline(1.0, color=COLORS["EB-ML"], ls=":", label="EB-ML (c = 1)")
     ax.set_xscale("log")
-    ax.set_ylim(-60, 5)
     ax.set_xlabel("c: relative covariance factor scaled to c x its ML value (log scale)")
-    ax.set_ylabel("log density minus its maximum on the path")
-    ax.set_title("Shrinking every random-effect variance: l peaks, h keeps rising")
-    ax.legend(fontsize=8)
+    ax.set_title("Shrinking every random-effect variance: l peaks at ML, h keeps rising")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower center")
     fig.tight_layout()
     return fig
 
