@@ -58,8 +58,9 @@ def _marks(c, key: str, kind: str) -> list[tuple[str, float, str, str]]:
         value = j.sigma2 if kind == "sigma2" else getattr(comps, kind)[key]
         out.append(("joint MAP (centered)", value, JOINT_COLOR, "-"))
     if c.mcmc is not None:
-        from ..estimators.mcmc import HDI_PROB  # noqa: F401
         import arviz as az
+
+        from ..estimators.mcmc import HDI_PROB  # noqa: F401
 
         draws = (c.mcmc.draws("sigma2") if kind == "sigma2" else
                  (c.mcmc.variance_draws() if kind == "variances"
