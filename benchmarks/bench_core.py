@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import command_wall
+from common import command_wall, timed
 
 from workbench.data import from_arrays
 from workbench.densities import Stats
@@ -28,14 +27,6 @@ from workbench.estimators import eb, joint_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def timed(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def simulate(n_rows=1_000_000, m=10_000, seed=0):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import timed
 
 from workbench.lmm import design, eb
 
@@ -39,14 +39,6 @@ def fit_once(df, formula, levels=None):
     fit.random_effects()  # conditional modes and variances, as a user gets them
     return fit
 
-
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def lme4_seconds(csv: Path, formula: str, group: str, reps: int, prep: str = ""):

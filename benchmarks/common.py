@@ -16,3 +16,13 @@ def command_wall(cmd: list[str], repeats: int) -> float:
         subprocess.run(cmd, check=True, capture_output=True)
         walls.append(time.perf_counter() - t0)
     return statistics.median(walls)
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    """Median wall time of `repeat` calls of fn() and the last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out

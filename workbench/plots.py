@@ -292,14 +292,14 @@ def plot_caterpillar(c, max_groups: int = 40):
     return fig
 
 
-def plot_rank(c):
-    """Rank plots (ArviZ) of mu, sigma and tau: flat and overlapping when the chains mix."""
+def plot_rank(c, var_names=("mu", "sigma", "tau"), width: float = 13):
+    """Rank plots (ArviZ) of the scalar parameters: flat and overlapping when the chains mix."""
     import arviz as az
 
-    pc = az.plot_rank(c.mcmc.posterior, var_names=["mu", "sigma", "tau"], backend="matplotlib")
+    pc = az.plot_rank(c.mcmc.posterior, var_names=list(var_names), backend="matplotlib")
     pc.add_legend("chain")
     fig = pc.viz["figure"].item()
-    fig.set_size_inches(13, 3.8)
+    fig.set_size_inches(width, 3.8)
     fig.suptitle("Rank plots by chain (ArviZ: fractional-rank ECDF differences, with the "
                  "p-value of a uniformity test; small p = chains disagree)", y=1.04)
     return fig

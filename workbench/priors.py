@@ -49,12 +49,18 @@ def make_priors(data: GroupedData, overrides: dict | None = None) -> Priors:
         if key not in allowed:
             raise InputError(f"unknown prior setting '{key}'; use one of "
                              f"{', '.join(sorted(allowed))}.")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"prior setting '{key}' must be a number, got {value!r}.") from None
-        if not math.isfinite(value):
-            raise InputError(f"prior setting '{key}' must be finite, got {value!r}.")
-        if key != "mu_loc" and not value > 0:
-            raise InputError(f"prior setting '{key}' must be positive, got {value!r}.")
+        prior_number(key, value, positive=key != "mu_loc")
     return replace(priors, **{k: float(v) for k, v in overrides.items()})
+
+
+def prior_number(key: str, value, positive: bool = True) -> float:
+    """A prior setting as a finite float (positive for scales), or a one-line error."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"prior setting '{key}' must be a number, got {value!r}.") from None
+    if not math.isfinite(value):
+        raise InputError(f"prior setting '{key}' must be finite, got {value!r}.")
+    if positive and not value > 0:
+        raise InputError(f"prior setting '{key}' must be positive, got {value!r}.")
+    return value

@@ -9,12 +9,12 @@ that `deviance.PLS.objective("joint")` profiles (tested against `compile_logp`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ..errors import InputError
+from ..priors import prior_number
 from .design import LMMData
 
 PRIOR_KEYS = ("sigma_scale", "beta_scale", "sd_scale", "lkj_eta")
@@ -75,13 +75,7 @@ def make_priors(data: LMMData, overrides: dict | None = None) -> LMMPriors:
         if key not in PRIOR_KEYS:
             raise InputError(f"unknown prior setting '{key}' for a formula model; use one of "
                              f"{', '.join(PRIOR_KEYS)}.")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"prior setting '{key}' must be a number, got {value!r}.") from None
-        if not (math.isfinite(value) and value > 0):
-            raise InputError(f"prior setting '{key}' must be positive and finite, got "
-                             f"{value!r}.")
+        value = prior_number(key, value)
         if key in ("beta_scale", "sd_scale"):
             pri = replace(pri, **{key: tuple(value * s for s in getattr(pri, key))})
         else:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
+from .. import plots as base_plots  # noqa: E402
 from ..plots import COLORS, _vlines  # noqa: E402
 from .deviance import Layout, solve  # noqa: E402
 
@@ -165,11 +166,4 @@ def plot_caterpillar(c, max_groups: int = 30):
 
 
 def plot_rank(c):
-    import arviz as az
-
-    pc = az.plot_rank(c.mcmc.posterior, var_names=["beta", "sigma", "sd"], backend="matplotlib")
-    pc.add_legend("chain")
-    fig = pc.viz["figure"].item()
-    fig.set_size_inches(14, 3.8)
-    fig.suptitle("Rank plots by chain (ArviZ); small p = chains disagree", y=1.04)
-    return fig
+    return base_plots.plot_rank(c, var_names=("beta", "sigma", "sd"), width=14)
