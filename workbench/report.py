@@ -170,6 +170,27 @@ def lmm_lme4_text(c) -> str:
     return "\n".join(lines)
 
 
+def _shared_context(c, *, t0: float, figures, command: str, case_text: str | None,
+                    truth: dict | None, fragment: bool) -> dict:
+    """The keys both report templates use the same way: plots, diagnostics and the warning
+    banner, settings, and provenance (versions, command, timestamp, seconds per step)."""
+    images = [{"id": i, "title": t, "src": _png_uri(plots.to_png(f))} for i, t, f in figures]
+    diag = c.mcmc.diagnostics if c.mcmc is not None else None
+    banner = []
+    if diag is not None and (diag["r_hat_max"] > 1.01 or diag["divergences"] > 0):
+        banner = list(c.mcmc.warnings)
+    timings = dict(c.timings)
+    timings["report (explanation and plots)"] = time.perf_counter() - t0
+    return {
+        "fragment": fragment, "data": c.data.summary(), "priors": c.priors.describe(),
+        "settings": c.settings.to_dict(), "fmt": _fmt, "diag": diag, "banner": banner,
+        "warnings": c.warnings(), "images": images, "versions": versions(),
+        "command": command, "case_text": case_text,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "timings": timings, "truth": truth or {}, "seed": c.settings.seed,
+    }
+
+
 def _lmm_context(c, *, command: str, case_text: str | None, truth: dict | None,
                  fragment: bool) -> dict:
     from .lmm import plots as lplots
@@ -186,28 +207,19 @@ def _lmm_context(c, *, command: str, case_text: str | None, truth: dict | None,
                         lplots.plot_caterpillar(c)))
         if c.mcmc is not None:
             figures.append(("rank", "Sampler diagnostics: rank plots", lplots.plot_rank(c)))
-    images = [{"id": i, "title": t, "src": _png_uri(plots.to_png(f))} for i, t, f in figures]
+    formulas = ({k: _png_uri(formula_png(v)) for k, v in LMM_FORMULAS.items()}
+                if not fragment else {})
     cols, rows = c.rows()
-    diag = c.mcmc.diagnostics if c.mcmc is not None else None
-    banner = list(c.mcmc.warnings) if diag is not None and (
-        diag["r_hat_max"] > 1.01 or diag["divergences"] > 0) else []
-    timings = dict(c.timings)
-    timings["report (explanation and plots)"] = time.perf_counter() - t0
     d = c.data
     return {
-        "fragment": fragment,
+        **_shared_context(c, t0=t0, figures=figures, command=command, case_text=case_text,
+                          truth=truth, fragment=fragment),
         "title": f"{d.formula}: joint MAP vs empirical Bayes vs posterior",
-        "data": d.summary(), "priors": c.priors.describe(), "settings": c.settings.to_dict(),
-        "formulas": ({k: _png_uri(formula_png(v)) for k, v in LMM_FORMULAS.items()}
-                     if not fragment else {}),
+        "formulas": formulas,
         "head": cols, "rows": [[lab, *[_fmt(v) for v in vals]] for lab, vals in rows],
         "lme4": lmm_lme4_text(c) if c.eb_ml is not None else "",
         "jm": [("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [],
-        "ex": ex, "terms": LMM_TERMS, "fmt": _fmt, "diag": diag, "banner": banner,
-        "warnings": c.warnings(), "images": images, "versions": versions(),
-        "command": command, "case_text": case_text,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "timings": timings, "truth": truth or {}, "seed": c.settings.seed,
+        "ex": ex, "terms": LMM_TERMS,
     }
 
 
@@ -237,24 +249,15 @@ def build_context(c, *, command: str, case_text: str | None = None,
                         plots.plot_caterpillar(c)))
         if c.mcmc is not None:
             figures.append(("rank", "Sampler diagnostics: rank plots", plots.plot_rank(c)))
-    images = [{"id": i, "title": t, "src": _png_uri(plots.to_png(f))} for i, t, f in figures]
     formulas = ({k: _png_uri(formula_png(v)) for k, v in FORMULAS.items()}
                 if not fragment else {})
     head, rows = estimates_rows(c)
-    diag = c.mcmc.diagnostics if c.mcmc is not None else None
-    banner = []
-    if diag is not None and (diag["r_hat_max"] > 1.01 or diag["divergences"] > 0):
-        banner = list(c.mcmc.warnings)
-    timings = dict(c.timings)
-    timings["report (explanation and plots)"] = time.perf_counter() - t0
     d = c.data
     return {
-        "fragment": fragment,
+        **_shared_context(c, t0=t0, figures=figures, command=command, case_text=case_text,
+                          truth=truth, fragment=fragment),
         "title": f"{d.y_name} by {d.group_name}: joint MAP vs empirical Bayes vs posterior",
-        "data": d.summary(),
         "sizes": {"median": float(np.median(d.n))},
-        "priors": c.priors.describe(),
-        "settings": c.settings.to_dict(),
         "formulas": formulas,
         "head": head,
         "rows": rows,
@@ -262,18 +265,6 @@ def build_context(c, *, command: str, case_text: str | None = None,
         "jm": [(f"{'with priors' if pri else 'h-likelihood'}, {par}", r)
                for (par, pri), r in c.joint_maps.items()],
         "ex": ex,
-        "fmt": _fmt,
-        "diag": diag,
-        "banner": banner,
-        "warnings": c.warnings(),
-        "images": images,
-        "versions": versions(),
-        "command": command,
-        "case_text": case_text,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "timings": timings,
-        "truth": truth or {},
-        "seed": c.settings.seed,
     }
 
 

@@ -61,7 +61,6 @@ def _marks(c, key: str, kind: str) -> list[tuple[str, float, str, str]]:
     if c.mcmc is not None:
         import arviz as az
 
-        from ..estimators.mcmc import HDI_PROB  # noqa: F401
 
         draws = (c.mcmc.draws("sigma2") if kind == "sigma2" else
                  (c.mcmc.variance_draws() if kind == "variances"
