@@ -62,12 +62,12 @@ def test_dyestuff_has_no_interior_joint_mode():
 def test_joint_mode_solves_em_without_the_missing_terms(slopes):
     d, fit, jm = slopes
     assert jm.status == "interior"
-    t = terms(jm.pls, jm.sigma2, d.cross.ztz)
+    t = terms(jm.pls, jm.sigma2, d.factors.ztz)
     # the joint mode: sigma^2 = RSS / N and G = sum_j b_j b_j' / m (no V_b terms)
     assert abs(t.em_sigma2_no_missing / jm.sigma2 - 1) < 1e-6
     np.testing.assert_allclose(t.em_G_no_missing, jm.G, rtol=1e-4)
     # ... while the ML point solves them with the V_b terms
-    e = terms(fit.pls, fit.sigma2, d.cross.ztz)
+    e = terms(fit.pls, fit.sigma2, d.factors.ztz)
     assert abs(e.em_sigma2 / fit.sigma2 - 1) < 1e-6
     np.testing.assert_allclose(e.em_G, fit.G, rtol=1e-4)
     assert jm.sigma2 < fit.sigma2 and jm.log_joint > e.log_joint
@@ -75,7 +75,7 @@ def test_joint_mode_solves_em_without_the_missing_terms(slopes):
 
 def test_laplace_identity(slopes):
     d, fit, _ = slopes
-    t = terms(fit.pls, fit.sigma2, d.cross.ztz)
+    t = terms(fit.pls, fit.sigma2, d.factors.ztz)
     mq = d.n_groups * d.q
     assert abs(t.log_marginal - (t.log_joint + t.volume + 0.5 * mq * np.log(2 * np.pi))) < 1e-8
     assert abs(t.log_marginal - fit.loglik) < 1e-8
@@ -87,7 +87,7 @@ def test_log_joint_is_pymcs_density(slopes):
 
     d, fit, _ = slopes
     model = build_model(d, make_priors(d), "centered")
-    t = terms(fit.pls, fit.sigma2, d.cross.ztz)
+    t = terms(fit.pls, fit.sigma2, d.factors.ztz)
     chol = np.linalg.cholesky(np.asarray(t.G))
     # chol_0 enters b_0's density: its packed value (row-major lower triangle, log diagonal)
     packed = chol[np.tril_indices(2)]

@@ -72,7 +72,7 @@ def test_profiled_deviance_equals_dense_marginal_likelihood(hsb82_frame):
     d = design.from_frame(small, "mAch ~ ses + sector + (1 + ses | school)")
     lay = Layout.of(d.blocks, d.q)
     theta = np.array([0.4, 0.05, 0.12])
-    pls = solve(d.cross, lay, theta)
+    pls = solve(d.factors, lay, theta)
     s2 = pls.sigma2("ml")
     G = s2 * pls.T @ pls.T.T
     N, m = d.n_obs, d.n_groups

@@ -14,13 +14,12 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import formulae
 import numpy as np
 import pandas as pd
 import scipy.linalg
 
 from ..errors import InputError
-from .formula import FormulaSpec, lme4_name, parse, variables
+from .formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,67 @@ class Block:
 
 
 @dataclass(frozen=True)
-class CrossProducts:
-    """Sufficient statistics of the LMM with one grouping factor (y shifted by `shift`)."""
+class Scaling:
+    """The internal centring/scaling of X and y: X_s = X A and y_s = (y - y_shift) / y_scale.
 
-    ztz: np.ndarray  # (m, q, q)
-    ztx: np.ndarray  # (m, q, p)
-    zty: np.ndarray  # (m, q)
-    xtx: np.ndarray  # (p, p)
-    xty: np.ndarray  # (p,)
-    yty: float
+    With an intercept, every other fixed-effect column is centred and all are scaled to unit
+    spread, and y is centred and scaled: the column space of X is unchanged, so theta, the fits
+    and the likelihood are the same, but no digits are lost to offsets (a day number around
+    18,800) or to the scale of y (1e-11 or 1e60). Results are mapped back to the user's scale."""
+
+    A: np.ndarray  # (p, p): X_s = X A
+    y_shift: float
+    y_scale: float
+    intercept: int | None
+
+    @property
+    def log_det_A(self) -> float:
+        return float(np.log(np.abs(np.diag(self.A))).sum())  # A is triangular up to a permutation
+
+    @classmethod
+    def of(cls, X: np.ndarray, y: np.ndarray, intercept: int | None) -> Scaling:
+        p = X.shape[1]
+        A = np.eye(p)
+        if intercept is not None:
+            mean = X.mean(axis=0)
+            mean[intercept] = 0.0
+            spread = X.std(axis=0)
+            y_shift, y_scale = float(y.mean()), float(y.std())
+        else:
+            mean = np.zeros(p)
+            spread = np.sqrt((X * X).mean(axis=0))
+            y_shift, y_scale = 0.0, float(np.sqrt((y * y).mean()))
+        spread[spread == 0] = 1.0
+        if intercept is not None:
+            spread[intercept] = 1.0
+        for k in range(p):
+            if k != intercept:
+                A[k, k] = 1.0 / spread[k]
+                if intercept is not None:
+                    A[intercept, k] = -mean[k] / spread[k]
+        if not np.isfinite(y_scale) or y_scale == 0.0:
+            y_scale = 1.0
+        return cls(A=A, y_shift=y_shift, y_scale=y_scale, intercept=intercept)
+
+
+@dataclass(frozen=True)
+class GroupFactors:
+    """Per-group triangular factors of [Z_j X_s y_s] (one grouping factor), from one O(N) pass
+    of Householder QR: R_j = [[Rz_j, C_j], [0, W_j]] with Rz_j'Rz_j = Z_j'Z_j and
+    Rz_j'C_j = Z_j'[X_s y_s]; the within-group parts W_j are stacked and reduced to one
+    triangular `RW` ((p+1) x (p+1)) with RW'RW = sum_j W_j'W_j. Every objective then needs only
+    these small matrices, with no "X'X minus a sum" cancellation anywhere."""
+
+    Rz: np.ndarray  # (m, q, q) upper triangular (padded with zero rows where n_j < q)
+    C: np.ndarray  # (m, q, p + 1): last column from y
+    RW: np.ndarray  # (p + 1, p + 1) upper triangular
+    ztz: np.ndarray  # (m, q, q) Z_j'Z_j (user scale; Z is never rescaled)
     n: np.ndarray  # (m,) group sizes
-    shift: np.ndarray  # (p,) beta offset undone after solving (y - shift * intercept)
+    scaling: Scaling
+
+    @property
+    def p(self) -> int:
+        return int(self.RW.shape[0] - 1)
 
 
 @dataclass(frozen=True)
@@ -85,13 +134,13 @@ class LMMData:
         return tuple(out)
 
     @cached_property
-    def cross(self) -> CrossProducts:
-        return cross_products(self.y, self.X, self.Z, self.codes, self.n_groups,
-                              intercept=self.fixed_names.index("(Intercept)")
-                              if "(Intercept)" in self.fixed_names else None)
+    def factors(self) -> GroupFactors:
+        return group_factors(self.y, self.X, self.Z, self.codes, self.n_groups,
+                             intercept=self.fixed_names.index("(Intercept)")
+                             if "(Intercept)" in self.fixed_names else None)
 
     def summary(self) -> dict:
-        n = self.cross.n
+        n = np.bincount(self.codes, minlength=self.n_groups)
         return {
             "source": self.source, "sha256": self.sha256, "formula": self.formula,
             "y": self.y_name, "group": self.group_name, "n_obs": self.n_obs,
@@ -102,29 +151,29 @@ class LMMData:
         }
 
 
-def cross_products(y, X, Z, codes, m: int, intercept: int | None = None) -> CrossProducts:
-    """One O(N) pass: per-group Z_j'Z_j, Z_j'X_j, Z_j'y_j and the global X'X, X'y, y'y.
-
-    With an intercept column, y is centred first (beta's intercept shifts back afterwards):
-    y'y minus the penalised fit then loses no digits to cancellation when mean(y) >> sd(y)."""
-    p, q = X.shape[1], Z.shape[1]
-    shift = np.zeros(p)
-    if intercept is not None:
-        shift[intercept] = float(y.mean())
-        y = y - shift[intercept]
-
-    def per_group(w):
-        return np.bincount(codes, weights=w, minlength=m)
-
-    ztz = np.empty((m, q, q))
-    for a in range(q):
-        for b in range(a + 1):
-            ztz[:, a, b] = ztz[:, b, a] = per_group(Z[:, a] * Z[:, b])
-    ztx = np.stack([np.stack([per_group(Z[:, a] * X[:, k]) for k in range(p)], axis=-1)
-                    for a in range(q)], axis=1)
-    zty = np.stack([per_group(Z[:, a] * y) for a in range(q)], axis=-1)
-    return CrossProducts(ztz=ztz, ztx=ztx, zty=zty, xtx=X.T @ X, xty=X.T @ y, yty=float(y @ y),
-                         n=np.bincount(codes, minlength=m).astype(float), shift=shift)
+def group_factors(y, X, Z, codes, m: int, intercept: int | None = None) -> GroupFactors:
+    """The one O(N) pass: centre/scale X and y, then a batched Householder QR of [Z_j X_s y_s]
+    for the groups of each size, and one QR of the stacked within-group parts."""
+    y, X, Z = np.asarray(y, float), np.asarray(X, float), np.asarray(Z, float)
+    scaling = Scaling.of(X, y, intercept)
+    XY = np.column_stack([X @ scaling.A, (y - scaling.y_shift) / scaling.y_scale])
+    q, c = Z.shape[1], Z.shape[1] + XY.shape[1]
+    full = np.column_stack([Z, XY])
+    n = np.bincount(codes, minlength=m)
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(n)])
+    R = np.zeros((m, c, c))
+    for size in np.unique(n[n > 0]):
+        groups = np.flatnonzero(n == size)
+        rows = order[starts[groups][:, None] + np.arange(size)[None, :]]
+        r = np.linalg.qr(full[rows], mode="r")  # (k, min(size, c), c)
+        R[groups, : r.shape[1], :] = r
+    within = R[:, q:, q:].reshape(-1, c - q)
+    RW = np.linalg.qr(within, mode="r") if within.shape[0] >= c - q else np.triu(
+        np.vstack([within, np.zeros((c - q - within.shape[0], c - q))]))
+    ztz = np.einsum("jab,jac->jbc", R[:, :q, :q], R[:, :q, :q])
+    return GroupFactors(Rz=R[:, :q, :q].copy(), C=R[:, :q, q:].copy(), RW=RW, ztz=ztz,
+                        n=n.astype(float), scaling=scaling)
 
 
 def _missing_column(df: pd.DataFrame, name: str, source: str) -> InputError:
@@ -136,25 +185,39 @@ def _missing_column(df: pd.DataFrame, name: str, source: str) -> InputError:
                       f"{hint}")
 
 
-def _design(text: str, df: pd.DataFrame, source: str) -> tuple[np.ndarray, list[str]]:
-    try:
-        dm = formulae.design_matrices(text, df, na_action="error")
-    except Exception as exc:
-        raise InputError(f"{source}: cannot build the design for '{text}' ({exc}); check the "
-                         f"formula.") from None
-    cm = dm.common
-    return np.asarray(cm).astype(float), [lme4_name(c) for c in cm.as_dataframe().columns]
+def _design(part, df: pd.DataFrame, source: str) -> tuple[np.ndarray, list[str]]:
+    """R's model matrix of one parsed right-hand side (`formula.Part`), computed with numpy from
+    the parsed terms: no formula text is ever evaluated."""
+    return model_matrix(part, df, source)
 
 
 def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
-    scale = np.sqrt((X * X).sum(axis=0))
-    if np.any(scale == 0):
-        bad = names[int(np.flatnonzero(scale == 0)[0])]
+    """Refuse a rank-deficient X, invariant to the scale and offset of every column.
+
+    With an intercept, every other column is centred first (an offset is a multiple of the
+    intercept, so this changes neither the column space nor the rank), then all columns are
+    scaled to unit length, and the pivoted QR's diagonal is compared with a relative tolerance
+    (lme4's 1e-7): a covariate of offset/sd 1e9 is fine, a duplicated or constant column (a
+    dummy equal to the intercept, say) is caught."""
+    norm = np.sqrt((X * X).sum(axis=0))
+    if np.any(norm == 0):
+        bad = names[int(np.flatnonzero(norm == 0)[0])]
         raise InputError(f"{source}: fixed-effect column '{bad}' is all zero; drop that term "
                          f"from the formula.")
-    r, piv = scipy.linalg.qr(X / scale, mode="r", pivoting=True)
+    Xc = X / norm
+    if "(Intercept)" in names:
+        k = names.index("(Intercept)")
+        Xc = Xc - Xc.mean(axis=0)
+        Xc[:, k] = 1.0
+        spread = np.sqrt((Xc * Xc).sum(axis=0))
+        flat = [j for j in range(X.shape[1]) if j != k and spread[j] <= 1e-12 * np.sqrt(len(X))]
+        if flat:
+            raise InputError(f"{source}: fixed-effect column '{names[flat[0]]}' is constant, the "
+                             f"same as the intercept; drop that term from the formula.")
+        Xc = Xc / spread
+    r, piv = scipy.linalg.qr(Xc, mode="r", pivoting=True)
     d = np.abs(np.diag(r))
-    rank = int((d > d[0] * 1e-10 * max(X.shape)).sum())
+    rank = int((d > d[0] * 1e-7).sum())
     if rank < X.shape[1]:
         dropped = [names[i] for i in piv[rank:]]
         raise InputError(f"{source}: the fixed effects are rank deficient ({X.shape[1]} columns, "
@@ -162,12 +225,76 @@ def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
                          f"combination of the other columns; drop it from the formula.")
 
 
+def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, m: int,
+                      terms: list[tuple[RandomTerm, int]], spec: FormulaSpec,
+                      source: str) -> None:
+    """Refuse data in which sigma^2 is not identified, all relative to y's own scale.
+
+    * y constant (to 1e-12 of max |y|);
+    * lme4's check.nobs.vs.nRE: for a term with c columns, N <= m c observations (every group
+      of size 1 in a random-intercept model, say): sigma^2 and the variance of the term are
+      confounded;
+    * y fitted exactly by X and a free set of random effects per group (e.g. y constant within
+      every group): the residual of y on [X, blockdiag(Z_j)], from a per-group projection
+      (y - Z_j c_j computed directly, no cancellation) then least squares on X, is zero.
+    Without these, the optimiser runs sigma^2 to 1e-302 and reports a log likelihood of 1e4."""
+    n = y.size
+    scale = float(np.abs(y).max())
+    ys = y / scale if scale > 0 else y
+    dev = ys - ys.mean()
+    if scale == 0 or np.sqrt(dev @ dev / n) <= 1e-12:
+        raise InputError(f"{source}: column '{spec.response}' does not vary (every value is "
+                         f"{y[0]:.6g}), so there is nothing to model: check the response "
+                         f"column.")
+    sizes = np.bincount(codes, minlength=m)
+    for term, ncol in terms:
+        if n <= m * ncol:
+            if sizes.max() < 2:
+                raise InputError(
+                    f"{source}: every group of '{spec.factor}' has one observation, so sigma^2 "
+                    f"and the variance of the group effects are not separately identified (lme4 "
+                    f"refuses this too): use a grouping column with repeated observations.")
+            raise InputError(
+                f"{source}: {n} observations are not more than the {m * ncol} random effects of "
+                f"{term.text()} ({m} groups x {ncol}), so sigma^2 and the random-effect "
+                f"variances are not separately identified (lme4 refuses this too): use fewer "
+                f"random-effect terms or groups with more observations.")
+    q = Z.shape[1]
+    W = np.column_stack([ys, X])
+
+    def per_group(w):
+        return np.bincount(codes, weights=w, minlength=m)
+
+    A = np.empty((m, q, q))
+    for a in range(q):
+        for b in range(a + 1):
+            A[:, a, b] = A[:, b, a] = per_group(Z[:, a] * Z[:, b])
+    ZW = np.stack([np.stack([per_group(Z[:, a] * W[:, k]) for k in range(W.shape[1])], axis=-1)
+                   for a in range(q)], axis=1)
+    C = np.linalg.pinv(A, rcond=1e-10, hermitian=True) @ ZW
+    R = W.copy()
+    for a in range(q):
+        R -= Z[:, a, None] * C[codes, a, :]
+    r, RX = R[:, 0], R[:, 1:]
+    keep = np.sqrt((RX * RX).sum(axis=0)) > 1e-10 * np.sqrt((X * X).sum(axis=0))
+    if keep.any():
+        RX = RX[:, keep] / np.sqrt((RX[:, keep] ** 2).sum(axis=0))
+        r = r - RX @ np.linalg.lstsq(RX, r, rcond=None)[0]
+    if np.sqrt(r @ r / n) <= 1e-12:
+        raise InputError(
+            f"{source}: column '{spec.response}' is fitted exactly by the fixed effects plus "
+            f"free effects for each group of '{spec.factor}' (for example it does not vary "
+            f"within any group), so the residual variance sigma^2 is not identified: check the "
+            f"columns.")
+
+
 def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<DataFrame>",
                sha256: str = "", levels: dict[str, list] | None = None) -> LMMData:
     """Validate the data against the formula and build the `LMMData` record.
 
     `levels` fixes the order of a categorical column's levels (the first is the reference
-    level of its treatment contrasts, as R's factor levels are); by default levels are sorted."""
+    level of its treatment contrasts, as R's factor levels are); by default levels are sorted.
+    The formula is parsed as data (`formula.parse`) and every column is computed with numpy."""
     spec = parse(formula) if isinstance(formula, str) else formula
     used = variables(spec)
     for name in used:
@@ -197,19 +324,18 @@ def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<
                              f"that are not in its level order {list(order)}; list them all.")
         df[name] = pd.Categorical(df[name].astype(str), categories=[str(v) for v in order],
                                   ordered=True)
-    X, fixed_names = _design(f"{spec.response} ~ {spec.fixed}", df, source)
-    order = sorted(range(len(fixed_names)), key=lambda k: fixed_names[k].count(":"))
-    X, fixed_names = X[:, order], [fixed_names[k] for k in order]  # R: interactions last
+    X, fixed_names = _design(spec.fixed_part, df, source)  # R's order: interactions last
     _check_rank(X, fixed_names, source)
-    zcols, blocks = [], []
+    zcols, blocks, sizes = [], [], []
     for term in spec.random:
-        Zt, names = _design(term.expr, df, source)
+        Zt, names = _design(term.part, df, source)
         groups = [[i] for i in range(len(names))] if not term.correlated else [range(len(names))]
         for g in groups:
             start = sum(z.shape[1] for z in zcols)
             blocks.append(Block(names=tuple(names[i] for i in g),
                                 cols=tuple(start + k for k in range(len(list(g))))))
             zcols.append(Zt[:, list(g)])
+        sizes.append((term, Zt.shape[1]))
     Z = np.hstack(zcols)
     re_names = [n for b in blocks for n in b.names]
     if len(set(re_names)) < len(re_names):
@@ -229,6 +355,7 @@ def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<
     if out.n_obs <= out.p + out.q:
         raise InputError(f"{source}: {out.n_obs} rows are too few for {out.p} fixed and "
                          f"{out.q} random effects per group.")
+    _check_identified(y, X, Z, out.codes, out.n_groups, sizes, spec, source)
     return out
 
 

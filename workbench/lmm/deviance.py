@@ -5,8 +5,13 @@ lower-triangular relative covariance factor (block diagonal over the correlated 
 lists its free elements column by column, as lme4's `getME(fit, "theta")` does).
 
 Everything flows from one penalised least-squares solve (`solve`): with u = T^-1 b,
-r^2(theta) = min over beta, u of ||y - X beta - Z T u||^2 + ||u||^2, through the per-group
-Cholesky factors L_j L_j' = T' Z_j'Z_j T + I and R_X R_X' = X'X - sum_j R_ZXj' R_ZXj. Then
+r^2(theta) = min over beta, u of ||y - X beta - Z T u||^2 + ||u||^2. It works on the per-group
+triangular factors of `design.group_factors` (Rz_j'Rz_j = Z_j'Z_j, Rz_j'C_j = Z_j'[X y], the
+within-group remainder RW): with M_j = Rz_j T and K_j K_j' = I + M_j M_j',
+[X y]' V^-1 [X y] = RW'RW + sum_j (K_j^-1 C_j)'(K_j^-1 C_j), a sum of positive terms that one QR
+of the stacked rows factors into R_X, the fixed-effects right-hand side and r (no "X'X minus a
+sum" cancellation), and log|L|^2 = sum_j log|K_j|^2 (= log|T'Z'ZT + I|). X and y are centred and
+scaled inside (`design.Scaling`); every number here is mapped back to the user's scale. Then
 
 * ML deviance (lme4):   log|L|^2 + N [1 + log(2 pi r^2 / N)]
 * REML criterion:       log|L|^2 + log|R_X|^2 + (N - p) [1 + log(2 pi r^2 / (N - p))]
@@ -20,12 +25,11 @@ element of T goes to 0: the general form of the collapse tau -> 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 
-from .design import Block, CrossProducts
+from .design import Block, GroupFactors
 
 KINDS = ("ml", "reml", "joint")
 
@@ -70,18 +74,26 @@ class Layout:
 
 @dataclass(frozen=True)
 class PLS:
-    """The penalised least-squares solution at one theta."""
+    """The penalised least-squares solution at one theta, on the user's scale."""
 
     theta: np.ndarray
     T: np.ndarray
-    L: np.ndarray  # (m, q, q) lower Cholesky factors of T'Z_j'Z_j T + I
-    RX: np.ndarray  # (p, p) lower
+    M: np.ndarray = field(repr=False)  # (m, q, q) Rz_j T (internal scale-free factor)
     beta: np.ndarray
+    beta_cov_unit: np.ndarray  # (X'V^-1 X)^-1, V = I + Z T T'Z' (times sigma^2: lme4's vcov)
     u: np.ndarray  # (m, q) spherical random effects
-    r2: float  # penalised residual sum of squares
-    logdet_L: float  # log |L|^2
-    logdet_RX: float  # log |R_X|^2
+    log_r2: float  # log of the penalised residual sum of squares
+    logdet_L: float  # log |L|^2 = log |T'Z'ZT + I|
+    logdet_RX: float  # log |R_X|^2 = log |X'V^-1 X|
     n_obs: int
+
+    @property
+    def r2(self) -> float:
+        return float(np.exp(self.log_r2))
+
+    @property
+    def p(self) -> int:
+        return int(self.beta.size)
 
     @property
     def b(self) -> np.ndarray:
@@ -94,12 +106,12 @@ class PLS:
 
     def sigma2(self, kind: str) -> float:
         """sigma^2 maximising the objective `kind` at this theta."""
-        return self.r2 / _dof(kind, self.n_obs, self.RX.shape[0], self.u.size)
+        return float(np.exp(self.log_r2 - np.log(_dof(kind, self.n_obs, self.p, self.u.size))))
 
     def objective(self, kind: str) -> float:
         """lme4's deviance ('ml'), REML criterion ('reml'), or -2 x profiled log joint."""
-        dof = _dof(kind, self.n_obs, self.RX.shape[0], self.u.size)
-        fit = dof * (1.0 + np.log(2.0 * np.pi * self.r2 / dof))
+        dof = _dof(kind, self.n_obs, self.p, self.u.size)
+        fit = dof * (1.0 + np.log(2.0 * np.pi) + self.log_r2 - np.log(dof))
         if kind == "ml":
             return self.logdet_L + fit
         if kind == "reml":
@@ -110,55 +122,53 @@ class PLS:
     def loglik(self, sigma2: float) -> float:
         """Marginal log likelihood at (beta_hat(theta), sigma2, theta)."""
         return -0.5 * (self.logdet_L + self.n_obs * np.log(2.0 * np.pi * sigma2)
-                       + self.r2 / sigma2)
+                       + float(np.exp(self.log_r2 - np.log(sigma2))))
 
     def cond_cov(self, sigma2: float) -> np.ndarray:
         """Conditional covariance of b_j given y and the parameters (lme4's condVar):
         sigma^2 T (T'Z_j'Z_j T + I)^-1 T', (m, q, q)."""
-        Linv = np.linalg.inv(self.L)
-        TLi = self.T @ np.swapaxes(Linv, 1, 2)  # T L^-T
-        return sigma2 * TLi @ np.swapaxes(TLi, 1, 2)
+        q = self.T.shape[0]
+        Ainv = np.linalg.inv(np.swapaxes(self.M, 1, 2) @ self.M + np.eye(q))
+        return sigma2 * self.T @ Ainv @ self.T.T
 
     def beta_cov(self, sigma2: float) -> np.ndarray:
-        """sigma^2 (R_X R_X')^-1, lme4's vcov()."""
-        Ri = scipy.linalg.solve_triangular(self.RX, np.eye(self.RX.shape[0]), lower=True)
-        return sigma2 * Ri.T @ Ri
+        """sigma^2 (X'V^-1 X)^-1, lme4's vcov()."""
+        return sigma2 * self.beta_cov_unit
 
 
 def _dof(kind: str, n: int, p: int, mq: int) -> float:
     return {"ml": n, "reml": n - p, "joint": n + mq}[kind]
 
 
-def _lower_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Batched solve of L_j X_j = B_j (small q; general solver on the triangular factors)."""
-    if L.shape[-1] == 1:
-        return B / L[..., :1, :1] if B.ndim == 3 else B / L[..., 0]
-    if B.ndim == 2:
-        return np.linalg.solve(L, B[..., None])[..., 0]
-    return np.linalg.solve(L, B)
-
-
-def solve(cp: CrossProducts, layout: Layout, theta) -> PLS:
-    """Penalised least squares at `theta`, from the cross products only (O(m q^3 + m q^2 p))."""
+def solve(gf: GroupFactors, layout: Layout, theta) -> PLS:
+    """Penalised least squares at `theta`, from the group factors only (O(m q^2 p))."""
     theta = np.asarray(theta, float)
     T = layout.T(theta)
-    A = np.einsum("ab,jac,cd->jbd", T, cp.ztz, T, optimize=True)
-    A[:, np.arange(layout.q), np.arange(layout.q)] += 1.0
-    L = np.linalg.cholesky(A)
-    cu = _lower_solve(L, cp.zty @ T)  # T' Z_j'y_j, as rows
-    RZX = _lower_solve(L, np.einsum("ab,jap->jbp", T, cp.ztx))
-    RX = np.linalg.cholesky(cp.xtx - np.einsum("jqa,jqb->ab", RZX, RZX))
-    cb = scipy.linalg.solve_triangular(RX, cp.xty - np.einsum("jqa,jq->a", RZX, cu), lower=True)
-    beta = scipy.linalg.solve_triangular(RX.T, cb, lower=False)
-    rhs = cu - RZX @ beta
-    u = (np.linalg.solve(np.swapaxes(L, 1, 2), rhs[..., None])[..., 0] if layout.q > 1
-         else rhs / L[:, 0, :])
-    r2 = max(cp.yty - float((cu * cu).sum()) - float(cb @ cb), 1e-300)
-    diagL = np.diagonal(L, axis1=1, axis2=2)
-    return PLS(theta=theta, T=T, L=L, RX=RX, beta=beta + cp.shift, u=u, r2=r2,
-               logdet_L=2.0 * float(np.log(diagL).sum()),
-               logdet_RX=2.0 * float(np.log(np.diag(RX)).sum()), n_obs=int(cp.n.sum()))
+    q, p, sc = layout.q, gf.p, gf.scaling
+    M = gf.Rz @ T
+    K = np.linalg.cholesky(M @ np.swapaxes(M, 1, 2) + np.eye(q))
+    D = gf.C / K if q == 1 else np.linalg.solve(K, gf.C)
+    R = np.linalg.qr(np.vstack([gf.RW, D.reshape(-1, p + 1)]), mode="r")
+    RX, cb, r = R[:p, :p], R[:p, p], abs(R[p, p])
+    Rinv = np.linalg.inv(RX)  # p x p upper triangular (tiny: a general inverse is fastest)
+    beta_s = Rinv @ cb
+    # u_j = M_j' (I + M_j M_j')^-1 (c_yj - C_Xj beta)
+    e = gf.C[:, :, p] - gf.C[:, :, :p] @ beta_s
+    w = np.linalg.solve(np.swapaxes(K, 1, 2), np.linalg.solve(K, e[..., None]))[..., 0]
+    u_s = np.einsum("jab,ja->jb", M, w)
+    s = sc.y_scale
+    beta = s * (sc.A @ beta_s)
+    if sc.intercept is not None:
+        beta[sc.intercept] += sc.y_shift
+    cov = sc.A @ (Rinv @ Rinv.T) @ sc.A.T
+    diagK = np.diagonal(K, axis1=1, axis2=2)
+    with np.errstate(divide="ignore"):
+        log_r2 = 2.0 * (float(np.log(r)) + float(np.log(s)))
+    return PLS(theta=theta, T=T, M=M, beta=beta, beta_cov_unit=cov, u=s * u_s, log_r2=log_r2,
+               logdet_L=2.0 * float(np.log(diagK).sum()),
+               logdet_RX=2.0 * float(np.log(np.abs(np.diag(RX))).sum()) - 2.0 * sc.log_det_A,
+               n_obs=int(gf.n.sum()))
 
 
-def objective(cp: CrossProducts, layout: Layout, theta, kind: str) -> float:
-    return solve(cp, layout, theta).objective(kind)
+def objective(gf: GroupFactors, layout: Layout, theta, kind: str) -> float:
+    return solve(gf, layout, theta).objective(kind)

@@ -2,8 +2,9 @@
 REML criterion over theta, then read off beta, sigma^2, G and the conditional modes/variances.
 
 Objective + optimiser, as lme4 does it: `deviance.solve` gives the objective at any theta,
-scipy's bound-constrained L-BFGS-B (diagonal of T >= 0, finite-difference gradients; the
-objective costs O(m q^3)) finds its minimum, and a fitted record is built at that theta.
+`optimiser.minimise` (BOBYQA within lme4's bounds, diagonal of T >= 0, with its end point
+checked and restarted from the edge; the objective costs O(m q^2 p)) finds its minimum, and a
+fitted record is built at that theta.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.optimize
 import scipy.stats
 
 from .design import Block, LMMData
 from .deviance import PLS, Layout, solve
+from .optimiser import Optimum, minimise
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
 
@@ -54,9 +55,16 @@ class LMMFit:
     beta: np.ndarray
     beta_cov: np.ndarray
     objective: float  # deviance (ML) or REML criterion
-    n_evals: int
-    converged: bool
+    optimum: Optimum = field(repr=False)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return self.optimum.converged
+
+    @property
+    def n_evals(self) -> int:
+        return self.optimum.n_evals
 
     @property
     def theta(self) -> np.ndarray:
@@ -113,78 +121,28 @@ class LMMFit:
                 self.objective if self.method == "ml" else self.loglik,
             "singular": self.singular,
             "converged": self.converged,
+            "convergence": self.optimum.to_dict(),
             "random_effects": self.random_effects(),
             "notes": list(self.notes),
         }
         return out
 
 
-def _central(fun, x: np.ndarray, h: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """Central-difference gradient and Hessian (theta has a handful of elements)."""
-    k = x.size
-    E = np.eye(k) * h
-    f0 = fun(x)
-    fp = np.array([fun(x + e) for e in E])
-    fm = np.array([fun(x - e) for e in E])
-    H = np.empty((k, k))
-    for i in range(k):
-        H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h**2
-        for j in range(i):
-            H[i, j] = H[j, i] = (fun(x + E[i] + E[j]) - fp[i] - fp[j] + f0
-                                 - (f0 - fm[i] - fm[j] + fun(x - E[i] - E[j]))) / (2 * h**2)
-    return (fp - fm) / (2 * h), H
-
-
-def minimise(fun, layout: Layout, x0=None) -> tuple[np.ndarray, int, bool, str]:
-    """L-BFGS-B over theta within lme4's bounds, then Newton steps on the coordinates off the
-    bounds (the finite-difference gradient limits L-BFGS-B near the optimum). Converged means
-    the Newton decrement g'H^-1 g on the free coordinates is below 1e-8 with H positive
-    definite there. Returns (theta, evaluations, converged, message)."""
-    x = layout.start() if x0 is None else np.asarray(x0, float)
-    res = scipy.optimize.minimize(fun, x, method="L-BFGS-B", jac="3-point",
-                                  bounds=layout.bounds(),
-                                  options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 2000})
-    x, nfev, message = res.x, int(res.nfev), str(res.message)
-    lower = np.where(layout.diagonal, 0.0, -np.inf)
-    decrement = np.inf
-    for _ in range(4):
-        free = x > lower + 1e-7
-        if not free.any():
-            decrement = 0.0
-            break
-        g, H = _central(fun, x)
-        nfev += 1 + 2 * x.size + x.size * (x.size - 1)
-        gf, Hf = g[free], H[np.ix_(free, free)]
-        try:
-            step = np.linalg.solve(Hf, gf)
-            positive = bool(np.all(np.linalg.eigvalsh(Hf) > 0))
-        except np.linalg.LinAlgError:
-            break
-        decrement = float(gf @ step) if positive else np.inf
-        if not positive or decrement < 1e-8:
-            break
-        trial = x.copy()
-        trial[free] = np.maximum(x[free] - step, lower[free])
-        if fun(trial) >= fun(x):
-            break
-        x = trial
-    return x, nfev, bool(res.success or decrement < 1e-8), message
-
-
 def fit(data: LMMData, method: str = "ml", x0=None) -> LMMFit:
-    """Fit by ML or REML from the cross products (no O(N) work after the first pass)."""
-    cp = data.cross
+    """Fit by ML or REML from the group factors (no O(N) work after the first pass)."""
+    gf = data.factors
     layout = Layout.of(data.blocks, data.q)
-    theta, nfev, converged, message = minimise(
-        lambda t: solve(cp, layout, t).objective(method), layout, x0)
-    pls = solve(cp, layout, theta)
+    opt = minimise(lambda t: solve(gf, layout, t).objective(method),
+                   layout.start() if x0 is None else x0,
+                   np.where(layout.diagonal, 0.0, -np.inf))
+    pls = solve(gf, layout, opt.x)
     s2 = pls.sigma2(method)
     G = s2 * pls.T @ pls.T.T
     out = LMMFit(method=method, data=data, pls=pls, sigma2=s2, G=G, beta=pls.beta,
-                 beta_cov=pls.beta_cov(s2), objective=pls.objective(method),
-                 n_evals=nfev, converged=converged)
-    if not converged:
-        out.notes.append(f"the optimiser stopped without converging ({message})")
+                 beta_cov=pls.beta_cov(s2), objective=pls.objective(method), optimum=opt)
+    if not opt.converged:
+        out.notes.append(f"the optimiser did not confirm a minimum ({opt.message}); the "
+                         f"estimates may be off")
     if out.singular:
         out.notes.append("boundary (singular) fit: a random-effect variance is 0 or a "
                          "correlation is +-1 (lme4's isSingular)")

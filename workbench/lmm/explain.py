@@ -74,7 +74,7 @@ class Explanation:
 
 def explain(eb_fit, joint) -> Explanation:
     """Terms at the EB-ML point and at the joint mode (if interior), and the story in words."""
-    cp = eb_fit.data.cross
+    cp = eb_fit.data.factors
     e = terms(eb_fit.pls, eb_fit.sigma2, cp.ztz)
     j = terms(joint.pls, joint.sigma2, cp.ztz) if joint is not None and joint.pls else None
     n = eb_fit.data.n_obs

@@ -20,7 +20,8 @@ import scipy.optimize
 from ..estimators.joint_map import _tally
 from .design import LMMData
 from .deviance import PLS, Layout, solve
-from .eb import LMMFit, _central, variance_components
+from .eb import LMMFit, variance_components
+from .optimiser import derivatives
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
 LOG_CEIL = np.log(1e4)
@@ -109,7 +110,7 @@ def run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     """One start: L-BFGS-B on phi inside a wide box, Newton polish, then classification."""
     layout = Layout.of(data.blocks, data.q)
     diag = layout.diagonal
-    cp = data.cross
+    cp = data.factors
 
     def f(phi):
         return solve(cp, layout, _theta(phi, diag)).objective("joint")
@@ -128,7 +129,7 @@ def run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     else:
         status = "not_converged"
         for _ in range(5):
-            g, H = _central(f, phi, h=1e-5)
+            g, H = derivatives(f, phi, step=1e-5)
             try:
                 positive = bool(np.all(np.linalg.eigvalsh(H) > 0))
                 step = np.linalg.solve(H, g)
@@ -185,7 +186,7 @@ def fit(data: LMMData, eb: LMMFit, *, n_starts: int = 16, seed: int = 0, n_jobs:
                    f"variance goes to 0, so there is no joint MAP to report.")
         return LMMJointMap(data=data, status="no_interior_mode", best=None,
                            starts=tuple(results), message=message)
-    pls = solve(data.cross, Layout.of(data.blocks, data.q), best.theta)
+    pls = solve(data.factors, Layout.of(data.blocks, data.q), best.theta)
     message = (f"Interior local maximum of the log joint found ({tally} of {n_starts} starts); "
                f"it is a local mode only, since the log joint is unbounded as a variance -> 0.")
     return LMMJointMap(data=data, status="interior", best=best, starts=tuple(results),

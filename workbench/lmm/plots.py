@@ -37,7 +37,7 @@ def scale_path(c, npts: int = 80) -> ScalePath:
     grid = np.geomspace(1e-4, 4.0, npts)
     lm, lj = [], []
     for s in grid:
-        pls = solve(d.cross, lay, s * theta)
+        pls = solve(d.factors, lay, s * theta)
         lm.append(-0.5 * pls.objective("ml"))
         lj.append(-0.5 * pls.objective("joint"))
     return ScalePath(grid, np.array(lm), np.array(lj))

@@ -1,0 +1,172 @@
+"""Bound-constrained minimisation of a profiled objective, with "converged" checked, not assumed.
+
+lme4's recipe: derivative-free BOBYQA (Powell; here Py-BOBYQA, the implementation lme4 and
+MixedModels.jl use in another language) within the bounds, then `restart_edge`: a coordinate
+that ends on its bound while the objective still falls inward is moved inward and the optimiser
+restarted. The profiled deviance depends on a diagonal element of T through its square near 0,
+so its derivative there is exactly 0 and a gradient test alone would call such a point
+converged; the one-sided test below compares objective values instead.
+
+`minimise` claims convergence only when, at the end point:
+* the central-difference gradient on the free coordinates is ~0 and their Hessian has no
+  clearly negative eigenvalue (a minimum, not a saddle);
+* no coordinate on a bound gives a lower objective when moved inward by 1e-4 .. 1e-1;
+* a restart of the optimiser from the end point finds nothing better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pybobyqa
+
+GRADIENT_TOL = 1e-3  # |d objective / d x| along flat directions (deviance units, theta ~ O(1))
+DECREMENT_TOL = 1e-8  # Newton decrement g'H^-1 g on the curved directions of the free coordinates
+CURVATURE_TOL = -1e-3  # smallest Hessian eigenvalue allowed on free coordinates
+DECREASE_TOL = 1e-9  # an inward or restart decrease below this is numerical noise
+INWARD_STEPS = (1e-4, 1e-3, 1e-2, 1e-1)
+MAX_RESTARTS = 8
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """Where the minimisation ended and the evidence that it is a minimum."""
+
+    x: np.ndarray
+    fun: float
+    n_evals: int
+    restarts: int
+    converged: bool
+    gradient_max: float  # max |gradient| over the free coordinates
+    newton_decrement: float  # g'H^-1 g over the curved free directions (~2 x what is left)
+    min_curvature: float  # smallest Hessian eigenvalue over the free coordinates
+    on_bound: tuple[int, ...]  # coordinates at their lower bound
+    inward_change: float  # min over bound coordinates and steps of f(inward) - f(x) (>= 0 ok)
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"converged": self.converged, "n_evals": self.n_evals,
+                "restarts": self.restarts, "gradient_max": self.gradient_max,
+                "newton_decrement": self.newton_decrement,
+                "min_curvature": self.min_curvature, "on_bound": list(self.on_bound),
+                "inward_change": self.inward_change, "message": self.message}
+
+
+class _Counted:
+    def __init__(self, fun: Callable[[np.ndarray], float]):
+        self.fun, self.n = fun, 0
+
+    def __call__(self, x) -> float:
+        self.n += 1
+        v = float(self.fun(np.asarray(x, float)))
+        return v if np.isfinite(v) else 1e300
+
+
+def _bobyqa(f: _Counted, x0: np.ndarray, lower: np.ndarray, rhobeg: float) -> np.ndarray:
+    lo = np.where(np.isfinite(lower), lower, -1e20)
+    x0 = np.maximum(x0, lo)
+    res = pybobyqa.solve(f, x0, bounds=(lo, np.full_like(lo, 1e20)), rhobeg=rhobeg,
+                         rhoend=1e-10, maxfun=2000 + 400 * x0.size, do_logging=False,
+                         print_progress=False)
+    x = np.maximum(np.asarray(res.x, float), lo)
+    return x if f(x) <= f(x0) else x0
+
+
+def derivatives(f: Callable[[np.ndarray], float], x: np.ndarray, free: np.ndarray | None = None,
+                step: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference gradient and Hessian over the free coordinates (default: all), with
+    steps `step` x max(1, |x_i|)."""
+    x = np.asarray(x, float)
+    idx = np.flatnonzero(np.ones(x.size, bool) if free is None else free)
+    k = idx.size
+    h = step * np.maximum(1.0, np.abs(x[idx]))
+    f0 = f(x)
+
+    def at(*steps):
+        y = x.copy()
+        for i, s in steps:
+            y[idx[i]] += s * h[i]
+        return f(y)
+
+    fp = np.array([at((i, 1)) for i in range(k)])
+    fm = np.array([at((i, -1)) for i in range(k)])
+    H = np.empty((k, k))
+    for i in range(k):
+        H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h[i] ** 2
+        for j in range(i):
+            H[i, j] = H[j, i] = (at((i, 1), (j, 1)) - at((i, 1), (j, -1)) - at((i, -1), (j, 1))
+                                 + at((i, -1), (j, -1))) / (4 * h[i] * h[j])
+    return (fp - fm) / (2 * h), H
+
+
+def _stationarity(g: np.ndarray, H: np.ndarray) -> tuple[float, float]:
+    """(Newton decrement on the curved directions, max |gradient| along flat ones) or inf."""
+    if not g.size:
+        return 0.0, 0.0
+    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        return np.inf, np.inf
+    w, V = np.linalg.eigh(H)
+    gv = V.T @ g
+    curved = w > 1e-6 * max(abs(w).max(), 1e-300)
+    dec = float((gv[curved] ** 2 / w[curved]).sum())
+    flat = float(np.abs(gv[~curved]).max()) if (~curved).any() else 0.0
+    return dec, flat
+
+
+def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """Smallest f(x + s e_i) - f(x) over bound coordinates i and steps s, and that point."""
+    f0, best, where = f(x), np.inf, None
+    for i in np.flatnonzero(bound):
+        for s in INWARD_STEPS:
+            y = x.copy()
+            y[i] += s
+            d = f(y) - f0
+            if d < best:
+                best, where = d, y
+    return float(best), where
+
+
+def minimise(fun: Callable[[np.ndarray], float], x0, lower) -> Optimum:
+    """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text."""
+    f = _Counted(fun)
+    lower = np.asarray(lower, float)
+    x = _bobyqa(f, np.asarray(x0, float), lower, rhobeg=0.2)
+    restarts, message = 0, ""
+    while True:
+        bound = np.isfinite(lower) & (x <= lower + 1e-10)
+        x[bound] = lower[bound]
+        free = ~bound
+        g, H = derivatives(f, x, free) if free.any() else (np.zeros(0), np.zeros((0, 0)))
+        gmax = float(np.abs(g).max()) if g.size else 0.0
+        curv = float(np.linalg.eigvalsh(H).min()) if g.size and np.all(np.isfinite(H)) else (
+            0.0 if not g.size else -np.inf)
+        dec, flat = _stationarity(g, H)
+        stationary = dec <= DECREMENT_TOL and flat <= GRADIENT_TOL and curv >= CURVATURE_TOL
+        inward, y = _inward(f, x, bound) if bound.any() else (np.inf, None)
+        if restarts >= MAX_RESTARTS:
+            message = f"stopped after {restarts} restarts"
+            break
+        if y is not None and inward < -DECREASE_TOL:
+            x_new = _bobyqa(f, y, lower, rhobeg=0.05)  # lme4's restart_edge
+        elif not stationary:
+            x_new = _bobyqa(f, x, lower, rhobeg=0.05)
+        else:
+            x_new = _bobyqa(f, x, lower, rhobeg=0.01)  # the final check: a restart
+            if f(x_new) >= f(x) - DECREASE_TOL:
+                message = "converged: gradient ~0 and no descent inward from bounds or on restart"
+                break
+        restarts += 1
+        if f(x_new) >= f(x) - DECREASE_TOL and not stationary:
+            x = x_new
+            message = (f"no progress: gradient {gmax:.2g}, smallest curvature {curv:.2g} on the "
+                       f"free coordinates")
+            bound = np.isfinite(lower) & (x <= lower + 1e-10)
+            break
+        x = x_new
+    converged = stationary and not inward < -DECREASE_TOL and message.startswith("converged")
+    return Optimum(x=x, fun=f(x), n_evals=f.n, restarts=restarts, converged=converged,
+                   gradient_max=gmax, newton_decrement=dec, min_curvature=curv,
+                   on_bound=tuple(int(i) for i in np.flatnonzero(bound)),
+                   inward_change=float(inward) if np.isfinite(inward) else 0.0, message=message)
