@@ -68,6 +68,13 @@ class Layout:
         """lme4's default start: T = I."""
         return self.diagonal.astype(float)
 
+    def mirror(self, theta, i: int) -> np.ndarray:
+        """theta with the column of diagonal element i negated below the diagonal: while that
+        element is 0, the same T T' (and so the same model)."""
+        out = np.array(theta, float)
+        out[(self.cols == self.cols[i]) & (self.rows > self.rows[i])] *= -1.0
+        return out
+
     def bounds(self) -> list[tuple[float | None, float | None]]:
         return [(0.0, None) if d else (None, None) for d in self.diagonal]
 
@@ -116,8 +123,8 @@ class PLS:
             return self.logdet_L + fit
         if kind == "reml":
             return self.logdet_L + self.logdet_RX + fit
-        with np.errstate(divide="ignore"):
-            return fit + 2.0 * self.m * float(np.log(np.abs(np.diag(self.T))).sum())
+        sign, logdet = np.linalg.slogdet(self.T)
+        return fit + 2.0 * self.m * (float(logdet) if sign != 0 else -np.inf)
 
     def loglik(self, sigma2: float) -> float:
         """Marginal log likelihood at (beta_hat(theta), sigma2, theta)."""
@@ -140,12 +147,38 @@ def _dof(kind: str, n: int, p: int, mq: int) -> float:
     return {"ml": n, "reml": n - p, "joint": n + mq}[kind]
 
 
-def solve(gf: GroupFactors, layout: Layout, theta) -> PLS:
-    """Penalised least squares at `theta`, from the group factors only (O(m q^2 p))."""
+def lower_factor(F: np.ndarray) -> np.ndarray:
+    """The lower-triangular L with non-negative diagonal and L L' = F F' (QR of F')."""
+    R = np.linalg.qr(F.T, mode="r")
+    L = R.T
+    sign = np.where(np.diag(L) < 0, -1.0, 1.0)
+    return L * sign[None, :]
+
+
+def to_internal(gf: GroupFactors, layout: Layout, theta) -> np.ndarray:
+    """lme4's theta -> the theta of the reparametrised blocks (Z_s = Z B)."""
+    return layout.theta(lower_factor(np.linalg.solve(gf.B, layout.T(theta))))
+
+
+def to_user(gf: GroupFactors, layout: Layout, theta_s) -> np.ndarray:
+    """The theta of the reparametrised blocks -> lme4's theta (same G)."""
+    return layout.theta(lower_factor(gf.B @ layout.T(theta_s)))
+
+
+def solve(gf: GroupFactors, layout: Layout, theta, internal: bool = False) -> PLS:
+    """Penalised least squares at lme4's `theta` (or, with `internal`, at the theta of the
+    reparametrised blocks Z_s = Z B, which the optimiser uses), from the group factors only
+    (O(m q^2 p)). The record's T is a square root of G / sigma^2 on the user's scale: lme4's
+    lower-triangular T unless `internal` (then B T_s, which gives the same G, b and objectives)."""
     theta = np.asarray(theta, float)
-    T = layout.T(theta)
     q, p, sc = layout.q, gf.p, gf.scaling
-    M = gf.Rz @ T
+    if internal:
+        Ts = layout.T(theta)
+        T = gf.B @ Ts
+    else:
+        T = layout.T(theta)
+        Ts = np.linalg.solve(gf.B, T)
+    M = gf.Rz @ Ts
     K = np.linalg.cholesky(M @ np.swapaxes(M, 1, 2) + np.eye(q))
     D = gf.C / K if q == 1 else np.linalg.solve(K, gf.C)
     R = np.linalg.qr(np.vstack([gf.RW, D.reshape(-1, p + 1)]), mode="r")

@@ -3,8 +3,9 @@ REML criterion over theta, then read off beta, sigma^2, G and the conditional mo
 
 Objective + optimiser, as lme4 does it: `deviance.solve` gives the objective at any theta,
 `optimiser.minimise` (BOBYQA within lme4's bounds, diagonal of T >= 0, with its end point
-checked and restarted from the edge; the objective costs O(m q^2 p)) finds its minimum, and a
-fitted record is built at that theta.
+checked and restarted from the edge; the objective costs O(m q^2 p)) finds its minimum over the
+theta of the centred/scaled random-effect blocks (same model, well scaled), and a fitted
+record is built at the corresponding lme4 theta.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import scipy.stats
 
 from .design import Block, LMMData
-from .deviance import PLS, Layout, solve
+from .deviance import PLS, Layout, solve, to_internal, to_user
 from .optimiser import Optimum, minimise
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
@@ -132,10 +133,10 @@ def fit(data: LMMData, method: str = "ml", x0=None) -> LMMFit:
     """Fit by ML or REML from the group factors (no O(N) work after the first pass)."""
     gf = data.factors
     layout = Layout.of(data.blocks, data.q)
-    opt = minimise(lambda t: solve(gf, layout, t).objective(method),
-                   layout.start() if x0 is None else x0,
-                   np.where(layout.diagonal, 0.0, -np.inf))
-    pls = solve(gf, layout, opt.x)
+    opt = minimise(lambda t: solve(gf, layout, t, internal=True).objective(method),
+                   layout.start() if x0 is None else to_internal(gf, layout, x0),
+                   np.where(layout.diagonal, 0.0, -np.inf), mirror=layout.mirror)
+    pls = solve(gf, layout, to_user(gf, layout, opt.x))
     s2 = pls.sigma2(method)
     G = s2 * pls.T @ pls.T.T
     out = LMMFit(method=method, data=data, pls=pls, sigma2=s2, G=G, beta=pls.beta,

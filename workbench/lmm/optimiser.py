@@ -10,7 +10,8 @@ converged; the one-sided test below compares objective values instead.
 `minimise` claims convergence only when, at the end point:
 * the central-difference gradient on the free coordinates is ~0 and their Hessian has no
   clearly negative eigenvalue (a minimum, not a saddle);
-* no coordinate on a bound gives a lower objective when moved inward by 1e-4 .. 1e-1;
+* no coordinate on a bound gives a lower objective when moved inward by 1e-4 .. 1e-1, from the
+  point or from its mirror image (see `minimise`);
 * a restart of the optimiser from the end point finds nothing better.
 """
 
@@ -115,21 +116,31 @@ def _stationarity(g: np.ndarray, H: np.ndarray) -> tuple[float, float]:
     return dec, flat
 
 
-def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """Smallest f(x + s e_i) - f(x) over bound coordinates i and steps s, and that point."""
+def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray,
+            mirror: Callable[[np.ndarray, int], np.ndarray] | None
+            ) -> tuple[float, np.ndarray | None]:
+    """Smallest f(x + s e_i) - f(x) over bound coordinates i, steps s and the mirror images of
+    x at i (points equal to x while x_i is on its bound), and the point that gives it."""
     f0, best, where = f(x), np.inf, None
     for i in np.flatnonzero(bound):
-        for s in INWARD_STEPS:
-            y = x.copy()
-            y[i] += s
-            d = f(y) - f0
-            if d < best:
-                best, where = d, y
+        bases = [x] + ([mirror(x, int(i))] if mirror is not None else [])
+        for base in bases:
+            for s in INWARD_STEPS:
+                y = base.copy()
+                y[i] += s
+                d = f(y) - f0
+                if d < best:
+                    best, where = d, y
     return float(best), where
 
 
-def minimise(fun: Callable[[np.ndarray], float], x0, lower) -> Optimum:
-    """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text."""
+def minimise(fun: Callable[[np.ndarray], float], x0, lower,
+             mirror: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Optimum:
+    """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text.
+
+    `mirror(x, i)`, where given, returns the other representation of the same point when x_i
+    is on its bound (a zero diagonal element of a Cholesky factor leaves the sign of the rest of
+    its column free: both signs are the same covariance, but only one may fall inward)."""
     f = _Counted(fun)
     lower = np.asarray(lower, float)
     x = _bobyqa(f, np.asarray(x0, float), lower, rhobeg=0.2)
@@ -144,7 +155,7 @@ def minimise(fun: Callable[[np.ndarray], float], x0, lower) -> Optimum:
             0.0 if not g.size else -np.inf)
         dec, flat = _stationarity(g, H)
         stationary = dec <= DECREMENT_TOL and flat <= GRADIENT_TOL and curv >= CURVATURE_TOL
-        inward, y = _inward(f, x, bound) if bound.any() else (np.inf, None)
+        inward, y = _inward(f, x, bound, mirror) if bound.any() else (np.inf, None)
         if restarts >= MAX_RESTARTS:
             message = f"stopped after {restarts} restarts"
             break
