@@ -85,9 +85,10 @@ class GroupFactors:
     Rz: np.ndarray  # (m, q, q) upper triangular (padded with zero rows where n_j < q)
     C: np.ndarray  # (m, q, p + 1): last column from y
     RW: np.ndarray  # (p + 1, p + 1) upper triangular
-    ztz: np.ndarray  # (m, q, q) Z_j'Z_j (user scale; Z is never rescaled)
+    ztz: np.ndarray  # (m, q, q) Z_j'Z_j on the user's scale
     n: np.ndarray  # (m,) group sizes
     scaling: Scaling
+    B: np.ndarray  # (q, q) block diagonal: the factors are of Z_s = Z B (scaled/centred blocks)
 
     @property
     def p(self) -> int:
@@ -137,7 +138,8 @@ class LMMData:
     def factors(self) -> GroupFactors:
         return group_factors(self.y, self.X, self.Z, self.codes, self.n_groups,
                              intercept=self.fixed_names.index("(Intercept)")
-                             if "(Intercept)" in self.fixed_names else None)
+                             if "(Intercept)" in self.fixed_names else None,
+                             blocks=self.blocks)
 
     def summary(self) -> dict:
         n = np.bincount(self.codes, minlength=self.n_groups)
@@ -151,14 +153,43 @@ class LMMData:
         }
 
 
-def group_factors(y, X, Z, codes, m: int, intercept: int | None = None) -> GroupFactors:
-    """The one O(N) pass: centre/scale X and y, then a batched Householder QR of [Z_j X_s y_s]
-    for the groups of each size, and one QR of the stacked within-group parts."""
+def z_reparametrisation(Z: np.ndarray, blocks: tuple[Block, ...] | None) -> np.ndarray:
+    """B with Z_s = Z B: every random-effect column scaled to unit spread and, in a correlated
+    block with a constant column (the intercept), the block's other columns centred. The model
+    is the same (b = B b_s, G = B G_s B'), but the relative covariance factor is well scaled: a
+    random slope on a day number around 18,800 otherwise needs theta ~ 1e3 next to 1e-4."""
+    q = Z.shape[1]
+    B = np.eye(q)
+    for blk in blocks or tuple(Block((str(k),), (k,)) for k in range(q)):
+        cols = list(blk.cols)
+        const = [c for c in cols if np.ptp(Z[:, c]) == 0 and Z[0, c] != 0]
+        base = const[0] if len(cols) > 1 and const else None
+        for c in cols:
+            if c == base:
+                B[c, c] = 1.0 / abs(Z[0, c])
+                continue
+            col = Z[:, c]
+            shift = float(col.mean()) / Z[0, base] if base is not None else 0.0
+            centred = col - shift * Z[:, base] if base is not None else col
+            spread = float(np.sqrt((centred * centred).mean()))
+            spread = spread if spread > 0 and np.isfinite(spread) else 1.0
+            B[c, c] = 1.0 / spread
+            if base is not None:
+                B[base, c] = -shift / spread
+    return B
+
+
+def group_factors(y, X, Z, codes, m: int, intercept: int | None = None,
+                  blocks: tuple[Block, ...] | None = None) -> GroupFactors:
+    """The one O(N) pass: centre/scale X, y and the random-effect blocks, then a batched
+    Householder QR of [Z_s X_s y_s] for the groups of each size, and one QR of the stacked
+    within-group parts."""
     y, X, Z = np.asarray(y, float), np.asarray(X, float), np.asarray(Z, float)
     scaling = Scaling.of(X, y, intercept)
+    B = z_reparametrisation(Z, blocks)
     XY = np.column_stack([X @ scaling.A, (y - scaling.y_shift) / scaling.y_scale])
     q, c = Z.shape[1], Z.shape[1] + XY.shape[1]
-    full = np.column_stack([Z, XY])
+    full = np.column_stack([Z @ B, XY])
     n = np.bincount(codes, minlength=m)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(n)])
@@ -171,9 +202,11 @@ def group_factors(y, X, Z, codes, m: int, intercept: int | None = None) -> Group
     within = R[:, q:, q:].reshape(-1, c - q)
     RW = np.linalg.qr(within, mode="r") if within.shape[0] >= c - q else np.triu(
         np.vstack([within, np.zeros((c - q - within.shape[0], c - q))]))
-    ztz = np.einsum("jab,jac->jbc", R[:, :q, :q], R[:, :q, :q])
-    return GroupFactors(Rz=R[:, :q, :q].copy(), C=R[:, :q, q:].copy(), RW=RW, ztz=ztz,
-                        n=n.astype(float), scaling=scaling)
+    Binv = np.linalg.inv(B)
+    Rz = R[:, :q, :q].copy()
+    ztz = Binv.T @ np.einsum("jab,jac->jbc", Rz, Rz) @ Binv
+    return GroupFactors(Rz=Rz, C=R[:, :q, q:].copy(), RW=RW, ztz=ztz, n=n.astype(float),
+                        scaling=scaling, B=B)
 
 
 def _missing_column(df: pd.DataFrame, name: str, source: str) -> InputError:
@@ -210,7 +243,7 @@ def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
         Xc = Xc - Xc.mean(axis=0)
         Xc[:, k] = 1.0
         spread = np.sqrt((Xc * Xc).sum(axis=0))
-        flat = [j for j in range(X.shape[1]) if j != k and spread[j] <= 1e-12 * np.sqrt(len(X))]
+        flat = [j for j in range(X.shape[1]) if j != k and spread[j] <= 1e-13]  # sd/rms
         if flat:
             raise InputError(f"{source}: fixed-effect column '{names[flat[0]]}' is constant, the "
                              f"same as the intercept; drop that term from the formula.")
@@ -260,7 +293,6 @@ def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.nda
                 f"variances are not separately identified (lme4 refuses this too): use fewer "
                 f"random-effect terms or groups with more observations.")
     q = Z.shape[1]
-    W = np.column_stack([ys, X])
 
     def per_group(w):
         return np.bincount(codes, weights=w, minlength=m)
@@ -269,13 +301,14 @@ def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.nda
     for a in range(q):
         for b in range(a + 1):
             A[:, a, b] = A[:, b, a] = per_group(Z[:, a] * Z[:, b])
-    ZW = np.stack([np.stack([per_group(Z[:, a] * W[:, k]) for k in range(W.shape[1])], axis=-1)
-                   for a in range(q)], axis=1)
-    C = np.linalg.pinv(A, rcond=1e-10, hermitian=True) @ ZW
-    R = W.copy()
-    for a in range(q):
-        R -= Z[:, a, None] * C[codes, a, :]
-    r, RX = R[:, 0], R[:, 1:]
+    pinv = np.linalg.pinv(A, rcond=1e-10, hermitian=True)
+
+    def within(w):  # w minus its least-squares fit by Z_j c_j in every group
+        c = np.einsum("jab,jb->ja", pinv, np.stack([per_group(Z[:, a] * w) for a in range(q)], 1))
+        return w - sum(Z[:, a] * np.take(c[:, a], codes) for a in range(q))
+
+    r = within(ys)
+    RX = np.column_stack([within(X[:, k]) for k in range(X.shape[1])])
     keep = np.sqrt((RX * RX).sum(axis=0)) > 1e-10 * np.sqrt((X * X).sum(axis=0))
     if keep.any():
         RX = RX[:, keep] / np.sqrt((RX[:, keep] ** 2).sum(axis=0))
