@@ -153,6 +153,15 @@ class LMMData:
         }
 
 
+def _times(M: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """M @ A for a tall M and a small, mostly diagonal A, without a BLAS call (a tall-skinny
+    dgemm costs seconds on an oversubscribed machine for a million rows)."""
+    out = np.zeros((M.shape[0], A.shape[1]))
+    for i, k in zip(*np.nonzero(A), strict=True):
+        out[:, k] += M[:, i] * A[i, k]
+    return out
+
+
 def z_reparametrisation(Z: np.ndarray, blocks: tuple[Block, ...] | None) -> np.ndarray:
     """B with Z_s = Z B: every random-effect column scaled to unit spread and, in a correlated
     block with a constant column (the intercept), the block's other columns centred. The model
@@ -187,9 +196,12 @@ def group_factors(y, X, Z, codes, m: int, intercept: int | None = None,
     y, X, Z = np.asarray(y, float), np.asarray(X, float), np.asarray(Z, float)
     scaling = Scaling.of(X, y, intercept)
     B = z_reparametrisation(Z, blocks)
-    XY = np.column_stack([X @ scaling.A, (y - scaling.y_shift) / scaling.y_scale])
-    q, c = Z.shape[1], Z.shape[1] + XY.shape[1]
-    full = np.column_stack([Z @ B, XY])
+    q, p = Z.shape[1], X.shape[1]
+    c = q + p + 1
+    full = np.empty((y.size, c))
+    full[:, :q] = _times(Z, B)
+    full[:, q:q + p] = _times(X, scaling.A)
+    full[:, -1] = (y - scaling.y_shift) / scaling.y_scale
     n = np.bincount(codes, minlength=m)
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(n)])

@@ -26,6 +26,7 @@ element of T goes to 0: the general form of the collapse tau -> 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -86,13 +87,22 @@ class PLS:
     theta: np.ndarray
     T: np.ndarray
     M: np.ndarray = field(repr=False)  # (m, q, q) Rz_j T (internal scale-free factor)
+    K: np.ndarray = field(repr=False)  # (m, q, q) lower Cholesky factors of I + M_j M_j'
+    e: np.ndarray = field(repr=False)  # (m, q) c_yj - C_Xj beta (internal scale)
+    y_scale: float
     beta: np.ndarray
     beta_cov_unit: np.ndarray  # (X'V^-1 X)^-1, V = I + Z T T'Z' (times sigma^2: lme4's vcov)
-    u: np.ndarray  # (m, q) spherical random effects
     log_r2: float  # log of the penalised residual sum of squares
     logdet_L: float  # log |L|^2 = log |T'Z'ZT + I|
     logdet_RX: float  # log |R_X|^2 = log |X'V^-1 X|
     n_obs: int
+
+    @cached_property
+    def u(self) -> np.ndarray:
+        """Spherical random effects, (m, q): u_j = M_j' (I + M_j M_j')^-1 e_j."""
+        w = _lower_solve(self.K, self.e[..., None])
+        w = _lower_solve(self.K, w, transpose=True)[..., 0]
+        return self.y_scale * np.einsum("jab,ja->jb", self.M, w)
 
     @property
     def r2(self) -> float:
@@ -147,6 +157,39 @@ def _dof(kind: str, n: int, p: int, mq: int) -> float:
     return {"ml": n, "reml": n - p, "joint": n + mq}[kind]
 
 
+def _cholesky(A: np.ndarray) -> np.ndarray:
+    """Batched lower Cholesky factors of (m, q, q) matrices, by columns (q is a handful: q
+    vector operations over the m groups beat m LAPACK calls)."""
+    q = A.shape[-1]
+    if q > 4:
+        return np.linalg.cholesky(A)
+    L = np.zeros_like(A)
+    for j in range(q):
+        d = A[:, j, j] - (L[:, j, :j] ** 2).sum(axis=1)
+        L[:, j, j] = np.sqrt(d)
+        for i in range(j + 1, q):
+            L[:, i, j] = (A[:, i, j] - (L[:, i, :j] * L[:, j, :j]).sum(axis=1)) / L[:, j, j]
+    return L
+
+
+def _lower_solve(L: np.ndarray, B: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """Batched solve of L_j X_j = B_j (or L_j' X_j = B_j), L (m, q, q) lower, B (m, q, r)."""
+    q = L.shape[-1]
+    if q > 4:
+        return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)
+    X = np.empty_like(B)
+    rows = range(q - 1, -1, -1) if transpose else range(q)
+    done: list[int] = []
+    for i in rows:
+        acc = B[:, i, :].copy()
+        for k in done:
+            coef = L[:, k, i] if transpose else L[:, i, k]
+            acc -= coef[:, None] * X[:, k, :]
+        X[:, i, :] = acc / L[:, i, i, None]
+        done.append(i)
+    return X
+
+
 def lower_factor(F: np.ndarray) -> np.ndarray:
     """The lower-triangular L with non-negative diagonal and L L' = F F' (QR of F')."""
     R = np.linalg.qr(F.T, mode="r")
@@ -179,16 +222,13 @@ def solve(gf: GroupFactors, layout: Layout, theta, internal: bool = False) -> PL
         T = layout.T(theta)
         Ts = np.linalg.solve(gf.B, T)
     M = gf.Rz @ Ts
-    K = np.linalg.cholesky(M @ np.swapaxes(M, 1, 2) + np.eye(q))
-    D = gf.C / K if q == 1 else np.linalg.solve(K, gf.C)
+    K = _cholesky(M @ np.swapaxes(M, 1, 2) + np.eye(q))
+    D = _lower_solve(K, gf.C)
     R = np.linalg.qr(np.vstack([gf.RW, D.reshape(-1, p + 1)]), mode="r")
     RX, cb, r = R[:p, :p], R[:p, p], abs(R[p, p])
     Rinv = np.linalg.inv(RX)  # p x p upper triangular (tiny: a general inverse is fastest)
     beta_s = Rinv @ cb
-    # u_j = M_j' (I + M_j M_j')^-1 (c_yj - C_Xj beta)
     e = gf.C[:, :, p] - gf.C[:, :, :p] @ beta_s
-    w = np.linalg.solve(np.swapaxes(K, 1, 2), np.linalg.solve(K, e[..., None]))[..., 0]
-    u_s = np.einsum("jab,ja->jb", M, w)
     s = sc.y_scale
     beta = s * (sc.A @ beta_s)
     if sc.intercept is not None:
@@ -197,7 +237,8 @@ def solve(gf: GroupFactors, layout: Layout, theta, internal: bool = False) -> PL
     diagK = np.diagonal(K, axis1=1, axis2=2)
     with np.errstate(divide="ignore"):
         log_r2 = 2.0 * (float(np.log(r)) + float(np.log(s)))
-    return PLS(theta=theta, T=T, M=M, beta=beta, beta_cov_unit=cov, u=s * u_s, log_r2=log_r2,
+    return PLS(theta=theta, T=T, M=M, K=K, e=e, y_scale=s, beta=beta, beta_cov_unit=cov,
+               log_r2=log_r2,
                logdet_L=2.0 * float(np.log(diagK).sum()),
                logdet_RX=2.0 * float(np.log(np.abs(np.diag(RX))).sum()) - 2.0 * sc.log_det_A,
                n_obs=int(gf.n.sum()))
