@@ -127,8 +127,18 @@ def from_arrays(
             f"{source}: no group in column '{group_name}' has 2 or more observations, so the "
             f"within-group variance cannot be estimated: check the --group column."
         )
-    scale = max(float(np.abs(y_num).max()), 1.0)
-    if wss.sum() <= (1e-12 * scale) ** 2 * y_num.size:
+    # relative to y's own scale (y * 1e-11 behaves exactly like y): the within-group spread is
+    # zero if its root mean square is below 1e-12 of max |y|, computed on y / max |y| so that
+    # neither a tiny nor a huge scale under- or overflows
+    scale = float(np.abs(y_num).max())
+    if scale > 0 and not 1e-30 <= scale <= 1e30:
+        raise InputError(
+            f"{source}: column '{y_name}' has values of size {scale:.1e}, where squares and "
+            f"variances leave floating-point range: rescale it (multiply by a power of 10)."
+        )
+    unit = y_num / scale if scale > 0 else y_num
+    wss_unit = sufficient_statistics(unit, codes, m)[2].sum()
+    if scale == 0 or wss_unit <= 1e-24 * y_num.size:
         raise InputError(
             f"{source}: column '{y_name}' does not vary within any group of '{group_name}' "
             f"(zero within-group variance), so sigma^2 is not identified: check the columns."
