@@ -92,7 +92,7 @@ def test_cli_subprocess_and_case_file_refuse_code(tmp_path):
         '[data]\npath = "data.csv"\n'
         f"formula = '''{ATTACKS['__import__']}'''\n"
         '[compare]\nmethods = ["eb-ml"]\n'
-        '[output]\nreport = "out/colleague.html"\n'
+        '[output]\nreport = "colleague.html"\n'
     )
     r = subprocess.run(
         [sys.executable, "-m", "workbench.cli", "run", str(case), "--quiet"],
@@ -102,7 +102,7 @@ def test_cli_subprocess_and_case_file_refuse_code(tmp_path):
     )
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "__import__" in r.stderr
-    assert not (tmp_path / "MARKER").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "MARKER").exists() and not (tmp_path / "colleague.html").exists()
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
