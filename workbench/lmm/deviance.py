@@ -76,6 +76,36 @@ class Layout:
         out[(self.cols == self.cols[i]) & (self.rows > self.rows[i])] *= -1.0
         return out
 
+    def starts(self) -> list[np.ndarray]:
+        """lme4's start T = I, a small one (0.2 I), and for each correlated block the
+        correlation patterns +-0.5 (first member's sign fixed, at most 4 patterns a block):
+        the starts a likelihood with a mode per correlation sign, or a better one on a bound,
+        needs."""
+        out = [self.start(), 0.2 * self.start()]
+        label = self.block_of
+        for blk in sorted(set(label[self.rows[self.rows != self.cols]])):
+            idx = [int(k) for k in np.flatnonzero(label == blk)]
+            rest = idx[1:][:2]
+            for mask in range(2 ** len(rest)):
+                sign = np.ones(self.q)
+                sign[[k for b, k in enumerate(rest) if mask >> b & 1]] = -1.0
+                C = np.eye(self.q)
+                for i in idx:
+                    for j in idx:
+                        if i != j:
+                            C[i, j] = 0.5 * sign[i] * sign[j]
+                out.append(self.theta(np.linalg.cholesky(C)))
+        return out
+
+    @property
+    def block_of(self) -> np.ndarray:
+        """Block index of each column of T (columns joined by an off-diagonal element)."""
+        label = np.arange(self.q)
+        for r, c in zip(self.rows, self.cols, strict=True):
+            if r != c:
+                label[label == label[r]] = label[c]
+        return label
+
     def bounds(self) -> list[tuple[float | None, float | None]]:
         return [(0.0, None) if d else (None, None) for d in self.diagonal]
 

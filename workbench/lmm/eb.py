@@ -134,7 +134,7 @@ def fit(data: LMMData, method: str = "ml", x0=None) -> LMMFit:
     gf = data.factors
     layout = Layout.of(data.blocks, data.q)
     opt = minimise(lambda t: solve(gf, layout, t, internal=True).objective(method),
-                   layout.start() if x0 is None else to_internal(gf, layout, x0),
+                   layout.starts() if x0 is None else to_internal(gf, layout, x0),
                    np.where(layout.diagonal, 0.0, -np.inf), mirror=layout.mirror)
     pls = solve(gf, layout, to_user(gf, layout, opt.x))
     s2 = pls.sigma2(method)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pybobyqa
+import scipy.optimize
 
 GRADIENT_TOL = 1e-3  # |d objective / d x| along flat directions (deviance units, theta ~ O(1))
 DECREMENT_TOL = 1e-8  # Newton decrement g'H^-1 g on the curved directions of the free coordinates
@@ -134,16 +135,32 @@ def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray,
     return float(best), where
 
 
-def minimise(fun: Callable[[np.ndarray], float], x0, lower,
+def _screen(f: _Counted, x0: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """A cheap descent from one start (L-BFGS-B, central-difference gradients)."""
+    bounds = [(lo, None) if np.isfinite(lo) else (None, None) for lo in lower]
+    res = scipy.optimize.minimize(f, np.maximum(x0, lower), method="L-BFGS-B", jac="3-point",
+                                  bounds=bounds, options={"maxiter": 500, "ftol": 1e-12})
+    return np.asarray(res.x, float)
+
+
+def minimise(fun: Callable[[np.ndarray], float], starts, lower,
              mirror: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Optimum:
     """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text.
 
     `mirror(x, i)`, where given, returns the other representation of the same point when x_i
     is on its bound (a zero diagonal element of a Cholesky factor leaves the sign of the rest of
-    its column free: both signs are the same covariance, but only one may fall inward)."""
+    its column free: both signs are the same covariance, but only one may fall inward).
+    `starts` is one start or a list: with several, each gets a cheap L-BFGS-B descent first and
+    the best end point goes on to BOBYQA and the checks (a mixed model's likelihood can have a
+    local optimum per sign of a correlation, or one inside beside a better one on a bound)."""
     f = _Counted(fun)
     lower = np.asarray(lower, float)
-    x = _bobyqa(f, np.asarray(x0, float), lower, rhobeg=0.2)
+    starts = np.atleast_2d(np.asarray(starts, float))
+    if len(starts) == 1:
+        x = _bobyqa(f, starts[0], lower, rhobeg=0.2)
+    else:
+        ends = [_screen(f, s0, lower) for s0 in starts]
+        x = _bobyqa(f, min(ends, key=f), lower, rhobeg=0.05)
     restarts, message = 0, ""
     while True:
         bound = np.isfinite(lower) & (x <= lower + 1e-10)
