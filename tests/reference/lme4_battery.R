@@ -19,9 +19,9 @@
 # messages), warnings, feval, seconds, versions.
 #
 # Ordered factors are made plain factors first (lme4 would use polynomial contrasts for them).
-# Squared / shifted covariates are written into the data as columns (Days2, DaysU, ...): our
-# parser does not take I(x^2). The column `yield` (oats, Gasoline, npk) is renamed `yld`: our
-# parser refuses Python keywords as bare column names.
+# Shifted and most squared covariates are written into the data as columns (DaysU, Days2, ...);
+# two models use I(x^2) in the formula (lme4 names the column "I(Days^2)"). The column `yield`
+# (oats, Gasoline, npk) is renamed `yld`: our parser refused Python keywords as column names.
 suppressMessages({
   library(lme4); library(jsonlite); library(mlmRev); library(nlme); library(MASS)
 })
@@ -154,6 +154,7 @@ models <- list(
   M("sleep_uncentred_slope", "sleepstudy", "Reaction ~ DaysU + (DaysU | Subject)"),
   M("sleep_uncentred_dbar", "sleepstudy", "Reaction ~ DaysU + (DaysU || Subject)"),
   M("sleep_quad3", "sleepstudy", "Reaction ~ Days + Days2 + (Days + Days2 | Subject)"),
+  M("sleep_quadI", "sleepstudy", "Reaction ~ Days + I(Days^2) + (Days | Subject)"),
   M("sleep_half", "sleepstudy", "Reaction ~ Days + (1 + half | Subject)"),
   M("sleep_half0", "sleepstudy", "Reaction ~ Days + (0 + half | Subject)"),
   M("sleep_dayshalf", "sleepstudy", "Reaction ~ Days * half + (Days | Subject)"),
@@ -187,6 +188,7 @@ models <- list(
   M("mmmec_nation", "mmmec", "lrate ~ uvb + (uvb | nation)"),
   M("oxboys_slope", "oxboys", "height ~ age + (age | Subject)"),
   M("oxboys_quad", "oxboys", "height ~ age + age2 + (age + age2 | Subject)"),
+  M("oxboys_quadI", "oxboys", "height ~ age + I(age^2) + (age | Subject)"),
   M("oxboys_uncentred", "oxboys", "height ~ ageU + (ageU | Subject)"),
   M("early_slope", "early", "cog ~ age * trt + (age | id)"),
   M("early_int", "early", "cog ~ age + trt + (1 | id)"),
