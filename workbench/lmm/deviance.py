@@ -119,6 +119,8 @@ class PLS:
     M: np.ndarray = field(repr=False)  # (m, q, q) Rz_j T (internal scale-free factor)
     K: np.ndarray = field(repr=False)  # (m, q, q) lower Cholesky factors of I + M_j M_j'
     e: np.ndarray = field(repr=False)  # (m, q) c_yj - C_Xj beta (internal scale)
+    D: np.ndarray = field(repr=False)  # (m, q, p + 1) K_j^-1 C_j (internal scale)
+    Rinv: np.ndarray = field(repr=False)  # (p, p) R_X^-1 of the internal X_s
     y_scale: float
     beta: np.ndarray
     beta_cov_unit: np.ndarray  # (X'V^-1 X)^-1, V = I + Z T T'Z' (times sigma^2: lme4's vcov)
@@ -267,11 +269,46 @@ def solve(gf: GroupFactors, layout: Layout, theta, internal: bool = False) -> PL
     diagK = np.diagonal(K, axis1=1, axis2=2)
     with np.errstate(divide="ignore"):
         log_r2 = 2.0 * (float(np.log(r)) + float(np.log(s)))
-    return PLS(theta=theta, T=T, M=M, K=K, e=e, y_scale=s, beta=beta, beta_cov_unit=cov,
+    return PLS(theta=theta, T=T, M=M, K=K, e=e, D=D, Rinv=Rinv, y_scale=s, beta=beta,
+               beta_cov_unit=cov,
                log_r2=log_r2,
                logdet_L=2.0 * float(np.log(diagK).sum()),
                logdet_RX=2.0 * float(np.log(np.abs(np.diag(RX))).sum()) - 2.0 * sc.log_det_A,
                n_obs=int(gf.n.sum()))
+
+
+def gradient(gf: GroupFactors, layout: Layout, theta_s, kind: str) -> tuple[float, np.ndarray]:
+    """The ML deviance or REML criterion and its exact gradient in the internal theta (of the
+    reparametrised blocks, as the optimiser sees them), from the same per-group factors.
+
+    With T the internal factor, E_k = dT/dtheta_k (one entry at (r_k, c_k)), A_j = I + M_j'M_j:
+    d log|L|^2 = 2 sum_j (Rz_j'Rz_j T A_j^-1)[r_k, c_k];
+    d r^2 = -2 sum_j w_j[r_k] u_j[c_k], w_j = Z_j'(residual_j) = Rz_j'(e_j - M_j u_j) (envelope
+    theorem: beta and u are at their minimum);
+    d log|X'V^-1X| = -2 sum_j (Q_j T)[r_k, c_k], Q_j = P_j'(X'V^-1X)^-1 P_j, P_j = X_j'V_j^-1 Z_j
+    = D_Xj' K_j^-1 Rz_j."""
+    pls = solve(gf, layout, theta_s, internal=True)
+    Ts = layout.T(theta_s)
+    q, p = layout.q, gf.p
+    W = _lower_solve(pls.K, pls.M)  # K^-1 M
+    Ainv = np.eye(q) - np.swapaxes(W, 1, 2) @ W  # (I + M'M)^-1
+    RtR = np.swapaxes(gf.Rz, 1, 2) @ gf.Rz
+    dlogdet = 2.0 * np.einsum("jab,bc,jcd->ad", RtR, Ts, Ainv)
+    u = pls.u / pls.y_scale
+    w = np.einsum("jba,jb->ja", gf.Rz, pls.e - np.einsum("jab,jb->ja", pls.M, u))
+    r2 = float(np.exp(pls.log_r2 - 2.0 * np.log(pls.y_scale)))
+    dr2 = -2.0 * w.T @ u
+    n = pls.n_obs
+    if kind == "ml":
+        G = dlogdet + n * dr2 / r2
+    elif kind == "reml":
+        P = np.swapaxes(pls.D[:, :, :p], 1, 2) @ _lower_solve(pls.K, gf.Rz)  # (m, p, q)
+        Sinv = pls.Rinv @ pls.Rinv.T
+        Q = np.swapaxes(P, 1, 2) @ Sinv @ P
+        G = dlogdet - 2.0 * np.einsum("jab,bc->ac", Q, Ts) + (n - p) * dr2 / r2
+    else:
+        raise ValueError(f"no analytic gradient for kind {kind!r}")
+    return pls.objective(kind), G[layout.rows, layout.cols]
 
 
 def objective(gf: GroupFactors, layout: Layout, theta, kind: str) -> float:

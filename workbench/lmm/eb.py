@@ -16,8 +16,8 @@ import numpy as np
 import scipy.stats
 
 from .design import Block, LMMData
-from .deviance import PLS, Layout, solve, to_internal, to_user
-from .optimiser import Optimum, minimise
+from .deviance import PLS, Layout, gradient, solve, to_internal, to_user
+from .optimiser import Optimum, minimise, serial_blas
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
 
@@ -131,11 +131,17 @@ class LMMFit:
 
 def fit(data: LMMData, method: str = "ml", x0=None) -> LMMFit:
     """Fit by ML or REML from the group factors (no O(N) work after the first pass)."""
+    with serial_blas():
+        return _fit(data, method, x0)
+
+
+def _fit(data: LMMData, method: str, x0) -> LMMFit:
     gf = data.factors
     layout = Layout.of(data.blocks, data.q)
     opt = minimise(lambda t: solve(gf, layout, t, internal=True).objective(method),
                    layout.starts() if x0 is None else to_internal(gf, layout, x0),
-                   np.where(layout.diagonal, 0.0, -np.inf), mirror=layout.mirror)
+                   np.where(layout.diagonal, 0.0, -np.inf), mirror=layout.mirror,
+                   grad=lambda t: gradient(gf, layout, t, method))
     pls = solve(gf, layout, to_user(gf, layout, opt.x))
     s2 = pls.sigma2(method)
     G = s2 * pls.T @ pls.T.T

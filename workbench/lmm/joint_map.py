@@ -21,7 +21,7 @@ from ..estimators.joint_map import _tally
 from .design import LMMData
 from .deviance import PLS, Layout, solve
 from .eb import LMMFit, variance_components
-from .optimiser import derivatives
+from .optimiser import derivatives, serial_blas
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
 LOG_CEIL = np.log(1e4)
@@ -108,6 +108,11 @@ def _theta(phi: np.ndarray, diag: np.ndarray) -> np.ndarray:
 
 def run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     """One start: L-BFGS-B on phi inside a wide box, Newton polish, then classification."""
+    with serial_blas():
+        return _run_start(index, kind, phi0, data)
+
+
+def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     layout = Layout.of(data.blocks, data.q)
     diag = layout.diagonal
     cp = data.factors

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pybobyqa
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 GRADIENT_TOL = 1e-3  # |d objective / d x| along flat directions (deviance units, theta ~ O(1))
 DECREMENT_TOL = 1e-8  # Newton decrement g'H^-1 g on the curved directions of the free coordinates
@@ -56,6 +57,12 @@ class Optimum:
                 "inward_change": self.inward_change, "message": self.message}
 
 
+def serial_blas():
+    """One BLAS thread: every matrix here is tiny (q x q, p x p), and OpenBLAS threads spinning
+    on them cost 10x in wall time on a busy 2-core machine (measured with L-BFGS-B)."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 class _Counted:
     def __init__(self, fun: Callable[[np.ndarray], float]):
         self.fun, self.n = fun, 0
@@ -66,11 +73,14 @@ class _Counted:
         return v if np.isfinite(v) else 1e300
 
 
-def _bobyqa(f: _Counted, x0: np.ndarray, lower: np.ndarray, rhobeg: float) -> np.ndarray:
+def _bobyqa(f: _Counted, x0: np.ndarray, lower: np.ndarray, rhobeg: float,
+            check: bool = False) -> np.ndarray:
+    """BOBYQA from x0; `check`: a short run that only has to find a decrease if there is one."""
     lo = np.where(np.isfinite(lower), lower, -1e20)
     x0 = np.maximum(x0, lo)
+    maxfun = 40 + 8 * x0.size if check else 2000 + 400 * x0.size
     res = pybobyqa.solve(f, x0, bounds=(lo, np.full_like(lo, 1e20)), rhobeg=rhobeg,
-                         rhoend=1e-10, maxfun=2000 + 400 * x0.size, do_logging=False,
+                         rhoend=1e-7 if check else 1e-10, maxfun=maxfun, do_logging=False,
                          print_progress=False)
     x = np.maximum(np.asarray(res.x, float), lo)
     return x if f(x) <= f(x0) else x0
@@ -135,16 +145,31 @@ def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray,
     return float(best), where
 
 
-def _screen(f: _Counted, x0: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """A cheap descent from one start (L-BFGS-B, central-difference gradients)."""
+def _screen(f: _Counted, x0: np.ndarray, lower: np.ndarray,
+            grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None) -> np.ndarray:
+    """A descent from one start: L-BFGS-B with the exact gradient where there is one (then to
+    full accuracy), else with forward differences to a loose tolerance (BOBYQA and the checks
+    give the accuracy afterwards)."""
     bounds = [(lo, None) if np.isfinite(lo) else (None, None) for lo in lower]
-    res = scipy.optimize.minimize(f, np.maximum(x0, lower), method="L-BFGS-B", jac="3-point",
-                                  bounds=bounds, options={"maxiter": 500, "ftol": 1e-12})
+    x0 = np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf))
+    if grad is None:
+        res = scipy.optimize.minimize(f, x0, method="L-BFGS-B", jac="2-point", bounds=bounds,
+                                      options={"maxiter": 100, "ftol": 1e-9, "gtol": 1e-4})
+        return np.asarray(res.x, float)
+
+    def fg(x):
+        f.n += 1
+        v, g = grad(np.asarray(x, float))
+        return (float(v), g) if np.isfinite(v) and np.all(np.isfinite(g)) else (1e300, 0 * g)
+
+    res = scipy.optimize.minimize(fg, x0, method="L-BFGS-B", jac=True, bounds=bounds,
+                                  options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-9})
     return np.asarray(res.x, float)
 
 
 def minimise(fun: Callable[[np.ndarray], float], starts, lower,
-             mirror: Callable[[np.ndarray, int], np.ndarray] | None = None) -> Optimum:
+             mirror: Callable[[np.ndarray, int], np.ndarray] | None = None,
+             grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None) -> Optimum:
     """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text.
 
     `mirror(x, i)`, where given, returns the other representation of the same point when x_i
@@ -152,14 +177,18 @@ def minimise(fun: Callable[[np.ndarray], float], starts, lower,
     its column free: both signs are the same covariance, but only one may fall inward).
     `starts` is one start or a list: with several, each gets a cheap L-BFGS-B descent first and
     the best end point goes on to BOBYQA and the checks (a mixed model's likelihood can have a
-    local optimum per sign of a correlation, or one inside beside a better one on a bound)."""
+    local optimum per sign of a correlation, or one inside beside a better one on a bound).
+    `grad(x) -> (fun(x), gradient)`, where given, makes each descent an exact-gradient L-BFGS-B
+    run; BOBYQA (derivative free) is then used only for the restarts of the checks."""
     f = _Counted(fun)
     lower = np.asarray(lower, float)
     starts = np.atleast_2d(np.asarray(starts, float))
-    if len(starts) == 1:
+    if grad is not None:
+        x = min((_screen(f, s0, lower, grad) for s0 in starts), key=f)
+    elif len(starts) == 1:
         x = _bobyqa(f, starts[0], lower, rhobeg=0.2)
     else:
-        ends = [_screen(f, s0, lower) for s0 in starts]
+        ends = [_screen(f, s0, lower, None) for s0 in starts]
         x = _bobyqa(f, min(ends, key=f), lower, rhobeg=0.05)
     restarts, message = 0, ""
     while True:
@@ -181,7 +210,7 @@ def minimise(fun: Callable[[np.ndarray], float], starts, lower,
         elif not stationary:
             x_new = _bobyqa(f, x, lower, rhobeg=0.05)
         else:
-            x_new = _bobyqa(f, x, lower, rhobeg=0.01)  # the final check: a restart
+            x_new = _bobyqa(f, x, lower, rhobeg=0.01, check=True)  # the final check: a restart
             if f(x_new) >= f(x) - DECREASE_TOL:
                 message = "converged: gradient ~0 and no descent inward from bounds or on restart"
                 break
