@@ -271,3 +271,21 @@ def test_transform_domain_and_type_errors_are_one_line():
         design.from_frame(df.assign(c=1.0), "y ~ x + scale(c) + (1 | g)")
     with pytest.raises(InputError, match="column 'z', which the data do not have"):
         design.from_frame(df, "y ~ I(z + 1) + (1 | g)")
+
+
+def test_python_keywords_are_ordinary_column_names():
+    """Nothing is evaluated, so `yield` or `class` are just names (lme4 fits them); R's reserved
+    words stay refused, as R refuses them."""
+    import numpy as np
+    import pandas as pd
+
+    from workbench.errors import InputError
+    from workbench.lmm import design
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"yield": rng.normal(size=30), "class": rng.normal(size=30),
+                       "g": np.repeat(list("abcde"), 6)})
+    d = design.from_frame(df, "yield ~ class + (1 | g)")
+    assert d.fixed_names == ("(Intercept)", "class")
+    with pytest.raises(InputError, match="TRUE"):
+        design.from_frame(df.rename(columns={"class": "TRUE"}), "yield ~ TRUE + (1 | g)")

@@ -41,7 +41,6 @@ explicitly, or use numeric dummy columns to get independent effects per level.
 
 from __future__ import annotations
 
-import keyword
 import math
 import re
 from dataclasses import dataclass
@@ -315,7 +314,9 @@ class _Parser:
     def column_name(self, tok: _Tok) -> str:
         name = tok.text[1:-1] if tok.kind == "quoted" else tok.text
         dunder = name.startswith("__") or name.endswith("__") or ".__" in name
-        if dunder or (tok.kind == "name" and (keyword.iskeyword(name) or name in _R_RESERVED)):
+        # Python keywords are fine (nothing is evaluated; lme4 fits a column called `yield`);
+        # R's reserved words are refused as R refuses them, dunder names as a precaution
+        if dunder or (tok.kind == "name" and name in _R_RESERVED):
             raise self.refuse(f"the name '{name}'", tok.pos)
         if tok.kind == "name" and name == ".":
             raise self.refuse("'.' (all other columns)", tok.pos)
