@@ -106,3 +106,14 @@ def test_bad_case_file(tmp_path, capsys):
     assert main(["run", str(case), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'chain' in [mcmc]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_csv_missing_values_as_in_r(tmp_path):
+    """Only "NA" and empty cells are missing (R's read.csv); "None" is a level like any other."""
+    from workbench.data import read_csv
+
+    p = tmp_path / "d.csv"
+    p.write_text("y,g,h\n1.5,None,NA\n2.5,null,\n3.5,a,x\n")
+    df, _ = read_csv(p)
+    assert list(df["g"]) == ["None", "null", "a"]
+    assert df["h"].isna().tolist() == [True, True, False]

@@ -183,13 +183,17 @@ def from_frame(df: pd.DataFrame, y: str, group: str, *, source: str = "<DataFram
 
 
 def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """Read a CSV file; return the frame and the SHA-256 of the file's bytes."""
+    """Read a CSV file; return the frame and the SHA-256 of the file's bytes.
+
+    Missing values as R's `read.csv` has them: "NA" and empty cells only (pandas by default also
+    takes "None", "null", "NaN", "n/a", ... as missing, which turns real factor levels such as
+    nlme's Alfalfa date "None" into gaps)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; give the path of a CSV file.")
     raw = path.read_bytes()
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, keep_default_na=False, na_values=["NA", ""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot be read as CSV ({first}); check the file.") from None
