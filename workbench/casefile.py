@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, need_int, need_real, need_str, need_str_list
 
 SECTIONS = {
     "data": {"path", "y", "group", "formula", "levels"},
@@ -16,6 +16,66 @@ SECTIONS = {
     "output": {"json", "posterior", "report"},
     "truth": {"mu", "sigma2", "tau2"},
 }
+
+# Upper bounds on sizes: beyond them a run would take days or exhaust memory, so they are refused
+# up front (one joint-MAP start on a small data set takes about 0.1 s, 4 x per comparison).
+MAX_STARTS = 1000
+MAX_CHAINS = 64
+MAX_DRAWS = 1_000_000
+MAX_JOBS = 1024
+PARAMETRIZATIONS = ("noncentered", "centered")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_compare_options(opts: dict, name=_flag) -> dict:
+    """Type and range checks of the comparison options (CLI flags or a case file's [compare] and
+    [mcmc] values), before any computing; `name(key)` says where a value came from. Returns the
+    options with methods as a list."""
+    from .compare import METHODS
+
+    out = dict(opts)
+    if out.get("methods") is not None:
+        methods = need_str_list(out["methods"], name("methods"))
+        if not methods:
+            raise InputError(f"{name('methods')} is empty; choose from {','.join(METHODS)}.")
+        for m in methods:
+            if m not in METHODS:
+                import difflib
+
+                close = difflib.get_close_matches(m, METHODS, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise InputError(f"{name('methods')}: unknown method '{m}'; {hint}choose from "
+                                 f"{','.join(METHODS)}.")
+        out["methods"] = methods
+    checks = {
+        "seed": lambda v, n: need_int(v, n, 0),
+        "n_starts": lambda v, n: need_int(v, n, 1, MAX_STARTS),
+        "chains": lambda v, n: need_int(v, n, 1, MAX_CHAINS),
+        "draws": lambda v, n: need_int(v, n, 1, MAX_DRAWS),
+        "tune": lambda v, n: need_int(v, n, 0, MAX_DRAWS),
+        "target_accept": lambda v, n: need_real(v, n, 0.0, 1.0, open_lo=True, open_hi=True),
+        "n_jobs": check_n_jobs,
+    }
+    for key, check in checks.items():
+        if out.get(key) is not None:
+            out[key] = check(out[key], name(key))
+    if out.get("parametrization") is not None:
+        par = need_str(out["parametrization"], name("parametrization"))
+        if par not in PARAMETRIZATIONS:
+            raise InputError(f"{name('parametrization')} must be 'noncentered' or 'centered', "
+                             f"got '{par}'.")
+    return out
+
+
+def check_n_jobs(value, name: str = "--n-jobs") -> int:
+    need_int(value, name)
+    if value == 0 or value < -1 or value > MAX_JOBS:
+        raise InputError(f"{name} must be a number of processes from 1 to {MAX_JOBS}, or -1 "
+                         f"(all cores), got {value}.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -39,7 +99,13 @@ def read_toml(path: str | Path, what: str = "case file") -> tuple[dict, str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such {what}; see models/ for examples.")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                         f"save the {what} as UTF-8.") from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -54,10 +120,14 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         raise InputError(f"{path} is a simulation study: run 'workbench simulate {path}'.")
     for key, value in raw.items():
         if key in ("title", "description"):
+            need_str(value, f"{path}: {key}")
             continue
         if key not in SECTIONS:
             raise InputError(f"{path}: unknown section [{key}]; use "
                              f"{', '.join(f'[{s}]' for s in SECTIONS)}.")
+        if not isinstance(value, dict):
+            raise InputError(f"{path}: '{key}' must be a section [{key}] with keys "
+                             f"{', '.join(sorted(SECTIONS[key]))}, got {value!r}.")
         bad = set(value) - SECTIONS[key]
         if bad:
             raise InputError(f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
@@ -67,15 +137,32 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
     for k in needed:
         if k not in data:
             raise InputError(f"{path}: [data] needs '{k}' (or 'formula' instead of y/group).")
-    kwargs = dict(raw.get("compare", {}))
+    for k in ("path", "y", "group", "formula"):
+        if k in data:
+            need_str(data[k], f"{path}: [data] {k}")
+
+    def name(key: str) -> str:
+        return f"{path}: [{'mcmc' if key in SECTIONS['mcmc'] else 'compare'}] {key}"
+
+    kwargs = check_compare_options({**raw.get("compare", {}), **raw.get("mcmc", {})}, name)
     if "formula" in data:
         kwargs["formula"] = data["formula"]
         if "levels" in data:
-            kwargs["levels"] = {k: list(v) for k, v in dict(data["levels"]).items()}
-    kwargs.update(raw.get("mcmc", {}))
+            levels = data["levels"]
+            if not isinstance(levels, dict):
+                raise InputError(f"{path}: [data] levels must be a table like "
+                                 f"{{ sector = [\"Public\", \"Catholic\"] }}, got {levels!r}.")
+            kwargs["levels"] = {k: need_str_list(v, f"{path}: [data] levels.{k}")
+                                for k, v in levels.items()}
     if raw.get("priors"):
-        kwargs["priors"] = dict(raw["priors"])
+        kwargs["priors"] = {k: need_real(v, f"{path}: [priors] {k}", *(
+            (None,) if k == "mu_loc" else (0.0,)), open_lo=True)
+            for k, v in raw["priors"].items()}
     out = raw.get("output", {})
+    for k, v in out.items():
+        need_str(v, f"{path}: [output] {k}")
+    truth = {k: need_real(v, f"{path}: [truth] {k}", *((None,) if k == "mu" else (0.0,)))
+             for k, v in raw.get("truth", {}).items()}
     name = path.stem
     report = Path(out.get("report", reports_dir / f"{name}.html"))
     return Case(name=name, path=path, title=raw.get("title", name),
@@ -84,4 +171,4 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
                 json_path=Path(out.get("json", report.with_suffix(".json"))),
                 posterior_path=Path(out.get("posterior", report.with_suffix(".posterior.nc"))),
                 report_path=report,
-                truth={k: float(v) for k, v in raw.get("truth", {}).items()}, text=text)
+                truth=truth, text=text)

@@ -1,16 +1,21 @@
 """Command line: `workbench compare DATA.csv --y COL --group COL ...` and
-`workbench run models/NAME.toml`. Bad input: one line on stderr, exit status 2, nothing written."""
+`workbench run models/NAME.toml`. Bad input: one line on stderr, exit status 2, nothing written.
+
+Each command first checks every option, case/study-file value and output path (`_check_*`),
+before anything is computed or written; its outputs are then written together at the end
+(`files.OutputSet`), so a failure leaves none of them (never a JSON without its report)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from .errors import InputError
-from .files import atomic_text, atomic_write
+from .files import OutputSet, check_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,9 +86,11 @@ def _list_of(kind):
     return parse
 
 
-def _run_simulate(args, command: str) -> int:
+def _check_simulate(args):
+    """The study (file values overridden by flags) and where it runs, all checked before the
+    store is made: a refused command leaves nothing, so the corrected one is not refused as a
+    'different study definition' afterwards. Returns (study, out)."""
     import dataclasses
-    import time
 
     from . import simulate as sim
 
@@ -92,22 +99,34 @@ def _run_simulate(args, command: str) -> int:
     else:
         study = sim.Study(name="quick", grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0],
                                               "sigma": [1.0], "tau": [1.0]}, replicates=100)
+    flags = set()
     grid = dict(study.grid)
     for key in sim.GRID_KEYS:
         value = getattr(args, key)
         if value is not None:
             grid[key] = value
-    changes = {k: getattr(args, k) for k in ("replicates", "level", "seed", "n_starts")
-               if getattr(args, k) is not None}
-    if args.methods is not None:
-        bad = [m for m in args.methods if m not in sim.SIM_METHODS]
-        if bad:
-            raise InputError(f"unknown method '{bad[0]}' in --methods; choose from "
-                             f"{','.join(sim.SIM_METHODS)}.")
-        changes["methods"] = tuple(args.methods)
-    study = dataclasses.replace(study, grid=grid, **changes)
-    sim.check_study(study, "options")
-    out = args.out or Path("reports") / study.name
+            flags.add(key)
+    changes = {k: getattr(args, k) for k in ("replicates", "level", "seed", "n_starts",
+                                             "methods") if getattr(args, k) is not None}
+    flags |= set(changes)
+
+    def name(key: str) -> str:
+        if key in flags or args.study is None:
+            return "--" + key.replace("_", "-")
+        return f"{args.study}: [simulation] {key}"
+
+    study = sim.check_study(dataclasses.replace(study, grid=grid, **changes), name=name)
+    out = args.out if args.out is not None else Path("reports") / study.name
+    sim.check_run(study, out, n_jobs=args.n_jobs, scheduler=args.scheduler)
+    return study, out
+
+
+def _run_simulate(args, command: str) -> int:
+    import time
+
+    from . import simulate as sim
+
+    study, out = _check_simulate(args)
     t0 = time.perf_counter()
     counts = sim.run_study(study, out, n_jobs=args.n_jobs, scheduler=args.scheduler,
                            progress=not args.quiet)
@@ -115,9 +134,9 @@ def _run_simulate(args, command: str) -> int:
     summary = sim.summarize(table, study)
     html = sim.render_report(study, summary, command=command, counts=counts,
                              seconds=time.perf_counter() - t0)
-    atomic_write(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
-    atomic_text(out / "report.html", html)
+    _write_together([(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False)),
+                     (out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False)),
+                     (out / "report.html", _text(html))])
     cols = ["setting", "method", "parameter", "bias", "relative_bias", "coverage",
             "coverage_mcse", "interior_share"]
     with pd_options():
@@ -146,17 +165,6 @@ def _levels(items: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-def _check_writable(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{option} {path}: folder {parent} does not exist; create it or choose "
-                         f"another path.")
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a folder; give a file name.")
-
-
 def _progress(quiet: bool):
     if quiet:
         return None
@@ -169,17 +177,33 @@ def _progress(quiet: bool):
 
 def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
                  report_path: Path | None = None, command: str = "", case_text: str | None = None,
-                 truth: dict | None = None) -> int:
+                 truth: dict | None = None, make_folders: bool = False) -> int:
+    """Check the output paths, compare, then write the outputs together. `make_folders` (case
+    files): missing output folders are made (when writing) instead of refused."""
     from .compare import compare
     from .estimators.mcmc import save_netcdf
 
     if report_path is not None:
         json_path = json_path or report_path.with_suffix(".json")
         posterior_path = posterior_path or report_path.with_suffix(".posterior.nc")
-    _check_writable(json_path, "--json")
-    _check_writable(posterior_path, "--posterior")
-    _check_writable(report_path, "--report")
-    result = compare(data, y, group, progress=_progress(quiet), **kwargs)
+    paths = {"--report": report_path, "--json": json_path, "--posterior": posterior_path}
+    for option, path in paths.items():
+        check_output(path, option, make_folders=make_folders)
+    chosen = [Path(os.path.realpath(p)) for p in paths.values() if p is not None]
+    if isinstance(data, str | Path) and Path(os.path.realpath(data)) in chosen:
+        raise InputError(f"an output path names the data file {data}; give the outputs other "
+                         f"paths.")
+    if len(set(chosen)) < len(chosen):
+        raise InputError(f"{', '.join(f'{o} {p}' for o, p in paths.items() if p is not None)}: "
+                         f"two outputs name the same file; give each its own path.")
+    import joblib
+
+    from .simulate import die_with_parent
+
+    # the joint-MAP starts run in joblib/loky workers: make them die with this process
+    with joblib.parallel_config(backend="loky", initializer=die_with_parent,
+                                initargs=(os.getpid(),)):
+        result = compare(data, y, group, progress=_progress(quiet), **kwargs)
     html = None
     if report_path is not None:
         from .report import render
@@ -188,17 +212,42 @@ def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
             print("[workbench] explanation, plots and report ...", file=sys.stderr, flush=True)
         html = render(result, command=command, case_text=case_text, truth=truth)
     print(result.table())
+    files, written = [], []
     if json_path is not None:
         text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        atomic_text(json_path, text + "\n")
-        print(f"\nJSON written to {json_path}")
+        files.append((json_path, _text(text + "\n")))
+        written.append(f"JSON written to {json_path}")
     if posterior_path is not None and result.mcmc is not None:
-        atomic_write(posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp))
-        print(f"posterior written to {posterior_path}")
+        files.append((posterior_path, lambda tmp: save_netcdf(result.mcmc, tmp)))
+        written.append(f"posterior written to {posterior_path}")
     if html is not None:
-        atomic_text(report_path, html)
-        print(f"report written to {report_path}")
+        files.append((report_path, _text(html)))
+        written.append(f"report written to {report_path}")
+    _write_together(files)  # all or none: never a JSON without the report it belongs to
+    if written:
+        print("\n" + "\n".join(written))
     return 0
+
+
+class _WriteError(Exception):
+    """Writing the outputs failed (disk full, folder removed meanwhile): none was written."""
+
+
+def _text(text: str):
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+
+
+def _write_together(files) -> None:
+    """Write (path, write(tmp)) pairs as one commit (`files.OutputSet`)."""
+    try:
+        with OutputSet() as outputs:
+            for path, write in files:
+                outputs.add(path, write)
+            outputs.commit()
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise _WriteError(f"writing{where} failed ({exc.strerror or exc}); no output was "
+                           f"written; fix the cause and run again.") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "workbench " + shlex.join(argv)
     try:
         if args.command == "compare":
-            kwargs = {k: getattr(args, k) for k in (
+            from .casefile import check_compare_options
+
+            kwargs = check_compare_options({k: getattr(args, k) for k in (
                 "methods", "seed", "chains", "draws", "tune", "target_accept",
-                "parametrization", "n_starts", "n_jobs")}
+                "parametrization", "n_starts", "n_jobs")})
             if args.formula is None and (args.y is None or args.group is None):
                 raise InputError("give --formula \"y ~ x + (1 + x | g)\", or --y and --group "
                                  "for the one-way model.")
@@ -229,15 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run_compare(case.data_path, case.y, case.group, case.compare_kwargs,
                             case.json_path, case.posterior_path, args.quiet,
                             report_path=case.report_path, command=command,
-                            case_text=case.text, truth=case.truth)
+                            case_text=case.text, truth=case.truth, make_folders=True)
     except InputError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
-    except TypeError as exc:  # a case-file value of the wrong type
-        if "argument" in str(exc) or "unexpected" in str(exc):
-            print(f"workbench: error: bad setting: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except _WriteError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,14 +22,20 @@ from scipy import stats as sps
 
 from .data import from_arrays
 from .densities import Stats
-from .errors import InputError
-from .files import atomic_text
+from .errors import InputError, need_int, need_real, need_str_list
+from .files import atomic_text, check_output, check_output_folder
 from .priors import default_priors
 
 SIM_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map:noncentered",
                "joint-map+priors:centered", "joint-map+priors:noncentered", "mcmc")
 DEFAULT_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map+priors:noncentered")
 GRID_KEYS = ("m", "group_sizes", "mu", "sigma", "tau")
+MCMC_KEYS = ("chains", "draws", "tune")
+OUTPUTS = ("replicates_table.csv", "summary.csv", "report.html")  # written together at the end
+# Bounds on sizes (beyond them a study would run for weeks or exhaust memory): refused up front.
+MAX_M = 100_000
+MAX_OBS = 10_000_000  # observations per simulated data set (m x largest group size)
+MAX_REPLICATES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -99,34 +105,124 @@ def load_study(path: str | Path) -> Study:
         if k not in sim:
             raise InputError(f"{path}: [simulation] needs '{k}' (a value or a list).")
         v = sim[k]
-        grid[k] = [str(x) if k == "group_sizes" else x for x in (v if isinstance(v, list) else [v])]
-    methods = tuple(sim.get("methods", DEFAULT_METHODS))
+        grid[k] = list(v) if isinstance(v, list) else [v]
+    mcmc = sim.get("mcmc", {})
+    if not isinstance(mcmc, dict):
+        raise InputError(f"{path}: [simulation] mcmc must be a table like "
+                         f"{{ chains = 2, draws = 300, tune = 300 }}, got {mcmc!r}.")
+    study = Study(name=path.stem, grid=grid, replicates=sim.get("replicates", 100),
+                  methods=sim.get("methods", DEFAULT_METHODS), level=sim.get("level", 0.95),
+                  seed=sim.get("seed", 0), n_starts=sim.get("n_starts", 16),
+                  mcmc={"chains": 2, "draws": 300, "tune": 300, **mcmc})
+    return check_study(study, name=lambda key: f"{path}: [simulation] {key}")
+
+
+def _size_range(text: str, name: str) -> tuple[int, int]:
+    lo, _, hi = text.strip().partition("-")
+    try:
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise InputError(f"{name} '{text}' must look like '3' (balanced) or '2-8' (sizes drawn "
+                         f"from 2 to 8).") from None
+    if lo < 1 or hi < lo or hi < 2:
+        raise InputError(f"{name} '{text}' needs 1 <= min <= max and max >= 2, like '3' or "
+                         f"'2-8'.")
+    return lo, hi
+
+
+def check_study(study: Study, where: str = "study", name=None) -> Study:
+    """Type and range checks of every value of a study, before any computing; `name(key)` says
+    where a value came from (a flag or a study file's key). Returns the study with its values
+    normalised (ints, floats, a tuple of distinct methods), so equal definitions fingerprint
+    equally whatever their spelling (`tau = 1` or `--tau 1.0`)."""
+    from .casefile import MAX_CHAINS, MAX_DRAWS, MAX_STARTS
+
+    if name is None:
+        def name(key: str) -> str:
+            return f"{where}: {key}"
+    grid = {}
+    for k in GRID_KEYS:
+        values = study.grid.get(k)
+        if not isinstance(values, list | tuple) or not values:
+            raise InputError(f"{name(k)} needs at least one value (a value or a comma-separated "
+                             f"list).")
+        if k == "m":
+            grid[k] = [need_int(v, name(k), 2, MAX_M) for v in values]
+        elif k == "group_sizes":
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, str | int):
+                    raise InputError(f"{name(k)} must be like '3' or '2-8', got {v!r}.")
+                _size_range(str(v), name(k))
+            grid[k] = [str(v).strip() for v in values]
+        else:
+            lo = {"mu": None, "sigma": 0.0, "tau": 0.0}[k]
+            grid[k] = [need_real(v, name(k), lo, open_lo=k == "sigma") for v in values]
+    for m in grid["m"]:
+        for gs in grid["group_sizes"]:
+            hi = _size_range(gs, name("group_sizes"))[1]
+            if m * hi > MAX_OBS:
+                raise InputError(f"{name('m')} = {m} with group sizes up to {hi} makes up to "
+                                 f"{m * hi:,} observations per data set; keep m x (largest "
+                                 f"group size) <= {MAX_OBS:,}.")
+    methods = need_str_list(list(study.methods) if isinstance(study.methods, tuple)
+                            else study.methods, name("methods"))
+    if not methods:
+        raise InputError(f"{name('methods')} is empty; choose from {','.join(SIM_METHODS)}.")
     for meth in methods:
         if meth not in SIM_METHODS:
-            raise InputError(f"{path}: unknown method '{meth}'; choose from "
-                             f"{', '.join(SIM_METHODS)}.")
-    study = Study(name=path.stem, grid=grid, replicates=int(sim.get("replicates", 100)),
-                  methods=methods, level=float(sim.get("level", 0.95)),
-                  seed=int(sim.get("seed", 0)), n_starts=int(sim.get("n_starts", 16)),
-                  mcmc={"chains": 2, "draws": 300, "tune": 300, **sim.get("mcmc", {})})
-    check_study(study, str(path))
-    return study
+            raise InputError(f"{name('methods')}: unknown method '{meth}'; choose from "
+                             f"{','.join(SIM_METHODS)}.")
+    mcmc = {"chains": 2, "draws": 300, "tune": 300, **study.mcmc}
+    bad = sorted(set(mcmc) - set(MCMC_KEYS))
+    if bad:
+        raise InputError(f"{name('mcmc')}: unknown key '{bad[0]}'; allowed: "
+                         f"{', '.join(MCMC_KEYS)}.")
+    mcmc = {"chains": need_int(mcmc["chains"], f"{name('mcmc')}.chains", 1, MAX_CHAINS),
+            "draws": need_int(mcmc["draws"], f"{name('mcmc')}.draws", 1, MAX_DRAWS),
+            "tune": need_int(mcmc["tune"], f"{name('mcmc')}.tune", 0, MAX_DRAWS)}
+    return Study(
+        name=study.name, grid=grid,
+        replicates=need_int(study.replicates, name("replicates"), 1, MAX_REPLICATES),
+        methods=tuple(dict.fromkeys(methods)),
+        level=need_real(study.level, name("level"), 0.0, 1.0, open_lo=True, open_hi=True),
+        seed=need_int(study.seed, name("seed"), 0),
+        n_starts=need_int(study.n_starts, name("n_starts"), 1, MAX_STARTS), mcmc=mcmc)
 
 
-def check_study(study: Study, where: str = "study") -> None:
-    for s in study.settings():
-        try:
-            lo, hi = s.size_range
-        except ValueError:
-            raise InputError(f"{where}: group_sizes '{s.group_sizes}' must look like '3' or "
-                             f"'2-8'.") from None
-        if lo < 1 or hi < lo or hi < 2:
-            raise InputError(f"{where}: group_sizes '{s.group_sizes}' needs 1 <= min <= max and "
-                             f"max >= 2.")
-        if s.m < 2 or s.sigma <= 0 or s.tau < 0:
-            raise InputError(f"{where}: setting {s.index} needs m >= 2, sigma > 0, tau >= 0.")
-    if study.replicates < 1 or not 0 < study.level < 1:
-        raise InputError(f"{where}: replicates must be >= 1 and level in (0, 1).")
+def check_run(study: Study, out: str | Path, *, n_jobs: int = -1,
+              scheduler: str | None = None) -> None:
+    """Checks of where and how a study runs, before the store is made or anything computed: the
+    worker count, the scheduler's address (and that it answers), the output folder (writable;
+    new, empty or this study's store) and the output files in it (regular files only)."""
+    from .casefile import check_n_jobs
+
+    check_n_jobs(n_jobs)
+    if scheduler is not None:
+        _check_scheduler(scheduler)
+    out = Path(out)
+    check_output_folder(out, "--out")
+    Store.check(out, study)
+    for name in OUTPUTS:
+        check_output(out / name, "--out", make_folders=True)
+
+
+def _check_scheduler(address: str) -> None:
+    import re
+    import socket
+
+    hint = "give the address of a running Dask scheduler, like tcp://127.0.0.1:8786"
+    match = re.fullmatch(r"(tcp|tls)://(\[[0-9a-fA-F:]+\]|[^:/\s\[\]]+):(\d+)/?", address.strip())
+    if match is None:
+        raise InputError(f"--scheduler '{address}' is not an address; {hint}.")
+    host, port = match.group(2).strip("[]"), int(match.group(3))
+    if not 0 < port < 65536:
+        raise InputError(f"--scheduler '{address}': port {port} is out of range; {hint}.")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"--scheduler '{address}': no scheduler answers there "
+                         f"({exc.strerror or exc}); start one ('dask scheduler') or {hint}.") \
+            from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,22 +340,35 @@ class Store:
         self.root = Path(root)
         self.dir = self.root / "replicates"
         meta = self.root / "study.json"
-        if meta.is_file():
-            old = json.loads(meta.read_text())
-            if old.get("fingerprint") != study.fingerprint():
-                raise InputError(
-                    f"{self.root}: this store was made by a different study definition; "
-                    f"results would be mixed. Use another --out folder, or delete this one to "
-                    f"start over.")
-        elif self.root.exists() and any(self.root.iterdir()):
-            raise InputError(f"{self.root}: folder exists and is not a study store; choose an "
-                             f"empty or new --out folder.")
+        self.check(self.root, study)
         self.dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.dir.glob(".*.tmp"):  # left by a killed run
             tmp.unlink()
+        for name in (*OUTPUTS, "study.json"):  # left by a run killed while writing its outputs
+            for tmp in self.root.glob(f".{name}.*.tmp"):
+                tmp.unlink()
         if not meta.is_file():
             atomic_text(meta, json.dumps({"fingerprint": study.fingerprint(),
                                            "definition": study.definition()}, indent=2))
+
+    @staticmethod
+    def check(root: Path, study: Study) -> None:
+        """Refuse a folder that is not this study's store (nothing is written)."""
+        meta = root / "study.json"
+        if meta.is_file():
+            try:
+                old = json.loads(meta.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise InputError(f"{meta}: not a study record (damaged?); use another --out "
+                                 f"folder, or delete this one to start over.") from None
+            if not isinstance(old, dict) or old.get("fingerprint") != study.fingerprint():
+                raise InputError(
+                    f"{root}: this store was made by a different study definition; "
+                    f"results would be mixed. Use another --out folder, or delete this one to "
+                    f"start over.")
+        elif root.is_dir() and any(root.iterdir()):
+            raise InputError(f"{root}: folder exists and is not a study store; choose an "
+                             f"empty or new --out folder.")
 
     @staticmethod
     def _name(setting: int, rep: int) -> str:
@@ -294,46 +403,108 @@ class Store:
 
 def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str | None = None,
               progress: bool = True) -> dict:
-    """Run (or resume) a study; returns counts. Results land in `out` as they finish."""
+    """Run (or resume) a study; returns counts. Results land in `out` as they finish. Every
+    value and the output folder are checked first (`check_study`, `check_run`); the store is
+    made only then, so a refused command leaves nothing behind."""
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
-    store = Store(out, study)
-    done = store.done()
-    tasks = [(s, r) for s in study.settings() for r in range(study.replicates)
-             if (s.index, r) not in done]
-    bar = tqdm(total=len(tasks), desc=f"study {study.name}", unit="rep", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
-    try:
+    study = check_study(study)
+    check_run(study, out, n_jobs=-1 if n_jobs is None else n_jobs, scheduler=scheduler)
+    with ExitStack() as stack:
+        client = None
+        if scheduler:
+            from distributed import Client
+
+            try:
+                client = stack.enter_context(Client(scheduler, timeout="20s"))
+            except OSError as exc:
+                raise InputError(f"--scheduler '{scheduler}': cannot connect ({exc}); check the "
+                                 f"address or start a scheduler.") from None
+        store = Store(out, study)
+        done = store.done()
+        tasks = [(s, r) for s in study.settings() for r in range(study.replicates)
+                 if (s.index, r) not in done]
+        bar = stack.enter_context(tqdm(total=len(tasks), desc=f"study {study.name}", unit="rep",
+                                       disable=not progress, dynamic_ncols=True,
+                                       mininterval=1.0))
         if not tasks:
             pass
-        elif scheduler:
-            from distributed import Client, as_completed
+        elif client is not None:
+            from distributed import as_completed
 
-            with Client(scheduler, timeout="20s") as client:
-                futs = [client.submit(run_replicate, study, s, r, pure=False) for s, r in tasks]
-                for fut in as_completed(futs):
-                    store.write(fut.result())
-                    bar.update()
+            futs = [client.submit(run_replicate, study, s, r, pure=False) for s, r in tasks]
+            for fut in as_completed(futs):
+                store.write(fut.result())
+                bar.update()
         elif n_jobs == 1 or len(tasks) == 1:
             for s, r in tasks:
                 store.write(run_replicate(study, s, r))
                 bar.update()
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            workers = os.cpu_count() if n_jobs in (-1, None) else n_jobs
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ.setdefault(var, "1")  # workers: one BLAS thread each, no spinning
-            with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(run_replicate, study, s, r) for s, r in tasks]
-                for fut in as_completed(futs):
-                    store.write(fut.result())
-                    bar.update()
-    finally:
-        bar.close()
+            _run_processes(study, tasks, store, bar,
+                           os.cpu_count() if n_jobs in (-1, None) else n_jobs)
     return {"computed": len(tasks), "skipped": len(done)}
+
+
+def _run_processes(study: Study, tasks: list, store: Store, bar, workers: int) -> None:
+    """Replicates in local worker processes, which die with this process (`die_with_parent`); on
+    an error or Ctrl-C the queued replicates are cancelled and the workers stopped at once."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # workers: one BLAS thread each, no spinning
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                               mp_context=mp.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        futs = [pool.submit(run_replicate, study, s, r) for s, r in tasks]
+        for fut in as_completed(futs):
+            store.write(fut.result())
+            bar.update()
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+WATCH_THREAD = "wb-parent-watch"  # the name of the thread that watches for the parent's death
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker-process initializer: die with the parent process (pid `parent`). Linux delivers
+    SIGKILL when the parent dies (PR_SET_PDEATHSIG); elsewhere, and as a backstop, a thread
+    polls the parent's pid."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            libc = None
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        if libc is not None:  # name the thread (PR_SET_NAME = 15): seen in ps -L and /proc
+            libc.prctl(15, WATCH_THREAD.encode(), 0, 0, 0)
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------------------------
