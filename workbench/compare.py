@@ -24,6 +24,7 @@ from .estimators import anova as anova_est
 from .estimators import eb as eb_est
 from .estimators import joint_map as jm_est
 from .estimators import mcmc as mcmc_est
+from .jsonsafe import finalize
 from .priors import Priors, make_priors
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
@@ -83,7 +84,9 @@ class Comparison:
         return out
 
     def to_dict(self) -> dict:
-        """The documented JSON contract (README, 'JSON output')."""
+        """The documented JSON contract (README, 'JSON output'; the schema is
+        `workbench/schema/comparison.schema.json`): plain values only, every non-finite number
+        reported as null with a note (`jsonsafe.finalize`)."""
         out: dict = {
             "workbench_version": version("workbench"),
             "model": {"text": MODEL_TEXT, "priors": self.priors.to_dict()},
@@ -111,7 +114,7 @@ class Comparison:
 
             out["explanation"] = explain(self).to_dict()
         out["warnings"] = self.warnings()
-        return out
+        return finalize(out)
 
     def _repr_html_(self) -> str:
         """Jupyter: the report's numbers and explanation, without plots."""

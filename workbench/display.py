@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 
+DASH = "–"  # a missing or non-finite number (null in the JSON)
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.6g}"
+
+def fmt(v, spec: str = ".6g") -> str:
+    """A number for a text table: "–" for None, NaN and +-inf."""
+    if v is None or not math.isfinite(v):
+        return DASH
+    return format(v, spec)
 
 
 def _row(name: str, mu, sigma2, tau2, objective=None, status: str = "") -> list[str]:
-    sd = [math.sqrt(v) if v is not None else None for v in (sigma2, tau2)]
-    return [name, *map(_fmt, (mu, sigma2, tau2, *sd, objective)), status]
+    sd = [math.sqrt(v) if v is not None and v >= 0 else None for v in (sigma2, tau2)]
+    return [name, *map(fmt, (mu, sigma2, tau2, *sd, objective)), status]
 
 
 def comparison_table(c) -> str:
@@ -23,7 +26,7 @@ def comparison_table(c) -> str:
     if c.anova is not None:
         a = c.anova
         rows.append(_row("ANOVA (moments)", a.mu, a.sigma2, a.tau2,
-                         status=f"F = {a.f_statistic:.4g}, p = {a.p_value:.3g}"))
+                         status=f"F = {fmt(a.f_statistic, '.4g')}, p = {fmt(a.p_value, '.3g')}"))
     if c.eb_ml is not None and "eb-ml" in c.settings.methods:
         f = c.eb_ml
         rows.append(_row("EB-ML", f.mu, f.sigma2, f.tau2, f.loglik,
@@ -59,8 +62,8 @@ def comparison_table(c) -> str:
     if c.mcmc is not None:
         dg = c.mcmc.diagnostics
         out.append(f"MCMC ({c.mcmc.settings.parametrization}, {c.mcmc.sampler}): R-hat max "
-                   f"{dg['r_hat_max']:.4f}, bulk ESS min {dg['ess_bulk_min']:.0f}, tail ESS min "
-                   f"{dg['ess_tail_min']:.0f}, divergences {dg['divergences']}, "
-                   f"E-BFMI min {dg['e_bfmi_min']:.2f}")
+                   f"{fmt(dg['r_hat_max'], '.4f')}, bulk ESS min {fmt(dg['ess_bulk_min'], '.0f')}"
+                   f", tail ESS min {fmt(dg['ess_tail_min'], '.0f')}, divergences "
+                   f"{dg['divergences']}, E-BFMI min {fmt(dg['e_bfmi_min'], '.2f')}")
     out += [f"WARNING {w}" for w in c.warnings()]
     return "\n".join(out)

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import densities as dens
 from .densities import Stats
+from .jsonsafe import clean
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,18 @@ class Explanation:
     sentences: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        """JSON-ready: infinite terms (tau^2 = 0: volume -inf, log joint +inf) become null."""
-        def clean(p: PointTerms) -> dict:
-            return {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
-                    for k, v in asdict(p).items()}
-
-        return {"eb_ml": clean(self.eb), "joint_map": clean(self.joint) if self.joint else None,
-                "joint_status": self.joint_status,
-                "balanced": asdict(self.balanced) if self.balanced else None,
-                "sentences": list(self.sentences)}
+        """JSON-ready: infinite terms (tau^2 = 0: volume -inf, log joint +inf) become null,
+        each named in `notes`."""
+        out, notes = clean({"eb_ml": asdict(self.eb),
+                            "joint_map": asdict(self.joint) if self.joint else None,
+                            "joint_status": self.joint_status,
+                            "balanced": asdict(self.balanced) if self.balanced else None,
+                            "sentences": list(self.sentences)})
+        if notes and self.eb.tau2 == 0:
+            notes.append("tau^2 = 0 at the EB-ML point: there the volume term is -infinity and "
+                         "the log joint +infinity")
+        out["notes"] = notes
+        return out
 
 
 def _pct(x: float) -> str:
@@ -133,14 +137,18 @@ def sentences(eb: PointTerms, joint: PointTerms | None, bal: BalancedForm | None
     ]
     if joint is not None:
         low_s = 1.0 - joint.sigma2 / eb.sigma2
-        low_t = 1.0 - joint.tau2 / eb.tau2 if eb.tau2 > 0 else float("nan")
+        if eb.tau2 > 0:
+            low_t = 1.0 - joint.tau2 / eb.tau2
+            tau_part = (f"tau^2 comes out {_pct(low_t)} {'low' if low_t > 0 else 'high'} "
+                        f"({joint.tau2:.5g} against {eb.tau2:.5g})")
+        else:
+            tau_part = f"tau^2 comes out {joint.tau2:.5g} against ML's boundary value 0"
         out.append(
             f"The joint mode maximises the log joint, which leaves that term out: it solves "
             f"sigma^2 = RSS / N, so it divides the residual sum of squares by N = {N} where ML "
             f"in effect divides by about N - p_D = {N - eb.p_d:.1f}, and sigma^2 comes out "
             f"{_pct(low_s)} {'low' if low_s > 0 else 'high'} ({joint.sigma2:.5g} against "
-            f"{eb.sigma2:.5g}); tau^2 comes out {_pct(low_t)} "
-            f"{'low' if low_t > 0 else 'high'} ({joint.tau2:.5g} against {eb.tau2:.5g}).")
+            f"{eb.sigma2:.5g}); {tau_part}.")
         out.append(
             f"Its log joint is higher ({joint.log_joint:.6g} against {eb.log_joint:.6g} at the "
             f"EB point with its conditional modes), yet its marginal likelihood is lower "

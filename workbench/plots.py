@@ -4,6 +4,11 @@ takes the `Comparison` (and precomputed curves where it needs them) and returns 
 
 Kept apart from the numbers: the curves come from `curves.py`-style helpers below that return
 plain arrays, so a plot can be fed precomputed statistics.
+
+Robust to what a result may hold: text is drawn plain (`text.parse_math` off, so group labels
+and column names like `$`, `a_b^c` are not read as mathtext), non-finite points and intervals
+are left out, a density is drawn only where the draws have spread, and a figure that cannot be
+drawn for a stated reason (rank plots of one chain) raises `SkippedFigureError` with it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,55 @@ JM_STYLE = {("centered", False): ("joint MAP (centered)", "#d62728", "-"),
             ("noncentered", True): ("joint MAP + priors (non-centered)", "#e377c2", "--")}
 
 
+PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
+plain_text = matplotlib.rc_context(PLAIN_TEXT)  # also a decorator for the figure functions
+LABEL_MAX = 40  # characters of a group label shown in a figure
+
+
+class SkippedFigureError(Exception):
+    """A figure that is not drawn, for the reason given (shown in the report instead)."""
+
+
+def short(label, n: int = LABEL_MAX) -> str:
+    """A label for a figure: at most `n` characters, one line."""
+    text = " ".join(str(label).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def finite(x) -> np.ndarray:
+    """Float array of `x` with None and +-inf as NaN (matplotlib leaves NaN points out)."""
+    arr = np.array([np.nan if v is None else v for v in np.ravel(x)], dtype=float)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr.reshape(np.shape(x))
+
+
+def density(ax, draws, lower: float = -np.inf, label: str = "posterior density (MCMC, KDE)"):
+    """Draw a KDE of the finite draws on `ax`; return the x window for the point estimates, or
+    None (with a note on the axes) when the draws have no spread to estimate a density from."""
+    d = np.asarray(draws, dtype=float).reshape(-1)
+    d = d[np.isfinite(d)]
+    if d.size < 2 or np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        ax.text(0.5, 0.5, "no density: the draws do not vary\n(the chains did not move)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.35")
+        if d.size:
+            ax.axvline(float(np.median(d)), color="0.3", lw=2, label="posterior draws (constant)")
+        return None
+    lo, hi = np.quantile(d, [0.001, 0.995])
+    if hi <= lo:
+        lo, hi = float(d.min()), float(d.max())
+    grid = np.linspace(max(lo - 0.1 * (hi - lo), lower), hi, 400)
+    try:
+        y = sps.gaussian_kde(d)(grid)
+    except (np.linalg.LinAlgError, ValueError):  # degenerate spread: a histogram instead
+        ax.hist(d, bins=30, density=True, color="0.85", label="posterior draws (histogram)")
+    else:
+        ax.plot(grid, y, color="0.3", lw=2, label=label)
+        ax.fill_between(grid, y, color="0.85")
+    width = grid[-1] - grid[0]
+    return grid[0] - 0.5 * width, grid[-1] + 0.5 * width
+
+
+@plain_text
 def to_png(fig, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -138,6 +192,7 @@ def _marks(c, q: str, truth: dict | None) -> list[tuple[str, float, str, str]]:
     return out
 
 
+@plain_text
 def plot_marginals(c, truth: dict | None = None):
     """Marginal posterior densities of sigma^2, tau^2 and mu with every point estimate."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -146,17 +201,9 @@ def plot_marginals(c, truth: dict | None = None):
                          (f"sigma^2 (within-group variance, {units}^2)",
                           f"tau^2 (between-group variance, {units}^2)",
                           f"mu (overall mean, {units})"), strict=True):
+        window = None
         if c.mcmc is not None:
-            d = c.mcmc.draws(q)
-            lo, hi = np.quantile(d, [0.001, 0.995])
-            grid = np.linspace(max(lo - 0.1 * (hi - lo), 0 if q != "mu" else -np.inf), hi, 400)
-            ax.plot(grid, sps.gaussian_kde(d)(grid), color="0.3", lw=2,
-                    label="posterior density (MCMC, KDE)")
-            ax.fill_between(grid, sps.gaussian_kde(d)(grid), color="0.85")
-            width = grid[-1] - grid[0]
-            window = (grid[0] - 0.5 * width, grid[-1] + 0.5 * width)
-        else:
-            window = None
+            window = density(ax, c.mcmc.draws(q), 0.0 if q != "mu" else -np.inf)
         _vlines(ax, _marks(c, q, truth), window)
         ax.legend(fontsize=7, loc="upper right")
         ax.set_xlabel(xl)
@@ -166,29 +213,31 @@ def plot_marginals(c, truth: dict | None = None):
     return fig
 
 
+@plain_text
 def plot_profiles(c, curves: ProfileCurves):
     """Log marginal and log joint along the marginal profile over log sigma^2, and their
     difference, the volume term."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
     s = curves.sigma2
-    lm = curves.log_marginal - curves.log_marginal.max()
-    lj = curves.log_joint - curves.log_joint.max()
+    lm = finite(curves.log_marginal)
+    lj = finite(curves.log_joint)
+    lm, lj = lm - np.nanmax(lm), lj - np.nanmax(lj)
     ax.plot(s, lm, color=COLORS["EB-ML"], lw=2, label="log marginal l (profiled)")
     ax.plot(s, lj, color=JM_STYLE[("centered", False)][1], lw=2,
             label="log joint h at the conditional modes")
-    i, j = int(np.argmax(curves.log_marginal)), int(np.argmax(curves.log_joint))
+    i, j = int(np.nanargmax(lm)), int(np.nanargmax(lj))
     ax.plot(s[i], 0, "o", color=COLORS["EB-ML"], ms=8, label=f"max of l: sigma^2 = {s[i]:.4g}")
     ax.plot(s[j], 0, "s", color=JM_STYLE[("centered", False)][1], ms=8,
             label=f"max of h: sigma^2 = {s[j]:.4g}")
     ax.set_xscale("log")
     ax.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
     ax.set_ylabel("log density minus its maximum")
-    ax.set_ylim(max(min(lm.min(), lj.min()), -30), 2)
+    ax.set_ylim(max(float(np.nanmin(np.concatenate([lm, lj]))), -30), 2)
     ax.set_title("Profiles over sigma^2 (mu, tau^2 at their ML values given sigma^2)")
     ax.legend(fontsize=8)
-    ax2.plot(s, curves.volume, color="0.3", lw=2,
+    ax2.plot(s, finite(curves.volume), color="0.3", lw=2,
              label="volume term 1/2 sum log v_j + (m/2) log 2 pi")
-    ax2.plot(s, curves.log_marginal - curves.log_joint, "w--", lw=1,
+    ax2.plot(s, finite(curves.log_marginal - curves.log_joint), "w--", lw=1,
              label="l - h (equal: Laplace identity)")
     ax2.set_xscale("log")
     ax2.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
@@ -199,10 +248,11 @@ def plot_profiles(c, curves: ProfileCurves):
     return fig
 
 
+@plain_text
 def plot_tau_path(c, path: TauPath):
     """The centered log joint along tau -> 0, maximised over everything else."""
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    ax.plot(path.tau, path.log_joint, color=JM_STYLE[("centered", False)][1], lw=2,
+    ax.plot(path.tau, finite(path.log_joint), color=JM_STYLE[("centered", False)][1], lw=2,
             label="max over mu, sigma, a of the log joint")
     jm = c.joint_maps.get(("centered", False))
     if jm is not None and jm.best is not None:
@@ -224,6 +274,7 @@ def _pick_groups(c, k: int = 3) -> list[int]:
     return sorted({int(order[0]), int(order[len(order) // 2]), int(order[-1])})[:k]
 
 
+@plain_text
 def plot_funnel(c):
     """Posterior draws of log tau against a few group effects a_j = theta_j - mu."""
     groups = _pick_groups(c)
@@ -243,21 +294,23 @@ def plot_funnel(c):
         if jm is not None and jm.best is not None:
             ax.plot(jm.group_effects[j], 0.5 * np.log(jm.tau2), "*", color="gold", ms=16,
                     mec="k", label="joint MAP (centered)")
-        ax.set_xlabel(f"a_j = theta_j - mu for group {c.data.labels[j]} ({c.data.y_name})")
-        ax.set_title(f"Funnel: group {c.data.labels[j]}")
+        ax.set_xlabel(f"a_j = theta_j - mu for group {short(c.data.labels[j])} "
+                      f"({short(c.data.y_name)})")
+        ax.set_title(f"Funnel: group {short(c.data.labels[j])}")
     axes[0].set_ylabel("log tau")
     axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
 
 
+@plain_text
 def plot_caterpillar(c, max_groups: int = 40):
     """Group-mean intervals by method: joint-MAP Hessian, EB conditional, MCMC HDI."""
     m = c.data.n_groups
     order = np.argsort(c.eb_ml.mu + c.eb_ml.re_mode)
     if m > max_groups:
         order = order[np.linspace(0, m - 1, max_groups).round().astype(int)]
-    labels = [c.data.labels[j] for j in order]
+    labels = [c.data.labels[j] for j in order]  # keys of the interval records
     fig, ax = plt.subplots(figsize=(8, max(3.5, 0.28 * len(order) + 1.5)))
     ypos = np.arange(len(order))
     eb = c.eb_ml
@@ -279,10 +332,15 @@ def plot_caterpillar(c, max_groups: int = 40):
         lo = np.array([g[lab]["hdi"][0] for lab in labels])
         hi = np.array([g[lab]["hdi"][1] for lab in labels])
         series.append(("MCMC 94% HDI", lo, hi, COLORS["MCMC mode"], -0.25))
+    unbounded = False
     for name, lo, hi, color, off in series:
+        lo, hi = finite(lo), finite(hi)  # an interval with a non-finite end is left out
+        unbounded |= bool(np.isnan(lo).any() or np.isnan(hi).any())
         ax.hlines(ypos + off, lo, hi, color=color, lw=2.2, label=name)
         ax.plot((lo + hi) / 2, ypos + off, "|", color=color, ms=8)
-    ax.set_yticks(ypos, labels, fontsize=7 if len(order) > 25 else 9)
+    if unbounded:
+        ax.plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
+    ax.set_yticks(ypos, [short(lab) for lab in labels], fontsize=7 if len(order) > 25 else 9)
     ax.set_xlabel(f"group mean theta_j ({c.data.y_name})")
     ax.set_ylabel(f"group ({c.data.group_name})" + (f", {len(order)} of {m} shown"
                                                      if m > max_groups else ""))
@@ -292,10 +350,15 @@ def plot_caterpillar(c, max_groups: int = 40):
     return fig
 
 
+@plain_text
 def plot_rank(c, var_names=("mu", "sigma", "tau"), width: float = 13):
-    """Rank plots (ArviZ) of the scalar parameters: flat and overlapping when the chains mix."""
+    """Rank plots (ArviZ) of the scalar parameters: flat and overlapping when the chains mix.
+    Raises `SkippedFigureError` for one chain (rank plots compare chains)."""
     import arviz as az
 
+    if int(c.mcmc.posterior.posterior.sizes["chain"]) < 2:
+        raise SkippedFigureError("rank plots compare chains, and this run has 1 chain; run 2 "
+                                 "or more chains to see them")
     pc = az.plot_rank(c.mcmc.posterior, var_names=list(var_names), backend="matplotlib")
     pc.add_legend("chain")
     fig = pc.viz["figure"].item()

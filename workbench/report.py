@@ -9,6 +9,7 @@ import io
 import platform
 import sys
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -64,13 +65,40 @@ def versions() -> dict[str, str]:
 
 
 def _fmt(v, digits: int = 6) -> str:
+    """A value for the report: "–" for None and NaN, "∞"/"−∞" for an unbounded end."""
     if v is None:
         return "–"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x, digits) for x in v) + "]"
-    if isinstance(v, float) and not np.isfinite(v):
+    if isinstance(v, (float, np.floating)) and not np.isfinite(v):
         return "∞" if v > 0 else ("−∞" if v < 0 else "–")
     return f"{v:.{digits}g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _draw(figures) -> tuple[list[dict], list[str]]:
+    """Inline PNGs of `figures` [(id, title, build)]. A figure that cannot be drawn never
+    stops the report: a stated reason (`plots.SkippedFigureError`) or the error becomes a note
+    shown where the figure would be."""
+    images, notes = [], []
+    for i, title, build in figures:
+        try:
+            images.append({"id": i, "title": title, "src": _png_uri(plots.to_png(build()))})
+        except plots.SkippedFigureError as exc:
+            notes.append(f"{title}: not drawn ({exc}).")
+        except Exception as exc:  # noqa: BLE001 - the numbers are computed; keep the report
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            warnings.warn(f"report figure '{title}' could not be drawn: {exc!r}", stacklevel=2)
+            notes.append(f"{title}: could not be drawn ({type(exc).__name__}: {exc}).")
+    return images, notes
+
+
+def _rhat_bad(diag: dict) -> bool:
+    """R-hat above the limit, or not computed (one chain, chains that did not move): either
+    way convergence is not shown."""
+    r = diag["r_hat_max"]
+    return r is None or not np.isfinite(r) or r > 1.01
 
 
 def estimates_rows(c) -> tuple[list[str], list[list[str]]]:
@@ -114,6 +142,10 @@ def estimates_rows(c) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _sqrt(v):
+    return float(np.sqrt(v)) if v is not None and np.isfinite(v) and v >= 0 else None
+
+
 def lme4_text(c) -> str:
     """An lme4-like printout of the EB-ML fit."""
     f = c.eb_ml
@@ -125,12 +157,12 @@ def lme4_text(c) -> str:
         f"  {f.loglik:9.4f}  {-2 * f.loglik:8.4f}",
         "Random effects:",
         " Groups   Name        Variance  Std.Dev.",
-        f" {d.group_name[:8]:<8} (Intercept) {f.tau2:<9.6g} {np.sqrt(f.tau2):.5g}",
-        f" Residual             {f.sigma2:<9.6g} {np.sqrt(f.sigma2):.5g}",
+        f" {d.group_name[:8]:<8} (Intercept) {_fmt(f.tau2):<9} {_fmt(_sqrt(f.tau2), 5)}",
+        f" Residual             {_fmt(f.sigma2):<9} {_fmt(_sqrt(f.sigma2), 5)}",
         f"Number of obs: {d.n_obs}, groups:  {d.group_name}, {d.n_groups}",
         "Fixed effects:",
         "            Estimate Std. Error",
-        f"(Intercept) {f.mu:8.6g} {f.se['mu']:10.6g}",
+        f"(Intercept) {_fmt(f.mu):>8} {_fmt(f.se['mu']):>10}",
     ])
 
 
@@ -159,13 +191,13 @@ def lmm_lme4_text(c) -> str:
              " Groups   Name          Variance  Std.Dev."]
     for k, (name, v) in enumerate(comps.variances.items()):
         grp = d.group_name[:8] if k == 0 else ""
-        lines.append(f" {grp:<8} {name:<13} {v:<9.6g} {np.sqrt(v):.5g}")
-    lines.append(f" Residual               {f.sigma2:<9.6g} {np.sqrt(f.sigma2):.5g}")
-    for name, r in comps.correlations.items():
-        lines.append(f" Corr({name}) = {r:.4f}")
+        lines.append(f" {grp:<8} {name:<13} {_fmt(v):<9} {_fmt(_sqrt(v), 5)}")
+    lines.append(f" Residual               {_fmt(f.sigma2):<9} {_fmt(_sqrt(f.sigma2), 5)}")
+    for name, r in comps.correlations.items():  # 0/0 at a singular fit: "–"
+        lines.append(f" Corr({name}) = {_fmt(r, 4) if not np.isfinite(r) else f'{r:.4f}'}")
     lines += [f"Number of obs: {d.n_obs}, groups:  {d.group_name}, {d.n_groups}",
               "Fixed effects:", "                   Estimate Std. Error"]
-    lines += [f"{n:<18} {v['estimate']:9.6g} {v['se']:10.6g}"
+    lines += [f"{n:<18} {_fmt(v['estimate']):>9} {_fmt(v['se']):>10}"
               for n, v in f.fixed_effects().items()]
     return "\n".join(lines)
 
@@ -174,17 +206,18 @@ def _shared_context(c, *, t0: float, figures, command: str, case_text: str | Non
                     truth: dict | None, fragment: bool) -> dict:
     """The keys both report templates use the same way: plots, diagnostics and the warning
     banner, settings, and provenance (versions, command, timestamp, seconds per step)."""
-    images = [{"id": i, "title": t, "src": _png_uri(plots.to_png(f))} for i, t, f in figures]
+    images, figure_notes = _draw(figures)
     diag = c.mcmc.diagnostics if c.mcmc is not None else None
     banner = []
-    if diag is not None and (diag["r_hat_max"] > 1.01 or diag["divergences"] > 0):
+    if diag is not None and (_rhat_bad(diag) or diag["divergences"] > 0):
         banner = list(c.mcmc.warnings)
     timings = dict(c.timings)
     timings["report (explanation and plots)"] = time.perf_counter() - t0
     return {
         "fragment": fragment, "data": c.data.summary(), "priors": c.priors.describe(),
         "settings": c.settings.to_dict(), "fmt": _fmt, "diag": diag, "banner": banner,
-        "warnings": c.warnings(), "images": images, "versions": versions(),
+        "warnings": c.warnings(), "images": images, "figure_notes": figure_notes,
+        "rhat_bad": _rhat_bad(diag) if diag is not None else False, "versions": versions(),
         "command": command, "case_text": case_text,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "timings": timings, "truth": truth or {}, "seed": c.settings.seed,
@@ -200,13 +233,14 @@ def _lmm_context(c, *, command: str, case_text: str | None, truth: dict | None,
     figures = []
     if not fragment and c.eb_ml is not None:
         figures.append(("components", "Variance components: posterior and every point estimate",
-                        lplots.plot_components(c)))
+                        lambda: lplots.plot_components(c)))
         figures.append(("scalepath", "Log marginal and log joint as the variances shrink",
-                        lplots.plot_scale_path(c, lplots.scale_path(c))))
+                        lambda: lplots.plot_scale_path(c, lplots.scale_path(c))))
         figures.append(("caterpillar", "Random-effect intervals by method",
-                        lplots.plot_caterpillar(c)))
+                        lambda: lplots.plot_caterpillar(c)))
         if c.mcmc is not None:
-            figures.append(("rank", "Sampler diagnostics: rank plots", lplots.plot_rank(c)))
+            figures.append(("rank", "Sampler diagnostics: rank plots",
+                            lambda: lplots.plot_rank(c)))
     formulas = ({k: _png_uri(formula_png(v)) for k, v in LMM_FORMULAS.items()}
                 if not fragment else {})
     cols, rows = c.rows()
@@ -236,19 +270,21 @@ def build_context(c, *, command: str, case_text: str | None = None,
     if not fragment and c.eb_ml is not None:
         if c.mcmc is not None:
             figures.append(("marginals", "Marginal posteriors and every point estimate",
-                            plots.plot_marginals(c, truth)))
+                            lambda: plots.plot_marginals(c, truth)))
         figures.append(("profiles", "Log marginal and log joint over sigma²: the volume term",
-                        plots.plot_profiles(c, plots.profile_curves(st, c.eb_ml.sigma2))))
+                        lambda: plots.plot_profiles(c, plots.profile_curves(st,
+                                                                            c.eb_ml.sigma2))))
         tau_ref = np.sqrt(c.eb_ml.tau2) if c.eb_ml.tau2 > 0 else np.sqrt(st.W / st.N) * 0.3
         figures.append(("taupath", "The log joint along tau → 0",
-                        plots.plot_tau_path(c, plots.tau_path(st, tau_ref))))
+                        lambda: plots.plot_tau_path(c, plots.tau_path(st, tau_ref))))
         if c.mcmc is not None:
             figures.append(("funnel", "The funnel: tau against group effects",
-                            plots.plot_funnel(c)))
+                            lambda: plots.plot_funnel(c)))
         figures.append(("caterpillar", "Group-mean intervals by method",
-                        plots.plot_caterpillar(c)))
+                        lambda: plots.plot_caterpillar(c)))
         if c.mcmc is not None:
-            figures.append(("rank", "Sampler diagnostics: rank plots", plots.plot_rank(c)))
+            figures.append(("rank", "Sampler diagnostics: rank plots",
+                            lambda: plots.plot_rank(c)))
     formulas = ({k: _png_uri(formula_png(v)) for k, v in FORMULAS.items()}
                 if not fragment else {})
     head, rows = estimates_rows(c)

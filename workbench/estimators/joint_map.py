@@ -328,10 +328,13 @@ def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
                     + 2.0 * tau**2 * u * border[:, 2])
     a = dens.group_effects(best.x, par)
     se_mu, se_ls, se_lt = np.sqrt(np.diag(top))
+    with np.errstate(over="ignore"):  # a flat direction: an infinite end, null in the JSON
+        ci_s2 = [float(np.exp(2 * (ls - zq * se_ls))), float(np.exp(2 * (ls + zq * se_ls)))]
+        ci_t2 = [float(np.exp(2 * (lt - zq * se_lt))), float(np.exp(2 * (lt + zq * se_lt)))]
     out = {
         "mu": [float(mu - zq * se_mu), float(mu + zq * se_mu)],
-        "sigma2": [float(np.exp(2 * (ls - zq * se_ls))), float(np.exp(2 * (ls + zq * se_ls)))],
-        "tau2": [float(np.exp(2 * (lt - zq * se_lt))), float(np.exp(2 * (lt + zq * se_lt)))],
+        "sigma2": ci_s2,
+        "tau2": ci_t2,
         "se": {"mu": float(se_mu), "log_sigma": float(se_ls), "log_tau": float(se_lt)},
         "random_effects": {
             lab: {"mode": float(a[j]), "sd": float(np.sqrt(var_a[j])),

@@ -3,6 +3,7 @@ summaries (mean, median, sd, 94% HDI, marginal posterior mode) and diagnostics."
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -89,11 +90,14 @@ def diagnose(idata, parametrization: str = "noncentered",
 
     names = [v for v in (names or ("mu", "sigma", "tau", "z", "theta"))
              if v in idata.posterior]
-    rhat = az.rhat(idata, var_names=names)
+    n_chains = int(idata.posterior.sizes["chain"])
+    with warnings.catch_warnings():  # one chain or a stuck chain: R-hat is NaN (said below)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(idata, var_names=names)
     ess_b = az.ess(idata, var_names=names, method="bulk")
     ess_t = az.ess(idata, var_names=names, method="tail")
 
-    def extreme(ds, fn):
+    def extreme(ds, fn):  # NaN when any value is NaN (one chain, a stuck chain)
         ds = ds.posterior.to_dataset() if hasattr(ds, "posterior") else ds
         return float(fn([fn(np.asarray(ds[v])) for v in ds.data_vars]))
 
@@ -108,7 +112,14 @@ def diagnose(idata, parametrization: str = "noncentered",
         "e_bfmi": [float(v) for v in bfmi_vals],
     }
     warns = []
-    if diag["r_hat_max"] > RHAT_LIMIT:
+    if n_chains < 2:
+        warns.append("R-hat compares chains, so with 1 chain it is not computed (null in the "
+                     "JSON) and the rank plots are skipped; run 2 or more chains to check "
+                     "convergence.")
+    elif not np.isfinite(diag["r_hat_max"]):
+        warns.append("R-hat could not be computed (a chain did not move, e.g. with no tuning "
+                     "steps): do not trust these summaries (tune longer).")
+    elif diag["r_hat_max"] > RHAT_LIMIT:
         warns.append(f"R-hat up to {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains disagree; "
                      "do not trust these summaries (run longer, or try the other parametrization).")
     if div:

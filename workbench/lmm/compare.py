@@ -7,7 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
+from ..display import fmt
 from ..estimators.mcmc import McmcSettings
+from ..jsonsafe import finalize
 from . import eb as eb_est
 from . import joint_map as jm_est
 from . import mcmc as mcmc_est
@@ -44,7 +46,9 @@ class LMMComparison:
         return explain(self.eb_ml, self.joint_map) if self.eb_ml is not None else None
 
     def to_dict(self) -> dict:
-        """The documented JSON contract (README, 'JSON output', formula models)."""
+        """The documented JSON contract (README, 'JSON output', formula models; the schema is
+        `workbench/schema/comparison.schema.json`): plain values only, every non-finite number
+        (e.g. the 0/0 correlation of a singular fit) reported as null with a note."""
         out: dict = {
             "workbench_version": version("workbench"),
             "model": {"formula": self.data.formula, "priors": self.priors.to_dict()},
@@ -62,7 +66,7 @@ class LMMComparison:
         if self.eb_ml is not None:
             out["explanation"] = self.explanation().to_dict()
         out["warnings"] = self.warnings()
-        return out
+        return finalize(out)
 
     def rows(self) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
         """Point estimates by method (columns) and quantity (rows), for table and report."""
@@ -102,8 +106,7 @@ class LMMComparison:
         width = max(len(r[0]) for r in rows) + 2
         lines = [" " * width + "".join(f"{c:>16}" for c in cols)]
         for lab, vals in rows:
-            lines.append(f"{lab:<{width}}" + "".join(
-                f"{'—' if v is None else format(v, '.6g'):>16}" for v in vals))
+            lines.append(f"{lab:<{width}}" + "".join(f"{fmt(v):>16}" for v in vals))
         if self.joint_map is not None:
             lines.append(f"joint MAP: {self.joint_map.message}")
         return "\n".join(lines)

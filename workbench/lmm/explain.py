@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..jsonsafe import clean
 from .deviance import PLS
 
 
@@ -62,14 +63,13 @@ class Explanation:
     sentences: list[str]
 
     def to_dict(self) -> dict:
-        def clean(t: Terms | None):
-            if t is None:
-                return None
-            return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                    for k, v in asdict(t).items()}
-
-        return {"eb_ml": clean(self.eb), "joint_mode": clean(self.joint),
-                "sentences": list(self.sentences)}
+        """JSON-ready: non-finite terms (a zero variance: volume -inf) become null, each named
+        in `notes`."""
+        out, notes = clean({"eb_ml": asdict(self.eb),
+                            "joint_mode": asdict(self.joint) if self.joint else None,
+                            "sentences": list(self.sentences)})
+        out["notes"] = notes
+        return out
 
 
 def explain(eb_fit, joint) -> Explanation:

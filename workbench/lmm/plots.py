@@ -9,10 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats as sps  # noqa: E402
 
 from .. import plots as base_plots  # noqa: E402
-from ..plots import COLORS, _vlines  # noqa: E402
+from ..plots import COLORS, _vlines, density, finite, plain_text, short  # noqa: E402
 from .deviance import Layout, solve  # noqa: E402
 
 JOINT_COLOR = "#d62728"
@@ -70,6 +69,7 @@ def _marks(c, key: str, kind: str) -> list[tuple[str, float, str, str]]:
     return out
 
 
+@plain_text
 def plot_components(c):
     """Marginal posterior of sigma^2, every variance and every correlation, with the point
     estimates of every method."""
@@ -84,13 +84,7 @@ def plot_components(c):
             draws = np.asarray(c.mcmc.draws("sigma2") if kind == "sigma2" else
                                (c.mcmc.variance_draws() if kind == "variances"
                                 else c.mcmc.correlation_draws())[key]).reshape(-1)
-            lo, hi = np.quantile(draws, [0.002, 0.995])
-            grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo), 300)
-            dens = sps.gaussian_kde(draws)(grid)
-            ax.plot(grid, dens, color="0.3", lw=2, label="posterior (MCMC, KDE)")
-            ax.fill_between(grid, dens, color="0.85")
-            width = grid[-1] - grid[0]
-            window = (grid[0] - 0.5 * width, grid[-1] + 0.5 * width)
+            window = density(ax, draws, label="posterior (MCMC, KDE)")
         _vlines(ax, _marks(c, key, kind), window)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
@@ -98,17 +92,19 @@ def plot_components(c):
     return fig
 
 
+@plain_text
 def plot_scale_path(c, path: ScalePath):
     """Log marginal and log joint as all random-effect variances shrink together (two axes:
     the joint's rise is far larger than the marginal's peak)."""
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
     at_ml = int(np.argmin(np.abs(np.log(path.scale))))
-    ax.plot(path.scale, path.log_marginal - path.log_marginal.max(), color=COLORS["EB-ML"],
+    lm, lj = finite(path.log_marginal), finite(path.log_joint)
+    ax.plot(path.scale, lm - np.nanmax(lm), color=COLORS["EB-ML"],
             lw=2, label="log marginal likelihood l (profiled), left axis")
     ax.set_ylim(-40, 3)
     ax.set_ylabel("l minus its maximum", color=COLORS["EB-ML"])
     ax2 = ax.twinx()
-    ax2.plot(path.scale, path.log_joint - path.log_joint[at_ml], color=JOINT_COLOR, lw=2,
+    ax2.plot(path.scale, lj - lj[at_ml], color=JOINT_COLOR, lw=2,
              label="log joint h (profiled over beta, b, sigma^2), right axis")
     ax2.set_ylabel("h minus its value at c = 1", color=JOINT_COLOR)
     ax.axvline(1.0, color=COLORS["EB-ML"], ls=":", label="EB-ML (c = 1)")
@@ -122,6 +118,7 @@ def plot_scale_path(c, path: ScalePath):
     return fig
 
 
+@plain_text
 def plot_caterpillar(c, max_groups: int = 30):
     """Random-effect intervals per term: EB conditional 95%, joint MAP, MCMC 94% HDI."""
     d = c.data
@@ -151,13 +148,13 @@ def plot_caterpillar(c, max_groups: int = 30):
             b = c.mcmc.draws("b")[:, order, k]
             hdi = np.array([np.asarray(az.hdi(b[:, i], prob=0.94)) for i in range(len(order))])
             series.append(("MCMC 94% HDI", hdi[:, 0], hdi[:, 1], COLORS["MCMC mode"], -0.25))
-        for name, lo, hi, color, off in series:
-            ax.hlines(ypos + off, lo, hi, color=color, lw=2.0, label=name)
+        for name, lo, hi, color, off in series:  # a non-finite end: the interval is left out
+            ax.hlines(ypos + off, finite(lo), finite(hi), color=color, lw=2.0, label=name)
         ax.axvline(0, color="0.6", lw=0.8)
         ax.set_title(f"{d.re_names[k]} effects b_j")
         ax.set_xlabel(d.re_names[k])
         ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_yticks(ypos, [d.labels[j] for j in order], fontsize=7)
+    axes[0][0].set_yticks(ypos, [short(d.labels[j]) for j in order], fontsize=7)
     axes[0][0].set_ylabel(f"{d.group_name}" + (f" ({len(order)} of {m} shown)"
                                                if m > max_groups else ""))
     fig.tight_layout()

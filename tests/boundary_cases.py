@@ -1,0 +1,100 @@
+"""Awkward inputs for the tests of what renders a result (JSON, table, report): group labels
+that look like markup, a singular slope fit, and MCMC records from posterior draws made up in
+numpy (no sampler, no compilation) but summarised by the real summary and diagnostic code,
+including what a sampler can give (one chain, chains that never move)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from workbench.estimators.mcmc import McmcResult, McmcSettings, diagnose, summarize
+
+LABELS = ["$", "$$", "a_b^c", "{x}", "%", "ünïcødé ✓ 漢字", "L" * 200, r"\alpha", "#&<b>", "x\ny"]
+
+
+def singular_slope_frame(seed: int = 10) -> pd.DataFrame:
+    """Slopes vary by group, intercepts do not (group means of y and x equal): the ML fit of
+    y ~ x + (1 + x | g) has a zero intercept variance, so the correlation is 0/0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j in range(8):
+        b1 = rng.normal()
+        x = rng.normal(size=6)
+        x -= x.mean()
+        y = (0.5 + b1) * x + 0.3 * rng.normal(size=6)
+        y += 1 - y.mean()
+        rows += [(f"s{j}", a, b) for a, b in zip(x, y, strict=True)]
+    return pd.DataFrame(rows, columns=["g", "x", "y"])
+
+
+def _tree(post: dict, dims: dict, chains: int, draws: int, rng):
+    import arviz as az
+
+    stats = {"diverging": np.zeros((chains, draws), bool),
+             "energy": rng.normal(size=(chains, draws))}
+    return az.from_dict({"posterior": post, "sample_stats": stats}, dims=dims)
+
+
+def _stuck(x: np.ndarray, stuck: bool) -> np.ndarray:
+    """Every draw of a chain equal to its first draw (a sampler that never moved)."""
+    return np.repeat(x[:, :1], x.shape[1], axis=1) if stuck else x
+
+
+def oneway(data, *, chains: int = 2, draws: int = 60, stuck: bool = False,
+           seed: int = 0) -> McmcResult:
+    """An MCMC record of the one-way model for `data` (a GroupedData)."""
+    rng = np.random.default_rng(seed)
+    sd = float(np.std(data.y, ddof=1))
+    shape = (chains, draws)
+    mu = _stuck(data.grand_mean + 0.1 * sd * rng.normal(size=shape), stuck)
+    sigma = _stuck(sd * np.exp(0.1 * rng.normal(size=shape)), stuck)
+    tau = _stuck(0.5 * sd * np.exp(0.3 * rng.normal(size=shape)), stuck)
+    z = _stuck(rng.normal(size=(*shape, data.n_groups)), stuck)
+    post = {"mu": mu, "sigma": sigma, "sigma2": sigma**2, "tau": tau, "tau2": tau**2, "z": z,
+            "theta": mu[..., None] + tau[..., None] * z}
+    idata = _tree(post, {"z": ["group"], "theta": ["group"]}, chains, draws, rng)
+    summary, groups = summarize(idata, data.labels)
+    diag, warns = diagnose(idata)
+    return McmcResult(settings=McmcSettings(chains=chains, draws=draws, tune=0),
+                      posterior=idata, summary=summary, group_summary=groups,
+                      diagnostics=diag, warnings=warns, sampler="fake")
+
+
+def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0):
+    """An MCMC record of a formula model for `data` (an LMMData)."""
+    from workbench.lmm.mcmc import LMMMcmc
+
+    rng = np.random.default_rng(seed)
+    shape = (chains, draws)
+    sd_y = float(np.std(data.y, ddof=1))
+    post = {"beta": _stuck(rng.normal(size=(*shape, data.p)), stuck),
+            "sigma": _stuck(sd_y * np.exp(0.1 * rng.normal(size=shape)), stuck),
+            "sd": _stuck(0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))), stuck),
+            "b": _stuck(rng.normal(size=(*shape, data.n_groups, data.q)), stuck)}
+    post["sigma2"] = post["sigma"] ** 2
+    dims = {"beta": ["fixed"], "sd": ["term"], "b": ["group", "term"]}
+    for k, block in enumerate(data.blocks):
+        n = len(block.cols)
+        if n >= 2:
+            r = np.tanh(0.5 * rng.normal(size=shape))
+            corr = np.broadcast_to(np.eye(n), (*shape, n, n)).copy()
+            corr[..., 0, 1:] = corr[..., 1:, 0] = _stuck(r, stuck)[..., None]
+            post[f"chol_{k}_corr"] = corr
+            dims[f"chol_{k}_corr"] = [f"c{k}a", f"c{k}b"]
+    idata = _tree(post, dims, chains, draws, rng)
+    diag, warns = diagnose(idata, names=["beta", "sigma", "sd"])
+    return LMMMcmc(settings=McmcSettings(chains=chains, draws=draws, tune=0), posterior=idata,
+                   data=data, diagnostics=diag, warnings=warns, sampler="fake")
+
+
+def attach(comparison, mcmc):
+    """`comparison` with `mcmc` as its MCMC record, the settings saying so."""
+    import dataclasses
+
+    s = mcmc.settings
+    comparison.mcmc = mcmc
+    comparison.settings = dataclasses.replace(
+        comparison.settings, methods=(*comparison.settings.methods, "mcmc"), chains=s.chains,
+        draws=s.draws, tune=s.tune)
+    return comparison
