@@ -26,6 +26,7 @@ from .estimators import joint_map as jm_est
 from .estimators import mcmc as mcmc_est
 from .jsonsafe import finalize
 from .priors import Priors, make_priors
+from .provenance import lock_sha256
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
 MODEL_TEXT = "y_ij ~ N(mu + a_j, sigma^2), a_j ~ N(0, tau^2)  [lme4: y ~ 1 + (1 | group)]"
@@ -89,6 +90,7 @@ class Comparison:
         reported as null with a note (`jsonsafe.finalize`)."""
         out: dict = {
             "workbench_version": version("workbench"),
+            "lock_sha256": lock_sha256(),
             "model": {"text": MODEL_TEXT, "priors": self.priors.to_dict()},
             "data": self.data.summary(),
             "settings": self.settings.to_dict(),

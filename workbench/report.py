@@ -18,6 +18,7 @@ import numpy as np
 from . import plots
 from .densities import Stats
 from .explain import explain
+from .provenance import lock_sha256
 
 PACKAGES = ("workbench", "numpy", "scipy", "pandas", "pymc", "pytensor", "arviz", "arviz-stats",
             "arviz-plots", "nutpie", "matplotlib", "jinja2")
@@ -61,6 +62,7 @@ def versions() -> dict[str, str]:
             out[p] = version(p)
         except PackageNotFoundError:
             out[p] = "not installed"
+    out["requirements.lock sha256"] = lock_sha256() or "none (installed without the lock)"
     return out
 
 

@@ -10,6 +10,7 @@ from importlib.metadata import version
 from ..display import fmt
 from ..estimators.mcmc import McmcSettings
 from ..jsonsafe import finalize
+from ..provenance import lock_sha256
 from . import eb as eb_est
 from . import joint_map as jm_est
 from . import mcmc as mcmc_est
@@ -51,6 +52,7 @@ class LMMComparison:
         (e.g. the 0/0 correlation of a singular fit) reported as null with a note."""
         out: dict = {
             "workbench_version": version("workbench"),
+            "lock_sha256": lock_sha256(),
             "model": {"formula": self.data.formula, "priors": self.priors.to_dict()},
             "data": self.data.summary(),
             "settings": self.settings.to_dict(),
