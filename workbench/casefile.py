@@ -34,22 +34,12 @@ def check_compare_options(opts: dict, name=_flag) -> dict:
     """Type and range checks of the comparison options (CLI flags or a case file's [compare] and
     [mcmc] values), before any computing; `name(key)` says where a value came from. Returns the
     options with methods as a list."""
-    from .compare import METHODS
+    from .compare import parse_methods
 
     out = dict(opts)
     if out.get("methods") is not None:
-        methods = need_str_list(out["methods"], name("methods"))
-        if not methods:
-            raise InputError(f"{name('methods')} is empty; choose from {','.join(METHODS)}.")
-        for m in methods:
-            if m not in METHODS:
-                import difflib
-
-                close = difflib.get_close_matches(m, METHODS, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise InputError(f"{name('methods')}: unknown method '{m}'; {hint}choose from "
-                                 f"{','.join(METHODS)}.")
-        out["methods"] = methods
+        out["methods"] = list(parse_methods(need_str_list(out["methods"], name("methods")),
+                                            name("methods")))
     checks = {
         "seed": lambda v, n: need_int(v, n, 0),
         "n_starts": lambda v, n: need_int(v, n, 1, MAX_STARTS),

@@ -136,8 +136,9 @@ def _short(r: jm_est.JointMapResult) -> dict:
             "log_joint": r.log_joint, "start_counts": r.counts(), "message": r.message}
 
 
-def parse_methods(methods) -> tuple[str, ...]:
-    """Accept a list or a comma-separated string; reject unknown names with a suggestion."""
+def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
+    """Accept a list or a comma-separated string; reject unknown names with a suggestion.
+    `where` names the source in messages (a flag, or a case file's key)."""
     if methods is None:
         return METHODS
     if isinstance(methods, str):
@@ -147,12 +148,12 @@ def parse_methods(methods) -> tuple[str, ...]:
         if m not in METHODS:
             close = difflib.get_close_matches(m, METHODS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise InputError(f"unknown method '{m}' in --methods; {hint}choose from "
+            raise InputError(f"{where}: unknown method '{m}'; {hint}choose from "
                              f"{','.join(METHODS)}.")
         if m not in out:
             out.append(m)
     if not out:
-        raise InputError(f"--methods is empty; choose from {','.join(METHODS)}.")
+        raise InputError(f"{where} is empty; choose from {','.join(METHODS)}.")
     return tuple(out)
 
 
