@@ -625,12 +625,22 @@ INTERCEPT_BIMODAL = Case(
     x_sd=1.0, x_level="obs", beta_x=0.0, n_levels=2, beta_cat=(0.0, 0.0), n_outliers=0,
     outlier_size=10.0, seed=0)
 
+# Found by this property with workbench at e9f06b5 (the optimiser issue 9 describes; passes
+# since a3a2e35): y ~ cat + (1 | grp) with y offset 5267 and two outliers, ML and REML stopped at
+# theta = 0, 0.162 (ML) and 0.381 (REML) below the interior optimum theta = 0.253 / 0.358.
+INTERCEPT_STOPS_AT_ZERO = Case(
+    sizes=(10, 11, 1, 9), tau=0.08646942353759607, tau_slope=0.0, y_scale=1.0,
+    y_offset=5267.243158919848, x_offset=0.0, x_sd=0.48177162942561047, x_level="group",
+    beta_x=0.0, n_levels=3, beta_cat=(-2.427871869068891, 0.0, 2.0208862166319292),
+    n_outliers=2, outlier_size=50.045559203611525, seed=60)
+
 
 @pytest.mark.parametrize("method", ["ml", "reml"])
 def test_formula_route_random_intercept_reaches_the_exact_profile(method):
     @settings(SUITE, max_examples=150)
     @given(case=cases(), fixed=st.sampled_from(FIXED))
     @example(case=INTERCEPT_BIMODAL, fixed="1")
+    @example(case=INTERCEPT_STOPS_AT_ZERO, fixed="cat")
     def prop(case, fixed):
         _assert(check_intercept_formula(case, fixed, method))
 
