@@ -230,3 +230,20 @@ def test_level_and_boundary():
     with pytest.raises(ValueError):
         prof.profile(fit, level=1.0)
     assert math.isfinite(P.deviance_min)
+
+
+def test_comparison_json_carries_the_profile_intervals():
+    """compare(formula=...) puts the same intervals in eb_ml and eb_reml (ML profile, as lme4)."""
+    import workbench
+    from workbench.jsonsafe import validate
+
+    df = pd.read_csv(Path(__file__).parent / "reference" / "battery_data" / "sleepstudy.csv")
+    c = workbench.compare(df, formula="Reaction ~ Days + (Days | Subject)",
+                          methods=["eb-ml", "eb-reml"])
+    out = c.to_dict()
+    validate(out)
+    expected = prof.profile_intervals(c.eb_ml)
+    for key in ("eb_ml", "eb_reml"):
+        assert list(out[key]["ci_profile"]) == list(expected)
+        for name, (lo, hi) in expected.items():
+            assert out[key]["ci_profile"][name] == pytest.approx([lo, hi], rel=1e-9)

@@ -17,6 +17,7 @@ from . import mcmc as mcmc_est
 from .design import LMMData
 from .explain import explain
 from .model import LMMPriors, make_priors
+from .profile import Profile, profile
 
 METHODS = ("eb-ml", "eb-reml", "joint-map", "mcmc")
 
@@ -30,6 +31,7 @@ class LMMComparison:
     eb_reml: eb_est.LMMFit | None = None
     joint_map: jm_est.LMMJointMap | None = None
     mcmc: mcmc_est.LMMMcmc | None = None
+    profile: Profile | None = None  # profile intervals (ML deviance, as lme4's confint)
     timings: dict[str, float] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
@@ -57,10 +59,16 @@ class LMMComparison:
             "data": self.data.summary(),
             "settings": self.settings.to_dict(),
         }
-        if self.eb_ml is not None and "eb-ml" in self.settings.methods:
-            out["eb_ml"] = self.eb_ml.to_dict()
-        if self.eb_reml is not None:
-            out["eb_reml"] = self.eb_reml.to_dict()
+        for key, fit in (("eb_ml", self.eb_ml), ("eb_reml", self.eb_reml)):
+            if fit is None or (key == "eb_ml" and "eb-ml" not in self.settings.methods):
+                continue
+            out[key] = fit.to_dict()
+            if self.profile is not None:
+                out[key]["ci_profile"] = self.profile.to_dict()
+                out[key]["ci_profile_note"] = (
+                    f"{self.profile.level:.0%} profile-likelihood intervals of the ML deviance "
+                    f"(lme4's confint(method = 'profile'), which profiles ML for REML fits too)")
+                out[key]["notes"] += list(self.profile.notes)
         if self.joint_map is not None:
             out["joint_map"] = self.joint_map.to_dict()
         if self.mcmc is not None:
@@ -134,6 +142,9 @@ def compare_lmm(data: LMMData, settings, priors: dict | None, say) -> LMMCompari
     if "eb-reml" in ms:
         say("empirical Bayes (REML)")
         out.eb_reml = eb_est.fit(data, "reml")
+    if out.eb_ml is not None or out.eb_reml is not None:
+        say("profile-likelihood intervals (ML deviance)")
+        out.profile = profile(out.eb_ml if out.eb_ml is not None else out.eb_reml)
     if "joint-map" in ms:
         say(f"joint MAP, centered h-likelihood ({settings.n_starts} starts)")
         out.joint_map = jm_est.fit(data, out.eb_ml, n_starts=settings.n_starts,
