@@ -256,6 +256,9 @@ def _lmm_context(c, *, command: str, case_text: str | None, truth: dict | None,
         "lme4": lmm_lme4_text(c) if c.eb_ml is not None else "",
         "jm": [("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [],
         "ex": ex, "terms": LMM_TERMS,
+        "profile": ([(iv.name, _fmt(iv.estimate), _fmt(iv.lower), _fmt(iv.upper))
+                     for iv in c.profile.intervals] if c.profile is not None else []),
+        "profile_level": c.profile.level if c.profile is not None else None,
     }
 
 
