@@ -28,7 +28,6 @@ from workbench.estimators import eb, joint_map
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def simulate(n_rows=1_000_000, m=10_000, seed=0):
     rng = np.random.default_rng(seed)
     g = rng.integers(0, m, n_rows)
@@ -50,40 +49,70 @@ def main() -> None:
     fit_ml()
     t_ml, res = timed(fit_ml, 9)
     t_ml_ci, _ = timed(lambda: fit_ml(True), 5)
-    print(f"[1] EB-ML N=1e6 m=1e4 from arrays: median {t_ml * 1e3:.1f} ms "
-          f"(with profile intervals {t_ml_ci * 1e3:.1f} ms); sigma2={res.sigma2:.5f} "
-          f"tau2={res.tau2:.5f} (truth 9, 4)")
+    print(
+        f"[1] EB-ML N=1e6 m=1e4 from arrays: median {t_ml * 1e3:.1f} ms "
+        f"(with profile intervals {t_ml_ci * 1e3:.1f} ms); sigma2={res.sigma2:.5f} "
+        f"tau2={res.tau2:.5f} (truth 9, 4)"
+    )
     if not args.skip_statsmodels:
         import statsmodels.api as sm
 
         t0 = time.perf_counter()
         sm_res = sm.MixedLM(y, np.ones((y.size, 1)), groups=g).fit(reml=False)
         t_sm = time.perf_counter() - t0
-        print(f"    statsmodels MixedLM (ML) same data: {t_sm:.2f} s; sigma2={sm_res.scale:.5f} "
-              f"tau2={float(np.asarray(sm_res.cov_re)[0, 0]):.5f}")
-        print(f"    speed-up: {t_sm / t_ml:.0f}x (target >= 100x), median <= 50 ms: "
-              f"{'yes' if t_ml <= 0.05 else 'NO'}")
+        print(
+            f"    statsmodels MixedLM (ML) same data: {t_sm:.2f} s; sigma2={sm_res.scale:.5f} "
+            f"tau2={float(np.asarray(sm_res.cov_re)[0, 0]):.5f}"
+        )
+        print(
+            f"    speed-up: {t_sm / t_ml:.0f}x (target >= 100x), median <= 50 ms: "
+            f"{'yes' if t_ml <= 0.05 else 'NO'}"
+        )
 
     d = from_arrays(y, g)
     st = Stats.of(d)
 
     def jm():
-        return joint_map.fit(st, parametrization="centered", eb_point=(res.mu, res.sigma2,
-                             res.tau2), sd_y=float(y.std(ddof=1)), labels=d.labels,
-                             n_starts=16, seed=0, n_jobs=-1)
+        return joint_map.fit(
+            st,
+            parametrization="centered",
+            eb_point=(res.mu, res.sigma2, res.tau2),
+            sd_y=float(y.std(ddof=1)),
+            labels=d.labels,
+            n_starts=16,
+            seed=0,
+            n_jobs=-1,
+        )
 
     jm()  # start the worker pool
     t_jm, r = timed(jm, 3)
-    print(f"[2] joint MAP, 16 starts, centered h-likelihood, all cores: median {t_jm:.2f} s "
-          f"(target <= 2 s); status {r.status}, starts {r.counts()}"
-          + (f", sigma2 ratio to ML {r.sigma2 / res.sigma2:.4f}" if r.best else ""))
+    print(
+        f"[2] joint MAP, 16 starts, centered h-likelihood, all cores: median {t_jm:.2f} s "
+        f"(target <= 2 s); status {r.status}, starts {r.counts()}"
+        + (f", sigma2 ratio to ML {r.sigma2 / res.sigma2:.4f}" if r.best else "")
+    )
 
-    cmd = [str(Path(sys.executable).parent / "workbench"), "compare",
-           str(ROOT / "models" / "data" / "dyestuff.csv"), "--y", "Yield", "--group", "Batch",
-           "--chains", "4", "--draws", "1000", "--tune", "1000", "--quiet"]
+    cmd = [
+        str(Path(sys.executable).parent / "workbench"),
+        "compare",
+        str(ROOT / "models" / "data" / "dyestuff.csv"),
+        "--y",
+        "Yield",
+        "--group",
+        "Batch",
+        "--chains",
+        "4",
+        "--draws",
+        "1000",
+        "--tune",
+        "1000",
+        "--quiet",
+    ]
     wall = command_wall(cmd, 3)  # the first, untimed run warms the compile cache
-    print(f"[3] workbench compare dyestuff with MCMC 4x1000, warm cache: median "
-          f"{wall:.2f} s wall over 3 runs (target <= 20 s)")
+    print(
+        f"[3] workbench compare dyestuff with MCMC 4x1000, warm cache: median "
+        f"{wall:.2f} s wall over 3 runs (target <= 20 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ def fit_once(df, formula, levels=None):
     return fit
 
 
-
 def lme4_seconds(csv: Path, formula: str, group: str, reps: int, prep: str = ""):
     if shutil.which("Rscript") is None:
         return None
@@ -64,19 +63,27 @@ def main() -> None:
     df = pd.read_csv(csv)
     levels = {"sector": ["Public", "Catholic"]}
     t, fit = timed(lambda: fit_once(df, formula, levels), 5)
-    print(f"Hsb82 {formula}, EB-ML (design + fit + modes): median {t * 1e3:.1f} ms, "
-          f"logLik {fit.loglik:.6f}, {fit.n_evals} objective evaluations")
+    print(
+        f"Hsb82 {formula}, EB-ML (design + fit + modes): median {t * 1e3:.1f} ms, "
+        f"logLik {fit.loglik:.6f}, {fit.n_evals} objective evaluations"
+    )
     if not args.skip_statsmodels:
         import statsmodels.formula.api as smf
 
         t0 = time.perf_counter()
-        sm = smf.mixedlm("mAch ~ ses + C(sector, Treatment('Public'))", df, groups="school",
-                         re_formula="~ses").fit(reml=False)
+        sm = smf.mixedlm(
+            "mAch ~ ses + C(sector, Treatment('Public'))", df, groups="school", re_formula="~ses"
+        ).fit(reml=False)
         t_sm = time.perf_counter() - t0
         print(f"  statsmodels MixedLM: {t_sm:.2f} s (logLik {sm.llf:.6f}) -> {t_sm / t:.0f}x")
     if not args.skip_lme4:
-        r = lme4_seconds(csv, formula, "school", 5,
-                         'd$sector <- factor(d$sector, levels = c("Public", "Catholic"))')
+        r = lme4_seconds(
+            csv,
+            formula,
+            "school",
+            5,
+            'd$sector <- factor(d$sector, levels = c("Public", "Catholic"))',
+        )
         if r:
             print(f"  lme4 lmer(): median {r[0]:.3f} s (logLik {r[1]:.6f}) -> {r[0] / t:.1f}x")
 
@@ -92,17 +99,21 @@ def main() -> None:
     d = design.from_frame(big, formula)
     _ = d.factors
     t_fit, _ = timed(lambda: eb.fit(d, "ml"), 3)
-    print(f"Simulated {formula}, N = {N:.0e}, m = {m:.0e}: EB-ML from the data frame median "
-          f"{t:.2f} s (target 5 s; fit from the cross products alone {t_fit:.2f} s), "
-          f"logLik {fit.loglik:.4f}")
+    print(
+        f"Simulated {formula}, N = {N:.0e}, m = {m:.0e}: EB-ML from the data frame median "
+        f"{t:.2f} s (target 5 s; fit from the cross products alone {t_fit:.2f} s), "
+        f"logLik {fit.loglik:.4f}"
+    )
     if not args.skip_lme4:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "big.csv"
             big.to_csv(path, index=False)
             r = lme4_seconds(path, formula, "g", 1)
         if r:
-            print(f"  lme4 lmer() on the same data: {r[0]:.2f} s (logLik {r[1]:.4f}) -> "
-                  f"{r[0] / t:.1f}x")
+            print(
+                f"  lme4 lmer() on the same data: {r[0]:.2f} s (logLik {r[1]:.4f}) -> "
+                f"{r[0] / t:.1f}x"
+            )
 
 
 if __name__ == "__main__":

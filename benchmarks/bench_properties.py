@@ -36,13 +36,21 @@ import test_properties as tp  # noqa: E402 - the same generator, references and 
 PROPERTIES = {
     "oneway-ml": (lambda: {"case": tp.cases()}, lambda case: tp.check_oneway(case, "ml")),
     "oneway-reml": (lambda: {"case": tp.cases()}, lambda case: tp.check_oneway(case, "reml")),
-    "intercept-ml": (lambda: {"case": tp.cases(), "fixed": st.sampled_from(tp.FIXED)},
-                     lambda case, fixed: tp.check_intercept_formula(case, fixed, "ml")),
-    "intercept-reml": (lambda: {"case": tp.cases(), "fixed": st.sampled_from(tp.FIXED)},
-                       lambda case, fixed: tp.check_intercept_formula(case, fixed, "reml")),
-    "slope-ml": (lambda: {"case": tp.cases(x_levels=("obs", "mixed"), slope=True),
-                          "fixed": st.sampled_from(("x", "x + cat"))},
-                 lambda case, fixed: tp.check_slope_formula(case, fixed)),
+    "intercept-ml": (
+        lambda: {"case": tp.cases(), "fixed": st.sampled_from(tp.FIXED)},
+        lambda case, fixed: tp.check_intercept_formula(case, fixed, "ml"),
+    ),
+    "intercept-reml": (
+        lambda: {"case": tp.cases(), "fixed": st.sampled_from(tp.FIXED)},
+        lambda case, fixed: tp.check_intercept_formula(case, fixed, "reml"),
+    ),
+    "slope-ml": (
+        lambda: {
+            "case": tp.cases(x_levels=("obs", "mixed"), slope=True),
+            "fixed": st.sampled_from(("x", "x + cat")),
+        },
+        lambda case, fixed: tp.check_slope_formula(case, fixed),
+    ),
 }
 
 
@@ -52,8 +60,13 @@ def run_property(name: str, n_examples: int, master_seed: int) -> list[tuple]:
     rows: list[tuple] = []
 
     @seed(master_seed)
-    @settings(max_examples=n_examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n_examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(**strategies())
     def collect(**kwargs):
         try:
@@ -75,41 +88,60 @@ def summarise(name: str, rows: list[tuple], wall: float, show: int) -> None:
     failed = [(kw, o) for kw, o in fitted if not o.ok]
     shortfall = max((o.ref - o.ours for _, o in fitted), default=float("nan"))
     excess = max((o.ours - o.ref for _, o in fitted), default=float("nan"))
-    print(f"\n== {name}: {len(rows)} examples, {len(fitted)} fitted, {len(errors)} errors, "
-          f"{wall:.1f} s ({wall / max(len(rows), 1) * 1e3:.0f} ms an example)")
-    print(f"   ours >= reference - 1e-6: {below_ok} / {len(fitted)}"
-          + (f"; above the exact optimum by > 1e-6: {len(above)}"
-             if fitted and fitted[0][1].exact else " (reference not exact: no upper check)"))
-    print(f"   worst shortfall (reference - ours): {shortfall:.3g}; "
-          f"worst excess (ours - reference): {excess:.3g}")
+    print(
+        f"\n== {name}: {len(rows)} examples, {len(fitted)} fitted, {len(errors)} errors, "
+        f"{wall:.1f} s ({wall / max(len(rows), 1) * 1e3:.0f} ms an example)"
+    )
+    print(
+        f"   ours >= reference - 1e-6: {below_ok} / {len(fitted)}"
+        + (
+            f"; above the exact optimum by > 1e-6: {len(above)}"
+            if fitted and fitted[0][1].exact
+            else " (reference not exact: no upper check)"
+        )
+    )
+    print(
+        f"   worst shortfall (reference - ours): {shortfall:.3g}; "
+        f"worst excess (ours - reference): {excess:.3g}"
+    )
     checked = [o for _, o in fitted if o.ours_exact is not None]
     if checked:
         worst = max(abs(o.ours - o.ours_exact) for o in checked)
-        print(f"   our loglik vs the exact log likelihood at our own theta: "
-              f"{sum(o.misreported for o in checked)} / {len(checked)} off by > 1e-6, "
-              f"worst |difference| {worst:.3g}")
+        print(
+            f"   our loglik vs the exact log likelihood at our own theta: "
+            f"{sum(o.misreported for o in checked)} / {len(checked)} off by > 1e-6, "
+            f"worst |difference| {worst:.3g}"
+        )
     if failed:
         tags = {
             "true tau = 0": sum(kw["case"].tau == 0.0 for kw, _ in failed),
             "outliers": sum(kw["case"].n_outliers > 0 for kw, _ in failed),
             "x offset != 0": sum(kw["case"].x_offset != 0.0 for kw, _ in failed),
-            "y scale < 1e-3 or > 1e3": sum(not 1e-3 <= kw["case"].y_scale <= 1e3
-                                           for kw, _ in failed),
+            "y scale < 1e-3 or > 1e3": sum(
+                not 1e-3 <= kw["case"].y_scale <= 1e3 for kw, _ in failed
+            ),
         }
         base = {
             "true tau = 0": sum(kw["case"].tau == 0.0 for kw, _ in fitted),
             "outliers": sum(kw["case"].n_outliers > 0 for kw, _ in fitted),
             "x offset != 0": sum(kw["case"].x_offset != 0.0 for kw, _ in fitted),
-            "y scale < 1e-3 or > 1e3": sum(not 1e-3 <= kw["case"].y_scale <= 1e3
-                                           for kw, _ in fitted),
+            "y scale < 1e-3 or > 1e3": sum(
+                not 1e-3 <= kw["case"].y_scale <= 1e3 for kw, _ in fitted
+            ),
         }
-        print("   failures with: " + ", ".join(f"{k} {v}/{len(failed)} (all examples "
-                                                f"{base[k]}/{len(fitted)})"
-                                                for k, v in tags.items()))
+        print(
+            "   failures with: "
+            + ", ".join(
+                f"{k} {v}/{len(failed)} (all examples {base[k]}/{len(fitted)})"
+                for k, v in tags.items()
+            )
+        )
         worst = sorted(failed, key=lambda r: -abs(r[1].ours - r[1].ref))[:show]
         for kw, o in worst:
-            print(f"   - {o.what}: ours {o.ours!r}, reference {o.ref!r} "
-                  f"(diff {o.ours - o.ref:.3g}); {o.detail}")
+            print(
+                f"   - {o.what}: ours {o.ours!r}, reference {o.ref!r} "
+                f"(diff {o.ours - o.ref:.3g}); {o.detail}"
+            )
             print(f"     {kw}")
     for kw, exc in errors[:show]:
         print(f"   ! error {type(exc).__name__}: {exc}\n     {kw}")

@@ -30,8 +30,10 @@ def main() -> None:
             wall = command_wall(cmd, 2)  # the first, untimed run warms the compile cache
             size = (Path(tmp) / f"{name}.html").stat().st_size / 1e6
             verdict = "" if target is None else f" (target <= {target:.0f} s)"
-            print(f"{name}: report end to end, MCMC 4x1000, warm cache: median "
-                  f"{wall:.1f} s over 2 runs{verdict}; report {size:.1f} MB")
+            print(
+                f"{name}: report end to end, MCMC 4x1000, warm cache: median "
+                f"{wall:.1f} s over 2 runs{verdict}; report {size:.1f} MB"
+            )
 
 
 if __name__ == "__main__":

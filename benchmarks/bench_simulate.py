@@ -15,10 +15,14 @@ from workbench.simulate import Study, run_study
 
 
 def study(replicates: int) -> Study:
-    return Study(name="bench", grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0],
-                                     "sigma": [1.0], "tau": [1.0]},
-                 replicates=replicates, methods=("eb-ml", "eb-reml", "joint-map:centered"),
-                 seed=1, n_starts=16)
+    return Study(
+        name="bench",
+        grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0], "sigma": [1.0], "tau": [1.0]},
+        replicates=replicates,
+        methods=("eb-ml", "eb-reml", "joint-map:centered"),
+        seed=1,
+        n_starts=16,
+    )
 
 
 def timed(replicates: int, n_jobs: int) -> float:
@@ -33,8 +37,10 @@ def main() -> None:
     t1 = timed(100, 1)
     print(f"1 worker : 100 replicates in {t1:.1f} s -> {100 / t1:.1f} replicates/s")
     t2 = timed(1000, 2)
-    print(f"2 workers: 1000 replicates in {t2:.1f} s -> {1000 / t2:.1f} replicates/s "
-          f"(target <= 60 s: {'yes' if t2 <= 60 else 'NO'})")
+    print(
+        f"2 workers: 1000 replicates in {t2:.1f} s -> {1000 / t2:.1f} replicates/s "
+        f"(target <= 60 s: {'yes' if t2 <= 60 else 'NO'})"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ def singular_slope_frame(seed: int = 10) -> pd.DataFrame:
 def _tree(post: dict, dims: dict, chains: int, draws: int, rng):
     import arviz as az
 
-    stats = {"diverging": np.zeros((chains, draws), bool),
-             "energy": rng.normal(size=(chains, draws))}
+    stats = {
+        "diverging": np.zeros((chains, draws), bool),
+        "energy": rng.normal(size=(chains, draws)),
+    }
     return az.from_dict({"posterior": post, "sample_stats": stats}, dims=dims)
 
 
@@ -41,8 +43,9 @@ def _stuck(x: np.ndarray, stuck: bool) -> np.ndarray:
     return np.repeat(x[:, :1], x.shape[1], axis=1) if stuck else x
 
 
-def oneway(data, *, chains: int = 2, draws: int = 60, stuck: bool = False,
-           seed: int = 0) -> McmcResult:
+def oneway(
+    data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0
+) -> McmcResult:
     """An MCMC record of the one-way model for `data` (a GroupedData)."""
     rng = np.random.default_rng(seed)
     sd = float(np.std(data.y, ddof=1))
@@ -51,14 +54,27 @@ def oneway(data, *, chains: int = 2, draws: int = 60, stuck: bool = False,
     sigma = _stuck(sd * np.exp(0.1 * rng.normal(size=shape)), stuck)
     tau = _stuck(0.5 * sd * np.exp(0.3 * rng.normal(size=shape)), stuck)
     z = _stuck(rng.normal(size=(*shape, data.n_groups)), stuck)
-    post = {"mu": mu, "sigma": sigma, "sigma2": sigma**2, "tau": tau, "tau2": tau**2, "z": z,
-            "theta": mu[..., None] + tau[..., None] * z}
+    post = {
+        "mu": mu,
+        "sigma": sigma,
+        "sigma2": sigma**2,
+        "tau": tau,
+        "tau2": tau**2,
+        "z": z,
+        "theta": mu[..., None] + tau[..., None] * z,
+    }
     idata = _tree(post, {"z": ["group"], "theta": ["group"]}, chains, draws, rng)
     summary, groups = summarize(idata, data.labels)
     diag, warns = diagnose(idata)
-    return McmcResult(settings=McmcSettings(chains=chains, draws=draws, tune=0),
-                      posterior=idata, summary=summary, group_summary=groups,
-                      diagnostics=diag, warnings=warns, sampler="fake")
+    return McmcResult(
+        settings=McmcSettings(chains=chains, draws=draws, tune=0),
+        posterior=idata,
+        summary=summary,
+        group_summary=groups,
+        diagnostics=diag,
+        warnings=warns,
+        sampler="fake",
+    )
 
 
 def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0):
@@ -68,10 +84,12 @@ def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: in
     rng = np.random.default_rng(seed)
     shape = (chains, draws)
     sd_y = float(np.std(data.y, ddof=1))
-    post = {"beta": _stuck(rng.normal(size=(*shape, data.p)), stuck),
-            "sigma": _stuck(sd_y * np.exp(0.1 * rng.normal(size=shape)), stuck),
-            "sd": _stuck(0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))), stuck),
-            "b": _stuck(rng.normal(size=(*shape, data.n_groups, data.q)), stuck)}
+    post = {
+        "beta": _stuck(rng.normal(size=(*shape, data.p)), stuck),
+        "sigma": _stuck(sd_y * np.exp(0.1 * rng.normal(size=shape)), stuck),
+        "sd": _stuck(0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))), stuck),
+        "b": _stuck(rng.normal(size=(*shape, data.n_groups, data.q)), stuck),
+    }
     post["sigma2"] = post["sigma"] ** 2
     dims = {"beta": ["fixed"], "sd": ["term"], "b": ["group", "term"]}
     for k, block in enumerate(data.blocks):
@@ -84,8 +102,14 @@ def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: in
             dims[f"chol_{k}_corr"] = [f"c{k}a", f"c{k}b"]
     idata = _tree(post, dims, chains, draws, rng)
     diag, warns = diagnose(idata, names=["beta", "sigma", "sd"])
-    return LMMMcmc(settings=McmcSettings(chains=chains, draws=draws, tune=0), posterior=idata,
-                   data=data, diagnostics=diag, warnings=warns, sampler="fake")
+    return LMMMcmc(
+        settings=McmcSettings(chains=chains, draws=draws, tune=0),
+        posterior=idata,
+        data=data,
+        diagnostics=diag,
+        warnings=warns,
+        sampler="fake",
+    )
 
 
 def attach(comparison, mcmc):
@@ -95,6 +119,10 @@ def attach(comparison, mcmc):
     s = mcmc.settings
     comparison.mcmc = mcmc
     comparison.settings = dataclasses.replace(
-        comparison.settings, methods=(*comparison.settings.methods, "mcmc"), chains=s.chains,
-        draws=s.draws, tune=s.tune)
+        comparison.settings,
+        methods=(*comparison.settings.methods, "mcmc"),
+        chains=s.chains,
+        draws=s.draws,
+        tune=s.tune,
+    )
     return comparison

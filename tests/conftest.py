@@ -12,8 +12,11 @@ from workbench.data import GroupedData, from_arrays, load_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "models" / "data"
-CASES = {"dyestuff": ("Yield", "Batch"), "dyestuff2": ("Yield", "Batch"),
-         "hsb82": ("mAch", "school")}
+CASES = {
+    "dyestuff": ("Yield", "Batch"),
+    "dyestuff2": ("Yield", "Batch"),
+    "hsb82": ("mAch", "school"),
+}
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +40,11 @@ def simulate(m: int, sizes, mu: float, sigma: float, tau: float, seed: int) -> G
     return from_arrays(y, [f"g{j}" for j in g])
 
 
-HSB82_LEVELS = {"sector": ["Public", "Catholic"], "sx": ["Male", "Female"],
-                "minrty": ["No", "Yes"]}  # mlmRev's factor levels, as lme4_lmm.R sets them
+HSB82_LEVELS = {
+    "sector": ["Public", "Catholic"],
+    "sx": ["Male", "Female"],
+    "minrty": ["No", "Yes"],
+}  # mlmRev's factor levels, as lme4_lmm.R sets them
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,27 @@ def dyestuff_json(tmp_path_factory):
     paths = []
     for i in range(2):
         p = out / f"run{i}.json"
-        assert main(["compare", str(DATA / "dyestuff.csv"), "--y", "Yield", "--group", "Batch",
-                     "--seed", "7", *SMALL, "--json", str(p), "--quiet",
-                     "--posterior", str(out / f"post{i}.nc")]) == 0
+        assert (
+            main(
+                [
+                    "compare",
+                    str(DATA / "dyestuff.csv"),
+                    "--y",
+                    "Yield",
+                    "--group",
+                    "Batch",
+                    "--seed",
+                    "7",
+                    *SMALL,
+                    "--json",
+                    str(p),
+                    "--quiet",
+                    "--posterior",
+                    str(out / f"post{i}.nc"),
+                ]
+            )
+            == 0
+        )
         paths.append(p)
     return [p.read_text() for p in paths], out
 
@@ -99,9 +117,9 @@ def test_diagnostics_warn_on_disagreeing_chains_and_divergences():
     post["theta"] = rng.normal(size=(2, 200, 3))
     div = np.zeros((2, 200), bool)
     div[0, :5] = True
-    idata = az.from_dict({"posterior": post,
-                          "sample_stats": {"diverging": div,
-                                           "energy": rng.normal(size=(2, 200))}})
+    idata = az.from_dict(
+        {"posterior": post, "sample_stats": {"diverging": div, "energy": rng.normal(size=(2, 200))}}
+    )
     diag, warns = mcmc.diagnose(idata)
     assert diag["r_hat_max"] > 1.01 and diag["divergences"] == 5
     assert any("R-hat" in w for w in warns) and any("5 divergent" in w for w in warns)
@@ -109,10 +127,12 @@ def test_diagnostics_warn_on_disagreeing_chains_and_divergences():
 
 def test_case_file_runs(tmp_path, monkeypatch, capsys):
     case = tmp_path / "case.toml"
-    case.write_text(f'title = "t"\n[data]\npath = "{DATA / "dyestuff2.csv"}"\ny = "Yield"\n'
-                    f'group = "Batch"\n[compare]\nmethods = ["anova", "eb-ml", "eb-reml"]\n'
-                    f'seed = 1\n[output]\njson = "{tmp_path / "o.json"}"\n'
-                    f'report = "{tmp_path / "o.html"}"\n')
+    case.write_text(
+        f'title = "t"\n[data]\npath = "{DATA / "dyestuff2.csv"}"\ny = "Yield"\n'
+        f'group = "Batch"\n[compare]\nmethods = ["anova", "eb-ml", "eb-reml"]\n'
+        f'seed = 1\n[output]\njson = "{tmp_path / "o.json"}"\n'
+        f'report = "{tmp_path / "o.html"}"\n'
+    )
     assert main(["run", str(case), "--quiet"]) == 0
     d = json.loads((tmp_path / "o.json").read_text())
     assert d["eb_ml"]["boundary"] is True and d["eb_ml"]["tau2"] == 0.0

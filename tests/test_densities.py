@@ -15,8 +15,9 @@ from workbench.pymc_model import build_model, point_from_x
 
 def _random_x(rng, m, par, scale=1.0):
     u = rng.normal(size=m) * (scale if par == "centered" else 1.0)
-    return np.concatenate([[rng.normal() * scale, rng.normal(np.log(scale), 0.5),
-                            rng.normal(np.log(scale), 1.0)], u])
+    return np.concatenate(
+        [[rng.normal() * scale, rng.normal(np.log(scale), 0.5), rng.normal(np.log(scale), 1.0)], u]
+    )
 
 
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)
@@ -30,8 +31,9 @@ def test_log_joint_equals_pymc_logp(datasets, par, name):
     for _ in range(5):
         x = _random_x(rng, d.n_groups, par, sd)
         x[0] += d.grand_mean
-        assert dens.log_joint(x, st, par, pri) == pytest.approx(float(logp(point_from_x(x, par))),
-                                                                rel=1e-10, abs=1e-8)
+        assert dens.log_joint(x, st, par, pri) == pytest.approx(
+            float(logp(point_from_x(x, par))), rel=1e-10, abs=1e-8
+        )
 
 
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)
@@ -46,11 +48,26 @@ def test_gradient_and_hessian_match_finite_differences(datasets, par, with_prior
     _, g = dens.log_joint_and_grad(x, st, par, pri)
     h = dens.log_joint_hessian(x, st, par, pri).dense()
     eye = np.eye(x.size)
-    fd_g = np.array([(dens.log_joint(x + 1e-6 * e, st, par, pri)
-                      - dens.log_joint(x - 1e-6 * e, st, par, pri)) / 2e-6 for e in eye])
-    fd_h = np.array([(dens.log_joint_and_grad(x + 1e-5 * e, st, par, pri)[1]
-                      - dens.log_joint_and_grad(x - 1e-5 * e, st, par, pri)[1]) / 2e-5
-                     for e in eye])
+    fd_g = np.array(
+        [
+            (
+                dens.log_joint(x + 1e-6 * e, st, par, pri)
+                - dens.log_joint(x - 1e-6 * e, st, par, pri)
+            )
+            / 2e-6
+            for e in eye
+        ]
+    )
+    fd_h = np.array(
+        [
+            (
+                dens.log_joint_and_grad(x + 1e-5 * e, st, par, pri)[1]
+                - dens.log_joint_and_grad(x - 1e-5 * e, st, par, pri)[1]
+            )
+            / 2e-5
+            for e in eye
+        ]
+    )
     np.testing.assert_allclose(g, fd_g, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(h, fd_h, rtol=1e-6, atol=1e-6)
 
@@ -70,17 +87,26 @@ def test_marginal_derivatives_match_finite_differences(datasets):
     th = np.array([12.5, 40.0, 9.0])
     g, h = dens.marginal_grad(th, st), dens.marginal_hessian(th, st)
     steps = np.array([1e-5, 1e-4, 1e-4])
-    fd_g = [(dens.marginal_loglik(th + e, st) - dens.marginal_loglik(th - e, st)) / (2 * e.max())
-            for e in np.diag(steps)]
-    fd_h = [(dens.marginal_grad(th + e, st) - dens.marginal_grad(th - e, st)) / (2 * e.max())
-            for e in np.diag(steps)]
+    fd_g = [
+        (dens.marginal_loglik(th + e, st) - dens.marginal_loglik(th - e, st)) / (2 * e.max())
+        for e in np.diag(steps)
+    ]
+    fd_h = [
+        (dens.marginal_grad(th + e, st) - dens.marginal_grad(th - e, st)) / (2 * e.max())
+        for e in np.diag(steps)
+    ]
     np.testing.assert_allclose(g, fd_g, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(h, np.array(fd_h), rtol=1e-5, atol=1e-6)
     gr, hr = dens.restricted_grad(40.0, 9.0, st), dens.restricted_hessian(40.0, 9.0, st)
-    fd_gr = [(dens.restricted_loglik(40 + a, 9 + b, st) - dens.restricted_loglik(40 - a, 9 - b, st))
-             / 2e-4 for a, b in ((1e-4, 0), (0, 1e-4))]
-    fd_hr = [(dens.restricted_grad(40 + a, 9 + b, st) - dens.restricted_grad(40 - a, 9 - b, st))
-             / 2e-4 for a, b in ((1e-4, 0), (0, 1e-4))]
+    fd_gr = [
+        (dens.restricted_loglik(40 + a, 9 + b, st) - dens.restricted_loglik(40 - a, 9 - b, st))
+        / 2e-4
+        for a, b in ((1e-4, 0), (0, 1e-4))
+    ]
+    fd_hr = [
+        (dens.restricted_grad(40 + a, 9 + b, st) - dens.restricted_grad(40 - a, 9 - b, st)) / 2e-4
+        for a, b in ((1e-4, 0), (0, 1e-4))
+    ]
     np.testing.assert_allclose(gr, fd_gr, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(hr, np.array(fd_hr), rtol=1e-5, atol=1e-8)
 

@@ -42,17 +42,21 @@ def test_design_table_numbers(fits):
     """DESIGN.md section 2, as published."""
     ml, reml = fits[("dyestuff", "ml")], fits[("dyestuff", "reml")]
     assert (ml.mu, ml.se["mu"]) == pytest.approx((1527.5, 17.6946), rel=1e-5)
-    assert (ml.tau2, ml.sigma2, ml.loglik) == pytest.approx((1388.3333, 2451.25, -163.66353),
-                                                            rel=1e-6)
+    assert (ml.tau2, ml.sigma2, ml.loglik) == pytest.approx(
+        (1388.3333, 2451.25, -163.66353), rel=1e-6
+    )
     assert (reml.se["mu"], reml.tau2, reml.reml_criterion) == pytest.approx(
-        (19.3834, 1764.05, 319.65428), rel=1e-6)
+        (19.3834, 1764.05, 319.65428), rel=1e-6
+    )
     d2 = fits[("dyestuff2", "ml")]
     assert d2.boundary and d2.tau2 == 0.0 and d2.se["tau2"] is None
     assert (d2.mu, d2.se["mu"], d2.sigma2, d2.loglik) == pytest.approx(
-        (5.6656, 0.66699, 13.34610, -81.43652), rel=1e-5)
+        (5.6656, 0.66699, 13.34610, -81.43652), rel=1e-5
+    )
     h = fits[("hsb82", "ml")]
     assert (h.mu, h.se["mu"], h.tau2, h.sigma2, h.loglik) == pytest.approx(
-        (12.63707, 0.243617, 8.553464, 39.14840, -23557.90511), rel=1e-6)
+        (12.63707, 0.243617, 8.553464, 39.14840, -23557.90511), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["dyestuff", "dyestuff2", "hsb82"])
@@ -74,9 +78,14 @@ def test_profile_interval_end_points_by_brute_force(fits, datasets):
             mu, lv = p
             th = (mu, value, np.exp(lv)) if fixed == "sigma" else (mu, np.exp(lv), value)
             return -dens.marginal_loglik(th, st)
+
         start = [fit.mu, np.log(fit.tau2 if fixed == "sigma" else fit.sigma2)]
-        return -optimize.minimize(negl, start, method="Nelder-Mead",
-                                  options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000}).fun
+        return -optimize.minimize(
+            negl,
+            start,
+            method="Nelder-Mead",
+            options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000},
+        ).fun
 
     for end in fit.ci_profile["sigma"]:
         assert 2 * (fit.loglik - prof("sigma", end**2)) == pytest.approx(q, abs=1e-5)
@@ -89,8 +98,12 @@ def test_observed_information_is_the_inverse_hessian(fits, datasets):
     st = Stats.of(datasets["hsb82"])
     th = np.array([fit.mu, fit.sigma2, fit.tau2])
     step = 1e-4 * np.maximum(np.abs(th), 1.0)
-    fd = np.array([(dens.marginal_grad(th + e, st) - dens.marginal_grad(th - e, st)) / (2 * e.max())
-                   for e in np.diag(step)])
+    fd = np.array(
+        [
+            (dens.marginal_grad(th + e, st) - dens.marginal_grad(th - e, st)) / (2 * e.max())
+            for e in np.diag(step)
+        ]
+    )
     np.testing.assert_allclose(fit.cov, np.linalg.inv(-fd), rtol=1e-5)
     # balanced data: the lme4 SE of mu and the full observed-information SE coincide
     ml = fits[("dyestuff", "ml")]
@@ -120,9 +133,15 @@ def test_anova_matches_statsmodels(datasets):
 
 def test_recovers_simulation_truth():
     """Averaged over 200 balanced data sets, REML (unbiased here) recovers sigma^2 and tau^2."""
-    est = np.array([[f.sigma2, f.tau2] for f in (
-        eb.fit(simulate(20, 5, 10.0, 2.0, 1.5, seed), "reml", intervals=False)
-        for seed in range(200))])
+    est = np.array(
+        [
+            [f.sigma2, f.tau2]
+            for f in (
+                eb.fit(simulate(20, 5, 10.0, 2.0, 1.5, seed), "reml", intervals=False)
+                for seed in range(200)
+            )
+        ]
+    )
     mean, se = est.mean(0), est.std(0, ddof=1) / np.sqrt(len(est))
     assert abs(mean[0] - 4.0) < 4 * se[0]
     assert abs(mean[1] - 2.25) < 4 * se[1]

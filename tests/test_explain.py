@@ -21,13 +21,17 @@ def _dense_terms(d, mu, s, t):
     V_b = np.linalg.inv(prec)
     b = V_b @ Z.T @ (d.y - mu) / s
     resid = d.y - mu - Z @ b
-    return {"missing": np.trace(V_b @ (Z.T @ Z)),  # tr(Z V_b Z')
-            "volume": -0.5 * np.linalg.slogdet(prec)[1],
-            "rss": resid @ resid, "a": b}
+    return {
+        "missing": np.trace(V_b @ (Z.T @ Z)),  # tr(Z V_b Z')
+        "volume": -0.5 * np.linalg.slogdet(prec)[1],
+        "rss": resid @ resid,
+        "a": b,
+    }
 
 
-@pytest.mark.parametrize("name,cols", [("dyestuff", ("Yield", "Batch")),
-                                       ("hsb82", ("mAch", "school"))])
+@pytest.mark.parametrize(
+    "name,cols", [("dyestuff", ("Yield", "Batch")), ("hsb82", ("mAch", "school"))]
+)
 def test_terms_match_dense_mixed_model_formulas(datasets, name, cols):
     d = datasets[name]
     c = compare(d, methods=["eb-ml"])
@@ -42,12 +46,12 @@ def test_terms_match_dense_mixed_model_formulas(datasets, name, cols):
     assert pt.sigma2_em_with == pytest.approx(ml.sigma2, rel=1e-7)
     assert pt.tau2_em_with == pytest.approx(ml.tau2, rel=1e-6)
     assert pt.log_marginal - pt.log_joint == pytest.approx(
-        pt.volume + 0.5 * d.n_groups * np.log(2 * np.pi), rel=1e-10)
+        pt.volume + 0.5 * d.n_groups * np.log(2 * np.pi), rel=1e-10
+    )
 
 
 def test_joint_mode_solves_the_em_equations_without_the_missing_term():
-    c = compare(str(DATA / "small_groups.csv"), "y", "group",
-                methods=["eb-ml", "joint-map"])
+    c = compare(str(DATA / "small_groups.csv"), "y", "group", methods=["eb-ml", "joint-map"])
     ex = explain(c)
     j = ex.joint
     assert j is not None
@@ -85,8 +89,16 @@ def test_full_report_renders_for_the_boundary_case(datasets):
 
     c = compare(datasets["dyestuff2"], methods=["anova", "eb-ml", "eb-reml", "joint-map"])
     html = render(c, command="workbench test")
-    for section in ("question", "data", "model", "estimates", "explanation", "diagnostics",
-                    "plots", "provenance"):
+    for section in (
+        "question",
+        "data",
+        "model",
+        "estimates",
+        "explanation",
+        "diagnostics",
+        "plots",
+        "provenance",
+    ):
         assert f'id="{section}"' in html
     assert "MCMC was not run" in html and "boundary" in html.lower()
     assert html.count("data:image/png;base64,") >= 7

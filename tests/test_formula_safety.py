@@ -144,14 +144,16 @@ def test_no_evaluating_library_is_imported():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, pandas as pd\n"
-            "from workbench.lmm import design\n"
-            "rng = np.random.default_rng(0)\n"
-            "df = pd.DataFrame({'y': rng.normal(size=40), 'x': rng.uniform(1, 2, 40),\n"
-            "                   'f': list('ab') * 20, 'g': np.repeat(list('abcd'), 10)})\n"
-            "d = design.from_frame(df, 'y ~ log(x) * f + I(x^2) + (1 + x | g)')\n"
-            "assert d.p == 5 and d.q == 2, (d.p, d.q)\n"
-            "print(sorted(m for m in ('formulae', 'patsy') if m in sys.modules))\n")
+    code = (
+        "import sys, numpy as np, pandas as pd\n"
+        "from workbench.lmm import design\n"
+        "rng = np.random.default_rng(0)\n"
+        "df = pd.DataFrame({'y': rng.normal(size=40), 'x': rng.uniform(1, 2, 40),\n"
+        "                   'f': list('ab') * 20, 'g': np.repeat(list('abcd'), 10)})\n"
+        "d = design.from_frame(df, 'y ~ log(x) * f + I(x^2) + (1 + x | g)')\n"
+        "assert d.p == 5 and d.q == 2, (d.p, d.q)\n"
+        "print(sorted(m for m in ('formulae', 'patsy') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -288,8 +290,13 @@ def test_python_keywords_are_ordinary_column_names():
     from workbench.lmm import design
 
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"yield": rng.normal(size=30), "class": rng.normal(size=30),
-                       "g": np.repeat(list("abcde"), 6)})
+    df = pd.DataFrame(
+        {
+            "yield": rng.normal(size=30),
+            "class": rng.normal(size=30),
+            "g": np.repeat(list("abcde"), 6),
+        }
+    )
     d = design.from_frame(df, "yield ~ class + (1 | g)")
     assert d.fixed_names == ("(Intercept)", "class")
     with pytest.raises(InputError, match="TRUE"):

@@ -29,38 +29,87 @@ def _csv(tmp_path, frame: dict | str, name="d.csv"):
 CASES = [
     ("missing file", None, ["--y", "y", "--group", "g"], "no such file"),
     ("unknown y column", GOOD, ["--y", "yy", "--group", "g"], "did you mean 'y'"),
-    ("unknown group column", {"group": GOOD["g"], "y": GOOD["y"]}, ["--y", "y", "--group", "grp"],
-     "did you mean 'group'"),
-    ("non-numeric response", {"g": GOOD["g"], "y": ["1", "2", "x", "4", "5"]},
-     ["--y", "y", "--group", "g"], "data row 3"),
-    ("NaN response", {"g": GOOD["g"], "y": [1.0, np.nan, 3.0, 4.0, 5.0]},
-     ["--y", "y", "--group", "g"], "data row 2"),
-    ("inf response", {"g": GOOD["g"], "y": [1.0, 2.0, 3.0, np.inf, 5.0]},
-     ["--y", "y", "--group", "g"], "data row 4"),
-    ("missing group label", {"g": ["a", None, "b", "b", "c"], "y": GOOD["y"]},
-     ["--y", "y", "--group", "g"], "missing group label in data row 2"),
-    ("one group", {"g": ["a"] * 5, "y": GOOD["y"]}, ["--y", "y", "--group", "g"],
-     "at least 2 groups"),
-    ("no group with 2 obs", {"g": ["a", "b", "c", "d", "e"], "y": GOOD["y"]},
-     ["--y", "y", "--group", "g"], "2 or more observations"),
-    ("zero within variance", {"g": ["a", "a", "b", "b"], "y": [1.0, 1.0, 3.0, 3.0]},
-     ["--y", "y", "--group", "g"], "zero within-group variance"),
-    ("unknown method", GOOD, ["--y", "y", "--group", "g", "--methods", "eb-ml,mcnc"],
-     "did you mean 'mcmc'"),
-    ("bad parametrization", GOOD, ["--y", "y", "--group", "g", "--parametrization", "center"],
-     "--parametrization"),
+    (
+        "unknown group column",
+        {"group": GOOD["g"], "y": GOOD["y"]},
+        ["--y", "y", "--group", "grp"],
+        "did you mean 'group'",
+    ),
+    (
+        "non-numeric response",
+        {"g": GOOD["g"], "y": ["1", "2", "x", "4", "5"]},
+        ["--y", "y", "--group", "g"],
+        "data row 3",
+    ),
+    (
+        "NaN response",
+        {"g": GOOD["g"], "y": [1.0, np.nan, 3.0, 4.0, 5.0]},
+        ["--y", "y", "--group", "g"],
+        "data row 2",
+    ),
+    (
+        "inf response",
+        {"g": GOOD["g"], "y": [1.0, 2.0, 3.0, np.inf, 5.0]},
+        ["--y", "y", "--group", "g"],
+        "data row 4",
+    ),
+    (
+        "missing group label",
+        {"g": ["a", None, "b", "b", "c"], "y": GOOD["y"]},
+        ["--y", "y", "--group", "g"],
+        "missing group label in data row 2",
+    ),
+    (
+        "one group",
+        {"g": ["a"] * 5, "y": GOOD["y"]},
+        ["--y", "y", "--group", "g"],
+        "at least 2 groups",
+    ),
+    (
+        "no group with 2 obs",
+        {"g": ["a", "b", "c", "d", "e"], "y": GOOD["y"]},
+        ["--y", "y", "--group", "g"],
+        "2 or more observations",
+    ),
+    (
+        "zero within variance",
+        {"g": ["a", "a", "b", "b"], "y": [1.0, 1.0, 3.0, 3.0]},
+        ["--y", "y", "--group", "g"],
+        "zero within-group variance",
+    ),
+    (
+        "unknown method",
+        GOOD,
+        ["--y", "y", "--group", "g", "--methods", "eb-ml,mcnc"],
+        "did you mean 'mcmc'",
+    ),
+    (
+        "bad parametrization",
+        GOOD,
+        ["--y", "y", "--group", "g", "--parametrization", "center"],
+        "--parametrization",
+    ),
     ("bad chains", GOOD, ["--y", "y", "--group", "g", "--chains", "0"], "--chains"),
-    ("bad target accept", GOOD, ["--y", "y", "--group", "g", "--target-accept", "1.5"],
-     "--target-accept"),
-    ("json folder missing", GOOD, ["--y", "y", "--group", "g", "--json", "nope/out.json"],
-     "does not exist"),
+    (
+        "bad target accept",
+        GOOD,
+        ["--y", "y", "--group", "g", "--target-accept", "1.5"],
+        "--target-accept",
+    ),
+    (
+        "json folder missing",
+        GOOD,
+        ["--y", "y", "--group", "g", "--json", "nope/out.json"],
+        "does not exist",
+    ),
     ("not a number option", GOOD, ["--y", "y", "--group", "g", "--seed", "abc"], "--seed"),
 ]
 
 
 @pytest.mark.parametrize("label,frame,args,expect", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line_status_2_nothing_written(tmp_path, capsys, monkeypatch, label,
-                                                     frame, args, expect):
+def test_bad_input_one_line_status_2_nothing_written(
+    tmp_path, capsys, monkeypatch, label, frame, args, expect
+):
     monkeypatch.chdir(tmp_path)
     path = _csv(tmp_path, frame) if frame is not None else tmp_path / "absent.csv"
     out_json = tmp_path / "out.json"
@@ -81,13 +130,28 @@ def test_bad_input_one_line_status_2_nothing_written(tmp_path, capsys, monkeypat
     assert "Traceback" not in err
     assert not out_json.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [path.name] if frame is not None else [])
+        [path.name] if frame is not None else []
+    )
 
 
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
     p = _csv(tmp_path, {"g": GOOD["g"], "y": ["1", "2", "x", "4", "5"]})
-    res = subprocess.run([sys.executable, "-m", "workbench.cli", "compare", str(p), "--y", "y",
-                          "--group", "g", "--quiet"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "compare",
+            str(p),
+            "--y",
+            "y",
+            "--group",
+            "g",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert "column 'y'" in res.stderr and "data row 3" in res.stderr

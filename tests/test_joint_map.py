@@ -16,9 +16,15 @@ from workbench.priors import default_priors
 
 def run(d, par="centered", priors=None, **kw):
     ml = eb.fit(d, "ml", intervals=False)
-    return joint_map.fit(Stats.of(d), parametrization=par, priors=priors,
-                         eb_point=(ml.mu, ml.sigma2, ml.tau2), sd_y=float(d.y.std(ddof=1)),
-                         labels=d.labels, **kw), ml
+    return joint_map.fit(
+        Stats.of(d),
+        parametrization=par,
+        priors=priors,
+        eb_point=(ml.mu, ml.sigma2, ml.tau2),
+        sd_y=float(d.y.std(ddof=1)),
+        labels=d.labels,
+        **kw,
+    ), ml
 
 
 def test_dyestuff_has_no_interior_joint_mode(datasets):

@@ -104,8 +104,11 @@ def _z_mean_squares(data) -> dict[str, float]:
     if Z is None:
         return {}
     Z = np.asarray(Z, float)
-    return {n: float(np.mean(Z[:, c] ** 2)) for b in data.blocks
-            for n, c in zip(b.names, b.cols, strict=True)}
+    return {
+        n: float(np.mean(Z[:, c] ** 2))
+        for b in data.blocks
+        for n, c in zip(b.names, b.cols, strict=True)
+    }
 
 
 def _objective_at(data, theta, method: str) -> float:
@@ -122,8 +125,7 @@ def _note(out: Outcome, kind: str, what: str, d: float, tol: float) -> None:
         out.worst[kind] = r
         out.worst_raw[kind] = abs(d)
     if not r <= 1.0:
-        out.problems.append(f"{kind} {what}: ours vs lme4 differ by {d:.3e} (tolerance "
-                            f"{tol:.1e})")
+        out.problems.append(f"{kind} {what}: ours vs lme4 differ by {d:.3e} (tolerance {tol:.1e})")
 
 
 @functools.cache
@@ -151,13 +153,16 @@ def run(key: str) -> Outcome:
         try:
             d = _objective_at(data, fits[c]["theta"], out.method) - lme4[c]
         except Exception as exc:
-            out.problems.append(f"objective at lme4's theta ({c}) raised "
-                                f"{type(exc).__name__}: {exc}")
+            out.problems.append(
+                f"objective at lme4's theta ({c}) raised {type(exc).__name__}: {exc}"
+            )
             break
         _note(out, "at_theta", c, d, OBJ_TOL)
     if not out.diff <= OBJ_TOL:
-        out.problems.append(f"objective {out.ours:.10f} is above lme4's best {out.best:.10f} "
-                            f"({best_control}) by {out.diff:.3e}")
+        out.problems.append(
+            f"objective {out.ours:.10f} is above lme4's best {out.best:.10f} "
+            f"({best_control}) by {out.diff:.3e}"
+        )
     if abs(out.diff) > OBJ_TOL:
         return out  # one of the two is not at the optimum: estimates are not comparable
     out.compared = True
@@ -177,8 +182,9 @@ def run(key: str) -> Outcome:
     comp = fit.components
     zz = _z_mean_squares(data)
     if set(comp.variances) != set(ref["variances"]):
-        out.problems.append(f"variance terms {sorted(comp.variances)} != lme4's "
-                            f"{sorted(ref['variances'])}")
+        out.problems.append(
+            f"variance terms {sorted(comp.variances)} != lme4's {sorted(ref['variances'])}"
+        )
         return out
     near_zero = set()
     for n, v in ref["variances"].items():
@@ -200,9 +206,9 @@ def run(key: str) -> Outcome:
 
 
 def _split_pair(pair: str, ref: dict) -> tuple[str, str]:
-    """"a:b:c" where a term name has a colon itself: split at the colon that gives two terms."""
+    """ "a:b:c" where a term name has a colon itself: split at the colon that gives two terms."""
     for i in [k for k, ch in enumerate(pair) if ch == ":"]:
-        a, b = pair[:i], pair[i + 1:]
+        a, b = pair[:i], pair[i + 1 :]
         if a in ref["variances"] and b in ref["variances"]:
             return a, b
     raise ValueError(f"cannot split correlation name {pair!r}")
@@ -223,34 +229,55 @@ def test_battery_size():
 def summary(keys: list[str]) -> None:
     t0 = time.perf_counter()
     rows = [run(k) for k in keys]
-    head = (f"{'id':28s} {'ours':>17s} {'lme4 default':>17s} {'lme4 tight':>17s} "
-            f"{'lme4 nlopt':>17s} {'ours-best':>10s} {'beta/tol':>8s} {'var/tol':>8s} "
-            f"{'cor/tol':>8s} {'s':>5s}  status")
+    head = (
+        f"{'id':28s} {'ours':>17s} {'lme4 default':>17s} {'lme4 tight':>17s} "
+        f"{'lme4 nlopt':>17s} {'ours-best':>10s} {'beta/tol':>8s} {'var/tol':>8s} "
+        f"{'cor/tol':>8s} {'s':>5s}  status"
+    )
     print(head)
     print("-" * len(head))
     for o in rows:
-        status = ("REFUSED" if o.refused else "ERROR" if math.isnan(o.ours) else
-                  "FAIL" if o.problems else
-                  "beats lme4" if o.diff < -OBJ_TOL else "ok")
+        status = (
+            "REFUSED"
+            if o.refused
+            else "ERROR"
+            if math.isnan(o.ours)
+            else "FAIL"
+            if o.problems
+            else "beats lme4"
+            if o.diff < -OBJ_TOL
+            else "ok"
+        )
         w = [o.worst.get(k) for k in ("beta", "var", "cor")]
-        print(f"{o.key:28s} {o.ours:17.9f} " + " ".join(
-            f"{o.lme4.get(c, math.nan):17.9f}" for c in CONTROLS)
-            + f" {o.diff:10.2e} " + " ".join("       -" if x is None else f"{x:8.2g}" for x in w)
-            + f" {o.seconds:5.1f}  {status}")
+        print(
+            f"{o.key:28s} {o.ours:17.9f} "
+            + " ".join(f"{o.lme4.get(c, math.nan):17.9f}" for c in CONTROLS)
+            + f" {o.diff:10.2e} "
+            + " ".join("       -" if x is None else f"{x:8.2g}" for x in w)
+            + f" {o.seconds:5.1f}  {status}"
+        )
     fitted = [o for o in rows if not math.isnan(o.ours)]
     print()
-    print(f"(model, method) pairs: {len(rows)}; lme4 fits: "
-          f"{sum(len(BY_KEY[k]) for k in keys)}; refused by our parser: "
-          f"{sum(bool(o.refused) for o in rows)}; fits that raised: "
-          f"{sum(not o.refused and math.isnan(o.ours) for o in rows)}")
-    print(f"equal to or better than lme4's best (ours <= best + 1e-6): "
-          f"{sum(o.diff <= OBJ_TOL for o in fitted)}")
+    print(
+        f"(model, method) pairs: {len(rows)}; lme4 fits: "
+        f"{sum(len(BY_KEY[k]) for k in keys)}; refused by our parser: "
+        f"{sum(bool(o.refused) for o in rows)}; fits that raised: "
+        f"{sum(not o.refused and math.isnan(o.ours) for o in rows)}"
+    )
+    print(
+        f"equal to or better than lme4's best (ours <= best + 1e-6): "
+        f"{sum(o.diff <= OBJ_TOL for o in fitted)}"
+    )
     print(f"better than lme4's best by more than 1e-6: {sum(o.diff < -OBJ_TOL for o in fitted)}")
     print(f"worse than lme4's best by more than 1e-6: {sum(o.diff > OBJ_TOL for o in fitted)}")
-    print(f"lme4's default control more than 1e-6 above its best: "
-          f"{sum(o.lme4['default'] - o.best > OBJ_TOL for o in rows)}")
-    print(f"failing tests: {sum(bool(o.problems) for o in rows)}; our fits not converged: "
-          f"{sum(o.converged is False for o in fitted)}")
+    print(
+        f"lme4's default control more than 1e-6 above its best: "
+        f"{sum(o.lme4['default'] - o.best > OBJ_TOL for o in rows)}"
+    )
+    print(
+        f"failing tests: {sum(bool(o.problems) for o in rows)}; our fits not converged: "
+        f"{sum(o.converged is False for o in fitted)}"
+    )
     for kind in ("at_theta", "beta", "se", "sigma2", "var", "cor"):
         cand = [(o.worst[kind], o.worst_raw[kind], o.key) for o in fitted if kind in o.worst]
         if cand:

@@ -42,9 +42,14 @@ def test_oneway_formula_joint_map_equals_oneway_estimator(datasets, hsb82_frame)
     general = joint_map.fit(d, eb.fit(d, "ml"), n_starts=8)
     gd = datasets["hsb82"]
     ml = oneway_eb.fit(gd, "ml")
-    one = oneway_jm.fit(Stats.of(gd), parametrization="centered",
-                        eb_point=(ml.mu, ml.sigma2, ml.tau2), sd_y=float(gd.y.std(ddof=1)),
-                        labels=gd.labels, n_starts=8)
+    one = oneway_jm.fit(
+        Stats.of(gd),
+        parametrization="centered",
+        eb_point=(ml.mu, ml.sigma2, ml.tau2),
+        sd_y=float(gd.y.std(ddof=1)),
+        labels=gd.labels,
+        n_starts=8,
+    )
     assert general.status == one.status == "interior"
     assert abs(general.sigma2 / one.sigma2 - 1) < 1e-7
     assert abs(general.G[0, 0] / one.tau2 - 1) < 1e-6
@@ -92,15 +97,24 @@ def test_log_joint_is_pymcs_density(slopes):
     # chol_0 enters b_0's density: its packed value (row-major lower triangle, log diagonal)
     packed = chol[np.tril_indices(2)]
     packed[[0, 2]] = np.log(packed[[0, 2]])
-    point = {"beta": fit.beta, "sigma_log__": np.log(np.sqrt(fit.sigma2)), "b_0": fit.re_mode,
-             "chol_0_cholesky-cov-packed__": packed}
+    point = {
+        "beta": fit.beta,
+        "sigma_log__": np.log(np.sqrt(fit.sigma2)),
+        "b_0": fit.re_mode,
+        "chol_0_cholesky-cov-packed__": packed,
+    }
     logp = model.compile_logp(vars=[model["y"], model["b_0"]], jacobian=False)
     assert abs(float(logp(point)) - t.log_joint) < 1e-6
 
 
 def test_json_contract_and_oneway_route(hsb82_frame, datasets):
-    c = compare(hsb82_frame, formula="mAch ~ ses + sector + (1 + ses | school)",
-                levels=HSB82_LEVELS, methods="eb-ml,eb-reml,joint-map", n_starts=4)
+    c = compare(
+        hsb82_frame,
+        formula="mAch ~ ses + sector + (1 + ses | school)",
+        levels=HSB82_LEVELS,
+        methods="eb-ml,eb-reml,joint-map",
+        n_starts=4,
+    )
     out = json.loads(json.dumps(c.to_dict(), allow_nan=False))
     ml, reml = out["eb_ml"], out["eb_reml"]
     assert list(ml["fixed_effects"]) == ["(Intercept)", "ses", "sectorCatholic"]
@@ -120,22 +134,34 @@ def test_json_contract_and_oneway_route(hsb82_frame, datasets):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], cwd=cwd,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
-@pytest.mark.parametrize("formula, expect", [
-    ("mAch ~ sesx + (1 | school)", "column 'sesx'"),
-    ("mAch ~ ses + (1 | school", "unbalanced '('"),
-    ("mAch ~ ses + sector", "no random-effect term"),
-    ("mAch ~ ses + meanses + cses + (1 | school)", "rank deficient"),
-    ("mAch ~ ses + (1 | school) + (1 | sector)", "grouping factors"),
-    ("mAch ~ ses + (1 | school:sector)", "one column name"),
-])
+@pytest.mark.parametrize(
+    "formula, expect",
+    [
+        ("mAch ~ sesx + (1 | school)", "column 'sesx'"),
+        ("mAch ~ ses + (1 | school", "unbalanced '('"),
+        ("mAch ~ ses + sector", "no random-effect term"),
+        ("mAch ~ ses + meanses + cses + (1 | school)", "rank deficient"),
+        ("mAch ~ ses + (1 | school) + (1 | sector)", "grouping factors"),
+        ("mAch ~ ses + (1 | school:sector)", "one column name"),
+    ],
+)
 def test_bad_formulas_exit_2_with_one_line(tmp_path, formula, expect):
     out = tmp_path / "out.json"
-    r = _cli("compare", str(DATA / "hsb82.csv"), "--formula", formula, "--json", str(out),
-             "--quiet", cwd=tmp_path)
+    r = _cli(
+        "compare",
+        str(DATA / "hsb82.csv"),
+        "--formula",
+        formula,
+        "--json",
+        str(out),
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr and not out.exists()
@@ -146,8 +172,14 @@ def test_missing_covariate_value_names_column_and_row(tmp_path):
     df.loc[17, "ses"] = np.nan
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
-    r = _cli("compare", str(path), "--formula", "mAch ~ ses + (1 + ses | school)", "--quiet",
-             cwd=tmp_path)
+    r = _cli(
+        "compare",
+        str(path),
+        "--formula",
+        "mAch ~ ses + (1 + ses | school)",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert "column 'ses'" in r.stderr and "row 18" in r.stderr
 
@@ -158,8 +190,15 @@ def test_small_mcmc_and_report(hsb82_frame, tmp_path):
     from workbench.report import render
 
     small = hsb82_frame[hsb82_frame.school.isin(hsb82_frame.school.unique()[:25])]
-    c = compare(small, formula="mAch ~ ses + (1 + ses | school)", chains=2, draws=150,
-                tune=150, n_starts=4, seed=2)
+    c = compare(
+        small,
+        formula="mAch ~ ses + (1 + ses | school)",
+        chains=2,
+        draws=150,
+        tune=150,
+        n_starts=4,
+        seed=2,
+    )
     out = c.to_dict()
     mc = out["mcmc"]
     assert set(mc["fixed_effects"]) == set(out["eb_ml"]["fixed_effects"])
@@ -167,7 +206,15 @@ def test_small_mcmc_and_report(hsb82_frame, tmp_path):
     assert set(mc["variance_components"]["school"]["correlations"]) == {"(Intercept):ses"}
     assert mc["diagnostics"]["divergences"] >= 0 and np.isfinite(mc["diagnostics"]["r_hat_max"])
     html = render(c, command="test")
-    for sec in ("question", "data", "model", "estimates", "explanation", "diagnostics", "plots",
-                "provenance"):
+    for sec in (
+        "question",
+        "data",
+        "model",
+        "estimates",
+        "explanation",
+        "diagnostics",
+        "plots",
+        "provenance",
+    ):
         assert f'<section id="{sec}">' in html
     assert html.count("data:image/png;base64,") >= 6

@@ -11,8 +11,13 @@ from workbench.estimators import eb as oneway_eb
 from workbench.lmm import design, eb
 from workbench.lmm.deviance import Layout, solve
 
-CASES = ["hsb82_slope", "hsb82_uncorrelated", "hsb82_categorical", "hsb82_three_terms",
-         "hsb82_oneway"]
+CASES = [
+    "hsb82_slope",
+    "hsb82_uncorrelated",
+    "hsb82_categorical",
+    "hsb82_three_terms",
+    "hsb82_oneway",
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +96,9 @@ def test_profiled_deviance_equals_dense_marginal_likelihood(hsb82_frame):
     # conditional covariance of b_j given the parameters: (Z_j'Z_j / s2 + G^-1)^-1
     j = 3
     Zj = d.Z[d.codes == j]
-    np.testing.assert_allclose(pls.cond_cov(s2)[j],
-                               np.linalg.inv(Zj.T @ Zj / s2 + np.linalg.inv(G)), rtol=1e-10)
+    np.testing.assert_allclose(
+        pls.cond_cov(s2)[j], np.linalg.inv(Zj.T @ Zj / s2 + np.linalg.inv(G)), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("method", ["ml", "reml"])

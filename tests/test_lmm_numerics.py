@@ -26,8 +26,14 @@ def _data(seed=3, m=18, n=10):
 def _fit(y, x, g, method, slope=True):
     X = np.column_stack([np.ones_like(x), x])
     Z = X if slope else X[:, :1]
-    d = design.from_arrays(y, X, Z, g, fixed_names=["(Intercept)", "Days"],
-                           re_names=["(Intercept)", "Days"][: Z.shape[1]])
+    d = design.from_arrays(
+        y,
+        X,
+        Z,
+        g,
+        fixed_names=["(Intercept)", "Days"],
+        re_names=["(Intercept)", "Days"][: Z.shape[1]],
+    )
     return eb.fit(d, method)
 
 

@@ -112,15 +112,21 @@ def _reminimise(data, names, k, start, c) -> float:
         return _deviance(psi, data)
 
     x0 = np.clip(start[free], lo, hi)
-    res = pybobyqa.solve(f, x0, bounds=(lo, hi), rhobeg=0.02 * max(float(np.min(hi - lo)), 1e-3),
-                         rhoend=1e-10, maxfun=4000, scaling_within_bounds=False,
-                         do_logging=False)
+    res = pybobyqa.solve(
+        f,
+        x0,
+        bounds=(lo, hi),
+        rhobeg=0.02 * max(float(np.min(hi - lo)), 1e-3),
+        rhoend=1e-10,
+        maxfun=4000,
+        scaling_within_bounds=False,
+        do_logging=False,
+    )
     return min(float(res.f), f(x0))
 
 
 IDS = list(ENTRIES)
-ENDS = [(cid, name, side) for cid in IDS for name in ENTRIES[cid]["intervals"]
-        for side in (0, 1)]
+ENDS = [(cid, name, side) for cid in IDS for name in ENTRIES[cid]["intervals"] for side in (0, 1)]
 
 
 @pytest.mark.parametrize("case_id", IDS)
@@ -157,7 +163,7 @@ def test_matches_lme4(case_id, name, side):
     k = P.names.index(name)
     point = (iv.lower_point, iv.upper_point)[side]
     at_ref = min(_reminimise(data, P.names, k, s, ref) for s in (point, P.estimate))
-    assert abs(at_ref - P.deviance_min - CUT) > 1e-3, (at_ref - P.deviance_min)
+    assert abs(at_ref - P.deviance_min - CUT) > 1e-3, at_ref - P.deviance_min
 
 
 @pytest.mark.parametrize("case_id,name,side", ENDS, ids=[f"{c}:{n}:{'lu'[s]}" for c, n, s in ENDS])
@@ -207,8 +213,7 @@ def test_gradient_matches_differences():
             dn[i] -= h
             fd = (pr.evaluate(up, sys, False)[0] - pr.evaluate(dn, sys, False)[0]) / (2 * h)
             assert g[i] == pytest.approx(fd, rel=1e-5, abs=1e-5 * max(1.0, abs(v[i]) ** -1))
-        assert pr.to_psi(v, sys) == pytest.approx(np.array(P.intervals[3].upper_point),
-                                                   abs=1e-12)
+        assert pr.to_psi(v, sys) == pytest.approx(np.array(P.intervals[3].upper_point), abs=1e-12)
 
 
 @pytest.mark.parametrize("case_id", ["sleepstudy_slope.ml", "hsb82_slope.ml"])
@@ -238,8 +243,9 @@ def test_comparison_json_carries_the_profile_intervals():
     from workbench.jsonsafe import validate
 
     df = pd.read_csv(Path(__file__).parent / "reference" / "battery_data" / "sleepstudy.csv")
-    c = workbench.compare(df, formula="Reaction ~ Days + (Days | Subject)",
-                          methods=["eb-ml", "eb-reml"])
+    c = workbench.compare(
+        df, formula="Reaction ~ Days + (Days | Subject)", methods=["eb-ml", "eb-reml"]
+    )
     out = c.to_dict()
     validate(out)
     expected = prof.profile_intervals(c.eb_ml)

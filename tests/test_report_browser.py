@@ -13,8 +13,16 @@ from conftest import ROOT
 
 from workbench.cli import main
 
-SECTIONS = ("question", "data", "model", "estimates", "explanation", "diagnostics", "plots",
-            "provenance")
+SECTIONS = (
+    "question",
+    "data",
+    "model",
+    "estimates",
+    "explanation",
+    "diagnostics",
+    "plots",
+    "provenance",
+)
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
@@ -30,11 +38,14 @@ def _chromium() -> str | None:
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "small.html"
     case = ROOT / "models" / "small_groups.toml"
-    text = case.read_text().replace("draws = 1000", "draws = 300").replace("tune = 1000",
-                                                                            "tune = 300")
+    text = (
+        case.read_text().replace("draws = 1000", "draws = 300").replace("tune = 1000", "tune = 300")
+    )
     tmp_case = out.parent / "case.toml"
-    tmp_case.write_text(text.replace('path = "data/', f'path = "{ROOT}/models/data/')
-                        + f'\n[output]\nreport = "{out}"\n')
+    tmp_case.write_text(
+        text.replace('path = "data/', f'path = "{ROOT}/models/data/')
+        + f'\n[output]\nreport = "{out}"\n'
+    )
     assert main(["run", str(tmp_case), "--quiet"]) == 0
     return out
 
@@ -59,9 +70,19 @@ def test_report_in_headless_chromium(report):
 
     errors, outside = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=exe,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -77,7 +98,8 @@ def test_report_in_headless_chromium(report):
         page.goto(report.as_uri())
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all(
-            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])"
+        )
         present = {s: page.locator(f"section#{s}").count() for s in SECTIONS}
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)

@@ -26,6 +26,7 @@ from workbench.report import _draw, render
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
+
 def strict(record: dict) -> dict:
     return json.loads(json.dumps(record, allow_nan=False))
 
@@ -34,8 +35,11 @@ def report(c) -> tuple[str, list[str], list[str]]:
     """The full report, its figures' ids and the notes on figures not drawn."""
     html = render(c, command="test")
     notes = re.findall(r'<ul class="figure-notes">(.*?)</ul>', html, re.S)
-    return (html, re.findall(r'<figure id="fig-(\w+)">', html),
-            re.findall(r"<li>(.*?)</li>", notes[0]) if notes else [])
+    return (
+        html,
+        re.findall(r'<figure id="fig-(\w+)">', html),
+        re.findall(r"<li>(.*?)</li>", notes[0]) if notes else [],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,23 +47,49 @@ def report(c) -> tuple[str, list[str], list[str]]:
 
 
 def test_clean_turns_non_finite_into_null_with_a_note():
-    value, notes = clean({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float64(2.5),
-                          "d": np.array([1.0, -np.inf]), "e": np.int64(3), "f": np.bool_(True),
-                          "g": (1, "x", None)}, "blk")
-    assert value == {"a": None, "b": [1.0, None], "c": 2.5, "d": [1.0, None], "e": 3,
-                     "f": True, "g": [1, "x", None]}
+    value, notes = clean(
+        {
+            "a": float("nan"),
+            "b": [1.0, float("inf")],
+            "c": np.float64(2.5),
+            "d": np.array([1.0, -np.inf]),
+            "e": np.int64(3),
+            "f": np.bool_(True),
+            "g": (1, "x", None),
+        },
+        "blk",
+    )
+    assert value == {
+        "a": None,
+        "b": [1.0, None],
+        "c": 2.5,
+        "d": [1.0, None],
+        "e": 3,
+        "f": True,
+        "g": [1, "x", None],
+    }
     assert type(value["c"]) is float and type(value["e"]) is int and type(value["f"]) is bool
-    assert notes == ["blk.a was NaN (not a number): reported as null",
-                     "blk.b[1] was +infinity: reported as null",
-                     "blk.d[1] was -infinity: reported as null"]
+    assert notes == [
+        "blk.a was NaN (not a number): reported as null",
+        "blk.b[1] was +infinity: reported as null",
+        "blk.d[1] was -infinity: reported as null",
+    ]
 
 
 def test_finalize_notes_go_to_the_block_and_the_warnings():
-    out = finalize({"data": {"mean": 1.0}, "eb_ml": {"tau": float("nan"), "notes": ["old"]},
-                    "mcmc": {"sd": [float("inf")] * 20}, "warnings": ["w"]})
+    out = finalize(
+        {
+            "data": {"mean": 1.0},
+            "eb_ml": {"tau": float("nan"), "notes": ["old"]},
+            "mcmc": {"sd": [float("inf")] * 20},
+            "warnings": ["w"],
+        }
+    )
     strict(out)
-    assert out["eb_ml"] == {"tau": None, "notes": ["old", "eb_ml.tau was NaN (not a number): "
-                                                          "reported as null"]}
+    assert out["eb_ml"] == {
+        "tau": None,
+        "notes": ["old", "eb_ml.tau was NaN (not a number): reported as null"],
+    }
     assert len(out["mcmc"]["notes"]) == 13 and "8 more" in out["mcmc"]["notes"][-1]
     assert out["warnings"][0] == "w"
     assert "eb_ml: 1 non-finite value(s) reported as null (see eb_ml.notes)" in out["warnings"]
@@ -94,8 +124,10 @@ def test_report_survives_a_figure_that_fails():
     with pytest.warns(UserWarning, match="could not be drawn"):
         images, notes = _draw([("a", "Broken", broken), ("b", "Skipped", skipped)])
     assert images == []
-    assert notes == ["Broken: could not be drawn (ZeroDivisionError: boom).",
-                     "Skipped: not drawn (a reason)."]
+    assert notes == [
+        "Broken: could not be drawn (ZeroDivisionError: boom).",
+        "Skipped: not drawn (a reason).",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,8 +145,9 @@ def test_one_chain_rhat_null_and_rank_plots_skipped(dyestuff):
     out = strict(c.to_dict())
     validate(out)
     assert out["mcmc"]["diagnostics"]["r_hat_max"] is None
-    assert out["mcmc"]["notes"] == ["mcmc.diagnostics.r_hat_max was NaN (not a number): "
-                                    "reported as null"]
+    assert out["mcmc"]["notes"] == [
+        "mcmc.diagnostics.r_hat_max was NaN (not a number): reported as null"
+    ]
     assert any("1 chain" in w for w in out["warnings"])
     assert "R-hat max –" in c.table()
     html, ids, notes = report(c)
@@ -137,8 +170,9 @@ def test_chains_that_never_move(dyestuff, chains):
 
 def test_infinite_interval_end_is_null_with_a_note(dyestuff):
     c = dataclasses.replace(dyestuff)
-    c.eb_ml = dataclasses.replace(c.eb_ml, ci_profile={"sigma": (40.0, 70.0),
-                                                       "tau": (0.0, math.inf)})
+    c.eb_ml = dataclasses.replace(
+        c.eb_ml, ci_profile={"sigma": (40.0, 70.0), "tau": (0.0, math.inf)}
+    )
     out = strict(c.to_dict())
     validate(out)
     assert out["eb_ml"]["ci_profile"]["tau"] == [0.0, None]
@@ -150,8 +184,9 @@ def test_two_groups_without_group_variance():
     """Two groups with equal means: tau^2 = 0 everywhere; the joint MAP with priors has a
     flat direction in log tau (its Wald interval for tau^2 overflows to infinity)."""
     df = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 3, "y": [1, 2, 3, 3, 2, 1]})
-    c = workbench.compare(df, "y", "g", methods=["anova", "eb-ml", "eb-reml", "joint-map"],
-                          n_starts=2, n_jobs=1)
+    c = workbench.compare(
+        df, "y", "g", methods=["anova", "eb-ml", "eb-reml", "joint-map"], n_starts=2, n_jobs=1
+    )
     c = attach(c, oneway(c.data, chains=2))
     out = strict(c.to_dict())
     validate(out)
@@ -168,8 +203,7 @@ def test_labels_and_column_names_are_plain_text():
     rng = np.random.default_rng(1)
     df = pd.DataFrame({"g_$": np.repeat(LABELS, 4), "$y$": rng.normal(size=4 * len(LABELS))})
     df["$y$"] += np.repeat(np.arange(len(LABELS)), 4) * 0.5
-    c = workbench.compare(df, "$y$", "g_$", methods=["eb-ml", "joint-map"], n_starts=2,
-                          n_jobs=1)
+    c = workbench.compare(df, "$y$", "g_$", methods=["eb-ml", "joint-map"], n_starts=2, n_jobs=1)
     c = attach(c, oneway(c.data, chains=2))
     validate(strict(c.to_dict()))
     _, ids, notes = report(c)
@@ -188,8 +222,13 @@ def test_labels_and_column_names_are_plain_text():
 
 @pytest.fixture(scope="module")
 def singular():
-    return workbench.compare(singular_slope_frame(), formula="y ~ x + (1 + x | g)",
-                             methods=["eb-ml", "eb-reml", "joint-map"], n_starts=2, n_jobs=1)
+    return workbench.compare(
+        singular_slope_frame(),
+        formula="y ~ x + (1 + x | g)",
+        methods=["eb-ml", "eb-reml", "joint-map"],
+        n_starts=2,
+        n_jobs=1,
+    )
 
 
 def _zero_intercept_variance(fit):
@@ -220,8 +259,9 @@ def test_formula_mcmc_one_chain_or_stuck(singular, chains, stuck):
     c = dataclasses.replace(singular)
     c.eb_ml = _zero_intercept_variance(c.eb_ml)
     c.mcmc = lmm(c.data, chains=chains, stuck=stuck)
-    c.settings = dataclasses.replace(c.settings, methods=(*c.settings.methods, "mcmc"),
-                                     chains=chains)
+    c.settings = dataclasses.replace(
+        c.settings, methods=(*c.settings.methods, "mcmc"), chains=chains
+    )
     out = strict(c.to_dict())
     validate(out)
     _, ids, notes = report(c)

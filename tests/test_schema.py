@@ -24,8 +24,9 @@ from workbench.report import render
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 
-CASES = sorted(p for p in (ROOT / "models").glob("*.toml")
-               if "simulation" not in tomllib.loads(p.read_text()))
+CASES = sorted(
+    p for p in (ROOT / "models").glob("*.toml") if "simulation" not in tomllib.loads(p.read_text())
+)
 MCMC_CASE = "small_groups"  # the one shipped case run with (tiny) MCMC
 TINY_MCMC = {"chains": 2, "draws": 100, "tune": 100}
 
@@ -47,8 +48,13 @@ def test_schema_is_valid_draft_2020_12():
 
 
 def test_every_shipped_case_is_covered():
-    assert {p.stem for p in CASES} >= {"small_groups", "dyestuff", "dyestuff2", "hsb82",
-                                       "hsb82_slopes"}
+    assert {p.stem for p in CASES} >= {
+        "small_groups",
+        "dyestuff",
+        "dyestuff2",
+        "hsb82",
+        "hsb82_slopes",
+    }
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
@@ -74,29 +80,44 @@ def test_formula_mcmc_block_matches_schema(hsb82_frame):
     """The formula route's MCMC block (draws made up: a real NUTS run is
     test_lmm_compare.test_small_mcmc_and_report)."""
     small = hsb82_frame[hsb82_frame.school.isin(hsb82_frame.school.unique()[:12])]
-    c = workbench.compare(small, formula="mAch ~ ses + (1 + ses | school)",
-                          methods=["eb-ml", "eb-reml"], n_jobs=1)
+    c = workbench.compare(
+        small, formula="mAch ~ ses + (1 + ses | school)", methods=["eb-ml", "eb-reml"], n_jobs=1
+    )
     c.mcmc = lmm(c.data, chains=2)
     out = check(c)
-    assert set(out["mcmc"]["variance_components"]["school"]["correlations"]) == {
-        "(Intercept):ses"}
+    assert set(out["mcmc"]["variance_components"]["school"]["correlations"]) == {"(Intercept):ses"}
 
 
 def test_boundary_singular_slope_fit():
-    c = workbench.compare(singular_slope_frame(), formula="y ~ x + (1 + x | g)", n_starts=2,
-                          methods=["eb-ml", "eb-reml", "joint-map"], n_jobs=1)
+    c = workbench.compare(
+        singular_slope_frame(),
+        formula="y ~ x + (1 + x | g)",
+        n_starts=2,
+        methods=["eb-ml", "eb-reml", "joint-map"],
+        n_jobs=1,
+    )
     out = check(c)
     assert out["eb_ml"]["singular"]
 
 
 def test_boundary_one_chain_no_tuning():
     """A real NUTS run with one chain and --tune 0: R-hat is null with a note."""
-    c = workbench.compare(DATA / "dyestuff2.csv", "Yield", "Batch", methods=["eb-ml", "mcmc"],
-                          chains=1, draws=50, tune=0, seed=2)
+    c = workbench.compare(
+        DATA / "dyestuff2.csv",
+        "Yield",
+        "Batch",
+        methods=["eb-ml", "mcmc"],
+        chains=1,
+        draws=50,
+        tune=0,
+        seed=2,
+    )
     out = check(c)
     assert out["mcmc"]["diagnostics"]["r_hat_max"] is None
-    assert "mcmc.diagnostics.r_hat_max was NaN (not a number): reported as null" in \
-        out["mcmc"]["notes"]
+    assert (
+        "mcmc.diagnostics.r_hat_max was NaN (not a number): reported as null"
+        in out["mcmc"]["notes"]
+    )
 
 
 def test_boundary_dollar_labels_through_the_cli(tmp_path):
@@ -104,10 +125,31 @@ def test_boundary_dollar_labels_through_the_cli(tmp_path):
     frame = pd.DataFrame({"g": np.repeat(LABELS, 3), "y": rng.normal(size=3 * len(LABELS))})
     frame["y"] += np.repeat(np.arange(len(LABELS)), 3)
     frame.to_csv(tmp_path / "labels.csv", index=False)
-    r = subprocess.run([sys.executable, "-m", "workbench.cli", "compare", "labels.csv", "--y", "y",
-                        "--group", "g", "--methods", "anova,eb-ml,eb-reml,joint-map",
-                        "--n-starts", "2", "--n-jobs", "1", "--quiet",
-                        "--report", "out.html"], cwd=tmp_path, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "compare",
+            "labels.csv",
+            "--y",
+            "y",
+            "--group",
+            "g",
+            "--methods",
+            "anova,eb-ml,eb-reml,joint-map",
+            "--n-starts",
+            "2",
+            "--n-jobs",
+            "1",
+            "--quiet",
+            "--report",
+            "out.html",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "out.json").read_text())
     validate(out)
@@ -116,13 +158,16 @@ def test_boundary_dollar_labels_through_the_cli(tmp_path):
     assert html.count('<figure id="fig-') == 3 and "could not be drawn" not in html
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("eb_ml", "tau2"), float("nan")),  # not strict JSON
-    (("eb_ml", "tau2"), "0.5"),  # a string for a number
-    (("mcmc", "diagnostics", "divergences"), -1),
-    (("settings", "methods"), ["eb-ml", "bayes"]),
-    (("joint_map", "status"), "found"),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("eb_ml", "tau2"), float("nan")),  # not strict JSON
+        (("eb_ml", "tau2"), "0.5"),  # a string for a number
+        (("mcmc", "diagnostics", "divergences"), -1),
+        (("settings", "methods"), ["eb-ml", "bayes"]),
+        (("joint_map", "status"), "found"),
+    ],
+)
 def test_schema_rejects(path, value, mcmc_record):
     bad = json.loads(json.dumps(mcmc_record))
     node = bad
@@ -143,8 +188,14 @@ def test_schema_requires_the_block_of_every_method_run(mcmc_record):
 @pytest.fixture(scope="module")
 def mcmc_record():
     """A valid one-way record with every block (draws made up)."""
-    c = workbench.compare(DATA / "dyestuff.csv", "Yield", "Batch", n_starts=2, n_jobs=1,
-                          methods=["anova", "eb-ml", "eb-reml", "joint-map"])
+    c = workbench.compare(
+        DATA / "dyestuff.csv",
+        "Yield",
+        "Batch",
+        n_starts=2,
+        n_jobs=1,
+        methods=["anova", "eb-ml", "eb-reml", "joint-map"],
+    )
     out = attach(c, oneway(c.data)).to_dict()
     validate(out)
     return out

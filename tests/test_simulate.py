@@ -18,14 +18,22 @@ from conftest import ROOT
 from workbench.cli import main
 from workbench.simulate import Study, load_study, run_study, study_table, summarize
 
-STUDY = Study(name="t", grid={"m": [8], "group_sizes": ["3", "2-5"], "mu": [0.0],
-                              "sigma": [1.0], "tau": [1.5]},
-              replicates=3, methods=("eb-ml", "joint-map:centered"), seed=7, n_starts=4)
+STUDY = Study(
+    name="t",
+    grid={"m": [8], "group_sizes": ["3", "2-5"], "mu": [0.0], "sigma": [1.0], "tau": [1.5]},
+    replicates=3,
+    methods=("eb-ml", "joint-map:centered"),
+    seed=7,
+    n_starts=4,
+)
 
 
 def _table(out):
-    return study_table(STUDY, out).sort_values(
-        ["setting", "replicate", "method", "parameter", "group"]).reset_index(drop=True)
+    return (
+        study_table(STUDY, out)
+        .sort_values(["setting", "replicate", "method", "parameter", "group"])
+        .reset_index(drop=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,9 @@ def test_same_results_with_two_processes(serial, tmp_path):
 def test_same_results_on_a_dask_cluster_on_loopback(serial, tmp_path):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         run_study(STUDY, tmp_path, scheduler=cluster.scheduler_address, progress=False)
     pd.testing.assert_frame_equal(_table(serial), _table(tmp_path))
@@ -62,8 +71,10 @@ def test_resume_skips_finished_replicates(serial, tmp_path):
 
 def test_changed_definition_is_refused(tmp_path, capsys):
     case = tmp_path / "s.toml"
-    text = ('[simulation]\nm = 8\ngroup_sizes = "3"\nmu = 0.0\nsigma = 1.0\ntau = 1.0\n'
-            'replicates = 2\nmethods = ["eb-ml"]\nseed = {seed}\n')
+    text = (
+        '[simulation]\nm = 8\ngroup_sizes = "3"\nmu = 0.0\nsigma = 1.0\ntau = 1.0\n'
+        'replicates = 2\nmethods = ["eb-ml"]\nseed = {seed}\n'
+    )
     case.write_text(text.format(seed=1))
     out = tmp_path / "store"
     assert main(["simulate", str(case), "--out", str(out), "--quiet"]) == 0
@@ -81,13 +92,26 @@ def test_changed_definition_is_refused(tmp_path, capsys):
 
 def test_sigkill_loses_only_replicates_in_flight(tmp_path):
     case = tmp_path / "k.toml"
-    case.write_text('[simulation]\nm = 30\ngroup_sizes = "2-8"\nmu = 0.0\nsigma = 1.0\n'
-                    'tau = 1.0\nreplicates = 400\nmethods = ["eb-ml", "eb-reml"]\nseed = 3\n')
+    case.write_text(
+        '[simulation]\nm = 30\ngroup_sizes = "2-8"\nmu = 0.0\nsigma = 1.0\n'
+        'tau = 1.0\nreplicates = 400\nmethods = ["eb-ml", "eb-reml"]\nseed = 3\n'
+    )
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "workbench.cli", "simulate", str(case), "--out", str(out),
-           "--n-jobs", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "simulate",
+        str(case),
+        "--out",
+        str(out),
+        "--n-jobs",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(list((out / "replicates").glob("*.csv"))) < 5:
         time.sleep(0.05)
@@ -104,10 +128,14 @@ def test_sigkill_loses_only_replicates_in_flight(tmp_path):
     assert counts["skipped"] >= len(files) - 1 and counts["computed"] <= 3
     fresh = tmp_path / "fresh"
     run_study(small, fresh, n_jobs=1, progress=False)
-    pd.testing.assert_frame_equal(study_table(small, out).sort_values(
-        ["setting", "replicate", "method", "parameter", "group"]).reset_index(drop=True),
-        study_table(small, fresh).sort_values(
-        ["setting", "replicate", "method", "parameter", "group"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        study_table(small, out)
+        .sort_values(["setting", "replicate", "method", "parameter", "group"])
+        .reset_index(drop=True),
+        study_table(small, fresh)
+        .sort_values(["setting", "replicate", "method", "parameter", "group"])
+        .reset_index(drop=True),
+    )
 
 
 def test_summaries_against_direct_computation(serial):
@@ -135,8 +163,9 @@ def test_shipped_study_reproduces_the_question_in_small():
     group intervals under-cover; EB stays near nominal."""
     study = load_study(ROOT / "models" / "sim_small_groups.toml")
     assert study.replicates >= 200
-    small = Study(**{**study.__dict__, "replicates": 40,
-                     "methods": ("eb-reml", "joint-map:centered")})
+    small = Study(
+        **{**study.__dict__, "replicates": 40, "methods": ("eb-reml", "joint-map:centered")}
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,9 +181,14 @@ def test_shipped_study_reproduces_the_question_in_small():
 
 
 def test_mcmc_method_in_a_study(tmp_path):
-    study = Study(name="mc", grid={"m": [6], "group_sizes": ["4"], "mu": [1.0], "sigma": [1.0],
-                                   "tau": [1.0]}, replicates=1, methods=("mcmc",), seed=2,
-                  mcmc={"chains": 2, "draws": 150, "tune": 150})
+    study = Study(
+        name="mc",
+        grid={"m": [6], "group_sizes": ["4"], "mu": [1.0], "sigma": [1.0], "tau": [1.0]},
+        replicates=1,
+        methods=("mcmc",),
+        seed=2,
+        mcmc={"chains": 2, "draws": 150, "tune": 150},
+    )
     run_study(study, tmp_path, n_jobs=1, progress=False)
     t = study_table(study, tmp_path)
     assert set(t.parameter) == {"mu", "sigma2", "tau2", "theta"}

@@ -6,5 +6,15 @@ from .data import GroupedData, from_arrays, from_frame, load_csv
 from .errors import InputError
 from .priors import Priors, default_priors
 
-__all__ = ["Comparison", "GroupedData", "InputError", "Priors", "Settings", "compare",
-           "default_priors", "from_arrays", "from_frame", "load_csv"]
+__all__ = [
+    "Comparison",
+    "GroupedData",
+    "InputError",
+    "Priors",
+    "Settings",
+    "compare",
+    "default_priors",
+    "from_arrays",
+    "from_frame",
+    "load_csv",
+]

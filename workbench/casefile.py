@@ -38,8 +38,9 @@ def check_compare_options(opts: dict, name=_flag) -> dict:
 
     out = dict(opts)
     if out.get("methods") is not None:
-        out["methods"] = list(parse_methods(need_str_list(out["methods"], name("methods")),
-                                            name("methods")))
+        out["methods"] = list(
+            parse_methods(need_str_list(out["methods"], name("methods")), name("methods"))
+        )
     checks = {
         "seed": lambda v, n: need_int(v, n, 0),
         "n_starts": lambda v, n: need_int(v, n, 1, MAX_STARTS),
@@ -55,16 +56,19 @@ def check_compare_options(opts: dict, name=_flag) -> dict:
     if out.get("parametrization") is not None:
         par = need_str(out["parametrization"], name("parametrization"))
         if par not in PARAMETRIZATIONS:
-            raise InputError(f"{name('parametrization')} must be 'noncentered' or 'centered', "
-                             f"got '{par}'.")
+            raise InputError(
+                f"{name('parametrization')} must be 'noncentered' or 'centered', got '{par}'."
+            )
     return out
 
 
 def check_n_jobs(value, name: str = "--n-jobs") -> int:
     need_int(value, name)
     if value == 0 or value < -1 or value > MAX_JOBS:
-        raise InputError(f"{name} must be a number of processes from 1 to {MAX_JOBS}, or -1 "
-                         f"(all cores), got {value}.")
+        raise InputError(
+            f"{name} must be a number of processes from 1 to {MAX_JOBS}, or -1 "
+            f"(all cores), got {value}."
+        )
     return value
 
 
@@ -93,9 +97,11 @@ def read_toml(path: str | Path, what: str = "case file") -> tuple[dict, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
-                         f"save the {what} as UTF-8.") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+            f"save the {what} as UTF-8."
+        ) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -113,15 +119,20 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
             need_str(value, f"{path}: {key}")
             continue
         if key not in SECTIONS:
-            raise InputError(f"{path}: unknown section [{key}]; use "
-                             f"{', '.join(f'[{s}]' for s in SECTIONS)}.")
+            raise InputError(
+                f"{path}: unknown section [{key}]; use {', '.join(f'[{s}]' for s in SECTIONS)}."
+            )
         if not isinstance(value, dict):
-            raise InputError(f"{path}: '{key}' must be a section [{key}] with keys "
-                             f"{', '.join(sorted(SECTIONS[key]))}, got {value!r}.")
+            raise InputError(
+                f"{path}: '{key}' must be a section [{key}] with keys "
+                f"{', '.join(sorted(SECTIONS[key]))}, got {value!r}."
+            )
         bad = set(value) - SECTIONS[key]
         if bad:
-            raise InputError(f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
-                             f"{', '.join(sorted(SECTIONS[key]))}.")
+            raise InputError(
+                f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
+                f"{', '.join(sorted(SECTIONS[key]))}."
+            )
     data = raw.get("data", {})
     needed = ("path", "formula") if "formula" in data else ("path", "y", "group")
     for k in needed:
@@ -140,25 +151,40 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         if "levels" in data:
             levels = data["levels"]
             if not isinstance(levels, dict):
-                raise InputError(f"{path}: [data] levels must be a table like "
-                                 f"{{ sector = [\"Public\", \"Catholic\"] }}, got {levels!r}.")
-            kwargs["levels"] = {k: need_str_list(v, f"{path}: [data] levels.{k}")
-                                for k, v in levels.items()}
+                raise InputError(
+                    f"{path}: [data] levels must be a table like "
+                    f'{{ sector = ["Public", "Catholic"] }}, got {levels!r}.'
+                )
+            kwargs["levels"] = {
+                k: need_str_list(v, f"{path}: [data] levels.{k}") for k, v in levels.items()
+            }
     if raw.get("priors"):
-        kwargs["priors"] = {k: need_real(v, f"{path}: [priors] {k}", *(
-            (None,) if k == "mu_loc" else (0.0,)), open_lo=True)
-            for k, v in raw["priors"].items()}
+        kwargs["priors"] = {
+            k: need_real(
+                v, f"{path}: [priors] {k}", *((None,) if k == "mu_loc" else (0.0,)), open_lo=True
+            )
+            for k, v in raw["priors"].items()
+        }
     out = raw.get("output", {})
     for k, v in out.items():
         need_str(v, f"{path}: [output] {k}")
-    truth = {k: need_real(v, f"{path}: [truth] {k}", *((None,) if k == "mu" else (0.0,)))
-             for k, v in raw.get("truth", {}).items()}
+    truth = {
+        k: need_real(v, f"{path}: [truth] {k}", *((None,) if k == "mu" else (0.0,)))
+        for k, v in raw.get("truth", {}).items()
+    }
     name = path.stem
     report = Path(out.get("report", reports_dir / f"{name}.html"))
-    return Case(name=name, path=path, title=raw.get("title", name),
-                data_path=(path.parent / data["path"]).resolve(), y=data.get("y"),
-                group=data.get("group"), compare_kwargs=kwargs,
-                json_path=Path(out.get("json", report.with_suffix(".json"))),
-                posterior_path=Path(out.get("posterior", report.with_suffix(".posterior.nc"))),
-                report_path=report,
-                truth=truth, text=text)
+    return Case(
+        name=name,
+        path=path,
+        title=raw.get("title", name),
+        data_path=(path.parent / data["path"]).resolve(),
+        y=data.get("y"),
+        group=data.get("group"),
+        compare_kwargs=kwargs,
+        json_path=Path(out.get("json", report.with_suffix(".json"))),
+        posterior_path=Path(out.get("posterior", report.with_suffix(".posterior.nc"))),
+        report_path=report,
+        truth=truth,
+        text=text,
+    )

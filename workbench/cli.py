@@ -30,48 +30,79 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("data", help="CSV file")
     c.add_argument("--y", default=None, help="response column (one-way model)")
     c.add_argument("--group", default=None, help="grouping column (one-way model)")
-    c.add_argument("--formula", default=None,
-                   help='lme4 formula, e.g. "y ~ x + (1 + x | g)" (instead of --y/--group)')
-    c.add_argument("--levels", action="append", default=None, metavar="COL=A,B,...",
-                   help="level order of a categorical column (first = reference); repeatable")
-    c.add_argument("--methods", default=None,
-                   help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc")
+    c.add_argument(
+        "--formula",
+        default=None,
+        help='lme4 formula, e.g. "y ~ x + (1 + x | g)" (instead of --y/--group)',
+    )
+    c.add_argument(
+        "--levels",
+        action="append",
+        default=None,
+        metavar="COL=A,B,...",
+        help="level order of a categorical column (first = reference); repeatable",
+    )
+    c.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--chains", type=int, default=4)
     c.add_argument("--draws", type=int, default=1000)
     c.add_argument("--tune", type=int, default=1000)
     c.add_argument("--target-accept", type=float, default=0.9)
-    c.add_argument("--parametrization", default="noncentered",
-                   help="noncentered (default) or centered")
+    c.add_argument(
+        "--parametrization", default="noncentered", help="noncentered (default) or centered"
+    )
     c.add_argument("--n-starts", type=int, default=16, help="joint-MAP starts (default 16)")
     c.add_argument("--n-jobs", type=int, default=-1, help="processes (-1: all cores)")
     c.add_argument("--json", type=Path, default=None, help="write the JSON record here")
-    c.add_argument("--posterior", type=Path, default=None,
-                   help="write the posterior (NetCDF) here")
-    c.add_argument("--report", type=Path, default=None,
-                   help="write the HTML report here (JSON and posterior NetCDF beside it)")
+    c.add_argument("--posterior", type=Path, default=None, help="write the posterior (NetCDF) here")
+    c.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the HTML report here (JSON and posterior NetCDF beside it)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress messages")
     r = sub.add_parser("run", help="run a case file from models/")
     r.add_argument("case", help="models/NAME.toml")
     r.add_argument("--quiet", action="store_true")
     s = sub.add_parser("simulate", help="a simulation study of bias and coverage")
-    s.add_argument("study", nargs="?", default=None,
-                   help="models/NAME.toml with a [simulation] section (flags override it)")
+    s.add_argument(
+        "study",
+        nargs="?",
+        default=None,
+        help="models/NAME.toml with a [simulation] section (flags override it)",
+    )
     for flag, kind in (("--m", int), ("--mu", float), ("--sigma", float), ("--tau", float)):
-        s.add_argument(flag, type=_list_of(kind), default=None,
-                       help="a value or a comma-separated list (a grid)")
-    s.add_argument("--group-sizes", type=_list_of(str), default=None,
-                   help="'3' (balanced) or '2-8' (uniform sizes); comma-separated for a grid")
+        s.add_argument(
+            flag,
+            type=_list_of(kind),
+            default=None,
+            help="a value or a comma-separated list (a grid)",
+        )
+    s.add_argument(
+        "--group-sizes",
+        type=_list_of(str),
+        default=None,
+        help="'3' (balanced) or '2-8' (uniform sizes); comma-separated for a grid",
+    )
     s.add_argument("--replicates", type=int, default=None)
     s.add_argument("--methods", type=_list_of(str), default=None)
     s.add_argument("--level", type=float, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--n-starts", type=int, default=None)
     s.add_argument("--n-jobs", type=int, default=-1, help="local processes (-1: all cores)")
-    s.add_argument("--scheduler", default=None,
-                   help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786")
-    s.add_argument("--out", type=Path, default=None,
-                   help="store and outputs (default reports/NAME)")
+    s.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of an existing Dask scheduler, e.g. tcp://127.0.0.1:8786",
+    )
+    s.add_argument(
+        "--out", type=Path, default=None, help="store and outputs (default reports/NAME)"
+    )
     s.add_argument("--quiet", action="store_true")
     return p
 
@@ -97,8 +128,11 @@ def _check_simulate(args):
     if args.study is not None:
         study = sim.load_study(args.study)
     else:
-        study = sim.Study(name="quick", grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0],
-                                              "sigma": [1.0], "tau": [1.0]}, replicates=100)
+        study = sim.Study(
+            name="quick",
+            grid={"m": [30], "group_sizes": ["2-8"], "mu": [0.0], "sigma": [1.0], "tau": [1.0]},
+            replicates=100,
+        )
     flags = set()
     grid = dict(study.grid)
     for key in sim.GRID_KEYS:
@@ -106,8 +140,11 @@ def _check_simulate(args):
         if value is not None:
             grid[key] = value
             flags.add(key)
-    changes = {k: getattr(args, k) for k in ("replicates", "level", "seed", "n_starts",
-                                             "methods") if getattr(args, k) is not None}
+    changes = {
+        k: getattr(args, k)
+        for k in ("replicates", "level", "seed", "n_starts", "methods")
+        if getattr(args, k) is not None
+    }
     flags |= set(changes)
 
     def name(key: str) -> str:
@@ -128,21 +165,37 @@ def _run_simulate(args, command: str) -> int:
 
     study, out = _check_simulate(args)
     t0 = time.perf_counter()
-    counts = sim.run_study(study, out, n_jobs=args.n_jobs, scheduler=args.scheduler,
-                           progress=not args.quiet)
+    counts = sim.run_study(
+        study, out, n_jobs=args.n_jobs, scheduler=args.scheduler, progress=not args.quiet
+    )
     table = sim.study_table(study, out)
     summary = sim.summarize(table, study)
-    html = sim.render_report(study, summary, command=command, counts=counts,
-                             seconds=time.perf_counter() - t0)
-    _write_together([(out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False)),
-                     (out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False)),
-                     (out / "report.html", _text(html))])
-    cols = ["setting", "method", "parameter", "bias", "relative_bias", "coverage",
-            "coverage_mcse", "interior_share"]
+    html = sim.render_report(
+        study, summary, command=command, counts=counts, seconds=time.perf_counter() - t0
+    )
+    _write_together(
+        [
+            (out / "replicates_table.csv", lambda tmp: table.to_csv(tmp, index=False)),
+            (out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False)),
+            (out / "report.html", _text(html)),
+        ]
+    )
+    cols = [
+        "setting",
+        "method",
+        "parameter",
+        "bias",
+        "relative_bias",
+        "coverage",
+        "coverage_mcse",
+        "interior_share",
+    ]
     with pd_options():
         print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\n{counts['computed']} replicates computed, {counts['skipped']} resumed; "
-          f"written to {out}/ (summary.csv, replicates_table.csv, report.html)")
+    print(
+        f"\n{counts['computed']} replicates computed, {counts['skipped']} resumed; "
+        f"written to {out}/ (summary.csv, replicates_table.csv, report.html)"
+    )
     return 0
 
 
@@ -175,9 +228,21 @@ def _progress(quiet: bool):
     return say
 
 
-def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
-                 report_path: Path | None = None, command: str = "", case_text: str | None = None,
-                 truth: dict | None = None, make_folders: bool = False) -> int:
+def _run_compare(
+    data,
+    y,
+    group,
+    kwargs,
+    json_path,
+    posterior_path,
+    quiet,
+    *,
+    report_path: Path | None = None,
+    command: str = "",
+    case_text: str | None = None,
+    truth: dict | None = None,
+    make_folders: bool = False,
+) -> int:
     """Check the output paths, compare, then write the outputs together. `make_folders` (case
     files): missing output folders are made (when writing) instead of refused."""
     from .compare import compare
@@ -191,18 +256,22 @@ def _run_compare(data, y, group, kwargs, json_path, posterior_path, quiet, *,
         check_output(path, option, make_folders=make_folders)
     chosen = [Path(os.path.realpath(p)) for p in paths.values() if p is not None]
     if isinstance(data, str | Path) and Path(os.path.realpath(data)) in chosen:
-        raise InputError(f"an output path names the data file {data}; give the outputs other "
-                         f"paths.")
+        raise InputError(
+            f"an output path names the data file {data}; give the outputs other paths."
+        )
     if len(set(chosen)) < len(chosen):
-        raise InputError(f"{', '.join(f'{o} {p}' for o, p in paths.items() if p is not None)}: "
-                         f"two outputs name the same file; give each its own path.")
+        raise InputError(
+            f"{', '.join(f'{o} {p}' for o, p in paths.items() if p is not None)}: "
+            f"two outputs name the same file; give each its own path."
+        )
     import joblib
 
     from .simulate import die_with_parent
 
     # the joint-MAP starts run in joblib/loky workers: make them die with this process
-    with joblib.parallel_config(backend="loky", initializer=die_with_parent,
-                                initargs=(os.getpid(),)):
+    with joblib.parallel_config(
+        backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)
+    ):
         result = compare(data, y, group, progress=_progress(quiet), **kwargs)
     html = None
     if report_path is not None:
@@ -246,8 +315,10 @@ def _write_together(files) -> None:
             outputs.commit()
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        raise _WriteError(f"writing{where} failed ({exc.strerror or exc}); no output was "
-                           f"written; fix the cause and run again.") from None
+        raise _WriteError(
+            f"writing{where} failed ({exc.strerror or exc}); no output was "
+            f"written; fix the cause and run again."
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,18 +329,41 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from .casefile import check_compare_options
 
-            kwargs = check_compare_options({k: getattr(args, k) for k in (
-                "methods", "seed", "chains", "draws", "tune", "target_accept",
-                "parametrization", "n_starts", "n_jobs")})
+            kwargs = check_compare_options(
+                {
+                    k: getattr(args, k)
+                    for k in (
+                        "methods",
+                        "seed",
+                        "chains",
+                        "draws",
+                        "tune",
+                        "target_accept",
+                        "parametrization",
+                        "n_starts",
+                        "n_jobs",
+                    )
+                }
+            )
             if args.formula is None and (args.y is None or args.group is None):
-                raise InputError("give --formula \"y ~ x + (1 + x | g)\", or --y and --group "
-                                 "for the one-way model.")
+                raise InputError(
+                    'give --formula "y ~ x + (1 + x | g)", or --y and --group '
+                    "for the one-way model."
+                )
             if args.formula is not None:
                 kwargs["formula"] = args.formula
                 kwargs["levels"] = _levels(args.levels)
-            return _run_compare(args.data, args.y, args.group, kwargs, args.json,
-                                args.posterior, args.quiet, report_path=args.report,
-                                command=command)
+            return _run_compare(
+                args.data,
+                args.y,
+                args.group,
+                kwargs,
+                args.json,
+                args.posterior,
+                args.quiet,
+                report_path=args.report,
+                command=command,
+            )
         if args.command == "simulate":
             return _run_simulate(args, command)
         from .casefile import load_case
@@ -277,10 +371,20 @@ def main(argv: list[str] | None = None) -> int:
         case = load_case(args.case)
         if not args.quiet:
             print(f"[workbench] case {case.name}: {case.title}", file=sys.stderr)
-        return _run_compare(case.data_path, case.y, case.group, case.compare_kwargs,
-                            case.json_path, case.posterior_path, args.quiet,
-                            report_path=case.report_path, command=command,
-                            case_text=case.text, truth=case.truth, make_folders=True)
+        return _run_compare(
+            case.data_path,
+            case.y,
+            case.group,
+            case.compare_kwargs,
+            case.json_path,
+            case.posterior_path,
+            args.quiet,
+            report_path=case.report_path,
+            command=command,
+            case_text=case.text,
+            truth=case.truth,
+            make_folders=True,
+        )
     except InputError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2

@@ -105,8 +105,11 @@ class Comparison:
             out["joint_map"] = self.joint_map.to_dict()
             out["joint_map_posterior"] = self.joint_map_posterior.to_dict()
             out["joint_map_all"] = {
-                par: {("posterior" if pri else "h_likelihood"): _short(r)
-                      for (p, pri), r in self.joint_maps.items() if p == par}
+                par: {
+                    ("posterior" if pri else "h_likelihood"): _short(r)
+                    for (p, pri), r in self.joint_maps.items()
+                    if p == par
+                }
                 for par in PARAMETRIZATIONS
             }
         if self.mcmc is not None:
@@ -132,8 +135,15 @@ class Comparison:
 
 
 def _short(r: jm_est.JointMapResult) -> dict:
-    return {"status": r.status, "mu": r.mu, "sigma2": r.sigma2, "tau2": r.tau2,
-            "log_joint": r.log_joint, "start_counts": r.counts(), "message": r.message}
+    return {
+        "status": r.status,
+        "mu": r.mu,
+        "sigma2": r.sigma2,
+        "tau2": r.tau2,
+        "log_joint": r.log_joint,
+        "start_counts": r.counts(),
+        "message": r.message,
+    }
 
 
 def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
@@ -148,8 +158,9 @@ def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
         if m not in METHODS:
             close = difflib.get_close_matches(m, METHODS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise InputError(f"{where}: unknown method '{m}'; {hint}choose from "
-                             f"{','.join(METHODS)}.")
+            raise InputError(
+                f"{where}: unknown method '{m}'; {hint}choose from {','.join(METHODS)}."
+            )
         if m not in out:
             out.append(m)
     if not out:
@@ -160,20 +171,24 @@ def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
 def check_settings(s: Settings) -> None:
     """One-line errors for option values that cannot work."""
     if s.parametrization not in PARAMETRIZATIONS:
-        raise InputError(f"--parametrization must be 'noncentered' or 'centered', got "
-                         f"'{s.parametrization}'.")
+        raise InputError(
+            f"--parametrization must be 'noncentered' or 'centered', got '{s.parametrization}'."
+        )
     for name in ("chains", "draws", "n_starts"):
         if getattr(s, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(s, name)}.")
+            raise InputError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}."
+            )
     if s.tune < 0:
         raise InputError(f"--tune must be 0 or more, got {s.tune}.")
     if not 0.0 < s.target_accept < 1.0:
-        raise InputError(f"--target-accept must lie strictly between 0 and 1, got "
-                         f"{s.target_accept}.")
+        raise InputError(
+            f"--target-accept must lie strictly between 0 and 1, got {s.target_accept}."
+        )
     if s.n_jobs == 0 or s.n_jobs < -1:
-        raise InputError(f"--n-jobs must be a positive number of processes or -1 (all cores), "
-                         f"got {s.n_jobs}.")
+        raise InputError(
+            f"--n-jobs must be a positive number of processes or -1 (all cores), got {s.n_jobs}."
+        )
     if s.seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {s.seed}.")
 
@@ -219,20 +234,34 @@ def _formula_data(data, formula: str, levels: dict | None):
     elif isinstance(data, pd.DataFrame):
         frame, digest, source = data, "", "<DataFrame>"
     else:
-        raise InputError(f"with formula=..., data must be a CSV path or a pandas DataFrame, got "
-                         f"{type(data).__name__}.")
+        raise InputError(
+            f"with formula=..., data must be a CSV path or a pandas DataFrame, got "
+            f"{type(data).__name__}."
+        )
     if spec.is_oneway and not levels:
-        return spec, from_frame(frame, spec.response, spec.factor, source=source,
-                                sha256=digest)
+        return spec, from_frame(frame, spec.response, spec.factor, source=source, sha256=digest)
     return spec, design.from_frame(frame, spec, source=source, sha256=digest, levels=levels)
 
 
-def compare(data, y: str | None = None, group: str | None = None, *, formula: str | None = None,
-            levels: dict | None = None, methods=None, seed: int = 0,
-            parametrization: str = "noncentered", n_starts: int = 16,
-            n_jobs: int = -1, chains: int = 4, draws: int = 1000, tune: int = 1000,
-            target_accept: float = 0.9, priors: dict | None = None,
-            progress=None):
+def compare(
+    data,
+    y: str | None = None,
+    group: str | None = None,
+    *,
+    formula: str | None = None,
+    levels: dict | None = None,
+    methods=None,
+    seed: int = 0,
+    parametrization: str = "noncentered",
+    n_starts: int = 16,
+    n_jobs: int = -1,
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    target_accept: float = 0.9,
+    priors: dict | None = None,
+    progress=None,
+):
     """Fit the model every requested way and return the comparison record.
 
     `data` is a CSV path, a DataFrame (with `y` and `group` naming columns) or a `GroupedData`.
@@ -251,22 +280,38 @@ def compare(data, y: str | None = None, group: str | None = None, *, formula: st
 
             chosen = parse_methods(methods) if methods is not None else LMM_METHODS
             if "anova" in chosen:
-                raise InputError("method 'anova' is only for the one-way model y ~ 1 + (1 | g); "
-                                 f"choose from {','.join(LMM_METHODS)}.")
-            settings = Settings(methods=chosen, seed=int(seed), parametrization=parametrization,
-                                n_starts=int(n_starts), n_jobs=int(n_jobs), chains=int(chains),
-                                draws=int(draws), tune=int(tune),
-                                target_accept=float(target_accept))
+                raise InputError(
+                    "method 'anova' is only for the one-way model y ~ 1 + (1 | g); "
+                    f"choose from {','.join(LMM_METHODS)}."
+                )
+            settings = Settings(
+                methods=chosen,
+                seed=int(seed),
+                parametrization=parametrization,
+                n_starts=int(n_starts),
+                n_jobs=int(n_jobs),
+                chains=int(chains),
+                draws=int(draws),
+                tune=int(tune),
+                target_accept=float(target_accept),
+            )
             check_settings(settings)
             clock, say = _stopwatch(progress)
             out = compare_lmm(gd, settings, priors, say)
             say("")
             out.timings = clock
             return out
-    settings = Settings(methods=parse_methods(methods), seed=int(seed),
-                        parametrization=parametrization, n_starts=int(n_starts),
-                        n_jobs=int(n_jobs), chains=int(chains), draws=int(draws),
-                        tune=int(tune), target_accept=float(target_accept))
+    settings = Settings(
+        methods=parse_methods(methods),
+        seed=int(seed),
+        parametrization=parametrization,
+        n_starts=int(n_starts),
+        n_jobs=int(n_jobs),
+        chains=int(chains),
+        draws=int(draws),
+        tune=int(tune),
+        target_accept=float(target_accept),
+    )
     check_settings(settings)
     gd = gd if gd is not None else resolve_data(data, y, group)
     pri = make_priors(gd, priors)
@@ -286,21 +331,41 @@ def compare(data, y: str | None = None, group: str | None = None, *, formula: st
     if "joint-map" in ms:
         sd_y = float(np.std(gd.y, ddof=1))
         for i, (par, with_priors) in enumerate(
-                [(p, w) for p in PARAMETRIZATIONS for w in (False, True)]):
-            say(f"joint MAP, {par}, {'with priors' if with_priors else 'no priors'} "
-                f"({settings.n_starts} starts)")
+            [(p, w) for p in PARAMETRIZATIONS for w in (False, True)]
+        ):
+            say(
+                f"joint MAP, {par}, {'with priors' if with_priors else 'no priors'} "
+                f"({settings.n_starts} starts)"
+            )
             out.joint_maps[(par, with_priors)] = jm_est.fit(
-                st, parametrization=par, priors=pri if with_priors else None,
-                eb_point=(out.eb_ml.mu, out.eb_ml.sigma2, out.eb_ml.tau2), sd_y=sd_y,
-                labels=gd.labels, n_starts=settings.n_starts, seed=settings.seed + i,
-                n_jobs=settings.n_jobs)
+                st,
+                parametrization=par,
+                priors=pri if with_priors else None,
+                eb_point=(out.eb_ml.mu, out.eb_ml.sigma2, out.eb_ml.tau2),
+                sd_y=sd_y,
+                labels=gd.labels,
+                n_starts=settings.n_starts,
+                seed=settings.seed + i,
+                n_jobs=settings.n_jobs,
+            )
     if "mcmc" in ms:
-        say(f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
-            f"({settings.parametrization})")
-        out.mcmc = mcmc_est.fit(gd, pri, mcmc_est.McmcSettings(
-            chains=settings.chains, draws=settings.draws, tune=settings.tune,
-            target_accept=settings.target_accept, parametrization=settings.parametrization,
-            seed=settings.seed), progressbar=progress is not None and sys.stderr.isatty())
+        say(
+            f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
+            f"({settings.parametrization})"
+        )
+        out.mcmc = mcmc_est.fit(
+            gd,
+            pri,
+            mcmc_est.McmcSettings(
+                chains=settings.chains,
+                draws=settings.draws,
+                tune=settings.tune,
+                target_accept=settings.target_accept,
+                parametrization=settings.parametrization,
+                seed=settings.seed,
+            ),
+            progressbar=progress is not None and sys.stderr.isatty(),
+        )
     say("")
     out.timings = clock
     return out

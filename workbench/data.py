@@ -163,14 +163,17 @@ def _check_column(df: pd.DataFrame, name: str, option: str, source: str) -> None
     cols = [str(c) for c in df.columns]
     close = [c for c in cols if c.lower() == name.lower()]
     close += [c for c in difflib.get_close_matches(name, cols, n=3, cutoff=0.5) if c not in close]
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else (
-        f"available columns: {', '.join(map(str, df.columns[:12]))}"
+    hint = (
+        f"did you mean {', '.join(repr(c) for c in close)}?"
+        if close
+        else (f"available columns: {', '.join(map(str, df.columns[:12]))}")
     )
     raise InputError(f"{source}: no column '{name}' for {option}; {hint}")
 
 
-def from_frame(df: pd.DataFrame, y: str, group: str, *, source: str = "<DataFrame>",
-               sha256: str = "") -> GroupedData:
+def from_frame(
+    df: pd.DataFrame, y: str, group: str, *, source: str = "<DataFrame>", sha256: str = ""
+) -> GroupedData:
     """Build `GroupedData` from two columns of a DataFrame."""
     _check_column(df, y, "--y", source)
     _check_column(df, group, "--group", source)
@@ -178,8 +181,7 @@ def from_frame(df: pd.DataFrame, y: str, group: str, *, source: str = "<DataFram
         sha256 = hashlib.sha256(
             pd.util.hash_pandas_object(df[[y, group]], index=False).to_numpy().tobytes()
         ).hexdigest()
-    return from_arrays(df[y], df[group], y_name=y, group_name=group, source=source,
-                       sha256=sha256)
+    return from_arrays(df[y], df[group], y_name=y, group_name=group, source=source, sha256=sha256)
 
 
 def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:

@@ -38,8 +38,9 @@ class Stats:
 
     @classmethod
     def of(cls, data: GroupedData) -> Stats:
-        return cls(np.asarray(data.n, float), np.asarray(data.ybar, float),
-                   np.asarray(data.wss, float))
+        return cls(
+            np.asarray(data.n, float), np.asarray(data.ybar, float), np.asarray(data.wss, float)
+        )
 
     # cached: these sit in every objective's inner loop
     @cached_property
@@ -63,20 +64,27 @@ def log_prior(mu: float, sigma: float, tau: float, priors: Priors) -> float:
     """log N(mu | mu_loc, mu_scale) + log HalfNormal(sigma) + log HalfNormal(tau)."""
     z = (mu - priors.mu_loc) / priors.mu_scale
     return (
-        -0.5 * LOG_2PI - np.log(priors.mu_scale) - 0.5 * z * z
-        + LOG_HALFNORMAL_CONST - np.log(priors.sigma_scale)
+        -0.5 * LOG_2PI
+        - np.log(priors.mu_scale)
+        - 0.5 * z * z
+        + LOG_HALFNORMAL_CONST
+        - np.log(priors.sigma_scale)
         - 0.5 * (sigma / priors.sigma_scale) ** 2
-        + LOG_HALFNORMAL_CONST - np.log(priors.tau_scale) - 0.5 * (tau / priors.tau_scale) ** 2
+        + LOG_HALFNORMAL_CONST
+        - np.log(priors.tau_scale)
+        - 0.5 * (tau / priors.tau_scale) ** 2
     )
 
 
 def _prior_grad_hess(mu: float, sigma: float, tau: float, priors: Priors):
     """Gradient and (diagonal) Hessian of `log_prior` in (mu, log sigma, log tau)."""
-    g = np.array([
-        -(mu - priors.mu_loc) / priors.mu_scale**2,
-        -(sigma / priors.sigma_scale) ** 2,
-        -(tau / priors.tau_scale) ** 2,
-    ])
+    g = np.array(
+        [
+            -(mu - priors.mu_loc) / priors.mu_scale**2,
+            -((sigma / priors.sigma_scale) ** 2),
+            -((tau / priors.tau_scale) ** 2),
+        ]
+    )
     h = np.array([-1.0 / priors.mu_scale**2, 2.0 * g[1], 2.0 * g[2]])
     return g, h
 
@@ -105,14 +113,16 @@ def _residuals(x: np.ndarray, stats: Stats, parametrization: str):
     return mu, sigma, tau, u, r, stats.W + float((stats.n * r) @ r)
 
 
-def log_joint(x: np.ndarray, stats: Stats, parametrization: str = "centered",
-              priors: Priors | None = None) -> float:
+def log_joint(
+    x: np.ndarray, stats: Stats, parametrization: str = "centered", priors: Priors | None = None
+) -> float:
     """Log joint density at x; without priors this is the h-likelihood of the question."""
     return log_joint_and_grad(x, stats, parametrization, priors)[0]
 
 
-def log_joint_and_grad(x: np.ndarray, stats: Stats, parametrization: str = "centered",
-                       priors: Priors | None = None) -> tuple[float, np.ndarray]:
+def log_joint_and_grad(
+    x: np.ndarray, stats: Stats, parametrization: str = "centered", priors: Priors | None = None
+) -> tuple[float, np.ndarray]:
     """Value and gradient of the log joint in x = (mu, log sigma, log tau, u)."""
     mu, sigma, tau, u, r, S = _residuals(x, stats, parametrization)
     s2, t2 = sigma * sigma, tau * tau
@@ -182,8 +192,9 @@ class Arrowhead:
         return top, border, diag
 
 
-def log_joint_hessian(x: np.ndarray, stats: Stats, parametrization: str = "centered",
-                      priors: Priors | None = None) -> Arrowhead:
+def log_joint_hessian(
+    x: np.ndarray, stats: Stats, parametrization: str = "centered", priors: Priors | None = None
+) -> Arrowhead:
     """Analytic Hessian of the log joint in x = (mu, log sigma, log tau, u)."""
     mu, sigma, tau, u, r, S = _residuals(x, stats, parametrization)
     n = stats.n
@@ -224,8 +235,16 @@ def marginal_loglik(theta, stats: Stats) -> float:
     n = stats.n
     V = s + n * t
     r = stats.ybar - mu
-    return float(-0.5 * (stats.N * LOG_2PI + ((n - 1.0) * np.log(s)).sum() + np.log(V).sum()
-                         + stats.W / s + (n * r * r / V).sum()))
+    return float(
+        -0.5
+        * (
+            stats.N * LOG_2PI
+            + ((n - 1.0) * np.log(s)).sum()
+            + np.log(V).sum()
+            + stats.W / s
+            + (n * r * r / V).sum()
+        )
+    )
 
 
 def marginal_grad(theta, stats: Stats) -> np.ndarray:
@@ -235,11 +254,13 @@ def marginal_grad(theta, stats: Stats) -> np.ndarray:
     iv = 1.0 / (s + n * t)
     nr_iv = n * (stats.ybar - mu) * iv
     sq = nr_iv * nr_iv  # n_j^2 r_j^2 / V_j^2
-    return np.array([
-        nr_iv.sum(),
-        -0.5 * ((stats.N - stats.m) / s + iv.sum() - stats.W / s**2 - (sq / n).sum()),
-        -0.5 * (float(n @ iv) - sq.sum()),
-    ])
+    return np.array(
+        [
+            nr_iv.sum(),
+            -0.5 * ((stats.N - stats.m) / s + iv.sum() - stats.W / s**2 - (sq / n).sum()),
+            -0.5 * (float(n @ iv) - sq.sum()),
+        ]
+    )
 
 
 def marginal_hessian(theta, stats: Stats) -> np.ndarray:
@@ -253,8 +274,12 @@ def marginal_hessian(theta, stats: Stats) -> np.ndarray:
     h[0, 0] = -(n / V).sum()
     h[0, 1] = h[1, 0] = -(n * r / V2).sum()
     h[0, 2] = h[2, 0] = -(n * n * r / V2).sum()
-    h[1, 1] = -0.5 * (-((n - 1.0) / s**2).sum() - (1.0 / V2).sum() + 2.0 * stats.W / s**3
-                      + 2.0 * (n * r * r / V3).sum())
+    h[1, 1] = -0.5 * (
+        -((n - 1.0) / s**2).sum()
+        - (1.0 / V2).sum()
+        + 2.0 * stats.W / s**3
+        + 2.0 * (n * r * r / V3).sum()
+    )
     h[1, 2] = h[2, 1] = -0.5 * (-(n / V2).sum() + 2.0 * (n * n * r * r / V3).sum())
     h[2, 2] = -0.5 * (-(n * n / V2).sum() + 2.0 * (n**3 * r * r / V3).sum())
     return h
@@ -292,13 +317,15 @@ def restricted_hessian(s: float, t: float, stats: Stats) -> np.ndarray:
     prof = h[1:, 1:] - np.outer(h[1:, 0], h[0, 1:]) / h[0, 0]
     u = (n / V).sum()
     du = np.array([-(n / V**2).sum(), -(n * n / V**2).sum()])
-    d2u = 2.0 * np.array([[(n / V**3).sum(), (n * n / V**3).sum()],
-                          [(n * n / V**3).sum(), (n**3 / V**3).sum()]])
+    d2u = 2.0 * np.array(
+        [[(n / V**3).sum(), (n * n / V**3).sum()], [(n * n / V**3).sum(), (n**3 / V**3).sum()]]
+    )
     return prof - 0.5 * (d2u / u - np.outer(du, du) / u**2)
 
 
-def conditional_effects(mu: float, s: float, t: float,
-                        stats: Stats) -> tuple[np.ndarray, np.ndarray]:
+def conditional_effects(
+    mu: float, s: float, t: float, stats: Stats
+) -> tuple[np.ndarray, np.ndarray]:
     """Conditional modes a_hat_j and variances v_j of the group effects given (mu, s, t)."""
     n = stats.n
     if t <= 0.0:

@@ -34,8 +34,15 @@ def need_int(value, name: str, lo: int | None = None, hi: int | None = None) -> 
     return value
 
 
-def need_real(value, name: str, lo: float | None = None, hi: float | None = None, *,
-              open_lo: bool = False, open_hi: bool = False) -> float:
+def need_real(
+    value,
+    name: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    open_lo: bool = False,
+    open_hi: bool = False,
+) -> float:
     """A finite number in the interval (bounds closed unless `open_*`)."""
     import math
 
@@ -48,7 +55,7 @@ def need_real(value, name: str, lo: float | None = None, hi: float | None = None
     above = hi is not None and (value >= hi if open_hi else value > hi)
     if below or above:
         if lo is not None and hi is not None:
-            want = (f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}")
+            want = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
         elif lo is not None:
             want = f"{'>' if open_lo else '>='} {lo:g}"
         else:
@@ -68,6 +75,7 @@ def need_str_list(value, name: str) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"{name} must be a list of names in quotes, like [\"a\", \"b\"], got "
-                         f"{_shown(value)}.")
+        raise InputError(
+            f'{name} must be a list of names in quotes, like ["a", "b"], got {_shown(value)}.'
+        )
     return list(value)

@@ -28,8 +28,10 @@ def _refuse_special(path: Path, shown: Path | str, option: str = "") -> None:
     if stat.S_ISDIR(mode):
         raise InputError(f"{what} is a folder; give a file name.")
     if not stat.S_ISREG(mode):
-        raise InputError(f"{what} is not a regular file (a device, pipe or socket); give the "
-                         f"path of a file to write.")
+        raise InputError(
+            f"{what} is not a regular file (a device, pipe or socket); give the "
+            f"path of a file to write."
+        )
 
 
 def _probe_writable(folder: Path, what: str) -> None:
@@ -38,8 +40,10 @@ def _probe_writable(folder: Path, what: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".workbench-probe.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(f"{what}: cannot write in folder {folder} "
-                         f"({exc.strerror or exc}); choose a writable folder.") from None
+        raise InputError(
+            f"{what}: cannot write in folder {folder} "
+            f"({exc.strerror or exc}); choose a writable folder."
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -68,8 +72,9 @@ def check_output(path: Path | None, option: str, *, make_folders: bool = False) 
     folder = target.parent
     existing = _existing_ancestor(folder, what)
     if existing != folder and not make_folders:
-        raise InputError(f"{what}: folder {folder} does not exist; create it or choose another "
-                         f"path.")
+        raise InputError(
+            f"{what}: folder {folder} does not exist; create it or choose another path."
+        )
     _probe_writable(existing, what)
 
 
@@ -79,8 +84,9 @@ def check_output_folder(path: Path, option: str) -> None:
     what = f"{option} {path}"
     target = _target(path)
     if os.path.lexists(target) and not target.is_dir():
-        raise InputError(f"{what} is a file, not a folder; give a folder (new or empty) for the "
-                         f"outputs.")
+        raise InputError(
+            f"{what} is a file, not a folder; give a folder (new or empty) for the outputs."
+        )
     _probe_writable(_existing_ancestor(target, what), what)
 
 
@@ -151,8 +157,9 @@ class OutputSet:
                 _refuse_special(target, target)
                 backups[target] = None
                 if os.path.isfile(target):
-                    fd, bak = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                               suffix=".bak.tmp")
+                    fd, bak = tempfile.mkstemp(
+                        dir=target.parent, prefix=f".{target.name}.", suffix=".bak.tmp"
+                    )
                     os.close(fd)
                     os.unlink(bak)
                     try:

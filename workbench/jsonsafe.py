@@ -68,8 +68,9 @@ def clean(value, path: str = "") -> tuple[object, list[str]]:
 def _capped(notes: list[str]) -> list[str]:
     if len(notes) <= MAX_NOTES:
         return notes
-    return notes[:MAX_NOTES] + [f"... and {len(notes) - MAX_NOTES} more non-finite value(s) "
-                                f"reported as null"]
+    return notes[:MAX_NOTES] + [
+        f"... and {len(notes) - MAX_NOTES} more non-finite value(s) reported as null"
+    ]
 
 
 def finalize(record: dict) -> dict:
@@ -87,8 +88,9 @@ def finalize(record: dict) -> dict:
         if notes:
             if isinstance(value, dict) and key not in PLAIN:
                 value["notes"] = [*value.get("notes", []), *_capped(notes)]
-                extra.append(f"{key}: {len(notes)} non-finite value(s) reported as null "
-                             f"(see {key}.notes)")
+                extra.append(
+                    f"{key}: {len(notes)} non-finite value(s) reported as null (see {key}.notes)"
+                )
             else:
                 extra.append(f"{key}: " + "; ".join(_capped(notes)))
         out[key] = value
@@ -109,5 +111,6 @@ def validate(record: dict) -> None:
     import jsonschema
 
     json.dumps(record, allow_nan=False)
-    jsonschema.Draft202012Validator(schema(),
-                                    format_checker=jsonschema.FormatChecker()).validate(record)
+    jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker()).validate(
+        record
+    )

@@ -27,12 +27,13 @@ from . import densities as dens  # noqa: E402
 from .densities import Stats  # noqa: E402
 from .estimators.eb import argmax_nonneg  # noqa: E402
 
-COLORS = {"EB-ML": "#1f77b4", "EB-REML": "#17becf", "MCMC mode": "#2ca02c",
-          "truth": "black"}
-JM_STYLE = {("centered", False): ("joint MAP (centered)", "#d62728", "-"),
-            ("centered", True): ("joint MAP + priors (centered)", "#ff7f0e", "--"),
-            ("noncentered", False): ("joint MAP (non-centered)", "#9467bd", "-"),
-            ("noncentered", True): ("joint MAP + priors (non-centered)", "#e377c2", "--")}
+COLORS = {"EB-ML": "#1f77b4", "EB-REML": "#17becf", "MCMC mode": "#2ca02c", "truth": "black"}
+JM_STYLE = {
+    ("centered", False): ("joint MAP (centered)", "#d62728", "-"),
+    ("centered", True): ("joint MAP + priors (centered)", "#ff7f0e", "--"),
+    ("noncentered", False): ("joint MAP (non-centered)", "#9467bd", "-"),
+    ("noncentered", True): ("joint MAP + priors (non-centered)", "#e377c2", "--"),
+}
 
 
 PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
@@ -63,8 +64,16 @@ def density(ax, draws, lower: float = -np.inf, label: str = "posterior density (
     d = np.asarray(draws, dtype=float).reshape(-1)
     d = d[np.isfinite(d)]
     if d.size < 2 or np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
-        ax.text(0.5, 0.5, "no density: the draws do not vary\n(the chains did not move)",
-                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.35")
+        ax.text(
+            0.5,
+            0.5,
+            "no density: the draws do not vary\n(the chains did not move)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="0.35",
+        )
         if d.size:
             ax.axvline(float(np.median(d)), color="0.3", lw=2, label="posterior draws (constant)")
         return None
@@ -110,14 +119,16 @@ def profile_curves(st: Stats, s_ml: float, npts: int = 60) -> ProfileCurves:
     scale = st.W / st.N + float(np.var(st.ybar))
     lm, lj, vol = [], [], []
     for s in grid:
+
         def val(t, s=s):
             return dens.marginal_loglik((dens.gls_mean(s, t, st), s, t), st)
 
         def grad(t, s=s):
             return dens.marginal_grad((dens.gls_mean(s, t, st), s, t), st)[2]
 
-        t = max(argmax_nonneg(val, grad, 1e-10 * scale, 1e6 * scale, allow_zero=True),
-                1e-12 * scale)
+        t = max(
+            argmax_nonneg(val, grad, 1e-10 * scale, 1e6 * scale, allow_zero=True), 1e-12 * scale
+        )
         mu = dens.gls_mean(s, t, st)
         a, v = dens.conditional_effects(mu, s, t, st)
         x = np.concatenate([[mu, 0.5 * np.log(s), 0.5 * np.log(t)], a])
@@ -170,8 +181,9 @@ def _vlines(ax, marks: list[tuple[str, float, str, str]], window=None) -> None:
         if value is None or not np.isfinite(value):
             continue
         if window is not None and not window[0] <= value <= window[1]:
-            ax.plot([], [], color=color, ls=style, lw=1.6,
-                    label=f"{label}: {value:.4g} (off scale)")
+            ax.plot(
+                [], [], color=color, ls=style, lw=1.6, label=f"{label}: {value:.4g} (off scale)"
+            )
         else:
             ax.axvline(value, color=color, ls=style, lw=1.6, label=label)
 
@@ -197,10 +209,16 @@ def plot_marginals(c, truth: dict | None = None):
     """Marginal posterior densities of sigma^2, tau^2 and mu with every point estimate."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     units = c.data.y_name
-    for ax, q, xl in zip(axes, ("sigma2", "tau2", "mu"),
-                         (f"sigma^2 (within-group variance, {units}^2)",
-                          f"tau^2 (between-group variance, {units}^2)",
-                          f"mu (overall mean, {units})"), strict=True):
+    for ax, q, xl in zip(
+        axes,
+        ("sigma2", "tau2", "mu"),
+        (
+            f"sigma^2 (within-group variance, {units}^2)",
+            f"tau^2 (between-group variance, {units}^2)",
+            f"mu (overall mean, {units})",
+        ),
+        strict=True,
+    ):
         window = None
         if c.mcmc is not None:
             window = density(ax, c.mcmc.draws(q), 0.0 if q != "mu" else -np.inf)
@@ -223,22 +241,43 @@ def plot_profiles(c, curves: ProfileCurves):
     lj = finite(curves.log_joint)
     lm, lj = lm - np.nanmax(lm), lj - np.nanmax(lj)
     ax.plot(s, lm, color=COLORS["EB-ML"], lw=2, label="log marginal l (profiled)")
-    ax.plot(s, lj, color=JM_STYLE[("centered", False)][1], lw=2,
-            label="log joint h at the conditional modes")
+    ax.plot(
+        s,
+        lj,
+        color=JM_STYLE[("centered", False)][1],
+        lw=2,
+        label="log joint h at the conditional modes",
+    )
     i, j = int(np.nanargmax(lm)), int(np.nanargmax(lj))
     ax.plot(s[i], 0, "o", color=COLORS["EB-ML"], ms=8, label=f"max of l: sigma^2 = {s[i]:.4g}")
-    ax.plot(s[j], 0, "s", color=JM_STYLE[("centered", False)][1], ms=8,
-            label=f"max of h: sigma^2 = {s[j]:.4g}")
+    ax.plot(
+        s[j],
+        0,
+        "s",
+        color=JM_STYLE[("centered", False)][1],
+        ms=8,
+        label=f"max of h: sigma^2 = {s[j]:.4g}",
+    )
     ax.set_xscale("log")
     ax.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
     ax.set_ylabel("log density minus its maximum")
     ax.set_ylim(max(float(np.nanmin(np.concatenate([lm, lj]))), -30), 2)
     ax.set_title("Profiles over sigma^2 (mu, tau^2 at their ML values given sigma^2)")
     ax.legend(fontsize=8)
-    ax2.plot(s, finite(curves.volume), color="0.3", lw=2,
-             label="volume term 1/2 sum log v_j + (m/2) log 2 pi")
-    ax2.plot(s, finite(curves.log_marginal - curves.log_joint), "w--", lw=1,
-             label="l - h (equal: Laplace identity)")
+    ax2.plot(
+        s,
+        finite(curves.volume),
+        color="0.3",
+        lw=2,
+        label="volume term 1/2 sum log v_j + (m/2) log 2 pi",
+    )
+    ax2.plot(
+        s,
+        finite(curves.log_marginal - curves.log_joint),
+        "w--",
+        lw=1,
+        label="l - h (equal: Laplace identity)",
+    )
     ax2.set_xscale("log")
     ax2.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
     ax2.set_ylabel("volume term (nats)")
@@ -252,12 +291,24 @@ def plot_profiles(c, curves: ProfileCurves):
 def plot_tau_path(c, path: TauPath):
     """The centered log joint along tau -> 0, maximised over everything else."""
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    ax.plot(path.tau, finite(path.log_joint), color=JM_STYLE[("centered", False)][1], lw=2,
-            label="max over mu, sigma, a of the log joint")
+    ax.plot(
+        path.tau,
+        finite(path.log_joint),
+        color=JM_STYLE[("centered", False)][1],
+        lw=2,
+        label="max over mu, sigma, a of the log joint",
+    )
     jm = c.joint_maps.get(("centered", False))
     if jm is not None and jm.best is not None:
-        ax.plot(np.sqrt(jm.tau2), jm.log_joint, "*", ms=16, color="gold", mec="k",
-                label=f"interior local maximum (tau = {np.sqrt(jm.tau2):.4g})")
+        ax.plot(
+            np.sqrt(jm.tau2),
+            jm.log_joint,
+            "*",
+            ms=16,
+            color="gold",
+            mec="k",
+            label=f"interior local maximum (tau = {np.sqrt(jm.tau2):.4g})",
+        )
     if c.eb_ml is not None and c.eb_ml.tau2 > 0:
         ax.axvline(np.sqrt(c.eb_ml.tau2), color=COLORS["EB-ML"], ls=":", label="EB-ML tau")
     ax.set_xscale("log")
@@ -286,16 +337,32 @@ def plot_funnel(c):
     theta = np.asarray(post["theta"]).reshape(mu.size, -1)
     jm = c.joint_maps.get(("centered", False))
     for ax, j in zip(axes, groups, strict=True):
-        ax.scatter(theta[:, j] - mu, log_tau, s=3, alpha=0.25, color="0.35",
-                   label="posterior draws")
+        ax.scatter(
+            theta[:, j] - mu, log_tau, s=3, alpha=0.25, color="0.35", label="posterior draws"
+        )
         if c.eb_ml.tau2 > 0:
-            ax.plot(c.eb_ml.re_mode[j], 0.5 * np.log(c.eb_ml.tau2), "o", color=COLORS["EB-ML"],
-                    ms=9, mec="k", label="EB-ML (conditional mode)")
+            ax.plot(
+                c.eb_ml.re_mode[j],
+                0.5 * np.log(c.eb_ml.tau2),
+                "o",
+                color=COLORS["EB-ML"],
+                ms=9,
+                mec="k",
+                label="EB-ML (conditional mode)",
+            )
         if jm is not None and jm.best is not None:
-            ax.plot(jm.group_effects[j], 0.5 * np.log(jm.tau2), "*", color="gold", ms=16,
-                    mec="k", label="joint MAP (centered)")
-        ax.set_xlabel(f"a_j = theta_j - mu for group {short(c.data.labels[j])} "
-                      f"({short(c.data.y_name)})")
+            ax.plot(
+                jm.group_effects[j],
+                0.5 * np.log(jm.tau2),
+                "*",
+                color="gold",
+                ms=16,
+                mec="k",
+                label="joint MAP (centered)",
+            )
+        ax.set_xlabel(
+            f"a_j = theta_j - mu for group {short(c.data.labels[j])} ({short(c.data.y_name)})"
+        )
         ax.set_title(f"Funnel: group {short(c.data.labels[j])}")
     axes[0].set_ylabel("log tau")
     axes[0].legend(fontsize=8, loc="lower left")
@@ -315,16 +382,24 @@ def plot_caterpillar(c, max_groups: int = 40):
     ypos = np.arange(len(order))
     eb = c.eb_ml
     z = 1.959963984540054
-    rows = [("EB-ML conditional 95%", eb.mu + eb.re_mode[order], eb.re_sd[order] * z,
-             COLORS["EB-ML"], 0.0)]
+    rows = [
+        (
+            "EB-ML conditional 95%",
+            eb.mu + eb.re_mode[order],
+            eb.re_sd[order] * z,
+            COLORS["EB-ML"],
+            0.0,
+        )
+    ]
     series = []
     jm = c.joint_maps.get(("centered", False))
     if jm is not None and jm.best is not None:
         ci = jm.intervals["random_effects"]
         lo = np.array([ci[lab]["group_mean_ci"][0] for lab in labels])
         hi = np.array([ci[lab]["group_mean_ci"][1] for lab in labels])
-        series.append(("joint MAP Hessian 95% (centered)", lo, hi,
-                        JM_STYLE[("centered", False)][1], 0.25))
+        series.append(
+            ("joint MAP Hessian 95% (centered)", lo, hi, JM_STYLE[("centered", False)][1], 0.25)
+        )
     for name, centre, half, color, off in rows:
         series.append((name, centre - half, centre + half, color, off))
     if c.mcmc is not None:
@@ -342,8 +417,9 @@ def plot_caterpillar(c, max_groups: int = 40):
         ax.plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
     ax.set_yticks(ypos, [short(lab) for lab in labels], fontsize=7 if len(order) > 25 else 9)
     ax.set_xlabel(f"group mean theta_j ({c.data.y_name})")
-    ax.set_ylabel(f"group ({c.data.group_name})" + (f", {len(order)} of {m} shown"
-                                                     if m > max_groups else ""))
+    ax.set_ylabel(
+        f"group ({c.data.group_name})" + (f", {len(order)} of {m} shown" if m > max_groups else "")
+    )
     ax.set_title("Group-mean intervals by method")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -357,12 +433,16 @@ def plot_rank(c, var_names=("mu", "sigma", "tau"), width: float = 13):
     import arviz as az
 
     if int(c.mcmc.posterior.posterior.sizes["chain"]) < 2:
-        raise SkippedFigureError("rank plots compare chains, and this run has 1 chain; run 2 "
-                                 "or more chains to see them")
+        raise SkippedFigureError(
+            "rank plots compare chains, and this run has 1 chain; run 2 or more chains to see them"
+        )
     pc = az.plot_rank(c.mcmc.posterior, var_names=list(var_names), backend="matplotlib")
     pc.add_legend("chain")
     fig = pc.viz["figure"].item()
     fig.set_size_inches(width, 3.8)
-    fig.suptitle("Rank plots by chain (ArviZ: fractional-rank ECDF differences, with the "
-                 "p-value of a uniformity test; small p = chains disagree)", y=1.04)
+    fig.suptitle(
+        "Rank plots by chain (ArviZ: fractional-rank ECDF differences, with the "
+        "p-value of a uniformity test; small p = chains disagree)",
+        y=1.04,
+    )
     return fig

@@ -35,8 +35,9 @@ class Priors:
 def default_priors(data: GroupedData) -> Priors:
     """Weakly informative defaults: mu ~ N(ybar, 10 sd(y)), sigma, tau ~ HalfNormal(2.5 sd(y))."""
     sd = float(data.y.std(ddof=1))
-    return Priors(mu_loc=data.grand_mean, mu_scale=10.0 * sd, sigma_scale=2.5 * sd,
-                  tau_scale=2.5 * sd)
+    return Priors(
+        mu_loc=data.grand_mean, mu_scale=10.0 * sd, sigma_scale=2.5 * sd, tau_scale=2.5 * sd
+    )
 
 
 def make_priors(data: GroupedData, overrides: dict | None = None) -> Priors:
@@ -47,8 +48,9 @@ def make_priors(data: GroupedData, overrides: dict | None = None) -> Priors:
     allowed = set(asdict(priors))
     for key, value in overrides.items():
         if key not in allowed:
-            raise InputError(f"unknown prior setting '{key}'; use one of "
-                             f"{', '.join(sorted(allowed))}.")
+            raise InputError(
+                f"unknown prior setting '{key}'; use one of {', '.join(sorted(allowed))}."
+            )
         prior_number(key, value, positive=key != "mu_loc")
     return replace(priors, **{k: float(v) for k, v in overrides.items()})
 

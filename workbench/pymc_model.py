@@ -39,8 +39,7 @@ def build_model(data: GroupedData, priors: Priors, parametrization: str = "nonce
 
 def point_from_x(x: np.ndarray, parametrization: str) -> dict[str, np.ndarray]:
     """Optimiser coordinates (mu, log sigma, log tau, u) -> a PyMC point on the value variables."""
-    point = {"mu": np.asarray(x[0]), "sigma_log__": np.asarray(x[1]),
-             "tau_log__": np.asarray(x[2])}
+    point = {"mu": np.asarray(x[0]), "sigma_log__": np.asarray(x[1]), "tau_log__": np.asarray(x[2])}
     if parametrization == "centered":
         point["theta"] = x[0] + x[3:]
     else:

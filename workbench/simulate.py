@@ -26,8 +26,15 @@ from .errors import InputError, need_int, need_real, need_str_list
 from .files import atomic_text, check_output, check_output_folder
 from .priors import default_priors
 
-SIM_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map:noncentered",
-               "joint-map+priors:centered", "joint-map+priors:noncentered", "mcmc")
+SIM_METHODS = (
+    "eb-ml",
+    "eb-reml",
+    "joint-map:centered",
+    "joint-map:noncentered",
+    "joint-map+priors:centered",
+    "joint-map+priors:noncentered",
+    "mcmc",
+)
 DEFAULT_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map+priors:noncentered")
 GRID_KEYS = ("m", "group_sizes", "mu", "sigma", "tau")
 MCMC_KEYS = ("chains", "draws", "tune")
@@ -71,8 +78,10 @@ class Study:
 
     def settings(self) -> list[Setting]:
         combos = itertools.product(*(self.grid[k] for k in GRID_KEYS))
-        return [Setting(i, int(m), str(gs), float(mu), float(s), float(t))
-                for i, (m, gs, mu, s, t) in enumerate(combos)]
+        return [
+            Setting(i, int(m), str(gs), float(mu), float(s), float(t))
+            for i, (m, gs, mu, s, t) in enumerate(combos)
+        ]
 
     def definition(self) -> dict:
         """What decides the numbers (the store is tied to its fingerprint)."""
@@ -98,8 +107,10 @@ def load_study(path: str | Path) -> Study:
     allowed = {*GRID_KEYS, "replicates", "methods", "level", "seed", "n_starts", "mcmc"}
     bad = sorted(set(sim) - allowed)
     if bad:
-        raise InputError(f"{path}: unknown key '{bad[0]}' in [simulation]; allowed: "
-                         f"{', '.join(sorted(allowed))}.")
+        raise InputError(
+            f"{path}: unknown key '{bad[0]}' in [simulation]; allowed: "
+            f"{', '.join(sorted(allowed))}."
+        )
     grid = {}
     for k in GRID_KEYS:
         if k not in sim:
@@ -108,12 +119,20 @@ def load_study(path: str | Path) -> Study:
         grid[k] = list(v) if isinstance(v, list) else [v]
     mcmc = sim.get("mcmc", {})
     if not isinstance(mcmc, dict):
-        raise InputError(f"{path}: [simulation] mcmc must be a table like "
-                         f"{{ chains = 2, draws = 300, tune = 300 }}, got {mcmc!r}.")
-    study = Study(name=path.stem, grid=grid, replicates=sim.get("replicates", 100),
-                  methods=sim.get("methods", DEFAULT_METHODS), level=sim.get("level", 0.95),
-                  seed=sim.get("seed", 0), n_starts=sim.get("n_starts", 16),
-                  mcmc={"chains": 2, "draws": 300, "tune": 300, **mcmc})
+        raise InputError(
+            f"{path}: [simulation] mcmc must be a table like "
+            f"{{ chains = 2, draws = 300, tune = 300 }}, got {mcmc!r}."
+        )
+    study = Study(
+        name=path.stem,
+        grid=grid,
+        replicates=sim.get("replicates", 100),
+        methods=sim.get("methods", DEFAULT_METHODS),
+        level=sim.get("level", 0.95),
+        seed=sim.get("seed", 0),
+        n_starts=sim.get("n_starts", 16),
+        mcmc={"chains": 2, "draws": 300, "tune": 300, **mcmc},
+    )
     return check_study(study, name=lambda key: f"{path}: [simulation] {key}")
 
 
@@ -122,11 +141,11 @@ def _size_range(text: str, name: str) -> tuple[int, int]:
     try:
         lo, hi = int(lo), int(hi or lo)
     except ValueError:
-        raise InputError(f"{name} '{text}' must look like '3' (balanced) or '2-8' (sizes drawn "
-                         f"from 2 to 8).") from None
+        raise InputError(
+            f"{name} '{text}' must look like '3' (balanced) or '2-8' (sizes drawn from 2 to 8)."
+        ) from None
     if lo < 1 or hi < lo or hi < 2:
-        raise InputError(f"{name} '{text}' needs 1 <= min <= max and max >= 2, like '3' or "
-                         f"'2-8'.")
+        raise InputError(f"{name} '{text}' needs 1 <= min <= max and max >= 2, like '3' or '2-8'.")
     return lo, hi
 
 
@@ -138,14 +157,17 @@ def check_study(study: Study, where: str = "study", name=None) -> Study:
     from .casefile import MAX_CHAINS, MAX_DRAWS, MAX_STARTS
 
     if name is None:
+
         def name(key: str) -> str:
             return f"{where}: {key}"
+
     grid = {}
     for k in GRID_KEYS:
         values = study.grid.get(k)
         if not isinstance(values, list | tuple) or not values:
-            raise InputError(f"{name(k)} needs at least one value (a value or a comma-separated "
-                             f"list).")
+            raise InputError(
+                f"{name(k)} needs at least one value (a value or a comma-separated list)."
+            )
         if k == "m":
             grid[k] = [need_int(v, name(k), 2, MAX_M) for v in values]
         elif k == "group_sizes":
@@ -161,36 +183,47 @@ def check_study(study: Study, where: str = "study", name=None) -> Study:
         for gs in grid["group_sizes"]:
             hi = _size_range(gs, name("group_sizes"))[1]
             if m * hi > MAX_OBS:
-                raise InputError(f"{name('m')} = {m} with group sizes up to {hi} makes up to "
-                                 f"{m * hi:,} observations per data set; keep m x (largest "
-                                 f"group size) <= {MAX_OBS:,}.")
-    methods = need_str_list(list(study.methods) if isinstance(study.methods, tuple)
-                            else study.methods, name("methods"))
+                raise InputError(
+                    f"{name('m')} = {m} with group sizes up to {hi} makes up to "
+                    f"{m * hi:,} observations per data set; keep m x (largest "
+                    f"group size) <= {MAX_OBS:,}."
+                )
+    methods = need_str_list(
+        list(study.methods) if isinstance(study.methods, tuple) else study.methods, name("methods")
+    )
     if not methods:
         raise InputError(f"{name('methods')} is empty; choose from {','.join(SIM_METHODS)}.")
     for meth in methods:
         if meth not in SIM_METHODS:
-            raise InputError(f"{name('methods')}: unknown method '{meth}'; choose from "
-                             f"{','.join(SIM_METHODS)}.")
+            raise InputError(
+                f"{name('methods')}: unknown method '{meth}'; choose from {','.join(SIM_METHODS)}."
+            )
     mcmc = {"chains": 2, "draws": 300, "tune": 300, **study.mcmc}
     bad = sorted(set(mcmc) - set(MCMC_KEYS))
     if bad:
-        raise InputError(f"{name('mcmc')}: unknown key '{bad[0]}'; allowed: "
-                         f"{', '.join(MCMC_KEYS)}.")
-    mcmc = {"chains": need_int(mcmc["chains"], f"{name('mcmc')}.chains", 1, MAX_CHAINS),
-            "draws": need_int(mcmc["draws"], f"{name('mcmc')}.draws", 1, MAX_DRAWS),
-            "tune": need_int(mcmc["tune"], f"{name('mcmc')}.tune", 0, MAX_DRAWS)}
+        raise InputError(
+            f"{name('mcmc')}: unknown key '{bad[0]}'; allowed: {', '.join(MCMC_KEYS)}."
+        )
+    mcmc = {
+        "chains": need_int(mcmc["chains"], f"{name('mcmc')}.chains", 1, MAX_CHAINS),
+        "draws": need_int(mcmc["draws"], f"{name('mcmc')}.draws", 1, MAX_DRAWS),
+        "tune": need_int(mcmc["tune"], f"{name('mcmc')}.tune", 0, MAX_DRAWS),
+    }
     return Study(
-        name=study.name, grid=grid,
+        name=study.name,
+        grid=grid,
         replicates=need_int(study.replicates, name("replicates"), 1, MAX_REPLICATES),
         methods=tuple(dict.fromkeys(methods)),
         level=need_real(study.level, name("level"), 0.0, 1.0, open_lo=True, open_hi=True),
         seed=need_int(study.seed, name("seed"), 0),
-        n_starts=need_int(study.n_starts, name("n_starts"), 1, MAX_STARTS), mcmc=mcmc)
+        n_starts=need_int(study.n_starts, name("n_starts"), 1, MAX_STARTS),
+        mcmc=mcmc,
+    )
 
 
-def check_run(study: Study, out: str | Path, *, n_jobs: int = -1,
-              scheduler: str | None = None) -> None:
+def check_run(
+    study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str | None = None
+) -> None:
     """Checks of where and how a study runs, before the store is made or anything computed: the
     worker count, the scheduler's address (and that it answers), the output folder (writable;
     new, empty or this study's store) and the output files in it (regular files only)."""
@@ -220,9 +253,10 @@ def _check_scheduler(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=5).close()
     except OSError as exc:
-        raise InputError(f"--scheduler '{address}': no scheduler answers there "
-                         f"({exc.strerror or exc}); start one ('dask scheduler') or {hint}.") \
-            from None
+        raise InputError(
+            f"--scheduler '{address}': no scheduler answers there "
+            f"({exc.strerror or exc}); start one ('dask scheduler') or {hint}."
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,13 +280,25 @@ def _rows(method, truth, est, lo, hi, status=""):
     """Tidy rows for mu, sigma2, tau2 and every group mean theta_j."""
     out = []
     for p in ("mu", "sigma2", "tau2"):
-        out.append((method, p, -1, truth[p], est.get(p, np.nan), lo.get(p, np.nan),
-                    hi.get(p, np.nan), status))
-    th_e, th_lo, th_hi = (np.asarray(v.get("theta", np.full(truth["theta"].size, np.nan)))
-                          for v in (est, lo, hi))
+        out.append(
+            (
+                method,
+                p,
+                -1,
+                truth[p],
+                est.get(p, np.nan),
+                lo.get(p, np.nan),
+                hi.get(p, np.nan),
+                status,
+            )
+        )
+    th_e, th_lo, th_hi = (
+        np.asarray(v.get("theta", np.full(truth["theta"].size, np.nan))) for v in (est, lo, hi)
+    )
     for j, t in enumerate(truth["theta"]):
-        out.append((method, "theta", j, float(t), float(th_e[j]), float(th_lo[j]),
-                    float(th_hi[j]), status))
+        out.append(
+            (method, "theta", j, float(t), float(th_e[j]), float(th_lo[j]), float(th_hi[j]), status)
+        )
     return out
 
 
@@ -272,37 +318,68 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
     for meth in study.methods:
         if meth.startswith("eb-"):
             f = ml if meth == "eb-ml" else eb.fit(d, "reml", intervals=True)
-            ci = f.ci_profile if study.level == 0.95 else eb.profile_intervals(
-                st, f.sigma2, f.tau2, f.method == "reml", study.level)
+            ci = (
+                f.ci_profile
+                if study.level == 0.95
+                else eb.profile_intervals(st, f.sigma2, f.tau2, f.method == "reml", study.level)
+            )
             est = {"mu": f.mu, "sigma2": f.sigma2, "tau2": f.tau2, "theta": f.group_means}
-            lo = {"mu": f.mu - z * f.se["mu"], "sigma2": ci["sigma"][0] ** 2,
-                  "tau2": ci["tau"][0] ** 2, "theta": f.group_means - z * f.re_sd}
-            hi = {"mu": f.mu + z * f.se["mu"], "sigma2": ci["sigma"][1] ** 2,
-                  "tau2": ci["tau"][1] ** 2, "theta": f.group_means + z * f.re_sd}
+            lo = {
+                "mu": f.mu - z * f.se["mu"],
+                "sigma2": ci["sigma"][0] ** 2,
+                "tau2": ci["tau"][0] ** 2,
+                "theta": f.group_means - z * f.re_sd,
+            }
+            hi = {
+                "mu": f.mu + z * f.se["mu"],
+                "sigma2": ci["sigma"][1] ** 2,
+                "tau2": ci["tau"][1] ** 2,
+                "theta": f.group_means + z * f.re_sd,
+            }
             rows += _rows(meth, truth, est, lo, hi, "boundary" if f.boundary else "")
         elif meth.startswith("joint-map"):
             par = meth.split(":")[1]
             pri = default_priors(d) if "+priors" in meth else None
-            r = joint_map.fit(st, parametrization=par, priors=pri,
-                              eb_point=(ml.mu, ml.sigma2, ml.tau2),
-                              sd_y=float(np.std(y, ddof=1)), labels=d.labels,
-                              n_starts=study.n_starts, n_jobs=1,
-                              seed=int(seq.generate_state(1)[0]), level=study.level)
+            r = joint_map.fit(
+                st,
+                parametrization=par,
+                priors=pri,
+                eb_point=(ml.mu, ml.sigma2, ml.tau2),
+                sd_y=float(np.std(y, ddof=1)),
+                labels=d.labels,
+                n_starts=study.n_starts,
+                n_jobs=1,
+                seed=int(seq.generate_state(1)[0]),
+                level=study.level,
+            )
             est, lo, hi = {}, {}, {}
             if r.best is not None:
                 ci = r.intervals
                 re = [ci["random_effects"][lab] for lab in d.labels]
-                est = {"mu": r.mu, "sigma2": r.sigma2, "tau2": r.tau2,
-                       "theta": [x["group_mean"] for x in re]}
-                lo = {"mu": ci["mu"][0], "sigma2": ci["sigma2"][0], "tau2": ci["tau2"][0],
-                      "theta": [x["group_mean_ci"][0] for x in re]}
-                hi = {"mu": ci["mu"][1], "sigma2": ci["sigma2"][1], "tau2": ci["tau2"][1],
-                      "theta": [x["group_mean_ci"][1] for x in re]}
+                est = {
+                    "mu": r.mu,
+                    "sigma2": r.sigma2,
+                    "tau2": r.tau2,
+                    "theta": [x["group_mean"] for x in re],
+                }
+                lo = {
+                    "mu": ci["mu"][0],
+                    "sigma2": ci["sigma2"][0],
+                    "tau2": ci["tau2"][0],
+                    "theta": [x["group_mean_ci"][0] for x in re],
+                }
+                hi = {
+                    "mu": ci["mu"][1],
+                    "sigma2": ci["sigma2"][1],
+                    "tau2": ci["tau2"][1],
+                    "theta": [x["group_mean_ci"][1] for x in re],
+                }
             rows += _rows(meth, truth, est, lo, hi, r.status)
         elif meth == "mcmc":
             rows += _mcmc_rows(study, d, truth, seq)
-    df = pd.DataFrame(rows, columns=["method", "parameter", "group", "truth", "estimate",
-                                     "lo", "hi", "status"])
+    df = pd.DataFrame(
+        rows, columns=["method", "parameter", "group", "truth", "estimate", "lo", "hi", "status"]
+    )
     df.insert(0, "replicate", rep)
     df.insert(0, "setting", s.index)
     inside = (df["lo"] <= df["truth"]) & (df["truth"] <= df["hi"])
@@ -315,9 +392,16 @@ def _mcmc_rows(study, d, truth, seq):
 
     from .estimators import mcmc
 
-    res = mcmc.fit(d, default_priors(d), mcmc.McmcSettings(
-        chains=int(study.mcmc["chains"]), draws=int(study.mcmc["draws"]),
-        tune=int(study.mcmc["tune"]), seed=int(seq.generate_state(2)[1])))
+    res = mcmc.fit(
+        d,
+        default_priors(d),
+        mcmc.McmcSettings(
+            chains=int(study.mcmc["chains"]),
+            draws=int(study.mcmc["draws"]),
+            tune=int(study.mcmc["tune"]),
+            seed=int(seq.generate_state(2)[1]),
+        ),
+    )
     est, lo, hi = {}, {}, {}
     for p in ("mu", "sigma2", "tau2"):
         draws = res.draws(p)
@@ -348,8 +432,12 @@ class Store:
             for tmp in self.root.glob(f".{name}.*.tmp"):
                 tmp.unlink()
         if not meta.is_file():
-            atomic_text(meta, json.dumps({"fingerprint": study.fingerprint(),
-                                           "definition": study.definition()}, indent=2))
+            atomic_text(
+                meta,
+                json.dumps(
+                    {"fingerprint": study.fingerprint(), "definition": study.definition()}, indent=2
+                ),
+            )
 
     @staticmethod
     def check(root: Path, study: Study) -> None:
@@ -359,16 +447,21 @@ class Store:
             try:
                 old = json.loads(meta.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError):
-                raise InputError(f"{meta}: not a study record (damaged?); use another --out "
-                                 f"folder, or delete this one to start over.") from None
+                raise InputError(
+                    f"{meta}: not a study record (damaged?); use another --out "
+                    f"folder, or delete this one to start over."
+                ) from None
             if not isinstance(old, dict) or old.get("fingerprint") != study.fingerprint():
                 raise InputError(
                     f"{root}: this store was made by a different study definition; "
                     f"results would be mixed. Use another --out folder, or delete this one to "
-                    f"start over.")
+                    f"start over."
+                )
         elif root.is_dir() and any(root.iterdir()):
-            raise InputError(f"{root}: folder exists and is not a study store; choose an "
-                             f"empty or new --out folder.")
+            raise InputError(
+                f"{root}: folder exists and is not a study store; choose an "
+                f"empty or new --out folder."
+            )
 
     @staticmethod
     def _name(setting: int, rep: int) -> str:
@@ -391,9 +484,13 @@ class Store:
         for p in files:
             s, r = p.stem.split("_")
             if keep is None or (int(s[1:]), int(r[1:])) in keep:
-                frames.append(pd.read_csv(p, keep_default_na=False,
-                                          na_values={"estimate": [""], "lo": [""], "hi": [""],
-                                                     "covered": [""]}))
+                frames.append(
+                    pd.read_csv(
+                        p,
+                        keep_default_na=False,
+                        na_values={"estimate": [""], "lo": [""], "hi": [""], "covered": [""]},
+                    )
+                )
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -401,8 +498,14 @@ class Store:
 # Running
 
 
-def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str | None = None,
-              progress: bool = True) -> dict:
+def run_study(
+    study: Study,
+    out: str | Path,
+    *,
+    n_jobs: int = -1,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Run (or resume) a study; returns counts. Results land in `out` as they finish. Every
     value and the output folder are checked first (`check_study`, `check_run`); the store is
     made only then, so a refused command leaves nothing behind."""
@@ -420,15 +523,28 @@ def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str
             try:
                 client = stack.enter_context(Client(scheduler, timeout="20s"))
             except OSError as exc:
-                raise InputError(f"--scheduler '{scheduler}': cannot connect ({exc}); check the "
-                                 f"address or start a scheduler.") from None
+                raise InputError(
+                    f"--scheduler '{scheduler}': cannot connect ({exc}); check the "
+                    f"address or start a scheduler."
+                ) from None
         store = Store(out, study)
         done = store.done()
-        tasks = [(s, r) for s in study.settings() for r in range(study.replicates)
-                 if (s.index, r) not in done]
-        bar = stack.enter_context(tqdm(total=len(tasks), desc=f"study {study.name}", unit="rep",
-                                       disable=not progress, dynamic_ncols=True,
-                                       mininterval=1.0))
+        tasks = [
+            (s, r)
+            for s in study.settings()
+            for r in range(study.replicates)
+            if (s.index, r) not in done
+        ]
+        bar = stack.enter_context(
+            tqdm(
+                total=len(tasks),
+                desc=f"study {study.name}",
+                unit="rep",
+                disable=not progress,
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
+        )
         if not tasks:
             pass
         elif client is not None:
@@ -443,8 +559,9 @@ def run_study(study: Study, out: str | Path, *, n_jobs: int = -1, scheduler: str
                 store.write(run_replicate(study, s, r))
                 bar.update()
         else:
-            _run_processes(study, tasks, store, bar,
-                           os.cpu_count() if n_jobs in (-1, None) else n_jobs)
+            _run_processes(
+                study, tasks, store, bar, os.cpu_count() if n_jobs in (-1, None) else n_jobs
+            )
     return {"computed": len(tasks), "skipped": len(done)}
 
 
@@ -456,9 +573,12 @@ def _run_processes(study: Study, tasks: list, store: Store, bar, workers: int) -
 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # workers: one BLAS thread each, no spinning
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                               mp_context=mp.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=mp.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futs = [pool.submit(run_replicate, study, s, r) for s, r in tasks]
         for fut in as_completed(futs):
@@ -525,29 +645,41 @@ def summarize(table: pd.DataFrame, study: Study) -> pd.DataFrame:
         cov_rep = per_rep["covered"].mean().dropna()
         n_rep = int(g["replicate"].nunique())
         row = {
-            "setting": int(si), "m": s.m, "group_sizes": s.group_sizes, "mu": s.mu,
-            "sigma": s.sigma, "tau": s.tau, "method": meth, "parameter": par,
-            "replicates": n_rep, "replicates_with_estimate": int(ok["replicate"].nunique()),
+            "setting": int(si),
+            "m": s.m,
+            "group_sizes": s.group_sizes,
+            "mu": s.mu,
+            "sigma": s.sigma,
+            "tau": s.tau,
+            "method": meth,
+            "parameter": par,
+            "replicates": n_rep,
+            "replicates_with_estimate": int(ok["replicate"].nunique()),
             "truth": float(g["truth"].mean()) if par != "theta" else np.nan,
             "mean_estimate": float(ok["estimate"].mean()) if len(ok) else np.nan,
             "bias": float(err.mean()) if len(ok) else np.nan,
             "bias_mcse": float(err.std(ddof=1) / np.sqrt(len(err))) if len(ok) > 1 else np.nan,
             "rmse": float(np.sqrt((err**2).mean())) if len(ok) else np.nan,
             "coverage": float(cov_rep.mean()) if len(cov_rep) else np.nan,
-            "coverage_mcse": (float(cov_rep.std(ddof=1) / np.sqrt(len(cov_rep)))
-                              if len(cov_rep) > 1 else np.nan),
+            "coverage_mcse": (
+                float(cov_rep.std(ddof=1) / np.sqrt(len(cov_rep))) if len(cov_rep) > 1 else np.nan
+            ),
             "mean_width": float((ok["hi"] - ok["lo"]).mean()) if len(ok) else np.nan,
-            "interior_share": (float((per_rep["status"].first() == "interior").mean())
-                               if meth.startswith("joint-map") else np.nan),
+            "interior_share": (
+                float((per_rep["status"].first() == "interior").mean())
+                if meth.startswith("joint-map")
+                else np.nan
+            ),
         }
         truth = row["truth"]
-        row["relative_bias"] = (row["bias"] / truth if par != "theta" and truth
-                                else np.nan)
-        row["ratio_to_truth"] = (row["mean_estimate"] / truth if par != "theta" and truth
-                                 else np.nan)
+        row["relative_bias"] = row["bias"] / truth if par != "theta" and truth else np.nan
+        row["ratio_to_truth"] = row["mean_estimate"] / truth if par != "theta" and truth else np.nan
         lo, hi = s.size_range
-        row["theory_ratio"] = ((lo - 1) / lo if meth == "joint-map:centered" and par == "sigma2"
-                               and lo == hi else np.nan)
+        row["theory_ratio"] = (
+            (lo - 1) / lo
+            if meth == "joint-map:centered" and par == "sigma2" and lo == hi
+            else np.nan
+        )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -581,20 +713,34 @@ def plot_summary(summary: pd.DataFrame, level: float):
     width = 0.8 / len(methods)
     for row, si in zip(axes, settings, strict=True):
         sub = summary[summary["setting"] == si]
-        label = (f"setting {si}: m = {sub['m'].iloc[0]}, n = {sub['group_sizes'].iloc[0]}, "
-                 f"sigma = {sub['sigma'].iloc[0]:g}, tau = {sub['tau'].iloc[0]:g}")
+        label = (
+            f"setting {si}: m = {sub['m'].iloc[0]}, n = {sub['group_sizes'].iloc[0]}, "
+            f"sigma = {sub['sigma'].iloc[0]:g}, tau = {sub['tau'].iloc[0]:g}"
+        )
         for k, meth in enumerate(methods):
             cov = [sub[(sub.method == meth) & (sub.parameter == p)]["coverage"] for p in params]
             se = [sub[(sub.method == meth) & (sub.parameter == p)]["coverage_mcse"] for p in params]
             x = np.arange(len(params)) + (k - (len(methods) - 1) / 2) * width
-            row[0].bar(x, [c.iloc[0] if len(c) else np.nan for c in cov], width,
-                       yerr=[2 * s.iloc[0] if len(s) else 0 for s in se], color=colors[meth],
-                       label=meth, capsize=2)
-            rat = [sub[(sub.method == meth) & (sub.parameter == p)]["ratio_to_truth"]
-                   for p in params[:2]]
-            row[1].bar(np.arange(2) + (k - (len(methods) - 1) / 2) * width,
-                       [r.iloc[0] if len(r) else np.nan for r in rat], width,
-                       color=colors[meth], label=meth)
+            row[0].bar(
+                x,
+                [c.iloc[0] if len(c) else np.nan for c in cov],
+                width,
+                yerr=[2 * s.iloc[0] if len(s) else 0 for s in se],
+                color=colors[meth],
+                label=meth,
+                capsize=2,
+            )
+            rat = [
+                sub[(sub.method == meth) & (sub.parameter == p)]["ratio_to_truth"]
+                for p in params[:2]
+            ]
+            row[1].bar(
+                np.arange(2) + (k - (len(methods) - 1) / 2) * width,
+                [r.iloc[0] if len(r) else np.nan for r in rat],
+                width,
+                color=colors[meth],
+                label=meth,
+            )
         row[0].axhline(level, color="k", ls="--", lw=1, label=f"nominal {level:.0%}")
         row[0].set_xticks(range(len(params)), ["sigma^2", "tau^2", "group means theta_j"])
         row[0].set_ylabel("interval coverage")
@@ -603,8 +749,13 @@ def plot_summary(summary: pd.DataFrame, level: float):
         row[1].axhline(1.0, color="k", ls="--", lw=1, label="unbiased")
         theory = sub["theory_ratio"].dropna()
         if len(theory):
-            row[1].axhline(theory.iloc[0], color="#d62728", ls=":", lw=1.5,
-                           label=f"theory (n - 1)/n = {theory.iloc[0]:.3f}")
+            row[1].axhline(
+                theory.iloc[0],
+                color="#d62728",
+                ls=":",
+                lw=1.5,
+                label=f"theory (n - 1)/n = {theory.iloc[0]:.3f}",
+            )
         row[1].set_xticks(range(2), ["sigma^2", "tau^2"])
         row[1].set_ylabel("mean estimate / truth")
         row[1].set_yscale("log")
@@ -615,14 +766,29 @@ def plot_summary(summary: pd.DataFrame, level: float):
     return fig
 
 
-SUMMARY_COLUMNS = ["setting", "method", "parameter", "replicates_with_estimate", "truth",
-                   "mean_estimate", "bias", "bias_mcse", "relative_bias", "rmse", "coverage",
-                   "coverage_mcse", "mean_width", "interior_share", "ratio_to_truth",
-                   "theory_ratio"]
+SUMMARY_COLUMNS = [
+    "setting",
+    "method",
+    "parameter",
+    "replicates_with_estimate",
+    "truth",
+    "mean_estimate",
+    "bias",
+    "bias_mcse",
+    "relative_bias",
+    "rmse",
+    "coverage",
+    "coverage_mcse",
+    "mean_width",
+    "interior_share",
+    "ratio_to_truth",
+    "theory_ratio",
+]
 
 
-def render_report(study: Study, summary: pd.DataFrame, *, command: str, counts: dict,
-                  seconds: float) -> str:
+def render_report(
+    study: Study, summary: pd.DataFrame, *, command: str, counts: dict, seconds: float
+) -> str:
     import base64
 
     import jinja2
@@ -633,7 +799,9 @@ def render_report(study: Study, summary: pd.DataFrame, *, command: str, counts: 
     png = base64.b64encode(to_png(plot_summary(summary, study.level))).decode("ascii")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
 
     def fmt(v):
         if isinstance(v, float):
@@ -642,7 +810,15 @@ def render_report(study: Study, summary: pd.DataFrame, *, command: str, counts: 
 
     rows = summary[SUMMARY_COLUMNS].to_dict("records")
     return env.get_template("simulation.html.j2").render(
-        study=study, settings=study.settings(), columns=SUMMARY_COLUMNS, rows=rows, fmt=fmt,
-        plot="data:image/png;base64," + png, command=command, counts=counts,
-        seconds=seconds, versions=versions(), definition=json.dumps(study.definition(),
-                                                                    indent=2))
+        study=study,
+        settings=study.settings(),
+        columns=SUMMARY_COLUMNS,
+        rows=rows,
+        fmt=fmt,
+        plot="data:image/png;base64," + png,
+        command=command,
+        counts=counts,
+        seconds=seconds,
+        versions=versions(),
+        definition=json.dumps(study.definition(), indent=2),
+    )

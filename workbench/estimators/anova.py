@@ -27,8 +27,10 @@ class AnovaFit:
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         if self.tau2_raw < 0:
-            out["notes"] = ["MSG < MSE: the moment estimate of tau^2 is negative and is "
-                            "reported as 0 (tau2_raw keeps the raw value)."]
+            out["notes"] = [
+                "MSG < MSE: the moment estimate of tau^2 is negative and is "
+                "reported as 0 (tau2_raw keeps the raw value)."
+            ]
         return out
 
 
@@ -41,6 +43,16 @@ def fit(st: Stats) -> AnovaFit:
     n0 = (N - float(st.n @ st.n) / N) / df_b
     raw = (msg - mse) / n0
     f = msg / mse
-    return AnovaFit(mu=grand, sigma2=mse, tau2=max(raw, 0.0), tau2_raw=raw, msg=msg, mse=mse,
-                    n0=n0, df_between=df_b, df_within=df_w, f_statistic=f,
-                    p_value=float(sps.f.sf(f, df_b, df_w)))
+    return AnovaFit(
+        mu=grand,
+        sigma2=mse,
+        tau2=max(raw, 0.0),
+        tau2_raw=raw,
+        msg=msg,
+        mse=mse,
+        n0=n0,
+        df_between=df_b,
+        df_within=df_w,
+        f_statistic=f,
+        p_value=float(sps.f.sf(f, df_b, df_w)),
+    )

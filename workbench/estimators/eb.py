@@ -66,18 +66,20 @@ class EBFit:
         else:
             out["reml_criterion"] = self.reml_criterion
             out["loglik_at_reml"] = self.loglik
-        out.update({
-            "se": dict(self.se),
-            "se_observed_information": dict(self.se_observed),
-            "ci_profile": {k: list(v) for k, v in self.ci_profile.items()},
-            "ci_level": 0.95,
-            "boundary": self.boundary,
-            "random_effects": {
-                lab: {"mode": float(a), "sd": float(s), "group_mean": float(self.mu + a)}
-                for lab, a, s in zip(self.labels, self.re_mode, self.re_sd, strict=True)
-            },
-            "notes": list(self.notes),
-        })
+        out.update(
+            {
+                "se": dict(self.se),
+                "se_observed_information": dict(self.se_observed),
+                "ci_profile": {k: list(v) for k, v in self.ci_profile.items()},
+                "ci_level": 0.95,
+                "boundary": self.boundary,
+                "random_effects": {
+                    lab: {"mode": float(a), "sd": float(s), "group_mean": float(self.mu + a)}
+                    for lab, a, s in zip(self.labels, self.re_mode, self.re_sd, strict=True)
+                },
+                "notes": list(self.notes),
+            }
+        )
         return out
 
 
@@ -85,8 +87,9 @@ class EBFit:
 # 1-D maximisation on [0, inf) or (0, inf) from an analytic derivative
 
 
-def argmax_nonneg(fun, grad, lo: float, hi: float, allow_zero: bool, npts: int = 61,
-                  guess: float | None = None) -> float:
+def argmax_nonneg(
+    fun, grad, lo: float, hi: float, allow_zero: bool, npts: int = 61, guess: float | None = None
+) -> float:
     """Global maximiser of a smooth fun on a log grid [lo, hi] (plus 0 when allowed): every
     sign change + -> - of grad is polished by Brent's method, then the best candidate wins.
 
@@ -103,8 +106,9 @@ def argmax_nonneg(fun, grad, lo: float, hi: float, allow_zero: bool, npts: int =
     g = np.array([grad(v) for v in grid])
     cands = [grid[0], grid[-1]] + ([0.0] if allow_zero else [])
     for i in np.flatnonzero((g[:-1] > 0) & (g[1:] <= 0)):
-        cands.append(optimize.brentq(grad, grid[i], grid[i + 1], xtol=1e-300, rtol=1e-15,
-                                     maxiter=200))
+        cands.append(
+            optimize.brentq(grad, grid[i], grid[i + 1], xtol=1e-300, rtol=1e-15, maxiter=200)
+        )
     if allow_zero and g[0] <= 0:  # the maximum may sit between 0 and the first grid point
         g0 = grad(0.0)
         if g0 > 0:
@@ -147,9 +151,13 @@ def profiled_deviance_grad(gamma: float, st: Stats, reml: bool) -> float:
 
 
 def _estimate(st: Stats, reml: bool) -> tuple[float, float, float]:
-    gamma = argmax_nonneg(lambda g: -profiled_deviance(g, st, reml),
-                          lambda g: -profiled_deviance_grad(g, st, reml),
-                          1e-10, 1e8, allow_zero=True)
+    gamma = argmax_nonneg(
+        lambda g: -profiled_deviance(g, st, reml),
+        lambda g: -profiled_deviance_grad(g, st, reml),
+        1e-10,
+        1e8,
+        allow_zero=True,
+    )
     _, mu, _, S = _profile_parts(gamma, st)
     s = S / (st.N - 1.0 if reml else st.N)
     return mu, s, gamma * s
@@ -162,8 +170,10 @@ def _estimate(st: Stats, reml: bool) -> tuple[float, float, float]:
 def _criterion(st: Stats, reml: bool):
     """(value, gradient) in (sigma^2, tau^2) with mu profiled out: l or l_R."""
     if reml:
-        return (lambda s, t: dens.restricted_loglik(s, t, st),
-                lambda s, t: dens.restricted_grad(s, t, st))
+        return (
+            lambda s, t: dens.restricted_loglik(s, t, st),
+            lambda s, t: dens.restricted_grad(s, t, st),
+        )
 
     def val(s, t):
         return dens.marginal_loglik((dens.gls_mean(s, t, st), s, t), st)
@@ -174,8 +184,9 @@ def _criterion(st: Stats, reml: bool):
     return val, grad
 
 
-def profile_intervals(st: Stats, s_hat: float, t_hat: float, reml: bool,
-                      level: float = 0.95) -> dict[str, tuple[float, float]]:
+def profile_intervals(
+    st: Stats, s_hat: float, t_hat: float, reml: bool, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Profile-likelihood intervals for sigma and tau: {v : 2 (l_max - l_p(v)) <= chi2_1(level)}."""
     val, grad = _criterion(st, reml)
     q = float(sps.chi2.ppf(level, 1))
@@ -185,14 +196,26 @@ def profile_intervals(st: Stats, s_hat: float, t_hat: float, reml: bool,
     last = {"t": t_hat, "s": s_hat}  # warm starts: the outer root search moves in small steps
 
     def prof_sigma(s: float) -> float:
-        t = argmax_nonneg(lambda t: val(s, t), lambda t: grad(s, t)[1],
-                          1e-10 * scale, 1e6 * scale, allow_zero=True, guess=last["t"])
+        t = argmax_nonneg(
+            lambda t: val(s, t),
+            lambda t: grad(s, t)[1],
+            1e-10 * scale,
+            1e6 * scale,
+            allow_zero=True,
+            guess=last["t"],
+        )
         last["t"] = t if t > 0 else last["t"]
         return val(s, t)
 
     def prof_tau(t: float) -> float:
-        s = argmax_nonneg(lambda s: val(s, t), lambda s: grad(s, t)[0],
-                          1e-8 * scale, 1e6 * scale, allow_zero=False, guess=last["s"])
+        s = argmax_nonneg(
+            lambda s: val(s, t),
+            lambda s: grad(s, t)[0],
+            1e-8 * scale,
+            1e6 * scale,
+            allow_zero=False,
+            guess=last["s"],
+        )
         last["s"] = s
         return val(s, t)
 
@@ -221,8 +244,12 @@ def profile_intervals(st: Stats, s_hat: float, t_hat: float, reml: bool,
 # ----------------------------------------------------------------------------------------------
 
 
-def fit(data: GroupedData | Stats, method: str = "ml", labels: tuple[str, ...] | None = None,
-        intervals: bool = True) -> EBFit:
+def fit(
+    data: GroupedData | Stats,
+    method: str = "ml",
+    labels: tuple[str, ...] | None = None,
+    intervals: bool = True,
+) -> EBFit:
     """Fit the one-way model by ML or REML; conditional modes/SDs of the group effects."""
     if method not in ("ml", "reml"):
         raise ValueError("method must be 'ml' or 'reml'")
@@ -234,17 +261,20 @@ def fit(data: GroupedData | Stats, method: str = "ml", labels: tuple[str, ...] |
     boundary = t == 0.0
     notes: list[str] = []
     if boundary:
-        notes.append("tau^2 is estimated at the boundary 0: the data show no group variation "
-                     "beyond the residual noise, the group effects are all shrunk to 0, and "
-                     "tau^2 has no standard error.")
+        notes.append(
+            "tau^2 is estimated at the boundary 0: the data show no group variation "
+            "beyond the residual noise, the group effects are all shrunk to 0, and "
+            "tau^2 has no standard error."
+        )
     if reml:
         hvar = dens.restricted_hessian(s, t, st)
         mu_var = 1.0 / float((st.n / (s + st.n * t)).sum())
         cov = np.zeros((3, 3))
         cov[0, 0] = mu_var
         idx = [1] if boundary else [1, 2]
-        cov[np.ix_(idx, idx)] = np.linalg.inv(-hvar[np.ix_([i - 1 for i in idx],
-                                                           [i - 1 for i in idx])])
+        cov[np.ix_(idx, idx)] = np.linalg.inv(
+            -hvar[np.ix_([i - 1 for i in idx], [i - 1 for i in idx])]
+        )
         crit = -2.0 * dens.restricted_loglik(s, t, st)
     else:
         h = dens.marginal_hessian((mu, s, t), st)
@@ -253,15 +283,28 @@ def fit(data: GroupedData | Stats, method: str = "ml", labels: tuple[str, ...] |
         cov[np.ix_(idx, idx)] = np.linalg.inv(-h[np.ix_(idx, idx)])
         crit = None
     se_obs: dict[str, float | None] = {
-        k: float(np.sqrt(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))}
+        k: float(np.sqrt(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))
+    }
     if boundary:
         se_obs["tau2"] = None
         cov[2, :] = cov[:, 2] = np.nan
     se = {**se_obs, "mu": float(np.sqrt(1.0 / (st.n / (s + st.n * t)).sum()))}
     a, v = dens.conditional_effects(mu, s, t, st)
     ci = profile_intervals(st, s, t, reml) if intervals else {}
-    return EBFit(method=method, mu=mu, sigma2=s, tau2=t,
-                 loglik=dens.marginal_loglik((mu, s, t), st), reml_criterion=crit, se=se,
-                 se_observed=se_obs,
-                 cov=cov, ci_profile=ci, boundary=boundary, labels=tuple(labels), re_mode=a,
-                 re_sd=np.sqrt(v), notes=tuple(notes))
+    return EBFit(
+        method=method,
+        mu=mu,
+        sigma2=s,
+        tau2=t,
+        loglik=dens.marginal_loglik((mu, s, t), st),
+        reml_criterion=crit,
+        se=se,
+        se_observed=se_obs,
+        cov=cov,
+        ci_profile=ci,
+        boundary=boundary,
+        labels=tuple(labels),
+        re_mode=a,
+        re_sd=np.sqrt(v),
+        notes=tuple(notes),
+    )

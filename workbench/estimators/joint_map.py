@@ -73,10 +73,17 @@ class StartResult:
         return float(np.exp(2.0 * self.x[2]))
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "start": self.kind, "status": self.status,
-                "log_joint": self.log_joint, "mu": self.mu, "sigma2": self.sigma2,
-                "tau2": self.tau2, "iterations": self.iterations,
-                "newton_decrement": self.decrement}
+        return {
+            "index": self.index,
+            "start": self.kind,
+            "status": self.status,
+            "log_joint": self.log_joint,
+            "mu": self.mu,
+            "sigma2": self.sigma2,
+            "tau2": self.tau2,
+            "iterations": self.iterations,
+            "newton_decrement": self.decrement,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,8 @@ class JointMapResult:
 
     def to_dict(self) -> dict:
         out = {
-            "objective": "log joint with priors" if self.with_priors
+            "objective": "log joint with priors"
+            if self.with_priors
             else "log joint without priors (h-likelihood)",
             "parametrization": self.parametrization,
             "status": self.status,
@@ -129,7 +137,8 @@ class JointMapResult:
             "starts": [s.to_dict() for s in self.starts],
             "scale": SCALE_NOTE.format(
                 effects="a_j" if self.parametrization == "centered" else "z_j",
-                prior_part=" times the priors of mu, sigma and tau" if self.with_priors else ""),
+                prior_part=" times the priors of mu, sigma and tau" if self.with_priors else "",
+            ),
         }
         if self.with_priors:
             out["find_map"] = FIND_MAP_NOTE
@@ -199,8 +208,9 @@ def _rises_towards_infinity(x, st, par, priors) -> bool:
     return dens.log_joint(far, st, par, priors) > dens.log_joint(x, st, par, priors)
 
 
-def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
-              priors: Priors | None, log_sd: float) -> StartResult:
+def run_start(
+    index: int, kind: str, x0: np.ndarray, st: Stats, par: str, priors: Priors | None, log_sd: float
+) -> StartResult:
     """Maximise the log joint from x0 and classify the end point."""
     lo, hi = log_sd - BOX, log_sd + BOX
     x0 = x0.copy()
@@ -209,9 +219,16 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
     if H0.is_negative_definite():  # locally concave start: Newton first (a few O(m) steps)
         x_n, dec, its = _newton_polish(x0, st, par, priors, lo, hi)
         if dec is not None and dec < DECREMENT_TOL and lo + 1.0 < x_n[2] < hi - 1.0:
-            return StartResult(index=index, kind=kind, status="interior",
-                               log_joint=dens.log_joint(x_n, st, par, priors), x=x_n,
-                               iterations=its, decrement=dec, parametrization=par)
+            return StartResult(
+                index=index,
+                kind=kind,
+                status="interior",
+                log_joint=dens.log_joint(x_n, st, par, priors),
+                x=x_n,
+                iterations=its,
+                decrement=dec,
+                parametrization=par,
+            )
     diag = np.concatenate([H0.A.diagonal(), H0.d])
     scale = 1.0 / np.sqrt(np.maximum(-diag, 1e-8 * np.max(np.abs(diag))))
     scale[1:3] = 1.0  # keep log sigma / log tau unscaled so the box stays simple
@@ -236,15 +253,21 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
             raise StopIteration
         if state["it"] % 100 == 0 and y[2] > x0[2] + 1.0:
             x = y * scale
-            if (not dens.log_joint_hessian(x, st, par, priors).is_negative_definite()
-                    and _rises_towards_infinity(x, st, par, priors)):
+            if not dens.log_joint_hessian(
+                x, st, par, priors
+            ).is_negative_definite() and _rises_towards_infinity(x, st, par, priors):
                 state["escaping"] = True
                 raise StopIteration
 
-    res = optimize.minimize(negf, x0 / scale, jac=True, method="L-BFGS-B", bounds=bounds,
-                            callback=stop_escaping,
-                            options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-12,
-                                     "gtol": 1e-8, "maxcor": 20})
+    res = optimize.minimize(
+        negf,
+        x0 / scale,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        callback=stop_escaping,
+        options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-12, "gtol": 1e-8, "maxcor": 20},
+    )
     x = res.x * scale
     iters = int(res.nit)
     dec = None
@@ -263,17 +286,25 @@ def run_start(index: int, kind: str, x0: np.ndarray, st: Stats, par: str,
             status = "escape"
         else:
             status = "not_converged"
-    return StartResult(index=index, kind=kind, status=status,
-                       log_joint=dens.log_joint(x, st, par, priors), x=x, iterations=iters,
-                       decrement=dec, parametrization=par)
+    return StartResult(
+        index=index,
+        kind=kind,
+        status=status,
+        log_joint=dens.log_joint(x, st, par, priors),
+        x=x,
+        iterations=iters,
+        decrement=dec,
+        parametrization=par,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Starts
 
 
-def make_starts(st: Stats, par: str, eb_point: tuple[float, float, float], k: int,
-                seed: int, sd_y: float) -> list[tuple[str, np.ndarray]]:
+def make_starts(
+    st: Stats, par: str, eb_point: tuple[float, float, float], k: int, seed: int, sd_y: float
+) -> list[tuple[str, np.ndarray]]:
     """K starting points: the EB point with its conditional modes, the pooled fit, the no-pooling
     fit, and random points around the EB point drawn from `seed`."""
     mu_eb, s_eb, t_eb = eb_point
@@ -289,8 +320,15 @@ def make_starts(st: Stats, par: str, eb_point: tuple[float, float, float], k: in
     starts = [
         ("eb", point(mu_eb, s_eb, t_eb_pos, a_eb)),
         ("pooled", point(pooled_mean, sd_y**2, t_floor, np.zeros(st.m))),
-        ("no_pooling", point(pooled_mean, st.W / max(st.N - st.m, 1.0),
-                             max(float(np.var(st.ybar)), t_floor), st.ybar - pooled_mean)),
+        (
+            "no_pooling",
+            point(
+                pooled_mean,
+                st.W / max(st.N - st.m, 1.0),
+                max(float(np.var(st.ybar)), t_floor),
+                st.ybar - pooled_mean,
+            ),
+        ),
     ]
     rng = np.random.default_rng(seed)
     se_mu = np.sqrt(s_eb / st.N + t_eb_pos / st.m)
@@ -307,8 +345,14 @@ def make_starts(st: Stats, par: str, eb_point: tuple[float, float, float], k: in
 # ----------------------------------------------------------------------------------------------
 
 
-def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
-               labels: tuple[str, ...], level: float) -> dict:
+def _intervals(
+    best: StartResult,
+    st: Stats,
+    par: str,
+    priors: Priors | None,
+    labels: tuple[str, ...],
+    level: float,
+) -> dict:
     """Wald intervals from the Hessian at the mode: mu directly, sigma^2 and tau^2 through
     log sigma and log tau, group means mu_j = mu + a_j by the delta method."""
     H = dens.log_joint_hessian(best.x, st, par, priors)
@@ -323,9 +367,14 @@ def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
         var_mean = top[0, 0] + diag_u + 2.0 * border[:, 0]
     else:  # a = tau z: gradient of a_j in (log tau, z_j) is (tau z_j, tau)
         var_a = (tau * u) ** 2 * top[2, 2] + tau**2 * diag_u + 2.0 * tau**2 * u * border[:, 2]
-        var_mean = (top[0, 0] + (tau * u) ** 2 * top[2, 2] + tau**2 * diag_u
-                    + 2.0 * tau * u * top[0, 2] + 2.0 * tau * border[:, 0]
-                    + 2.0 * tau**2 * u * border[:, 2])
+        var_mean = (
+            top[0, 0]
+            + (tau * u) ** 2 * top[2, 2]
+            + tau**2 * diag_u
+            + 2.0 * tau * u * top[0, 2]
+            + 2.0 * tau * border[:, 0]
+            + 2.0 * tau**2 * u * border[:, 2]
+        )
     a = dens.group_effects(best.x, par)
     se_mu, se_ls, se_lt = np.sqrt(np.diag(top))
     with np.errstate(over="ignore"):  # a flat direction: an infinite end, null in the JSON
@@ -337,52 +386,77 @@ def _intervals(best: StartResult, st: Stats, par: str, priors: Priors | None,
         "tau2": ci_t2,
         "se": {"mu": float(se_mu), "log_sigma": float(se_ls), "log_tau": float(se_lt)},
         "random_effects": {
-            lab: {"mode": float(a[j]), "sd": float(np.sqrt(var_a[j])),
-                  "group_mean": float(mu + a[j]),
-                  "group_mean_ci": [float(mu + a[j] - zq * np.sqrt(var_mean[j])),
-                                    float(mu + a[j] + zq * np.sqrt(var_mean[j]))]}
+            lab: {
+                "mode": float(a[j]),
+                "sd": float(np.sqrt(var_a[j])),
+                "group_mean": float(mu + a[j]),
+                "group_mean_ci": [
+                    float(mu + a[j] - zq * np.sqrt(var_mean[j])),
+                    float(mu + a[j] + zq * np.sqrt(var_mean[j])),
+                ],
+            }
             for j, lab in enumerate(labels)
         },
     }
     return out
 
 
-def _message(status: str, best: StartResult | None, counts: dict, par: str, with_priors: bool,
-             k: int) -> str:
+def _message(
+    status: str, best: StartResult | None, counts: dict, par: str, with_priors: bool, k: int
+) -> str:
     what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
     tally = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
     if status == "interior":
-        caveat = ("It is a local maximum only: the centered log joint is unbounded as tau -> 0."
-                  if par == "centered" else
-                  "It is a mode of the non-centered density, a different point from the centered "
-                  "joint mode (the two differ by the term m log tau).")
-        return (f"Interior local maximum of the {what} found ({tally} of {k} starts): "
-                f"sigma^2 = {best.sigma2:.6g}, tau^2 = {best.tau2:.6g}. {caveat}")
+        caveat = (
+            "It is a local maximum only: the centered log joint is unbounded as tau -> 0."
+            if par == "centered"
+            else "It is a mode of the non-centered density, a different point from the centered "
+            "joint mode (the two differ by the term m log tau)."
+        )
+        return (
+            f"Interior local maximum of the {what} found ({tally} of {k} starts): "
+            f"sigma^2 = {best.sigma2:.6g}, tau^2 = {best.tau2:.6g}. {caveat}"
+        )
     hints = []
     if counts.get("collapse"):
-        hints.append("the log joint rises without bound as tau -> 0 (all group effects pulled "
-                      "to mu), so no global joint mode exists")
+        hints.append(
+            "the log joint rises without bound as tau -> 0 (all group effects pulled "
+            "to mu), so no global joint mode exists"
+        )
     if counts.get("escape"):
         hints.append("runs escaped to tau -> infinity (the supremum there is the no-pooling fit)")
     if counts.get("boundary"):
         hints.append("runs stopped at tau -> 0 where the log joint levels off (the pooled fit)")
     if counts.get("not_converged"):
         hints.append("some runs did not converge")
-    return (f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
-            f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP.")
+    return (
+        f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
+        f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP."
+    )
 
 
-def fit(st: Stats, *, parametrization: str = "centered", priors: Priors | None = None,
-        eb_point: tuple[float, float, float], sd_y: float, labels: tuple[str, ...],
-        n_starts: int = 16, seed: int = 0, n_jobs: int = -1, level: float = 0.95,
-        parallel_threshold: int = 20000) -> JointMapResult:
+def fit(
+    st: Stats,
+    *,
+    parametrization: str = "centered",
+    priors: Priors | None = None,
+    eb_point: tuple[float, float, float],
+    sd_y: float,
+    labels: tuple[str, ...],
+    n_starts: int = 16,
+    seed: int = 0,
+    n_jobs: int = -1,
+    level: float = 0.95,
+    parallel_threshold: int = 20000,
+) -> JointMapResult:
     """Multi-start joint MAP. Starts run in `n_jobs` processes (joblib/loky; -1 = all cores);
     when n_starts x m is below `parallel_threshold` they run in this process, because starting
     workers costs more than the fits. Results do not depend on n_jobs."""
     starts = make_starts(st, parametrization, eb_point, n_starts, seed, sd_y)
     log_sd = float(np.log(sd_y))
-    jobs = [(i, kind, x0, st, parametrization, priors, log_sd)
-            for i, (kind, x0) in enumerate(starts)]
+    jobs = [
+        (i, kind, x0, st, parametrization, priors, log_sd) for i, (kind, x0) in enumerate(starts)
+    ]
     if n_jobs == 1 or n_starts * st.m < parallel_threshold:
         results = [run_start(*job) for job in jobs]
     else:
@@ -393,9 +467,15 @@ def fit(st: Stats, *, parametrization: str = "centered", priors: Priors | None =
     best = max(interior, key=lambda r: r.log_joint) if interior else None
     status = "interior" if best else "no_interior_mode"
     counts = _tally(results)
-    intervals = (_intervals(best, st, parametrization, priors, labels, level) if best else {})
-    return JointMapResult(parametrization=parametrization, with_priors=priors is not None,
-                          status=status, best=best, starts=tuple(results), labels=labels,
-                          message=_message(status, best, counts, parametrization,
-                                           priors is not None, n_starts),
-                          intervals=intervals, level=level)
+    intervals = _intervals(best, st, parametrization, priors, labels, level) if best else {}
+    return JointMapResult(
+        parametrization=parametrization,
+        with_priors=priors is not None,
+        status=status,
+        best=best,
+        starts=tuple(results),
+        labels=labels,
+        message=_message(status, best, counts, parametrization, priors is not None, n_starts),
+        intervals=intervals,
+        level=level,
+    )

@@ -15,8 +15,10 @@ SUMMARY_VARS = ("mu", "sigma", "sigma2", "tau", "tau2")
 HDI_PROB = 0.94
 RHAT_LIMIT = 1.01
 BFMI_LIMIT = 0.3
-MODE_NOTE = ("mode: half-sample mode (arviz.mode) of the marginal draws, on the scale of the "
-             "quantity named (the mode of sigma2 is not the square of the mode of sigma)")
+MODE_NOTE = (
+    "mode: half-sample mode (arviz.mode) of the marginal draws, on the scale of the "
+    "quantity named (the mode of sigma2 is not the square of the mode of sigma)"
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,13 @@ class McmcResult:
 
 
 def _describe(draws: np.ndarray, hdi: np.ndarray, mode: float) -> dict:
-    return {"mean": float(draws.mean()), "median": float(np.median(draws)),
-            "sd": float(draws.std(ddof=1)), "hdi": [float(hdi[0]), float(hdi[1])],
-            "mode": float(mode)}
+    return {
+        "mean": float(draws.mean()),
+        "median": float(np.median(draws)),
+        "sd": float(draws.std(ddof=1)),
+        "hdi": [float(hdi[0]), float(hdi[1])],
+        "mode": float(mode),
+    }
 
 
 def summarize(idata, labels: tuple[str, ...]) -> tuple[dict, dict]:
@@ -73,8 +79,9 @@ def summarize(idata, labels: tuple[str, ...]) -> tuple[dict, dict]:
     mode_ds = mode.posterior.to_dataset() if hasattr(mode, "posterior") else mode
     out = {}
     for v in SUMMARY_VARS:
-        out[v] = _describe(np.asarray(post[v]).reshape(-1), np.asarray(hdi_ds[v]),
-                           float(mode_ds[v]))
+        out[v] = _describe(
+            np.asarray(post[v]).reshape(-1), np.asarray(hdi_ds[v]), float(mode_ds[v])
+        )
     theta = np.asarray(post["theta"]).reshape(-1, len(labels))
     th_hdi = np.asarray(hdi_ds["theta"])
     th_mode = np.asarray(mode_ds["theta"])
@@ -82,14 +89,14 @@ def summarize(idata, labels: tuple[str, ...]) -> tuple[dict, dict]:
     return out, groups
 
 
-def diagnose(idata, parametrization: str = "noncentered",
-             names: list[str] | None = None) -> tuple[dict, list[str]]:
+def diagnose(
+    idata, parametrization: str = "noncentered", names: list[str] | None = None
+) -> tuple[dict, list[str]]:
     """R-hat, bulk/tail ESS, divergences and E-BFMI (over the variables `names`, by default
     the one-way model's), and plain warnings when they are off."""
     import arviz as az
 
-    names = [v for v in (names or ("mu", "sigma", "tau", "z", "theta"))
-             if v in idata.posterior]
+    names = [v for v in (names or ("mu", "sigma", "tau", "z", "theta")) if v in idata.posterior]
     n_chains = int(idata.posterior.sizes["chain"])
     with warnings.catch_warnings():  # one chain or a stuck chain: R-hat is NaN (said below)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -113,28 +120,42 @@ def diagnose(idata, parametrization: str = "noncentered",
     }
     warns = []
     if n_chains < 2:
-        warns.append("R-hat compares chains, so with 1 chain it is not computed (null in the "
-                     "JSON) and the rank plots are skipped; run 2 or more chains to check "
-                     "convergence.")
+        warns.append(
+            "R-hat compares chains, so with 1 chain it is not computed (null in the "
+            "JSON) and the rank plots are skipped; run 2 or more chains to check "
+            "convergence."
+        )
     elif not np.isfinite(diag["r_hat_max"]):
-        warns.append("R-hat could not be computed (a chain did not move, e.g. with no tuning "
-                     "steps): do not trust these summaries (tune longer).")
+        warns.append(
+            "R-hat could not be computed (a chain did not move, e.g. with no tuning "
+            "steps): do not trust these summaries (tune longer)."
+        )
     elif diag["r_hat_max"] > RHAT_LIMIT:
-        warns.append(f"R-hat up to {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains disagree; "
-                     "do not trust these summaries (run longer, or try the other parametrization).")
+        warns.append(
+            f"R-hat up to {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains disagree; "
+            "do not trust these summaries (run longer, or try the other parametrization)."
+        )
     if div:
-        fix = ("raise target_accept" if parametrization == "noncentered"
-               else "use the non-centered form or raise target_accept")
-        warns.append(f"{div} divergent transition(s): the sampler could not explore part of the "
-                     f"posterior (the funnel), so the summaries may be biased; {fix}.")
+        fix = (
+            "raise target_accept"
+            if parametrization == "noncentered"
+            else "use the non-centered form or raise target_accept"
+        )
+        warns.append(
+            f"{div} divergent transition(s): the sampler could not explore part of the "
+            f"posterior (the funnel), so the summaries may be biased; {fix}."
+        )
     if diag["e_bfmi_min"] < BFMI_LIMIT:
-        warns.append(f"E-BFMI as low as {diag['e_bfmi_min']:.2f} (< {BFMI_LIMIT}): the momentum "
-                     "resampling explores the energy poorly.")
+        warns.append(
+            f"E-BFMI as low as {diag['e_bfmi_min']:.2f} (< {BFMI_LIMIT}): the momentum "
+            "resampling explores the energy poorly."
+        )
     return diag, warns
 
 
-def fit(data: GroupedData, priors: Priors, settings: McmcSettings,
-        progressbar: bool = False) -> McmcResult:
+def fit(
+    data: GroupedData, priors: Priors, settings: McmcSettings, progressbar: bool = False
+) -> McmcResult:
     """Sample the posterior with NUTS and summarise it."""
     import pymc as pm
 
@@ -147,13 +168,27 @@ def fit(data: GroupedData, priors: Priors, settings: McmcSettings,
         sampler = "nutpie"
     except ImportError:  # pragma: no cover - nutpie is a dependency
         sampler = "pymc"
-    idata = pm.sample(draws=settings.draws, tune=settings.tune, chains=settings.chains,
-                      random_seed=settings.seed, target_accept=settings.target_accept,
-                      nuts_sampler=sampler, progressbar=progressbar, model=model)
+    idata = pm.sample(
+        draws=settings.draws,
+        tune=settings.tune,
+        chains=settings.chains,
+        random_seed=settings.seed,
+        target_accept=settings.target_accept,
+        nuts_sampler=sampler,
+        progressbar=progressbar,
+        model=model,
+    )
     summary, groups = summarize(idata, data.labels)
     diag, warns = diagnose(idata, settings.parametrization)
-    return McmcResult(settings=settings, posterior=idata, summary=summary, group_summary=groups,
-                      diagnostics=diag, warnings=warns, sampler=sampler)
+    return McmcResult(
+        settings=settings,
+        posterior=idata,
+        summary=summary,
+        group_summary=groups,
+        diagnostics=diag,
+        warnings=warns,
+        sampler=sampler,
+    )
 
 
 def save_netcdf(result: McmcResult, path) -> None:

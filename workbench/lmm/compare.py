@@ -67,7 +67,8 @@ class LMMComparison:
                 out[key]["ci_profile"] = self.profile.to_dict()
                 out[key]["ci_profile_note"] = (
                     f"{self.profile.level:.0%} profile-likelihood intervals of the ML deviance "
-                    f"(lme4's confint(method = 'profile'), which profiles ML for REML fits too)")
+                    f"(lme4's confint(method = 'profile'), which profiles ML for REML fits too)"
+                )
                 out[key]["notes"] += list(self.profile.notes)
         if self.joint_map is not None:
             out["joint_map"] = self.joint_map.to_dict()
@@ -84,13 +85,17 @@ class LMMComparison:
         d = self.data
 
         def add(name, beta, G, s2, objective):
-            comps = eb_est.variance_components(G, d.blocks, d.group_name) if G is not None \
-                else None
+            comps = eb_est.variance_components(G, d.blocks, d.group_name) if G is not None else None
             cols.append(name)
-            values.append([*(beta if beta is not None else [None] * d.p),
-                           *(comps.variances.values() if comps else [None] * d.q),
-                           *(comps.correlations.values() if comps else
-                             [None] * len(_corr_names(d))), s2, objective])
+            values.append(
+                [
+                    *(beta if beta is not None else [None] * d.p),
+                    *(comps.variances.values() if comps else [None] * d.q),
+                    *(comps.correlations.values() if comps else [None] * len(_corr_names(d))),
+                    s2,
+                    objective,
+                ]
+            )
 
         for f in (self.eb_ml, self.eb_reml):
             if f is not None:
@@ -102,13 +107,21 @@ class LMMComparison:
             o = self.mcmc.to_dict()
             vc = o["variance_components"][d.group_name]
             cols.append("MCMC mean")
-            values.append([*(v["mean"] for v in o["fixed_effects"].values()),
-                           *(v["mean"] for v in vc["variances"].values()),
-                           *(v["mean"] for v in vc["correlations"].values()),
-                           o["sigma2"]["mean"], None])
-        labels = ([f"beta: {n}" for n in d.fixed_names] + [f"var: {n}" for n in d.re_names]
-                  + [f"cor: {n}" for n in _corr_names(d)] + ["sigma²",
-                                                             "log lik / REML / log joint"])
+            values.append(
+                [
+                    *(v["mean"] for v in o["fixed_effects"].values()),
+                    *(v["mean"] for v in vc["variances"].values()),
+                    *(v["mean"] for v in vc["correlations"].values()),
+                    o["sigma2"]["mean"],
+                    None,
+                ]
+            )
+        labels = (
+            [f"beta: {n}" for n in d.fixed_names]
+            + [f"var: {n}" for n in d.re_names]
+            + [f"cor: {n}" for n in _corr_names(d)]
+            + ["sigma²", "log lik / REML / log joint"]
+        )
         return cols, [(lab, [v[i] for v in values]) for i, lab in enumerate(labels)]
 
     def table(self) -> str:
@@ -128,8 +141,12 @@ class LMMComparison:
 
 
 def _corr_names(d: LMMData) -> list[str]:
-    return [f"{a}:{b.names[j]}" for b in d.blocks for i, a in enumerate(b.names)
-            for j in range(i + 1, len(b.names))]
+    return [
+        f"{a}:{b.names[j]}"
+        for b in d.blocks
+        for i, a in enumerate(b.names)
+        for j in range(i + 1, len(b.names))
+    ]
 
 
 def compare_lmm(data: LMMData, settings, priors: dict | None, say) -> LMMComparison:
@@ -147,14 +164,25 @@ def compare_lmm(data: LMMData, settings, priors: dict | None, say) -> LMMCompari
         out.profile = profile(out.eb_ml if out.eb_ml is not None else out.eb_reml)
     if "joint-map" in ms:
         say(f"joint MAP, centered h-likelihood ({settings.n_starts} starts)")
-        out.joint_map = jm_est.fit(data, out.eb_ml, n_starts=settings.n_starts,
-                                   seed=settings.seed, n_jobs=settings.n_jobs)
+        out.joint_map = jm_est.fit(
+            data, out.eb_ml, n_starts=settings.n_starts, seed=settings.seed, n_jobs=settings.n_jobs
+        )
     if "mcmc" in ms:
-        say(f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
-            f"({settings.parametrization})")
-        out.mcmc = mcmc_est.fit(data, out.priors, McmcSettings(
-            chains=settings.chains, draws=settings.draws, tune=settings.tune,
-            target_accept=settings.target_accept, parametrization=settings.parametrization,
-            seed=settings.seed), progressbar=sys.stderr.isatty())
+        say(
+            f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
+            f"({settings.parametrization})"
+        )
+        out.mcmc = mcmc_est.fit(
+            data,
+            out.priors,
+            McmcSettings(
+                chains=settings.chains,
+                draws=settings.draws,
+                tune=settings.tune,
+                target_accept=settings.target_accept,
+                parametrization=settings.parametrization,
+                seed=settings.seed,
+            ),
+            progressbar=sys.stderr.isatty(),
+        )
     return out
-

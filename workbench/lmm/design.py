@@ -136,20 +136,35 @@ class LMMData:
 
     @cached_property
     def factors(self) -> GroupFactors:
-        return group_factors(self.y, self.X, self.Z, self.codes, self.n_groups,
-                             intercept=self.fixed_names.index("(Intercept)")
-                             if "(Intercept)" in self.fixed_names else None,
-                             blocks=self.blocks)
+        return group_factors(
+            self.y,
+            self.X,
+            self.Z,
+            self.codes,
+            self.n_groups,
+            intercept=self.fixed_names.index("(Intercept)")
+            if "(Intercept)" in self.fixed_names
+            else None,
+            blocks=self.blocks,
+        )
 
     def summary(self) -> dict:
         n = np.bincount(self.codes, minlength=self.n_groups)
         return {
-            "source": self.source, "sha256": self.sha256, "formula": self.formula,
-            "y": self.y_name, "group": self.group_name, "n_obs": self.n_obs,
-            "n_groups": self.n_groups, "group_size_min": int(n.min()),
-            "group_size_max": int(n.max()), "balanced": bool(np.all(n == n[0])),
-            "mean": float(self.y.mean()), "sd": float(self.y.std(ddof=1)),
-            "fixed_effects": list(self.fixed_names), "random_effects": list(self.re_names),
+            "source": self.source,
+            "sha256": self.sha256,
+            "formula": self.formula,
+            "y": self.y_name,
+            "group": self.group_name,
+            "n_obs": self.n_obs,
+            "n_groups": self.n_groups,
+            "group_size_min": int(n.min()),
+            "group_size_max": int(n.max()),
+            "balanced": bool(np.all(n == n[0])),
+            "mean": float(self.y.mean()),
+            "sd": float(self.y.std(ddof=1)),
+            "fixed_effects": list(self.fixed_names),
+            "random_effects": list(self.re_names),
         }
 
 
@@ -188,8 +203,9 @@ def z_reparametrisation(Z: np.ndarray, blocks: tuple[Block, ...] | None) -> np.n
     return B
 
 
-def group_factors(y, X, Z, codes, m: int, intercept: int | None = None,
-                  blocks: tuple[Block, ...] | None = None) -> GroupFactors:
+def group_factors(
+    y, X, Z, codes, m: int, intercept: int | None = None, blocks: tuple[Block, ...] | None = None
+) -> GroupFactors:
     """The one O(N) pass: centre/scale X, y and the random-effect blocks, then a batched
     Householder QR of [Z_s X_s y_s] for the groups of each size, and one QR of the stacked
     within-group parts."""
@@ -200,7 +216,7 @@ def group_factors(y, X, Z, codes, m: int, intercept: int | None = None,
     c = q + p + 1
     full = np.empty((y.size, c))
     full[:, :q] = _times(Z, B)
-    full[:, q:q + p] = _times(X, scaling.A)
+    full[:, q : q + p] = _times(X, scaling.A)
     full[:, -1] = (y - scaling.y_shift) / scaling.y_scale
     n = np.bincount(codes, minlength=m)
     order = np.argsort(codes, kind="stable")
@@ -212,22 +228,30 @@ def group_factors(y, X, Z, codes, m: int, intercept: int | None = None,
         r = np.linalg.qr(full[rows], mode="r")  # (k, min(size, c), c)
         R[groups, : r.shape[1], :] = r
     within = R[:, q:, q:].reshape(-1, c - q)
-    RW = np.linalg.qr(within, mode="r") if within.shape[0] >= c - q else np.triu(
-        np.vstack([within, np.zeros((c - q - within.shape[0], c - q))]))
+    RW = (
+        np.linalg.qr(within, mode="r")
+        if within.shape[0] >= c - q
+        else np.triu(np.vstack([within, np.zeros((c - q - within.shape[0], c - q))]))
+    )
     Binv = np.linalg.inv(B)
     Rz = R[:, :q, :q].copy()
     ztz = Binv.T @ np.einsum("jab,jac->jbc", Rz, Rz) @ Binv
-    return GroupFactors(Rz=Rz, C=R[:, :q, q:].copy(), RW=RW, ztz=ztz, n=n.astype(float),
-                        scaling=scaling, B=B)
+    return GroupFactors(
+        Rz=Rz, C=R[:, :q, q:].copy(), RW=RW, ztz=ztz, n=n.astype(float), scaling=scaling, B=B
+    )
 
 
 def _missing_column(df: pd.DataFrame, name: str, source: str) -> InputError:
     cols = [str(c) for c in df.columns]
     close = difflib.get_close_matches(name, cols, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else (
-        f"available columns: {', '.join(cols[:12])}")
-    return InputError(f"{source}: the formula uses column '{name}', which the data do not have; "
-                      f"{hint}")
+    hint = (
+        f"did you mean {', '.join(repr(c) for c in close)}?"
+        if close
+        else (f"available columns: {', '.join(cols[:12])}")
+    )
+    return InputError(
+        f"{source}: the formula uses column '{name}', which the data do not have; {hint}"
+    )
 
 
 def _design(part, df: pd.DataFrame, source: str) -> tuple[np.ndarray, list[str]]:
@@ -247,8 +271,9 @@ def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
     norm = np.sqrt((X * X).sum(axis=0))
     if np.any(norm == 0):
         bad = names[int(np.flatnonzero(norm == 0)[0])]
-        raise InputError(f"{source}: fixed-effect column '{bad}' is all zero; drop that term "
-                         f"from the formula.")
+        raise InputError(
+            f"{source}: fixed-effect column '{bad}' is all zero; drop that term from the formula."
+        )
     Xc = X / norm
     if "(Intercept)" in names:
         k = names.index("(Intercept)")
@@ -257,22 +282,33 @@ def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
         spread = np.sqrt((Xc * Xc).sum(axis=0))
         flat = [j for j in range(X.shape[1]) if j != k and spread[j] <= 1e-13]  # sd/rms
         if flat:
-            raise InputError(f"{source}: fixed-effect column '{names[flat[0]]}' is constant, the "
-                             f"same as the intercept; drop that term from the formula.")
+            raise InputError(
+                f"{source}: fixed-effect column '{names[flat[0]]}' is constant, the "
+                f"same as the intercept; drop that term from the formula."
+            )
         Xc = Xc / spread
     r, piv = scipy.linalg.qr(Xc, mode="r", pivoting=True)
     d = np.abs(np.diag(r))
     rank = int((d > d[0] * 1e-7).sum())
     if rank < X.shape[1]:
         dropped = [names[i] for i in piv[rank:]]
-        raise InputError(f"{source}: the fixed effects are rank deficient ({X.shape[1]} columns, "
-                         f"rank {rank}): {', '.join(repr(n) for n in dropped)} is a linear "
-                         f"combination of the other columns; drop it from the formula.")
+        raise InputError(
+            f"{source}: the fixed effects are rank deficient ({X.shape[1]} columns, "
+            f"rank {rank}): {', '.join(repr(n) for n in dropped)} is a linear "
+            f"combination of the other columns; drop it from the formula."
+        )
 
 
-def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, m: int,
-                      terms: list[tuple[RandomTerm, int]], spec: FormulaSpec,
-                      source: str) -> None:
+def _check_identified(
+    y: np.ndarray,
+    X: np.ndarray,
+    Z: np.ndarray,
+    codes: np.ndarray,
+    m: int,
+    terms: list[tuple[RandomTerm, int]],
+    spec: FormulaSpec,
+    source: str,
+) -> None:
     """Refuse data in which sigma^2 is not identified, all relative to y's own scale.
 
     * y constant (to 1e-12 of max |y|);
@@ -288,9 +324,11 @@ def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.nda
     ys = y / scale if scale > 0 else y
     dev = ys - ys.mean()
     if scale == 0 or np.sqrt(dev @ dev / n) <= 1e-12:
-        raise InputError(f"{source}: column '{spec.response}' does not vary (every value is "
-                         f"{y[0]:.6g}), so there is nothing to model: check the response "
-                         f"column.")
+        raise InputError(
+            f"{source}: column '{spec.response}' does not vary (every value is "
+            f"{y[0]:.6g}), so there is nothing to model: check the response "
+            f"column."
+        )
     sizes = np.bincount(codes, minlength=m)
     for term, ncol in terms:
         if n <= m * ncol:
@@ -298,12 +336,14 @@ def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.nda
                 raise InputError(
                     f"{source}: every group of '{spec.factor}' has one observation, so sigma^2 "
                     f"and the variance of the group effects are not separately identified (lme4 "
-                    f"refuses this too): use a grouping column with repeated observations.")
+                    f"refuses this too): use a grouping column with repeated observations."
+                )
             raise InputError(
                 f"{source}: {n} observations are not more than the {m * ncol} random effects of "
                 f"{term.text()} ({m} groups x {ncol}), so sigma^2 and the random-effect "
                 f"variances are not separately identified (lme4 refuses this too): use fewer "
-                f"random-effect terms or groups with more observations.")
+                f"random-effect terms or groups with more observations."
+            )
     q = Z.shape[1]
 
     def per_group(w):
@@ -330,11 +370,18 @@ def _check_identified(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.nda
             f"{source}: column '{spec.response}' is fitted exactly by the fixed effects plus "
             f"free effects for each group of '{spec.factor}' (for example it does not vary "
             f"within any group), so the residual variance sigma^2 is not identified: check the "
-            f"columns.")
+            f"columns."
+        )
 
 
-def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<DataFrame>",
-               sha256: str = "", levels: dict[str, list] | None = None) -> LMMData:
+def from_frame(
+    df: pd.DataFrame,
+    formula: str | FormulaSpec,
+    *,
+    source: str = "<DataFrame>",
+    sha256: str = "",
+    levels: dict[str, list] | None = None,
+) -> LMMData:
     """Validate the data against the formula and build the `LMMData` record.
 
     `levels` fixes the order of a categorical column's levels (the first is the reference
@@ -350,25 +397,32 @@ def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<
         isna = df[name].isna().to_numpy()
         if isna.any():
             row = int(np.flatnonzero(isna)[0])
-            raise InputError(f"{source}: column '{name}' has a missing value in data row "
-                             f"{row + 1} ({int(isna.sum())} rows in all); fill in or drop "
-                             f"those rows.")
+            raise InputError(
+                f"{source}: column '{name}' has a missing value in data row "
+                f"{row + 1} ({int(isna.sum())} rows in all); fill in or drop "
+                f"those rows."
+            )
     y = pd.to_numeric(df[spec.response], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(y)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{source}: column '{spec.response}' is not a finite number "
-                         f"({df[spec.response].iloc[row]!r}) in data row {row + 1}; the "
-                         f"response must be numeric: fix or drop those rows.")
+        raise InputError(
+            f"{source}: column '{spec.response}' is not a finite number "
+            f"({df[spec.response].iloc[row]!r}) in data row {row + 1}; the "
+            f"response must be numeric: fix or drop those rows."
+        )
     for name, order in (levels or {}).items():
         if name not in df.columns:
             continue
         unknown = sorted(set(df[name].astype(str)) - set(map(str, order)))
         if unknown:
-            raise InputError(f"{source}: column '{name}' has level(s) {', '.join(unknown)} "
-                             f"that are not in its level order {list(order)}; list them all.")
-        df[name] = pd.Categorical(df[name].astype(str), categories=[str(v) for v in order],
-                                  ordered=True)
+            raise InputError(
+                f"{source}: column '{name}' has level(s) {', '.join(unknown)} "
+                f"that are not in its level order {list(order)}; list them all."
+            )
+        df[name] = pd.Categorical(
+            df[name].astype(str), categories=[str(v) for v in order], ordered=True
+        )
     X, fixed_names = _design(spec.fixed_part, df, source)  # R's order: interactions last
     _check_rank(X, fixed_names, source)
     zcols, blocks, sizes = [], [], []
@@ -377,35 +431,67 @@ def from_frame(df: pd.DataFrame, formula: str | FormulaSpec, *, source: str = "<
         groups = [[i] for i in range(len(names))] if not term.correlated else [range(len(names))]
         for g in groups:
             start = sum(z.shape[1] for z in zcols)
-            blocks.append(Block(names=tuple(names[i] for i in g),
-                                cols=tuple(start + k for k in range(len(list(g))))))
+            blocks.append(
+                Block(
+                    names=tuple(names[i] for i in g),
+                    cols=tuple(start + k for k in range(len(list(g)))),
+                )
+            )
             zcols.append(Zt[:, list(g)])
         sizes.append((term, Zt.shape[1]))
     Z = np.hstack(zcols)
     re_names = [n for b in blocks for n in b.names]
     if len(set(re_names)) < len(re_names):
         dup = next(n for n in re_names if re_names.count(n) > 1)
-        raise InputError(f"{source}: random effect '{dup}' appears twice for '{spec.factor}'; "
-                         f"list each term once.")
+        raise InputError(
+            f"{source}: random effect '{dup}' appears twice for '{spec.factor}'; "
+            f"list each term once."
+        )
     codes, uniques = pd.factorize(df[spec.factor].astype(str), sort=False)
     if len(uniques) < 2:
-        raise InputError(f"{source}: column '{spec.factor}' has {len(uniques)} group(s); a "
-                         f"mixed model needs at least 2 groups.")
+        raise InputError(
+            f"{source}: column '{spec.factor}' has {len(uniques)} group(s); a "
+            f"mixed model needs at least 2 groups."
+        )
     if not sha256:
-        sha256 = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy()
-                                .tobytes()).hexdigest()
-    out = LMMData(y=y, X=X, Z=Z, codes=codes.astype(np.int64), labels=tuple(uniques),
-                  fixed_names=tuple(fixed_names), blocks=tuple(blocks), y_name=spec.response,
-                  group_name=spec.factor, formula=spec.text(), source=source, sha256=sha256)
+        sha256 = hashlib.sha256(
+            pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
+        ).hexdigest()
+    out = LMMData(
+        y=y,
+        X=X,
+        Z=Z,
+        codes=codes.astype(np.int64),
+        labels=tuple(uniques),
+        fixed_names=tuple(fixed_names),
+        blocks=tuple(blocks),
+        y_name=spec.response,
+        group_name=spec.factor,
+        formula=spec.text(),
+        source=source,
+        sha256=sha256,
+    )
     if out.n_obs <= out.p + out.q:
-        raise InputError(f"{source}: {out.n_obs} rows are too few for {out.p} fixed and "
-                         f"{out.q} random effects per group.")
+        raise InputError(
+            f"{source}: {out.n_obs} rows are too few for {out.p} fixed and "
+            f"{out.q} random effects per group."
+        )
     _check_identified(y, X, Z, out.codes, out.n_groups, sizes, spec, source)
     return out
 
 
-def from_arrays(y, X, Z, group, *, fixed_names=None, re_names=None, correlated: bool = True,
-                y_name: str = "y", group_name: str = "group") -> LMMData:
+def from_arrays(
+    y,
+    X,
+    Z,
+    group,
+    *,
+    fixed_names=None,
+    re_names=None,
+    correlated: bool = True,
+    y_name: str = "y",
+    group_name: str = "group",
+) -> LMMData:
     """Plain arrays (no formula): one block of random effects, correlated unless told not."""
     X, Z = np.asarray(X, float), np.asarray(Z, float)
     X = X[:, None] if X.ndim == 1 else X
@@ -414,8 +500,19 @@ def from_arrays(y, X, Z, group, *, fixed_names=None, re_names=None, correlated: 
     fixed_names = tuple(fixed_names or [f"x{k}" for k in range(X.shape[1])])
     re_names = tuple(re_names or [f"z{k}" for k in range(Z.shape[1])])
     q = Z.shape[1]
-    blocks = ((Block(re_names, tuple(range(q))),) if correlated
-              else tuple(Block((n,), (k,)) for k, n in enumerate(re_names)))
-    return LMMData(y=np.asarray(y, float), X=X, Z=Z, codes=codes.astype(np.int64),
-                   labels=tuple(str(u) for u in uniques), fixed_names=fixed_names,
-                   blocks=blocks, y_name=y_name, group_name=group_name)
+    blocks = (
+        (Block(re_names, tuple(range(q))),)
+        if correlated
+        else tuple(Block((n,), (k,)) for k, n in enumerate(re_names))
+    )
+    return LMMData(
+        y=np.asarray(y, float),
+        X=X,
+        Z=Z,
+        codes=codes.astype(np.int64),
+        labels=tuple(str(u) for u in uniques),
+        fixed_names=fixed_names,
+        blocks=blocks,
+        y_name=y_name,
+        group_name=group_name,
+    )

@@ -170,8 +170,11 @@ class PLS:
 
     def loglik(self, sigma2: float) -> float:
         """Marginal log likelihood at (beta_hat(theta), sigma2, theta)."""
-        return -0.5 * (self.logdet_L + self.n_obs * np.log(2.0 * np.pi * sigma2)
-                       + float(np.exp(self.log_r2 - np.log(sigma2))))
+        return -0.5 * (
+            self.logdet_L
+            + self.n_obs * np.log(2.0 * np.pi * sigma2)
+            + float(np.exp(self.log_r2 - np.log(sigma2)))
+        )
 
     def cond_cov(self, sigma2: float) -> np.ndarray:
         """Conditional covariance of b_j given y and the parameters (lme4's condVar):
@@ -269,12 +272,22 @@ def solve(gf: GroupFactors, layout: Layout, theta, internal: bool = False) -> PL
     diagK = np.diagonal(K, axis1=1, axis2=2)
     with np.errstate(divide="ignore"):
         log_r2 = 2.0 * (float(np.log(r)) + float(np.log(s)))
-    return PLS(theta=theta, T=T, M=M, K=K, e=e, D=D, Rinv=Rinv, y_scale=s, beta=beta,
-               beta_cov_unit=cov,
-               log_r2=log_r2,
-               logdet_L=2.0 * float(np.log(diagK).sum()),
-               logdet_RX=2.0 * float(np.log(np.abs(np.diag(RX))).sum()) - 2.0 * sc.log_det_A,
-               n_obs=int(gf.n.sum()))
+    return PLS(
+        theta=theta,
+        T=T,
+        M=M,
+        K=K,
+        e=e,
+        D=D,
+        Rinv=Rinv,
+        y_scale=s,
+        beta=beta,
+        beta_cov_unit=cov,
+        log_r2=log_r2,
+        logdet_L=2.0 * float(np.log(diagK).sum()),
+        logdet_RX=2.0 * float(np.log(np.abs(np.diag(RX))).sum()) - 2.0 * sc.log_det_A,
+        n_obs=int(gf.n.sum()),
+    )
 
 
 def gradient(gf: GroupFactors, layout: Layout, theta_s, kind: str) -> tuple[float, np.ndarray]:

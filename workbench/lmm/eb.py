@@ -34,13 +34,12 @@ class VarianceComponents:
         return {"variances": dict(self.variances), "correlations": dict(self.correlations)}
 
 
-def variance_components(G: np.ndarray, blocks: tuple[Block, ...], group: str
-                        ) -> VarianceComponents:
+def variance_components(G: np.ndarray, blocks: tuple[Block, ...], group: str) -> VarianceComponents:
     var, cor = {}, {}
     for b in blocks:
         for i, (ni, ci) in enumerate(zip(b.names, b.cols, strict=True)):
             var[ni] = float(G[ci, ci])
-            for nj, cj in list(zip(b.names, b.cols, strict=True))[i + 1:]:
+            for nj, cj in list(zip(b.names, b.cols, strict=True))[i + 1 :]:
                 den = np.sqrt(G[ci, ci] * G[cj, cj])
                 cor[f"{ni}:{nj}"] = float(G[ci, cj] / den) if den > 0 else float("nan")
     return VarianceComponents(group=group, variances=var, correlations=cor)
@@ -94,20 +93,33 @@ class LMMFit:
 
     @property
     def singular(self) -> bool:
-        return bool(np.any(np.abs(self.theta[Layout.of(self.data.blocks, self.data.q).diagonal])
-                           < BOUNDARY_TOL))
+        return bool(
+            np.any(
+                np.abs(self.theta[Layout.of(self.data.blocks, self.data.q).diagonal]) < BOUNDARY_TOL
+            )
+        )
 
     def fixed_effects(self, level: float = 0.95) -> dict[str, dict]:
         z = scipy.stats.norm.ppf(0.5 + level / 2)
-        return {n: {"estimate": float(b), "se": float(s), "ci_wald": [float(b - z * s),
-                                                                      float(b + z * s)]}
-                for n, b, s in zip(self.data.fixed_names, self.beta, self.se, strict=True)}
+        return {
+            n: {
+                "estimate": float(b),
+                "se": float(s),
+                "ci_wald": [float(b - z * s), float(b + z * s)],
+            }
+            for n, b, s in zip(self.data.fixed_names, self.beta, self.se, strict=True)
+        }
 
     def random_effects(self) -> dict[str, dict]:
         sd = np.sqrt(np.diagonal(self.re_cov, axis1=1, axis2=2))
         names = self.data.re_names
-        return {lab: {n: {"mode": float(self.re_mode[j, k]), "sd": float(sd[j, k])}
-                      for k, n in enumerate(names)} for j, lab in enumerate(self.data.labels)}
+        return {
+            lab: {
+                n: {"mode": float(self.re_mode[j, k]), "sd": float(sd[j, k])}
+                for k, n in enumerate(names)
+            }
+            for j, lab in enumerate(self.data.labels)
+        }
 
     def to_dict(self) -> dict:
         out = {
@@ -116,10 +128,12 @@ class LMMFit:
             "variance_components": {self.data.group_name: self.components.to_dict()},
             "sigma2": self.sigma2,
             "theta": [float(t) for t in self.theta],
-            "loglik" if self.method == "ml" else "reml_criterion":
-                self.loglik if self.method == "ml" else self.objective,
-            "deviance" if self.method == "ml" else "restricted_loglik":
-                self.objective if self.method == "ml" else self.loglik,
+            "loglik" if self.method == "ml" else "reml_criterion": self.loglik
+            if self.method == "ml"
+            else self.objective,
+            "deviance" if self.method == "ml" else "restricted_loglik": self.objective
+            if self.method == "ml"
+            else self.loglik,
             "singular": self.singular,
             "converged": self.converged,
             "convergence": self.optimum.to_dict(),
@@ -138,19 +152,34 @@ def fit(data: LMMData, method: str = "ml", x0=None) -> LMMFit:
 def _fit(data: LMMData, method: str, x0) -> LMMFit:
     gf = data.factors
     layout = Layout.of(data.blocks, data.q)
-    opt = minimise(lambda t: solve(gf, layout, t, internal=True).objective(method),
-                   layout.starts() if x0 is None else to_internal(gf, layout, x0),
-                   np.where(layout.diagonal, 0.0, -np.inf), mirror=layout.mirror,
-                   grad=lambda t: gradient(gf, layout, t, method))
+    opt = minimise(
+        lambda t: solve(gf, layout, t, internal=True).objective(method),
+        layout.starts() if x0 is None else to_internal(gf, layout, x0),
+        np.where(layout.diagonal, 0.0, -np.inf),
+        mirror=layout.mirror,
+        grad=lambda t: gradient(gf, layout, t, method),
+    )
     pls = solve(gf, layout, to_user(gf, layout, opt.x))
     s2 = pls.sigma2(method)
     G = s2 * pls.T @ pls.T.T
-    out = LMMFit(method=method, data=data, pls=pls, sigma2=s2, G=G, beta=pls.beta,
-                 beta_cov=pls.beta_cov(s2), objective=pls.objective(method), optimum=opt)
+    out = LMMFit(
+        method=method,
+        data=data,
+        pls=pls,
+        sigma2=s2,
+        G=G,
+        beta=pls.beta,
+        beta_cov=pls.beta_cov(s2),
+        objective=pls.objective(method),
+        optimum=opt,
+    )
     if not opt.converged:
-        out.notes.append(f"the optimiser did not confirm a minimum ({opt.message}); the "
-                         f"estimates may be off")
+        out.notes.append(
+            f"the optimiser did not confirm a minimum ({opt.message}); the estimates may be off"
+        )
     if out.singular:
-        out.notes.append("boundary (singular) fit: a random-effect variance is 0 or a "
-                         "correlation is +-1 (lme4's isSingular)")
+        out.notes.append(
+            "boundary (singular) fit: a random-effect variance is 0 or a "
+            "correlation is +-1 (lme4's isSingular)"
+        )
     return out

@@ -38,9 +38,14 @@ class Start:
     iterations: int
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "start": self.kind, "status": self.status,
-                "log_joint": self.log_joint, "theta": [float(t) for t in self.theta],
-                "iterations": self.iterations}
+        return {
+            "index": self.index,
+            "start": self.kind,
+            "status": self.status,
+            "log_joint": self.log_joint,
+            "theta": [float(t) for t in self.theta],
+            "iterations": self.iterations,
+        }
 
 
 @dataclass
@@ -81,22 +86,34 @@ class LMMJointMap:
         return _tally(self.starts)
 
     def to_dict(self) -> dict:
-        out = {"objective": "log joint without priors (h-likelihood), centered random effects",
-               "status": self.status, "message": self.message, "start_counts": self.counts(),
-               "starts": [s.to_dict() for s in self.starts]}
+        out = {
+            "objective": "log joint without priors (h-likelihood), centered random effects",
+            "status": self.status,
+            "message": self.message,
+            "start_counts": self.counts(),
+            "starts": [s.to_dict() for s in self.starts],
+        }
         if self.pls is not None:
             se = np.sqrt(np.diag(self.pls.beta_cov(self.sigma2)))
-            out.update({
-                "fixed_effects": {n: {"estimate": float(b), "se": float(s)} for n, b, s in
-                                  zip(self.data.fixed_names, self.beta, se, strict=True)},
-                "variance_components": {self.data.group_name: variance_components(
-                    self.G, self.data.blocks, self.data.group_name).to_dict()},
-                "sigma2": self.sigma2, "theta": [float(t) for t in self.pls.theta],
-                "log_joint": self.log_joint,
-                "loglik": self.pls.loglik(self.sigma2),
-                "se_note": "Wald SEs from the Hessian in (beta, b) at the mode, variance "
-                           "components held at their joint-mode values",
-            })
+            out.update(
+                {
+                    "fixed_effects": {
+                        n: {"estimate": float(b), "se": float(s)}
+                        for n, b, s in zip(self.data.fixed_names, self.beta, se, strict=True)
+                    },
+                    "variance_components": {
+                        self.data.group_name: variance_components(
+                            self.G, self.data.blocks, self.data.group_name
+                        ).to_dict()
+                    },
+                    "sigma2": self.sigma2,
+                    "theta": [float(t) for t in self.pls.theta],
+                    "log_joint": self.log_joint,
+                    "loglik": self.pls.loglik(self.sigma2),
+                    "se_note": "Wald SEs from the Hessian in (beta, b) at the mode, variance "
+                    "components held at their joint-mode values",
+                }
+            )
         return out
 
 
@@ -121,8 +138,14 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
         return solve(cp, layout, _theta(phi, diag)).objective("joint")
 
     bounds = [(LOG_FLOOR, LOG_CEIL) if d else (None, None) for d in diag]
-    res = scipy.optimize.minimize(f, phi0, method="L-BFGS-B", jac="3-point", bounds=bounds,
-                                  options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 2000})
+    res = scipy.optimize.minimize(
+        f,
+        phi0,
+        method="L-BFGS-B",
+        jac="3-point",
+        bounds=bounds,
+        options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 2000},
+    )
     phi, iters = res.x, int(res.nit)
     low = diag & (phi < LOG_FLOOR + 4.0)
     if low.any():
@@ -149,8 +172,14 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
                 status = "interior" if g @ step < 1e-6 else "not_converged"
                 break
             phi = phi - step
-    return Start(index=index, kind=kind, status=status, log_joint=-0.5 * f(phi),
-                 theta=_theta(phi, diag), iterations=iters)
+    return Start(
+        index=index,
+        kind=kind,
+        status=status,
+        log_joint=-0.5 * f(phi),
+        theta=_theta(phi, diag),
+        iterations=iters,
+    )
 
 
 def make_starts(data: LMMData, eb: LMMFit, k: int, seed: int) -> list[tuple[str, np.ndarray]]:
@@ -163,18 +192,25 @@ def make_starts(data: LMMData, eb: LMMFit, k: int, seed: int) -> list[tuple[str,
     while len(starts) < k:
         phi = base.copy()
         phi[diag] += rng.normal(0.0, 1.5, diag.sum())
-        phi[~diag] = base[~diag] + rng.normal(0.0, 0.5, (~diag).sum()) * np.exp(
-            base[diag]).mean()
+        phi[~diag] = base[~diag] + rng.normal(0.0, 0.5, (~diag).sum()) * np.exp(base[diag]).mean()
         starts.append(("random", phi))
     return starts
 
 
-def fit(data: LMMData, eb: LMMFit, *, n_starts: int = 16, seed: int = 0, n_jobs: int = -1,
-        parallel_threshold: int = 20000) -> LMMJointMap:
+def fit(
+    data: LMMData,
+    eb: LMMFit,
+    *,
+    n_starts: int = 16,
+    seed: int = 0,
+    n_jobs: int = -1,
+    parallel_threshold: int = 20000,
+) -> LMMJointMap:
     """Multi-start joint MAP; starts run in joblib processes when n_starts x m is large.
     Results do not depend on n_jobs."""
-    jobs = [(i, kind, phi, data) for i, (kind, phi) in enumerate(make_starts(
-        data, eb, n_starts, seed))]
+    jobs = [
+        (i, kind, phi, data) for i, (kind, phi) in enumerate(make_starts(data, eb, n_starts, seed))
+    ]
     if n_jobs == 1 or n_starts * data.n_groups < parallel_threshold:
         results = [run_start(*job) for job in jobs]
     else:
@@ -186,13 +222,19 @@ def fit(data: LMMData, eb: LMMFit, *, n_starts: int = 16, seed: int = 0, n_jobs:
     counts = _tally(results)
     tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     if best is None:
-        message = (f"No interior joint mode: none of {n_starts} starts found a local maximum "
-                   f"of the log joint ({tally}). The log joint is unbounded as a random-effect "
-                   f"variance goes to 0, so there is no joint MAP to report.")
-        return LMMJointMap(data=data, status="no_interior_mode", best=None,
-                           starts=tuple(results), message=message)
+        message = (
+            f"No interior joint mode: none of {n_starts} starts found a local maximum "
+            f"of the log joint ({tally}). The log joint is unbounded as a random-effect "
+            f"variance goes to 0, so there is no joint MAP to report."
+        )
+        return LMMJointMap(
+            data=data, status="no_interior_mode", best=None, starts=tuple(results), message=message
+        )
     pls = solve(data.factors, Layout.of(data.blocks, data.q), best.theta)
-    message = (f"Interior local maximum of the log joint found ({tally} of {n_starts} starts); "
-               f"it is a local mode only, since the log joint is unbounded as a variance -> 0.")
-    return LMMJointMap(data=data, status="interior", best=best, starts=tuple(results),
-                       message=message, pls=pls)
+    message = (
+        f"Interior local maximum of the log joint found ({tally} of {n_starts} starts); "
+        f"it is a local mode only, since the log joint is unbounded as a variance -> 0."
+    )
+    return LMMJointMap(
+        data=data, status="interior", best=best, starts=tuple(results), message=message, pls=pls
+    )

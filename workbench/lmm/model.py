@@ -39,11 +39,17 @@ class LMMPriors:
     lkj_eta: float = 2.0
 
     def describe(self) -> dict[str, str]:
-        out = {f"beta[{n}]": f"Normal(mu={m:.6g}, sigma={s:.6g})"
-               for n, m, s in zip(self.names, self.beta_loc, self.beta_scale, strict=True)}
+        out = {
+            f"beta[{n}]": f"Normal(mu={m:.6g}, sigma={s:.6g})"
+            for n, m, s in zip(self.names, self.beta_loc, self.beta_scale, strict=True)
+        }
         out["sigma"] = f"HalfNormal(sigma={self.sigma_scale:.6g})"
-        out.update({f"sd[{n}]": f"HalfNormal(sigma={s:.6g})"
-                    for n, s in zip(self.re_names, self.sd_scale, strict=True)})
+        out.update(
+            {
+                f"sd[{n}]": f"HalfNormal(sigma={s:.6g})"
+                for n, s in zip(self.re_names, self.sd_scale, strict=True)
+            }
+        )
         out["correlations"] = f"LKJ(eta={self.lkj_eta:.6g})"
         return out
 
@@ -69,12 +75,20 @@ def make_priors(data: LMMData, overrides: dict | None = None) -> LMMPriors:
             loc.append(0.0)
             scale.append(2.5 * sd_y / _col_scale(data.X[:, k]))
     sd_scale = [2.5 * sd_y / _col_scale(data.Z[:, k]) for k in range(data.q)]
-    pri = LMMPriors(names=data.fixed_names, re_names=data.re_names, beta_loc=tuple(loc),
-                    beta_scale=tuple(scale), sigma_scale=2.5 * sd_y, sd_scale=tuple(sd_scale))
+    pri = LMMPriors(
+        names=data.fixed_names,
+        re_names=data.re_names,
+        beta_loc=tuple(loc),
+        beta_scale=tuple(scale),
+        sigma_scale=2.5 * sd_y,
+        sd_scale=tuple(sd_scale),
+    )
     for key, value in (overrides or {}).items():
         if key not in PRIOR_KEYS:
-            raise InputError(f"unknown prior setting '{key}' for a formula model; use one of "
-                             f"{', '.join(PRIOR_KEYS)}.")
+            raise InputError(
+                f"unknown prior setting '{key}' for a formula model; use one of "
+                f"{', '.join(PRIOR_KEYS)}."
+            )
         value = prior_number(key, value)
         if key in ("beta_scale", "sd_scale"):
             pri = replace(pri, **{key: tuple(value * s for s in getattr(pri, key))})
@@ -90,11 +104,16 @@ def build_model(data: LMMData, priors: LMMPriors, parametrization: str = "noncen
     import pymc as pm
     import pytensor.tensor as pt
 
-    coords = {"fixed": list(data.fixed_names), "group": list(data.labels),
-              "effect": list(data.re_names), "obs": np.arange(data.n_obs)}
+    coords = {
+        "fixed": list(data.fixed_names),
+        "group": list(data.labels),
+        "effect": list(data.re_names),
+        "obs": np.arange(data.n_obs),
+    }
     with pm.Model(coords=coords) as model:
-        beta = pm.Normal("beta", mu=np.array(priors.beta_loc), sigma=np.array(priors.beta_scale),
-                         dims="fixed")
+        beta = pm.Normal(
+            "beta", mu=np.array(priors.beta_loc), sigma=np.array(priors.beta_scale), dims="fixed"
+        )
         sigma = pm.HalfNormal("sigma", sigma=priors.sigma_scale)
         cols, sds = [None] * data.q, [None] * data.q
         m = data.n_groups
@@ -110,8 +129,12 @@ def build_model(data: LMMData, priors: LMMPriors, parametrization: str = "noncen
                 stds = pt.stack([sd])
             else:
                 chol, _, stds = pm.LKJCholeskyCov(
-                    f"chol_{k}", n=size, eta=priors.lkj_eta,
-                    sd_dist=pm.HalfNormal.dist(sigma=scales, shape=size), compute_corr=True)
+                    f"chol_{k}",
+                    n=size,
+                    eta=priors.lkj_eta,
+                    sd_dist=pm.HalfNormal.dist(sigma=scales, shape=size),
+                    compute_corr=True,
+                )
                 if parametrization == "centered":
                     bk = pm.MvNormal(f"b_{k}", mu=np.zeros(size), chol=chol, shape=(m, size))
                 else:

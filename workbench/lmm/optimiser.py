@@ -50,11 +50,17 @@ class Optimum:
     message: str
 
     def to_dict(self) -> dict:
-        return {"converged": self.converged, "n_evals": self.n_evals,
-                "restarts": self.restarts, "gradient_max": self.gradient_max,
-                "newton_decrement": self.newton_decrement,
-                "min_curvature": self.min_curvature, "on_bound": list(self.on_bound),
-                "inward_change": self.inward_change, "message": self.message}
+        return {
+            "converged": self.converged,
+            "n_evals": self.n_evals,
+            "restarts": self.restarts,
+            "gradient_max": self.gradient_max,
+            "newton_decrement": self.newton_decrement,
+            "min_curvature": self.min_curvature,
+            "on_bound": list(self.on_bound),
+            "inward_change": self.inward_change,
+            "message": self.message,
+        }
 
 
 def serial_blas():
@@ -73,21 +79,33 @@ class _Counted:
         return v if np.isfinite(v) else 1e300
 
 
-def _bobyqa(f: _Counted, x0: np.ndarray, lower: np.ndarray, rhobeg: float,
-            check: bool = False) -> np.ndarray:
+def _bobyqa(
+    f: _Counted, x0: np.ndarray, lower: np.ndarray, rhobeg: float, check: bool = False
+) -> np.ndarray:
     """BOBYQA from x0; `check`: a short run that only has to find a decrease if there is one."""
     lo = np.where(np.isfinite(lower), lower, -1e20)
     x0 = np.maximum(x0, lo)
     maxfun = 40 + 8 * x0.size if check else 2000 + 400 * x0.size
-    res = pybobyqa.solve(f, x0, bounds=(lo, np.full_like(lo, 1e20)), rhobeg=rhobeg,
-                         rhoend=1e-7 if check else 1e-10, maxfun=maxfun, do_logging=False,
-                         print_progress=False)
+    res = pybobyqa.solve(
+        f,
+        x0,
+        bounds=(lo, np.full_like(lo, 1e20)),
+        rhobeg=rhobeg,
+        rhoend=1e-7 if check else 1e-10,
+        maxfun=maxfun,
+        do_logging=False,
+        print_progress=False,
+    )
     x = np.maximum(np.asarray(res.x, float), lo)
     return x if f(x) <= f(x0) else x0
 
 
-def derivatives(f: Callable[[np.ndarray], float], x: np.ndarray, free: np.ndarray | None = None,
-                step: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+def derivatives(
+    f: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    free: np.ndarray | None = None,
+    step: float = 1e-5,
+) -> tuple[np.ndarray, np.ndarray]:
     """Central-difference gradient and Hessian over the free coordinates (default: all), with
     steps `step` x max(1, |x_i|)."""
     x = np.asarray(x, float)
@@ -108,8 +126,12 @@ def derivatives(f: Callable[[np.ndarray], float], x: np.ndarray, free: np.ndarra
     for i in range(k):
         H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h[i] ** 2
         for j in range(i):
-            H[i, j] = H[j, i] = (at((i, 1), (j, 1)) - at((i, 1), (j, -1)) - at((i, -1), (j, 1))
-                                 + at((i, -1), (j, -1))) / (4 * h[i] * h[j])
+            H[i, j] = H[j, i] = (
+                at((i, 1), (j, 1))
+                - at((i, 1), (j, -1))
+                - at((i, -1), (j, 1))
+                + at((i, -1), (j, -1))
+            ) / (4 * h[i] * h[j])
     return (fp - fm) / (2 * h), H
 
 
@@ -127,9 +149,12 @@ def _stationarity(g: np.ndarray, H: np.ndarray) -> tuple[float, float]:
     return dec, flat
 
 
-def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray,
-            mirror: Callable[[np.ndarray, int], np.ndarray] | None
-            ) -> tuple[float, np.ndarray | None]:
+def _inward(
+    f: _Counted,
+    x: np.ndarray,
+    bound: np.ndarray,
+    mirror: Callable[[np.ndarray, int], np.ndarray] | None,
+) -> tuple[float, np.ndarray | None]:
     """Smallest f(x + s e_i) - f(x) over bound coordinates i, steps s and the mirror images of
     x at i (points equal to x while x_i is on its bound), and the point that gives it."""
     f0, best, where = f(x), np.inf, None
@@ -145,16 +170,26 @@ def _inward(f: _Counted, x: np.ndarray, bound: np.ndarray,
     return float(best), where
 
 
-def _screen(f: _Counted, x0: np.ndarray, lower: np.ndarray,
-            grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None) -> np.ndarray:
+def _screen(
+    f: _Counted,
+    x0: np.ndarray,
+    lower: np.ndarray,
+    grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None,
+) -> np.ndarray:
     """A descent from one start: L-BFGS-B with the exact gradient where there is one (then to
     full accuracy), else with forward differences to a loose tolerance (BOBYQA and the checks
     give the accuracy afterwards)."""
     bounds = [(lo, None) if np.isfinite(lo) else (None, None) for lo in lower]
     x0 = np.maximum(x0, np.where(np.isfinite(lower), lower, -np.inf))
     if grad is None:
-        res = scipy.optimize.minimize(f, x0, method="L-BFGS-B", jac="2-point", bounds=bounds,
-                                      options={"maxiter": 100, "ftol": 1e-9, "gtol": 1e-4})
+        res = scipy.optimize.minimize(
+            f,
+            x0,
+            method="L-BFGS-B",
+            jac="2-point",
+            bounds=bounds,
+            options={"maxiter": 100, "ftol": 1e-9, "gtol": 1e-4},
+        )
         return np.asarray(res.x, float)
 
     def fg(x):
@@ -162,14 +197,24 @@ def _screen(f: _Counted, x0: np.ndarray, lower: np.ndarray,
         v, g = grad(np.asarray(x, float))
         return (float(v), g) if np.isfinite(v) and np.all(np.isfinite(g)) else (1e300, 0 * g)
 
-    res = scipy.optimize.minimize(fg, x0, method="L-BFGS-B", jac=True, bounds=bounds,
-                                  options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-9})
+    res = scipy.optimize.minimize(
+        fg,
+        x0,
+        method="L-BFGS-B",
+        jac=True,
+        bounds=bounds,
+        options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-9},
+    )
     return np.asarray(res.x, float)
 
 
-def minimise(fun: Callable[[np.ndarray], float], starts, lower,
-             mirror: Callable[[np.ndarray, int], np.ndarray] | None = None,
-             grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None) -> Optimum:
+def minimise(
+    fun: Callable[[np.ndarray], float],
+    starts,
+    lower,
+    mirror: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+) -> Optimum:
     """Minimise `fun` subject to x >= lower (-inf: unbounded) from `x0`; see the module text.
 
     `mirror(x, i)`, where given, returns the other representation of the same point when x_i
@@ -197,8 +242,11 @@ def minimise(fun: Callable[[np.ndarray], float], starts, lower,
         free = ~bound
         g, H = derivatives(f, x, free) if free.any() else (np.zeros(0), np.zeros((0, 0)))
         gmax = float(np.abs(g).max()) if g.size else 0.0
-        curv = float(np.linalg.eigvalsh(H).min()) if g.size and np.all(np.isfinite(H)) else (
-            0.0 if not g.size else -np.inf)
+        curv = (
+            float(np.linalg.eigvalsh(H).min())
+            if g.size and np.all(np.isfinite(H))
+            else (0.0 if not g.size else -np.inf)
+        )
         dec, flat = _stationarity(g, H)
         stationary = dec <= DECREMENT_TOL and flat <= GRADIENT_TOL and curv >= CURVATURE_TOL
         inward, y = _inward(f, x, bound, mirror) if bound.any() else (np.inf, None)
@@ -217,13 +265,24 @@ def minimise(fun: Callable[[np.ndarray], float], starts, lower,
         restarts += 1
         if f(x_new) >= f(x) - DECREASE_TOL and not stationary:
             x = x_new
-            message = (f"no progress: gradient {gmax:.2g}, smallest curvature {curv:.2g} on the "
-                       f"free coordinates")
+            message = (
+                f"no progress: gradient {gmax:.2g}, smallest curvature {curv:.2g} on the "
+                f"free coordinates"
+            )
             bound = np.isfinite(lower) & (x <= lower + 1e-10)
             break
         x = x_new
     converged = stationary and not inward < -DECREASE_TOL and message.startswith("converged")
-    return Optimum(x=x, fun=f(x), n_evals=f.n, restarts=restarts, converged=converged,
-                   gradient_max=gmax, newton_decrement=dec, min_curvature=curv,
-                   on_bound=tuple(int(i) for i in np.flatnonzero(bound)),
-                   inward_change=float(inward) if np.isfinite(inward) else 0.0, message=message)
+    return Optimum(
+        x=x,
+        fun=f(x),
+        n_evals=f.n,
+        restarts=restarts,
+        converged=converged,
+        gradient_max=gmax,
+        newton_decrement=dec,
+        min_curvature=curv,
+        on_bound=tuple(int(i) for i in np.flatnonzero(bound)),
+        inward_change=float(inward) if np.isfinite(inward) else 0.0,
+        message=message,
+    )

@@ -60,12 +60,21 @@ def _marks(c, key: str, kind: str) -> list[tuple[str, float, str, str]]:
     if c.mcmc is not None:
         import arviz as az
 
-
-        draws = (c.mcmc.draws("sigma2") if kind == "sigma2" else
-                 (c.mcmc.variance_draws() if kind == "variances"
-                  else c.mcmc.correlation_draws())[key])
-        out.append(("MCMC marginal mode", float(az.mode(np.asarray(draws), round_to="none")),
-                    COLORS["MCMC mode"], "-."))
+        draws = (
+            c.mcmc.draws("sigma2")
+            if kind == "sigma2"
+            else (c.mcmc.variance_draws() if kind == "variances" else c.mcmc.correlation_draws())[
+                key
+            ]
+        )
+        out.append(
+            (
+                "MCMC marginal mode",
+                float(az.mode(np.asarray(draws), round_to="none")),
+                COLORS["MCMC mode"],
+                "-.",
+            )
+        )
     return out
 
 
@@ -74,16 +83,22 @@ def plot_components(c):
     """Marginal posterior of sigma^2, every variance and every correlation, with the point
     estimates of every method."""
     d = c.data
-    panels = ([("sigma2", "sigma2", f"sigma^2 (residual, {d.y_name}^2)")]
-              + [("variances", n, f"variance of {n} effects") for n in d.re_names]
-              + [("correlations", n, f"correlation {n}") for n in c.eb_ml.components.correlations])
+    panels = (
+        [("sigma2", "sigma2", f"sigma^2 (residual, {d.y_name}^2)")]
+        + [("variances", n, f"variance of {n} effects") for n in d.re_names]
+        + [("correlations", n, f"correlation {n}") for n in c.eb_ml.components.correlations]
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.0), squeeze=False)
     for ax, (kind, key, title) in zip(axes[0], panels, strict=True):
         window = None
         if c.mcmc is not None:
-            draws = np.asarray(c.mcmc.draws("sigma2") if kind == "sigma2" else
-                               (c.mcmc.variance_draws() if kind == "variances"
-                                else c.mcmc.correlation_draws())[key]).reshape(-1)
+            draws = np.asarray(
+                c.mcmc.draws("sigma2")
+                if kind == "sigma2"
+                else (
+                    c.mcmc.variance_draws() if kind == "variances" else c.mcmc.correlation_draws()
+                )[key]
+            ).reshape(-1)
             window = density(ax, draws, label="posterior (MCMC, KDE)")
         _vlines(ax, _marks(c, key, kind), window)
         ax.set_title(title, fontsize=10)
@@ -99,13 +114,23 @@ def plot_scale_path(c, path: ScalePath):
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
     at_ml = int(np.argmin(np.abs(np.log(path.scale))))
     lm, lj = finite(path.log_marginal), finite(path.log_joint)
-    ax.plot(path.scale, lm - np.nanmax(lm), color=COLORS["EB-ML"],
-            lw=2, label="log marginal likelihood l (profiled), left axis")
+    ax.plot(
+        path.scale,
+        lm - np.nanmax(lm),
+        color=COLORS["EB-ML"],
+        lw=2,
+        label="log marginal likelihood l (profiled), left axis",
+    )
     ax.set_ylim(-40, 3)
     ax.set_ylabel("l minus its maximum", color=COLORS["EB-ML"])
     ax2 = ax.twinx()
-    ax2.plot(path.scale, lj - lj[at_ml], color=JOINT_COLOR, lw=2,
-             label="log joint h (profiled over beta, b, sigma^2), right axis")
+    ax2.plot(
+        path.scale,
+        lj - lj[at_ml],
+        color=JOINT_COLOR,
+        lw=2,
+        label="log joint h (profiled over beta, b, sigma^2), right axis",
+    )
     ax2.set_ylabel("h minus its value at c = 1", color=JOINT_COLOR)
     ax.axvline(1.0, color=COLORS["EB-ML"], ls=":", label="EB-ML (c = 1)")
     ax.set_xscale("log")
@@ -126,8 +151,9 @@ def plot_caterpillar(c, max_groups: int = 30):
     order = np.argsort(c.eb_ml.re_mode[:, 0])
     if m > max_groups:
         order = order[np.linspace(0, m - 1, max_groups).round().astype(int)]
-    fig, axes = plt.subplots(1, d.q, figsize=(5.5 * d.q, max(3.5, 0.26 * len(order) + 1.5)),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, d.q, figsize=(5.5 * d.q, max(3.5, 0.26 * len(order) + 1.5)), squeeze=False, sharey=True
+    )
     ypos = np.arange(len(order))
     z = 1.959963984540054
     for k, ax in enumerate(axes[0]):
@@ -140,8 +166,9 @@ def plot_caterpillar(c, max_groups: int = 30):
         if j is not None and j.pls is not None:
             sd = np.sqrt(j.re_cov[order, k, k])
             mode = j.re_mode[order, k]
-            series.append(("joint MAP 95% (variances fixed)", mode - z * sd, mode + z * sd,
-                           JOINT_COLOR, 0.25))
+            series.append(
+                ("joint MAP 95% (variances fixed)", mode - z * sd, mode + z * sd, JOINT_COLOR, 0.25)
+            )
         if c.mcmc is not None:
             import arviz as az
 
@@ -155,8 +182,9 @@ def plot_caterpillar(c, max_groups: int = 30):
         ax.set_xlabel(d.re_names[k])
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_yticks(ypos, [short(d.labels[j]) for j in order], fontsize=7)
-    axes[0][0].set_ylabel(f"{d.group_name}" + (f" ({len(order)} of {m} shown)"
-                                               if m > max_groups else ""))
+    axes[0][0].set_ylabel(
+        f"{d.group_name}" + (f" ({len(order)} of {m} shown)" if m > max_groups else "")
+    )
     fig.tight_layout()
     return fig
 

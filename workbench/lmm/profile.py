@@ -118,15 +118,16 @@ def parameter_names(data) -> list[str]:
         k = len(b.names)
         for c in range(k):
             for r in range(c, k):
-                out.append(f"sd_{b.names[r]}|{g}" if r == c
-                           else f"cor_{b.names[r]}.{b.names[c]}|{g}")
+                out.append(
+                    f"sd_{b.names[r]}|{g}" if r == c else f"cor_{b.names[r]}.{b.names[c]}|{g}"
+                )
     return out + ["sigma"]
 
 
 def psi_of(theta, sigma: float, data) -> np.ndarray:
     """(theta, sigma) -> psi (sd's and correlations in theta's order, then sigma)."""
     layout = Layout.of(data.blocks, data.q)
-    G = sigma ** 2 * layout.T(theta) @ layout.T(theta).T
+    G = sigma**2 * layout.T(theta) @ layout.T(theta).T
     sd = np.sqrt(np.diag(G))
     out = []
     for b in data.blocks:
@@ -168,7 +169,7 @@ def theta_of(psi, data) -> tuple[np.ndarray, float]:
 def ml_deviance(psi, data) -> float:
     """d(theta, sigma) at psi: -2 x the marginal log likelihood, beta at its optimum."""
     theta, sigma = theta_of(psi, data)
-    return -2.0 * solve(data.factors, Layout.of(data.blocks, data.q), theta).loglik(sigma ** 2)
+    return -2.0 * solve(data.factors, Layout.of(data.blocks, data.q), theta).loglik(sigma**2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,17 +339,17 @@ class _Profiler:
         T = lower_factor(F) / sigma
         pls = solve(self.gf, self.layout, self.layout.theta(T))
         r2 = pls.r2
-        d = pls.logdet_L + self.n_obs * math.log(2.0 * math.pi * sigma ** 2) + r2 / sigma ** 2
+        d = pls.logdet_L + self.n_obs * math.log(2.0 * math.pi * sigma**2) + r2 / sigma**2
         if not derivs:
             return d, None
         gf = self.gf
         P = np.linalg.solve(pls.K, gf.Rz)  # K_j^-1 Rz_j
         ke = np.linalg.solve(pls.K, pls.e[..., None])[..., 0]  # K_j^-1 e_j
         a = np.einsum("jab,ja->jb", P, ke)
-        Ss = np.einsum("jab,jac->bc", P, P) - (pls.y_scale ** 2 / sigma ** 2) * (a.T @ a)
+        Ss = np.einsum("jab,jac->bc", P, P) - (pls.y_scale**2 / sigma**2) * (a.T @ a)
         Sm = self.Binv.T @ Ss @ self.Binv  # d d / d Lambda (user's scale)
         g = np.zeros(self.n)
-        s2 = sigma ** 2
+        s2 = sigma**2
         lam_term = 0.0
         for blk, slot, (sd, R, dR) in zip(self.blocks, sys.slots, parts, strict=True):
             cols = list(blk.cols)
@@ -358,8 +359,7 @@ class _Profiler:
             g[blk.sd_pos] = 2.0 * (Sb * R) @ sd / s2
             for p, dRk in zip(slot, dR, strict=True):
                 g[p] = float((Sb * dRk * np.outer(sd, sd)).sum()) / s2
-        g[self.sigma_pos] = (2.0 * self.n_obs / sigma - 2.0 * r2 / sigma ** 3
-                             - 2.0 * lam_term / sigma)
+        g[self.sigma_pos] = 2.0 * self.n_obs / sigma - 2.0 * r2 / sigma**3 - 2.0 * lam_term / sigma
         return d, g
 
     def bounds(self, sys: _System) -> tuple[np.ndarray, np.ndarray]:
@@ -386,8 +386,9 @@ class _Profiler:
             H[:, k] = (self.evaluate(up, sys)[1] - self.evaluate(dn, sys)[1]) / (up[k] - dn[k])
         return 0.5 * (H + H.T)
 
-    def minimise(self, v0: np.ndarray, sys: _System, free: np.ndarray, scale: np.ndarray,
-                 d0: float) -> tuple[float, np.ndarray]:
+    def minimise(
+        self, v0: np.ndarray, sys: _System, free: np.ndarray, scale: np.ndarray, d0: float
+    ) -> tuple[float, np.ndarray]:
         lo, hi = self.bounds(sys)
         base = np.array(v0, float)
         base[free] = np.clip(base[free], lo[free], hi[free])
@@ -401,9 +402,14 @@ class _Profiler:
 
         bnds = list(zip((lo[free] - base[free]) / s, (hi[free] - base[free]) / s, strict=True))
         bnds = [(a if np.isfinite(a) else None, b if np.isfinite(b) else None) for a, b in bnds]
-        res = scipy.optimize.minimize(fg, np.zeros(int(free.sum())), jac=True, method="L-BFGS-B",
-                                      bounds=bnds,
-                                      options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000})
+        res = scipy.optimize.minimize(
+            fg,
+            np.zeros(int(free.sum())),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bnds,
+            options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000},
+        )
         v = base.copy()
         v[free] = base[free] + res.x * s
         f0 = fg(np.zeros(int(free.sum())))[0]
@@ -437,8 +443,10 @@ class _Profiler:
         scale0, _ = self.scales(v_hat, sys0)
         d_min, v_hat = self.minimise(v_hat, sys0, np.ones(self.n, bool), scale0, d_fit)
         if d_min < d_fit - 1e-9:
-            self.notes.append(f"the profile's full minimisation lowered the ML deviance by "
-                              f"{d_fit - d_min:.3g} below the fit's")
+            self.notes.append(
+                f"the profile's full minimisation lowered the ML deviance by "
+                f"{d_fit - d_min:.3g} below the fit's"
+            )
         else:
             d_min, v_hat = d_fit, self.to_v(self.psi_hat, sys0)
         self.psi_hat = self.to_psi(v_hat, sys0)
@@ -452,16 +460,31 @@ class _Profiler:
             scale, se = cache[sys]
             ends = [self.end(k, sys, side, cut, scale, se[k]) for side in (-1, 1)]
             (lo, lo_b, lo_v, lo_x), (hi, hi_b, hi_v, hi_x) = ends
-            intervals.append(ProfileInterval(
-                name=self.names[k], estimate=float(self.psi_hat[k]), lower=lo, upper=hi,
-                lower_at_bound=lo_b, upper_at_bound=hi_b,
-                lower_point=tuple(float(x) for x in self.to_psi(lo_v, sys)),
-                upper_point=tuple(float(x) for x in self.to_psi(hi_v, sys)),
-                lower_excess=lo_x, upper_excess=hi_x))
-        return Profile(names=tuple(self.names), estimate=tuple(float(x) for x in self.psi_hat),
-                       deviance_min=float(d_min), level=level, cut=cut,
-                       intervals=tuple(intervals), n_evals=self.n_evals,
-                       refitted_ml=self.refitted, notes=tuple(self.notes))
+            intervals.append(
+                ProfileInterval(
+                    name=self.names[k],
+                    estimate=float(self.psi_hat[k]),
+                    lower=lo,
+                    upper=hi,
+                    lower_at_bound=lo_b,
+                    upper_at_bound=hi_b,
+                    lower_point=tuple(float(x) for x in self.to_psi(lo_v, sys)),
+                    upper_point=tuple(float(x) for x in self.to_psi(hi_v, sys)),
+                    lower_excess=lo_x,
+                    upper_excess=hi_x,
+                )
+            )
+        return Profile(
+            names=tuple(self.names),
+            estimate=tuple(float(x) for x in self.psi_hat),
+            deviance_min=float(d_min),
+            level=level,
+            cut=cut,
+            intervals=tuple(intervals),
+            n_evals=self.n_evals,
+            refitted_ml=self.refitted,
+            notes=tuple(self.notes),
+        )
 
     def to_psi(self, v: np.ndarray, sys: _System) -> np.ndarray:
         psi = np.array(v, float)
@@ -494,9 +517,11 @@ class _Profiler:
             v0[k] = c
             out = self.minimise(v0, sys, free, scale, self.d_min)
             if out[0] < self.d_min - DECREASE_TOL:
-                self.notes.append(f"{self.names[k]}: the profile at {c:.6g} is "
-                                  f"{self.d_min - out[0]:.3g} below the minimum (a better "
-                                  f"optimum than the fit's)")
+                self.notes.append(
+                    f"{self.names[k]}: the profile at {c:.6g} is "
+                    f"{self.d_min - out[0]:.3g} below the minimum (a better "
+                    f"optimum than the fit's)"
+                )
             trace[c] = out
             return out
 
@@ -522,9 +547,11 @@ class _Profiler:
             c_in, g_in = c, gc
             c = c + side * jump
         else:
-            self.notes.append(f"{self.names[k]}: the profile does not reach the cut "
-                              f"{'below' if side < 0 else 'above'} the estimate (reached "
-                              f"{c_in:.6g}); that end is undetermined (NaN)")
+            self.notes.append(
+                f"{self.names[k]}: the profile does not reach the cut "
+                f"{'below' if side < 0 else 'above'} the estimate (reached "
+                f"{c_in:.6g}); that end is undetermined (NaN)"
+            )
             return math.nan, False, prof(c_in)[1], math.nan
         a, b = sorted((c_in, c))
         tol = BRENT_XTOL * max(se, 1e-300)
