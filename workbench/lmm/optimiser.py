@@ -250,10 +250,11 @@ def minimise(
         dec, flat = _stationarity(g, H)
         stationary = dec <= DECREMENT_TOL and flat <= GRADIENT_TOL and curv >= CURVATURE_TOL
         inward, y = _inward(f, x, bound, mirror) if bound.any() else (np.inf, None)
-        if restarts >= MAX_RESTARTS:
+        edge = y is not None and inward < -DECREASE_TOL
+        if (edge or not stationary) and restarts >= MAX_RESTARTS:
             message = f"stopped after {restarts} restarts"
             break
-        if y is not None and inward < -DECREASE_TOL:
+        if edge:
             x_new = _bobyqa(f, y, lower, rhobeg=0.05)  # lme4's restart_edge
         elif not stationary:
             x_new = _bobyqa(f, x, lower, rhobeg=0.05)
