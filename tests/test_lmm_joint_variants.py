@@ -1,0 +1,179 @@
+"""Joint MAP variants of formula models (workbench/lmm/joint_variants.py): the numpy log joint
+against PyMC's own density and finite differences, the centered h-likelihood against the
+profiled estimator, the statuses (interior, collapse, escape) and the Hessian intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA
+
+from workbench.lmm import design, eb, joint_map
+from workbench.lmm import joint_variants as jv
+from workbench.lmm.deviance import Layout, solve
+from workbench.lmm.model import build_model, make_priors
+
+
+def _frame(m=30, n=20, seed=3):
+    """Strong-signal random intercepts and slopes (an interior centered joint mode exists)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(m), n)
+    x = rng.standard_normal(m * n)
+    b = rng.multivariate_normal([0, 0], [[9.0, 1.5], [1.5, 4.0]], m)
+    y = 5 + 1.0 * x + b[g, 0] + b[g, 1] * x + rng.standard_normal(m * n)
+    return pd.DataFrame(
+        {"y": y, "x": x, "w": rng.standard_normal(m * n), "g": [f"s{j}" for j in g]}
+    )
+
+
+@pytest.fixture(scope="module")
+def slopes():
+    d = design.from_frame(_frame(), "y ~ x + (1 + x | g)")
+    return d, eb.fit(d, "ml")
+
+
+@pytest.fixture(scope="module")
+def dyestuff():
+    d = design.from_frame(pd.read_csv(DATA / "dyestuff.csv"), "Yield ~ 1 + (1 | Batch)")
+    return d, eb.fit(d, "ml")
+
+
+def _random_x(ctx, rng, beta0):
+    x = rng.normal(size=ctx.size)
+    x[: ctx.p] += beta0
+    x[ctx.u_start :] *= 2.0
+    return x
+
+
+@pytest.mark.parametrize("par", jv.PARAMETRIZATIONS)
+@pytest.mark.parametrize(
+    "formula", ["y ~ x + (1 + x | g)", "y ~ x + (1 | g) + (0 + w | g)", "y ~ w + (1 + x + w | g)"]
+)
+def test_log_joint_equals_pymc_logp(par, formula):
+    d = design.from_frame(_frame(m=8, n=6), formula)
+    ctx, pri = jv.Context(d), make_priors(d)
+    logp = build_model(d, pri, par).compile_logp(jacobian=False)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        x = _random_x(ctx, rng, 5.0)
+        ours = jv.log_joint(x, ctx, par, pri)
+        assert ours == pytest.approx(float(logp(jv.pymc_point(x, ctx, par))), rel=1e-10, abs=1e-8)
+
+
+@pytest.mark.parametrize("par", jv.PARAMETRIZATIONS)
+@pytest.mark.parametrize("with_priors", [False, True])
+def test_gradient_and_hessian_match_finite_differences(par, with_priors):
+    d = design.from_frame(_frame(m=6, n=5), "y ~ x + (1 + x + w | g)")
+    ctx = jv.Context(d)
+    pri = make_priors(d) if with_priors else None
+    x = _random_x(ctx, np.random.default_rng(7), 5.0)
+    _, g = jv.log_joint_and_grad(x, ctx, par, pri)
+    eye = np.eye(x.size)
+    fd = np.array(
+        [
+            (jv.log_joint(x + 1e-6 * e, ctx, par, pri) - jv.log_joint(x - 1e-6 * e, ctx, par, pri))
+            / 2e-6
+            for e in eye
+        ]
+    )
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-4)
+    fd_h = np.array(
+        [
+            (
+                jv.log_joint_and_grad(x + 1e-5 * e, ctx, par, pri)[1]
+                - jv.log_joint_and_grad(x - 1e-5 * e, ctx, par, pri)[1]
+            )
+            / 2e-5
+            for e in eye
+        ]
+    )
+    np.testing.assert_allclose(jv.hessian(x, ctx, par, pri), 0.5 * (fd_h + fd_h.T), atol=1e-5)
+
+
+def test_h_likelihood_equals_profiled_objective(slopes):
+    """Centered, no priors: at (beta_hat, b_hat, sigma^2_joint) of any theta the log joint is
+    minus half the profiled objective the existing estimator maximises."""
+    d, _ = slopes
+    ctx, layout = jv.Context(d), Layout.of(d.blocks, d.q)
+    for theta in ([1.0, 0.2, 0.8], [2.5, -0.4, 0.3]):
+        pls = solve(d.factors, layout, theta)
+        s2 = pls.sigma2("joint")
+        G = s2 * pls.T @ pls.T.T
+        x = np.concatenate(
+            [pls.beta, [0.5 * np.log(s2)], ctx.pack(np.linalg.cholesky(G)), pls.b.ravel()]
+        )
+        assert jv.log_joint(x, ctx, "centered", None) == pytest.approx(
+            -0.5 * pls.objective("joint"), rel=1e-10
+        )
+
+
+def test_centered_h_likelihood_variant_equals_profiled_estimator(slopes):
+    d, fit = slopes
+    ours = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2)
+    ref = joint_map.fit(d, fit, n_starts=4, seed=2)
+    assert ours.status == ref.status == "interior"
+    assert ours.sigma2 == pytest.approx(ref.sigma2, rel=1e-7)
+    np.testing.assert_allclose(ours.G, ref.G, rtol=1e-6)
+    np.testing.assert_allclose(ours.beta, ref.beta, rtol=1e-7)
+    assert ours.log_joint == pytest.approx(ref.log_joint, abs=1e-6)
+
+
+def test_centered_posterior_mode_with_intervals(slopes):
+    d, fit = slopes
+    pri = make_priors(d)
+    res = jv.fit(d, fit, parametrization="centered", priors=pri, n_starts=4, seed=1)
+    assert res.status == "interior" and res.counts() == {"interior": 4}
+    assert res.sigma2 < fit.sigma2  # the joint mode's underestimate survives the weak priors
+    ci = res.intervals
+    assert ci["sigma2"][0] < res.sigma2 < ci["sigma2"][1]
+    for name, b in zip(d.fixed_names, res.beta, strict=True):
+        lo, hi = ci["fixed_effects"][name]["ci"]
+        assert lo < b < hi
+        # the Hessian SE of beta is close to the EB one (same data, similar variances)
+        se_eb = np.sqrt(np.diag(fit.beta_cov))[d.fixed_names.index(name)]
+        assert ci["fixed_effects"][name]["se"] == pytest.approx(se_eb, rel=0.2)
+    vc = ci["variance_components"]["g"]
+    for i, name in enumerate(d.re_names):
+        assert vc["variances"][name][0] < res.G[i, i] < vc["variances"][name][1]
+    lo, hi = vc["correlations"]["(Intercept):x"]
+    assert -1 < lo < res.G[0, 1] / np.sqrt(res.G[0, 0] * res.G[1, 1]) < hi < 1
+    # the mode is a stationary point of PyMC's density (value variables, no Jacobian)
+    ctx = jv.Context(d)
+    _, g = jv.log_joint_and_grad(res.best.x, ctx, "centered", pri)
+    assert np.abs(g).max() < 1e-4
+    out = res.to_dict()
+    assert out["status"] == "interior" and out["sigma2"] == res.sigma2
+    assert set(out["fixed_effects"]) == set(d.fixed_names)
+
+
+def test_statuses_on_dyestuff(dyestuff):
+    """No interior centered mode (every start collapses, with or without priors); the
+    non-centered h-likelihood escapes to tau -> infinity; the priors give the non-centered
+    density an interior mode (tau driven by the prior), as in the one-way estimator."""
+    d, fit = dyestuff
+    pri = make_priors(d)
+    out = {
+        (par, p is not None): jv.fit(d, fit, parametrization=par, priors=p, n_starts=4, seed=0)
+        for par in jv.PARAMETRIZATIONS
+        for p in (None, pri)
+    }
+    assert out["centered", False].counts() == {"collapse": 4}
+    assert out["centered", True].counts() == {"collapse": 4}
+    assert out["noncentered", False].counts() == {"escape": 4}
+    nc = out["noncentered", True]
+    assert nc.status == "interior" and nc.G[0, 0] > fit.G[0, 0]
+    for r in out.values():
+        if r.status != "interior":
+            assert r.best is None and "fixed_effects" not in r.short_dict()
+            assert "No interior joint mode" in r.message
+
+
+def test_seeded_and_deterministic(slopes):
+    d, fit = slopes
+    a = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 11)
+    b = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 11)
+    c = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 12)
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+    assert not np.array_equal(a[1][1], c[1][1])
+    assert a[0][0] == "eb" and all(k == "random" for k, _ in a[1:])

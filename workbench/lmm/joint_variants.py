@@ -1,0 +1,751 @@
+"""Joint MAP variants of the general LMM: {centered, non-centered} x {h-likelihood, with priors},
+optimised over all parameters at once (the one-way estimator's four variants, for formula models).
+
+The objective is the log joint density PyMC samples for `model.build_model(data, priors, par)`
+on its value variables, without the transforms' Jacobians (`compile_logp(jacobian=False)`):
+
+    x = (beta, log sigma, per block k the packed lower Cholesky factor L_k of G_k (row by row,
+         its diagonal on the log scale: PyMC's CholeskyCovPacked value), U)
+
+with U (m, q) the random effects b (centered) or z (non-centered, b_k = z_k L_k'). The density
+on L_k includes the LKJ/HalfNormal prior of `LMMPriors` with the change of variables from
+(sd, correlations) to L_k that PyMC's LKJCholeskyCov carries; without priors (h-likelihood) only
+the Gaussian terms of y and b (or z) remain. The mode is therefore a mode on the scale of sigma
+and of the Cholesky factor L_k (not of log sigma or of the variances' logs).
+
+Per start: L-BFGS-B with the exact gradient (log sigma and the log-diagonal of every L_k boxed
+to log sd(y) +- BOX), then Newton steps with a finite-difference Hessian of the exact gradient.
+End points are classified as in the one-way estimator: interior (Newton decrement < 1e-8,
+Hessian negative definite), collapse (a diagonal element of some L_k runs to 0 with the log
+joint still rising), boundary (the same, levelling off), escape (a variance runs to infinity),
+not_converged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse
+from scipy import stats as sps
+from scipy.special import gammaln
+
+from .design import LMMData
+from .deviance import Layout, solve
+from .eb import LMMFit, variance_components
+from .model import LMMPriors
+from .optimiser import serial_blas
+
+PARAMETRIZATIONS = ("centered", "noncentered")
+BOX = 18.0
+ESCAPE_AT = 8.0
+DECREMENT_TOL = 1e-8
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+# ----------------------------------------------------------------------------------------------
+# The density
+
+
+@dataclass(frozen=True)
+class Context:
+    """The data and the layout of x, for one model."""
+
+    data: LMMData
+
+    @property
+    def p(self) -> int:
+        return self.data.p
+
+    @property
+    def m(self) -> int:
+        return self.data.n_groups
+
+    @property
+    def q(self) -> int:
+        return self.data.q
+
+    @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(len(b.cols) for b in self.data.blocks)
+
+    @cached_property
+    def theta_slices(self) -> tuple[slice, ...]:
+        out, at = [], self.p + 1
+        for n in self.sizes:
+            k = n * (n + 1) // 2
+            out.append(slice(at, at + k))
+            at += k
+        return tuple(out)
+
+    @property
+    def u_start(self) -> int:
+        return self.theta_slices[-1].stop
+
+    @property
+    def size(self) -> int:
+        return self.u_start + self.m * self.q
+
+    @cached_property
+    def log_diag(self) -> np.ndarray:
+        """Indices of x on the log scale: log sigma and the diagonals of the L_k."""
+        idx = [self.p]
+        for sl, n in zip(self.theta_slices, self.sizes, strict=True):
+            r, c = np.tril_indices(n)
+            idx += [sl.start + i for i in np.flatnonzero(r == c)]
+        return np.array(idx, int)
+
+    @cached_property
+    def indicator(self) -> scipy.sparse.csr_matrix:
+        d = self.data
+        return scipy.sparse.csr_matrix(
+            (np.ones(d.n_obs), (d.codes, np.arange(d.n_obs))), shape=(self.m, d.n_obs)
+        )
+
+    def chol(self, x: np.ndarray, k: int) -> np.ndarray:
+        n = self.sizes[k]
+        r, c = np.tril_indices(n)
+        t = x[self.theta_slices[k]]
+        L = np.zeros((n, n))
+        L[r, c] = t
+        L[np.diag_indices(n)] = np.exp(np.diag(L))
+        return L
+
+    def pack(self, L: np.ndarray) -> np.ndarray:
+        r, c = np.tril_indices(L.shape[0])
+        v = L[r, c].copy()
+        v[r == c] = np.log(v[r == c])
+        return v
+
+    def U(self, x: np.ndarray) -> np.ndarray:
+        return x[self.u_start :].reshape(self.m, self.q)
+
+    def effects(self, x: np.ndarray, par: str) -> np.ndarray:
+        """b (m, q) from x."""
+        U = self.U(x)
+        if par == "centered":
+            return U.copy()
+        B = np.empty_like(U)
+        for k, blk in enumerate(self.data.blocks):
+            cols = list(blk.cols)
+            B[:, cols] = U[:, cols] @ self.chol(x, k).T
+        return B
+
+    def G(self, x: np.ndarray) -> np.ndarray:
+        G = np.zeros((self.q, self.q))
+        for k, blk in enumerate(self.data.blocks):
+            L = self.chol(x, k)
+            G[np.ix_(blk.cols, blk.cols)] = L @ L.T
+        return G
+
+
+def _lkj_norm(eta: float, n: int) -> float:
+    k = np.arange(1, n)
+    return float(
+        (n - 1) * gammaln(eta + 0.5 * (n - 1))
+        - (0.5 * k * np.log(np.pi) + gammaln(eta + 0.5 * (n - 1 - k))).sum()
+    )
+
+
+def _halfnormal(v, s):
+    return 0.5 * np.log(2.0 / np.pi) - np.log(s) - 0.5 * (v / s) ** 2
+
+
+def log_joint_and_grad(
+    x: np.ndarray, ctx: Context, par: str, priors: LMMPriors | None
+) -> tuple[float, np.ndarray]:
+    """The log joint (PyMC's density without Jacobian when `priors` is given, else the
+    h-likelihood) and its exact gradient in x."""
+    d, p, m = ctx.data, ctx.p, ctx.m
+    beta, s = x[:p], float(x[p])
+    sigma2 = float(np.exp(2.0 * s))
+    U = ctx.U(x)
+    Ls = [ctx.chol(x, k) for k in range(len(ctx.sizes))]
+    B = ctx.effects(x, par)
+    r = d.y - d.X @ beta - (d.Z * B[d.codes]).sum(axis=1)
+    rss = float(r @ r)
+    N = d.n_obs
+    val = -0.5 * N * LOG_2PI - N * s - 0.5 * rss / sigma2
+    g = np.zeros_like(x)
+    g[:p] = d.X.T @ r / sigma2
+    g[p] = -N + rss / sigma2
+    GB = np.asarray(ctx.indicator @ (d.Z * r[:, None])) / sigma2  # d/db of the y term
+    gU = np.empty_like(U)
+    for k, blk in enumerate(d.blocks):
+        cols, L, n = list(blk.cols), Ls[k], ctx.sizes[k]
+        Uk, GBk = U[:, cols], GB[:, cols]
+        val -= 0.5 * m * n * LOG_2PI
+        if par == "centered":
+            Linv = np.linalg.inv(L)  # n x n (a handful): faster than triangular solves
+            W = Linv @ Uk.T  # (n, m)
+            V = Linv.T @ W  # G^-1 b'
+            val -= m * float(np.log(np.diag(L)).sum()) + 0.5 * float((W * W).sum())
+            gU[:, cols] = GBk - V.T
+            gL = V @ W.T - m * np.diag(1.0 / np.diag(L))
+        else:
+            val -= 0.5 * float((Uk * Uk).sum())
+            gU[:, cols] = GBk @ L - Uk
+            gL = GBk.T @ Uk
+        if priors is not None:
+            eta = priors.lkj_eta
+            scales = np.array([priors.sd_scale[c] for c in cols])
+            sd2 = (L * L).sum(axis=1)
+            sd = np.sqrt(sd2)
+            i = np.arange(n)
+            a = 2.0 * eta - 2.0 + n - i
+            dg = np.diag(L)
+            val += _lkj_norm(eta, n)
+            val += float((a * (np.log(dg) - np.log(sd)) - i * np.log(sd)).sum())
+            val += float(_halfnormal(sd, scales).sum())
+            coef = (a + i) / sd2 + 1.0 / scales**2
+            gL = gL - coef[:, None] * L + np.diag(a / dg)
+        rr, cc = np.tril_indices(n)
+        gt = gL[rr, cc]
+        gt = np.where(rr == cc, gt * L[rr, cc], gt)
+        g[ctx.theta_slices[k]] = gt
+    if priors is not None:
+        loc, sc = np.array(priors.beta_loc), np.array(priors.beta_scale)
+        val += float((-0.5 * LOG_2PI - np.log(sc) - 0.5 * ((beta - loc) / sc) ** 2).sum())
+        g[:p] -= (beta - loc) / sc**2
+        val += float(_halfnormal(np.sqrt(sigma2), priors.sigma_scale))
+        g[p] -= sigma2 / priors.sigma_scale**2
+    g[ctx.u_start :] = gU.ravel()
+    return float(val), g
+
+
+def log_joint(x, ctx: Context, par: str, priors: LMMPriors | None) -> float:
+    return log_joint_and_grad(x, ctx, par, priors)[0]
+
+
+def pymc_point(x: np.ndarray, ctx: Context, par: str) -> dict:
+    """x as a point of `build_model(data, priors, par)`'s value variables."""
+    out = {"beta": x[: ctx.p], "sigma_log__": np.asarray(x[ctx.p])}
+    U = ctx.U(x)
+    for k, blk in enumerate(ctx.data.blocks):
+        t = x[ctx.theta_slices[k]]
+        if ctx.sizes[k] == 1:
+            out[f"sd_{k}_log__"] = np.asarray(t[0])
+        else:
+            out[f"chol_{k}_cholesky-cov-packed__"] = t
+        out[f"{'b' if par == 'centered' else 'z'}_{k}"] = U[:, list(blk.cols)]
+    return out
+
+
+def hessian(x, ctx: Context, par: str, priors, scale: np.ndarray | None = None) -> np.ndarray:
+    """Central differences of the exact gradient, in (n_global + q) pairs of evaluations: the
+    gradient in u_j depends on u_j and the global parameters only, so column c of every u_j is
+    perturbed at once (its block-diagonal part read off), and the global columns one by one
+    (their cross terms with U filled in by symmetry)."""
+    h = 1e-5 * (np.ones_like(x) if scale is None else scale)
+    n_g, m, q = ctx.u_start, ctx.m, ctx.q
+    H = np.zeros((x.size, x.size))
+
+    def diff(e):
+        return (
+            log_joint_and_grad(x + e, ctx, par, priors)[1]
+            - log_joint_and_grad(x - e, ctx, par, priors)[1]
+        ) / 2.0
+
+    for i in range(n_g):
+        e = np.zeros_like(x)
+        e[i] = h[i]
+        H[:, i] = diff(e) / h[i]
+    hu = h[n_g:].reshape(m, q)
+    rows = n_g + np.arange(m) * q
+    for c in range(q):
+        e = np.zeros_like(x)
+        e[rows + c] = hu[:, c]
+        D = diff(e)[n_g:].reshape(m, q)
+        for c2 in range(q):
+            H[rows + c2, rows + c] = D[:, c2] / hu[:, c]
+    H[:n_g, n_g:] = H[n_g:, :n_g].T
+    return 0.5 * (H + H.T)
+
+
+# ----------------------------------------------------------------------------------------------
+# One start
+
+
+@dataclass(frozen=True)
+class Start:
+    index: int
+    kind: str
+    status: str
+    log_joint: float
+    x: np.ndarray = field(repr=False)
+    iterations: int
+    decrement: float | None
+
+    def to_dict(self, ctx: Context) -> dict:
+        return {
+            "index": self.index,
+            "start": self.kind,
+            "status": self.status,
+            "log_joint": self.log_joint,
+            "theta": [float(t) for t in lme4_theta(self.x, ctx)],
+            "iterations": self.iterations,
+            "newton_decrement": self.decrement,
+        }
+
+
+def lme4_theta(x: np.ndarray, ctx: Context) -> np.ndarray:
+    """lme4's theta (T column by column, G = sigma^2 T T') at x."""
+    sigma = float(np.exp(x[ctx.p]))
+    T = np.zeros((ctx.q, ctx.q))
+    for k, blk in enumerate(ctx.data.blocks):
+        T[np.ix_(blk.cols, blk.cols)] = ctx.chol(x, k) / sigma
+    return Layout.of(ctx.data.blocks, ctx.q).theta(T)
+
+
+def _scale(x, ctx: Context, par: str) -> np.ndarray:
+    """Rough inverse square roots of the curvatures, to condition L-BFGS-B."""
+    d = ctx.data
+    sigma2 = float(np.exp(2.0 * x[ctx.p]))
+    out = np.ones_like(x)
+    out[: ctx.p] = 1.0 / np.sqrt((d.X**2).sum(axis=0) / sigma2 + 1e-12)
+    ztz = np.asarray(ctx.indicator @ (d.Z**2))  # (m, q) diagonal of Z_j'Z_j
+    G = ctx.G(x)
+    if par == "centered":
+        curv = ztz / sigma2 + 1.0 / np.maximum(np.diag(G), 1e-300)[None, :]
+    else:
+        curv = ztz * np.diag(G)[None, :] / sigma2 + 1.0
+    out[ctx.u_start :] = (1.0 / np.sqrt(curv)).ravel()
+    out[ctx.p : ctx.u_start] = 1.0
+    return out
+
+
+def _shift(x, ctx: Context, par: str, idx: np.ndarray, by: float) -> np.ndarray:
+    """x with the rows of L for the log-diagonal positions `idx` scaled by e^by (by < 0: the
+    effects of those columns shrink with them, z held in the non-centered form)."""
+    out = x.copy()
+    for k, blk in enumerate(ctx.data.blocks):
+        sl, n = ctx.theta_slices[k], ctx.sizes[k]
+        r, c = np.tril_indices(n)
+        for i in range(n):
+            pos = sl.start + int(np.flatnonzero((r == i) & (c == i))[0])
+            if pos not in idx:
+                continue
+            row = sl.start + np.flatnonzero((r == i) & (c < i))
+            out[pos] += by
+            out[row] *= np.exp(by)
+            if par == "centered":
+                out[ctx.u_start + blk.cols[i] :: ctx.q] *= np.exp(by)
+    return out
+
+
+def _grow(x, ctx: Context, par: str, by: float = 5.0) -> np.ndarray:
+    """x with every L_k scaled by e^by and the random effects b held fixed (z scaled by
+    e^-by in the non-centered form): the ray along which the variances run to infinity."""
+    out = x.copy()
+    out[ctx.log_diag[1:]] += by
+    for sl in ctx.theta_slices:
+        off = np.setdiff1d(np.arange(sl.start, sl.stop), ctx.log_diag)
+        out[off] *= np.exp(by)
+    if par == "noncentered":
+        out[ctx.u_start :] *= np.exp(-by)
+    return out
+
+
+def _rises_to_infinity(x, ctx, par, priors) -> bool:
+    return log_joint(_grow(x, ctx, par), ctx, par, priors) > log_joint(x, ctx, par, priors)
+
+
+def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
+    value, g = log_joint_and_grad(x, ctx, par, priors)
+    dec, it = None, 0
+    for it in range(1, max_iter + 1):
+        H = hessian(x, ctx, par, priors, scale)
+        try:
+            C = np.linalg.cholesky(-H)
+        except np.linalg.LinAlgError:
+            return x, None, it
+        step = scipy.linalg.cho_solve((C, True), g)
+        dec = float(g @ step)
+        if dec < DECREMENT_TOL:
+            return x, dec, it
+        t = 1.0
+        while t > 1e-8:
+            xn = x + t * step
+            ld = xn[ctx.log_diag]
+            if np.all(ld > lo) and np.all(ld < hi):
+                vn, gn = log_joint_and_grad(xn, ctx, par, priors)
+                if np.isfinite(vn) and vn >= value - 1e-12 * abs(value):
+                    break
+            t *= 0.5
+        else:
+            return x, dec, it
+        x, value, g = xn, vn, gn
+    H = hessian(x, ctx, par, priors, scale)
+    try:
+        C = np.linalg.cholesky(-H)
+    except np.linalg.LinAlgError:
+        return x, None, it
+    return x, float(g @ scipy.linalg.cho_solve((C, True), g)), it
+
+
+def _negative_definite(H: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(-H)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
+    """Maximise the log joint from x0 and classify the end point (one BLAS thread)."""
+    with serial_blas():
+        return _run_start(index, kind, x0, ctx, par, priors, log_sd)
+
+
+def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
+    lo, hi = log_sd - BOX, log_sd + BOX
+    ld = ctx.log_diag
+    x0 = x0.copy()
+    x0[ld] = np.clip(x0[ld], lo + 1.0, hi - 1.0)
+    scale = _scale(x0, ctx, par)
+    x_n, dec, its = _newton(x0, ctx, par, priors, lo, hi, scale, max_iter=20)
+    if dec is not None and dec < DECREMENT_TOL and np.all(x_n[ld] > lo + 1.0):
+        # a locally concave start: Newton alone reached an interior maximum
+        return Start(index, kind, "interior", log_joint(x_n, ctx, par, priors), x_n, its, dec)
+
+    def negf(y):
+        v, g = log_joint_and_grad(y * scale, ctx, par, priors)
+        if not np.isfinite(v):
+            return np.inf, np.zeros_like(y)
+        return -v, -g * scale
+
+    bounds = [(None, None)] * x0.size
+    for i in ld:
+        bounds[i] = (lo, hi)
+    state = {"escaping": False, "collapsing": False, "it": 0}
+
+    def stop_escaping(y):
+        """Stop a run walking off to a variance -> infinity: past e^ESCAPE_AT sd(y), or (checked
+        every 100 iterations) the variances have grown, the log joint still rises along the
+        ray G -> infinity with b fixed, and the Hessian is not negative definite."""
+        state["it"] += 1
+        x = y * scale
+        low = ld[1:][x[ld[1:]] < x0[ld[1:]] - 4.0]
+        if (
+            state["it"] % 50 == 0
+            and low.size
+            and log_joint(_shift(x, ctx, par, low, -5.0), ctx, par, priors)
+            > log_joint(x, ctx, par, priors) + 1.0
+        ):
+            state["collapsing"] = True  # a variance has shrunk by e^4 with the log joint rising
+            raise StopIteration
+        if np.any(x[ld[1:]] > log_sd + ESCAPE_AT):
+            state["escaping"] = True
+            raise StopIteration
+        if (
+            state["it"] % 100 == 0
+            and np.any(x[ld[1:]] > x0[ld[1:]] + 1.0)
+            and _rises_to_infinity(x, ctx, par, priors)
+            and not _negative_definite(hessian(x, ctx, par, priors, scale))
+        ):
+            state["escaping"] = True
+            raise StopIteration
+
+    res = scipy.optimize.minimize(
+        negf,
+        x0 / scale,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        callback=stop_escaping,
+        options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-13, "gtol": 1e-8, "maxcor": 20},
+    )
+    x, iters, dec = res.x * scale, int(res.nit), None
+    low = ld[1:][x[ld[1:]] < lo + 1.0]
+    if state["collapsing"]:
+        status = "collapse"
+    elif low.size:
+        rising = (
+            log_joint(_shift(x, ctx, par, low, -5.0), ctx, par, priors)
+            > log_joint(x, ctx, par, priors) + 1.0
+        )
+        status = "collapse" if rising else "boundary"
+    elif state["escaping"] or np.any(x[ld[1:]] > hi - 1.0):
+        status = "escape"
+    elif x[ctx.p] < lo + 1.0:
+        status = "collapse"
+    else:
+        x, dec, its = _newton(x, ctx, par, priors, lo, hi, scale)
+        iters += its
+        if dec is not None and dec < DECREMENT_TOL:
+            status = "interior"
+        elif _rises_to_infinity(x, ctx, par, priors):
+            status = "escape"
+        else:
+            status = "not_converged"
+    return Start(index, kind, status, log_joint(x, ctx, par, priors), x, iters, dec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Starts, intervals, the record
+
+
+def point(
+    ctx: Context, par: str, beta, sigma2: float, G: np.ndarray, b: np.ndarray, floor: float
+) -> np.ndarray:
+    """x at (beta, sigma^2, G, b); the diagonal of each L_k floored at `floor`."""
+    x = np.zeros(ctx.size)
+    x[: ctx.p] = beta
+    x[ctx.p] = 0.5 * np.log(sigma2)
+    U = np.array(b, float)
+    for k, blk in enumerate(ctx.data.blocks):
+        Gk = G[np.ix_(blk.cols, blk.cols)]
+        n = len(blk.cols)
+        sd = np.sqrt(np.maximum(np.diag(Gk), floor**2))
+        C = Gk / np.sqrt(np.outer(np.maximum(np.diag(Gk), 1e-300), np.maximum(np.diag(Gk), 1e-300)))
+        C = np.where(np.eye(n) > 0, 1.0, np.clip(C, -0.95, 0.95))
+        try:
+            L = np.linalg.cholesky(sd[:, None] * C * sd[None, :])
+        except np.linalg.LinAlgError:  # a singular EB G: correlations pulled in
+            C = np.where(np.eye(n) > 0, 1.0, 0.5 * C)
+            L = np.linalg.cholesky(sd[:, None] * C * sd[None, :])
+        x[ctx.theta_slices[k]] = ctx.pack(L)
+        if par == "noncentered":
+            U[:, list(blk.cols)] = U[:, list(blk.cols)] @ np.linalg.inv(L).T
+    x[ctx.u_start :] = U.ravel()
+    return x
+
+
+def make_starts(
+    ctx: Context, par: str, eb: LMMFit, k: int, seed: int
+) -> list[tuple[str, np.ndarray]]:
+    """The EB-ML point with its conditional modes, then random relative covariance factors
+    around it (beta, b re-solved by penalised least squares there, sigma^2 perturbed), drawn from
+    a SeedSequence of `seed`."""
+    d = ctx.data
+    sd_y = float(d.y.std(ddof=1))
+    floor = 0.05 * sd_y
+    starts = [("eb", point(ctx, par, eb.beta, eb.sigma2, eb.G, eb.pls.b, floor))]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PARAMETRIZATIONS.index(par)]))
+    layout = Layout.of(d.blocks, d.q)
+    diag = layout.diagonal
+    base = np.array(eb.theta, float)
+    base[diag] = np.maximum(base[diag], 0.05)
+    while len(starts) < k:
+        th = base.copy()
+        th[diag] *= np.exp(rng.normal(0.0, 1.0, diag.sum()))
+        th[~diag] += rng.normal(0.0, 0.3, (~diag).sum()) * base[diag].mean()
+        pls = solve(d.factors, layout, th)
+        s2 = pls.sigma2("ml") * float(np.exp(rng.normal(0.0, 0.3)))
+        G = s2 * pls.T @ pls.T.T
+        starts.append(("random", point(ctx, par, pls.beta, s2, G, pls.b, floor)))
+    return starts
+
+
+def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dict:
+    """Wald intervals from the inverse negative Hessian at the mode: fixed effects directly,
+    sigma^2 and the variances through their logs, correlations through atanh."""
+    H = hessian(best.x, ctx, par, priors, _scale(best.x, ctx, par))
+    cov = np.linalg.inv(-H)
+    z = float(sps.norm.ppf(0.5 + level / 2.0))
+    d, p = ctx.data, ctx.p
+    se_b = np.sqrt(np.diag(cov)[:p])
+    out = {
+        "fixed_effects": {
+            n: {"estimate": float(b), "se": float(s), "ci": [float(b - z * s), float(b + z * s)]}
+            for n, b, s in zip(d.fixed_names, best.x[:p], se_b, strict=True)
+        }
+    }
+    ls, se_ls = float(best.x[p]), float(np.sqrt(cov[p, p]))
+    with np.errstate(over="ignore"):
+        out["sigma2"] = [float(np.exp(2 * (ls - z * se_ls))), float(np.exp(2 * (ls + z * se_ls)))]
+    var, cor = {}, {}
+    for k, blk in enumerate(d.blocks):
+        sl = ctx.theta_slices[k]
+
+        def trans(t, k=k, sl=sl):
+            y = best.x.copy()
+            y[sl] = t
+            L = ctx.chol(y, k)
+            Gk = L @ L.T
+            sd = np.sqrt(np.diag(Gk))
+            iu = np.triu_indices(len(sd), 1)
+            return np.concatenate([np.log(np.diag(Gk)), np.arctanh((Gk / np.outer(sd, sd))[iu])])
+
+        t0 = best.x[sl]
+        f0 = trans(t0)
+        J = np.empty((f0.size, t0.size))
+        for i in range(t0.size):
+            e = np.zeros_like(t0)
+            e[i] = 1e-6
+            J[:, i] = (trans(t0 + e) - trans(t0 - e)) / 2e-6
+        se = np.sqrt(np.maximum(np.diag(J @ cov[sl, sl] @ J.T), 0.0))
+        n = len(blk.cols)
+        with np.errstate(over="ignore"):
+            for i, name in enumerate(blk.names):
+                var[name] = [float(np.exp(f0[i] - z * se[i])), float(np.exp(f0[i] + z * se[i]))]
+        for a, (i, j) in enumerate(zip(*np.triu_indices(n, 1), strict=True)):
+            f, s = f0[n + a], se[n + a]
+            cor[f"{blk.names[i]}:{blk.names[j]}"] = [
+                float(np.tanh(f - z * s)),
+                float(np.tanh(f + z * s)),
+            ]
+    out["variance_components"] = {d.group_name: {"variances": var, "correlations": cor}}
+    out["se"] = {"log_sigma": se_ls}
+    return out
+
+
+@dataclass
+class JointVariant:
+    data: LMMData = field(repr=False)
+    parametrization: str
+    with_priors: bool
+    status: str  # interior or no_interior_mode
+    best: Start | None
+    starts: tuple[Start, ...]
+    message: str
+    intervals: dict = field(default_factory=dict)
+    level: float = 0.95
+
+    @cached_property
+    def ctx(self) -> Context:
+        return Context(self.data)
+
+    @property
+    def beta(self) -> np.ndarray | None:
+        return self.best.x[: self.ctx.p].copy() if self.best else None
+
+    @property
+    def sigma2(self) -> float | None:
+        return float(np.exp(2.0 * self.best.x[self.ctx.p])) if self.best else None
+
+    @property
+    def G(self) -> np.ndarray | None:
+        return self.ctx.G(self.best.x) if self.best else None
+
+    @property
+    def re_mode(self) -> np.ndarray | None:
+        return self.ctx.effects(self.best.x, self.parametrization) if self.best else None
+
+    @property
+    def log_joint(self) -> float | None:
+        return self.best.log_joint if self.best else None
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.status for s in self.starts))
+
+    def short_dict(self) -> dict:
+        """The keys of the one-way `joint_map_all` entries (plus the estimates when interior)."""
+        out = {
+            "status": self.status,
+            "log_joint": self.log_joint,
+            "start_counts": self.counts(),
+            "message": self.message,
+        }
+        if self.best is not None:
+            out.update(self._estimates())
+        return out
+
+    def _estimates(self) -> dict:
+        d = self.data
+        fe = self.intervals.get("fixed_effects", {})
+        return {
+            "fixed_effects": {
+                n: {"estimate": float(b), "se": fe.get(n, {}).get("se")}
+                for n, b in zip(d.fixed_names, self.beta, strict=True)
+            },
+            "variance_components": {
+                d.group_name: variance_components(self.G, d.blocks, d.group_name).to_dict()
+            },
+            "sigma2": self.sigma2,
+        }
+
+    def to_dict(self) -> dict:
+        out = {
+            "objective": "log joint with priors (PyMC's density without Jacobian)"
+            if self.with_priors
+            else "log joint without priors (h-likelihood)",
+            "parametrization": self.parametrization,
+            "scale": "a mode on the scale of sigma and of the Cholesky factors L_k of the "
+            "random-effect covariances (PyMC's value variables, no Jacobian); not a mode on the "
+            "log scale or of the other parametrization",
+            **self.short_dict(),
+            "starts": [s.to_dict(self.ctx) for s in self.starts],
+        }
+        if self.best is not None:
+            out["theta"] = [float(t) for t in lme4_theta(self.best.x, self.ctx)]
+        if self.intervals:
+            out["ci_level"] = self.level
+            out["ci_hessian"] = self.intervals
+        return out
+
+
+def _message(status, counts, par, with_priors, k, best) -> str:
+    what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
+    tally = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
+    if status == "interior":
+        caveat = (
+            "It is a local maximum only: the centered log joint is unbounded as a variance -> 0."
+            if par == "centered"
+            else "It is a mode of the non-centered density, a different point from the centered "
+            "joint mode."
+        )
+        return (
+            f"Interior local maximum of the {what} found ({tally} of {k} starts): "
+            f"sigma^2 = {best:.6g}. {caveat}"
+        )
+    hints = []
+    if counts.get("collapse"):
+        hints.append("the log joint rises without bound as a random-effect variance -> 0")
+    if counts.get("escape"):
+        hints.append("runs escaped to a random-effect variance -> infinity")
+    if counts.get("boundary"):
+        hints.append("runs stopped at a variance -> 0 where the log joint levels off")
+    if counts.get("not_converged"):
+        hints.append("some runs did not converge")
+    return (
+        f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
+        f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP."
+    )
+
+
+def fit(
+    data: LMMData,
+    eb: LMMFit,
+    *,
+    parametrization: str = "centered",
+    priors: LMMPriors | None = None,
+    n_starts: int = 8,
+    seed: int = 0,
+    level: float = 0.95,
+) -> JointVariant:
+    """Multi-start joint MAP of one variant (serial; each start is O(N q) per evaluation)."""
+    ctx = Context(data)
+    log_sd = float(np.log(data.y.std(ddof=1)))
+    starts = make_starts(ctx, parametrization, eb, n_starts, seed)
+    results = [
+        run_start(i, kind, x0, ctx, parametrization, priors, log_sd)
+        for i, (kind, x0) in enumerate(starts)
+    ]
+    interior = [r for r in results if r.status == "interior"]
+    best = max(interior, key=lambda r: r.log_joint) if interior else None
+    status = "interior" if best else "no_interior_mode"
+    counts = dict(Counter(r.status for r in results))
+    intervals = _intervals(best, ctx, parametrization, priors, level) if best else {}
+    return JointVariant(
+        data=data,
+        parametrization=parametrization,
+        with_priors=priors is not None,
+        status=status,
+        best=best,
+        starts=tuple(results),
+        message=_message(
+            status,
+            counts,
+            parametrization,
+            priors is not None,
+            n_starts,
+            float(np.exp(2.0 * best.x[ctx.p])) if best else None,
+        ),
+        intervals=intervals,
+        level=level,
+    )
