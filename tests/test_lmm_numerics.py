@@ -102,3 +102,31 @@ def test_zero_derivative_at_the_bound_is_not_taken_for_an_optimum():
     from_one, from_zero = eb.fit(d, "ml"), eb.fit(d, "ml", x0=[0.0])
     assert from_one.theta[0] > 0.1
     assert from_zero.converged and abs(from_zero.objective - from_one.objective) < 1e-8
+
+
+@pytest.mark.parametrize("scale", [1e60, 1e-90])
+def test_profile_intervals_scale_with_the_response(scale):
+    """Profile intervals of y * s: sd's and sigma times s, correlations as they are."""
+    from workbench.lmm.profile import profile_intervals
+
+    y, x, g = _data(m=12, n=8)
+    ref = profile_intervals(_fit(y, x, g, "ml"))
+    got = profile_intervals(_fit(y * scale, x, g, "ml"))
+    assert list(got) == list(ref)
+    for name, (lo, hi) in ref.items():
+        f = 1.0 if name.startswith("cor_") else scale
+        np.testing.assert_allclose(np.array(got[name]) / f, [lo, hi], rtol=1e-5, atol=1e-6)
+
+
+def test_response_out_of_floating_point_range_is_refused():
+    """|y| ~ 1e101 (sigma^2 ~ 1e202 and sums of squares leave float64): one-line error."""
+    import pandas as pd
+
+    from workbench.errors import InputError
+
+    y, x, g = _data()
+    df = pd.DataFrame({"y": y * 1e101, "x": x, "g": g.astype(str)})
+    with pytest.raises(InputError, match="rescale it"):
+        design.from_frame(df, "y ~ x + (1 | g)")
+    df["y"] = y * 1e90
+    assert eb.fit(design.from_frame(df, "y ~ x + (1 | g)"), "ml").converged

@@ -16,6 +16,9 @@ import pandas as pd
 
 from .errors import InputError
 
+# |y| range the fits are exact in (squares and variances stay normal float64 numbers)
+Y_MIN, Y_MAX = 1e-30, 1e30
+
 
 @dataclass(frozen=True)
 class GroupedData:
@@ -131,7 +134,7 @@ def from_arrays(
     # zero if its root mean square is below 1e-12 of max |y|, computed on y / max |y| so that
     # neither a tiny nor a huge scale under- or overflows
     scale = float(np.abs(y_num).max())
-    if scale > 0 and not 1e-30 <= scale <= 1e30:
+    if scale > 0 and not Y_MIN <= scale <= Y_MAX:
         raise InputError(
             f"{source}: column '{y_name}' has values of size {scale:.1e}, where squares and "
             f"variances leave floating-point range: rescale it (multiply by a power of 10)."

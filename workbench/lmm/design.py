@@ -30,6 +30,17 @@ class Block:
     cols: tuple[int, ...]
 
 
+# |y| range of the formula route: it fits centred/scaled data, so only sigma^2 and sums of
+# squares on the user's scale must stay normal float64 numbers (the one-way route: data.Y_MIN)
+Y_MIN, Y_MAX = 1e-100, 1e100
+
+
+def _rms(v: np.ndarray) -> float:
+    """Root mean square without over- or underflow (v / max|v| first)."""
+    top = float(np.abs(v).max()) if v.size else 0.0
+    return top * float(np.sqrt(np.mean((v / top) ** 2))) if top > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Scaling:
     """The internal centring/scaling of X and y: X_s = X A and y_s = (y - y_shift) / y_scale.
@@ -55,12 +66,11 @@ class Scaling:
         if intercept is not None:
             mean = X.mean(axis=0)
             mean[intercept] = 0.0
-            spread = X.std(axis=0)
-            y_shift, y_scale = float(y.mean()), float(y.std())
+            y_shift = float(y.mean())
         else:
-            mean = np.zeros(p)
-            spread = np.sqrt((X * X).mean(axis=0))
-            y_shift, y_scale = 0.0, float(np.sqrt((y * y).mean()))
+            mean, y_shift = np.zeros(p), 0.0
+        spread = np.array([_rms(X[:, k] - mean[k]) for k in range(p)])
+        y_scale = _rms(y - y_shift)
         spread[spread == 0] = 1.0
         if intercept is not None:
             spread[intercept] = 1.0
@@ -321,6 +331,11 @@ def _check_identified(
     Without these, the optimiser runs sigma^2 to 1e-302 and reports a log likelihood of 1e4."""
     n = y.size
     scale = float(np.abs(y).max())
+    if scale > 0 and not Y_MIN <= scale <= Y_MAX:
+        raise InputError(
+            f"{source}: column '{spec.response}' has values of size {scale:.1e}, where squares "
+            f"and variances leave floating-point range: rescale it (multiply by a power of 10)."
+        )
     ys = y / scale if scale > 0 else y
     dev = ys - ys.mean()
     if scale == 0 or np.sqrt(dev @ dev / n) <= 1e-12:

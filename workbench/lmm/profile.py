@@ -43,6 +43,7 @@ side gives NaN (lme4: NA) with a note.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -100,8 +101,44 @@ def profile(fit, level: float = 0.95) -> Profile:
     """Profile the ML deviance of an EB fit (`eb.fit`; a REML fit is refitted by ML)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    scale = 10.0 ** round(math.log10(fit.data.factors.scaling.y_scale))
     with serial_blas():
-        return _Profiler(fit).run(level)
+        if scale == 1.0:
+            return _Profiler(fit).run(level)
+        # profile on y / 10^k (exact in floating point) and scale back: the profiler's steps,
+        # tolerances and sums of squares are then those of data of unit size (y ~ 1e-90, 1e60)
+        from . import eb
+
+        data = dataclasses.replace(fit.data, y=fit.data.y / scale)
+        scaled = eb.fit(data, fit.method, x0=fit.theta)
+        return _rescale(_Profiler(scaled).run(level), scale, fit.data.n_obs)
+
+
+def _rescale(p: Profile, scale: float, n_obs: int) -> Profile:
+    """A profile of y / scale on the scale of y: sd's and sigma times `scale`, correlations as
+    they are, the ML deviance + 2 N log(scale)."""
+    factor = np.array([scale if n == "sigma" or n.startswith("sd_") else 1.0 for n in p.names])
+
+    def vec(v):
+        return tuple(float(x) for x in np.asarray(v, float) * factor)
+
+    intervals = tuple(
+        dataclasses.replace(
+            iv,
+            estimate=iv.estimate * f,
+            lower=iv.lower * f,
+            upper=iv.upper * f,
+            lower_point=vec(iv.lower_point),
+            upper_point=vec(iv.upper_point),
+        )
+        for iv, f in zip(p.intervals, factor, strict=True)
+    )
+    return dataclasses.replace(
+        p,
+        estimate=vec(p.estimate),
+        deviance_min=p.deviance_min + 2.0 * n_obs * math.log(scale),
+        intervals=intervals,
+    )
 
 
 def profile_intervals(fit, level: float = 0.95) -> dict[str, list[float]]:
