@@ -177,3 +177,30 @@ def test_seeded_and_deterministic(slopes):
     assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
     assert not np.array_equal(a[1][1], c[1][1])
     assert a[0][0] == "eb" and all(k == "random" for k, _ in a[1:])
+
+
+def test_comparison_json_has_every_variant():
+    from workbench.compare import compare
+    from workbench.jsonsafe import validate
+
+    c = compare(_frame(), formula="y ~ x + (1 + x | g)", methods="eb-ml,joint-map", n_starts=3)
+    assert set(c.joint_variants) == {
+        ("centered", True),
+        ("noncentered", False),
+        ("noncentered", True),
+    }
+    out = c.to_dict()
+    validate(out)
+    post = out["joint_map_posterior"]
+    assert post["parametrization"] == "centered" and post["status"] == "interior"
+    assert post["sigma2"] == c.joint_variants["centered", True].sigma2
+    assert post["ci_hessian"]["sigma2"][0] < post["sigma2"] < post["ci_hessian"]["sigma2"][1]
+    every = out["joint_map_all"]
+    assert every["centered"]["h_likelihood"]["status"] == out["joint_map"]["status"]
+    assert every["centered"]["h_likelihood"]["log_joint"] == out["joint_map"]["log_joint"]
+    assert every["noncentered"]["h_likelihood"]["status"] == "no_interior_mode"
+    assert every["noncentered"]["h_likelihood"]["start_counts"] == {"escape": 3}
+    for pair in every.values():
+        for v in pair.values():
+            assert {"status", "log_joint", "start_counts", "message"} <= set(v)
+            assert ("fixed_effects" in v) == (v["status"] == "interior")

@@ -7,12 +7,15 @@ import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
+import numpy as np
+
 from ..display import fmt
 from ..estimators.mcmc import McmcSettings
 from ..jsonsafe import finalize
 from ..provenance import lock_sha256
 from . import eb as eb_est
 from . import joint_map as jm_est
+from . import joint_variants as jv_est
 from . import mcmc as mcmc_est
 from .design import LMMData
 from .explain import explain
@@ -20,6 +23,8 @@ from .model import LMMPriors, make_priors
 from .profile import Profile, profile
 
 METHODS = ("eb-ml", "eb-reml", "joint-map", "mcmc")
+# joint MAP variants besides the profiled centered h-likelihood (`joint_map`)
+JOINT_VARIANTS = (("centered", True), ("noncentered", False), ("noncentered", True))
 
 
 @dataclass
@@ -29,9 +34,12 @@ class LMMComparison:
     settings: object  # compare.Settings
     eb_ml: eb_est.LMMFit | None = None
     eb_reml: eb_est.LMMFit | None = None
-    joint_map: jm_est.LMMJointMap | None = None
+    joint_map: jm_est.LMMJointMap | None = None  # centered h-likelihood, profiled (headline)
+    # the other joint MAP variants, by (parametrization, with priors), over all parameters
+    joint_variants: dict[tuple[str, bool], jv_est.JointVariant] = field(default_factory=dict)
     mcmc: mcmc_est.LMMMcmc | None = None
     profile: Profile | None = None  # profile intervals (ML deviance, as lme4's confint)
+    profile_failure: str | None = None  # why there are no profile intervals
     timings: dict[str, float] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
@@ -41,6 +49,8 @@ class LMMComparison:
                 out += [f"EB-{fit.method.upper()}: {n}" for n in fit.notes]
         if self.joint_map is not None and self.joint_map.status != "interior":
             out.append(f"joint MAP: {self.joint_map.message}")
+        if self.profile_failure is not None:
+            out.append(f"EB: {self.profile_failure}")
         if self.mcmc is not None:
             out += [f"MCMC: {w}" for w in self.mcmc.warnings]
         return out
@@ -72,12 +82,31 @@ class LMMComparison:
                 out[key]["notes"] += list(self.profile.notes)
         if self.joint_map is not None:
             out["joint_map"] = self.joint_map.to_dict()
+        if self.joint_variants:
+            posterior = self.joint_variants.get(("centered", True))
+            if posterior is not None:
+                out["joint_map_posterior"] = posterior.to_dict()
+            out["joint_map_all"] = self._joint_map_all()
         if self.mcmc is not None:
             out["mcmc"] = self.mcmc.to_dict()
         if self.eb_ml is not None:
             out["explanation"] = self.explanation().to_dict()
         out["warnings"] = self.warnings()
         return finalize(out)
+
+    def _joint_map_all(self) -> dict:
+        """{centered, noncentered} x {h_likelihood, posterior}, the one-way keys (status,
+        log_joint, start_counts, message; the estimates at an interior mode)."""
+        out: dict = {par: {} for par in jv_est.PARAMETRIZATIONS}
+        if self.joint_map is not None:
+            j = self.joint_map.to_dict()
+            keys = ("status", "log_joint", "start_counts", "message")
+            keys += ("fixed_effects", "variance_components", "sigma2")
+            out["centered"]["h_likelihood"] = {k: j.get(k) for k in keys if k in j}
+            out["centered"]["h_likelihood"].setdefault("log_joint", None)
+        for (par, pri), r in self.joint_variants.items():
+            out[par]["posterior" if pri else "h_likelihood"] = r.short_dict()
+        return out
 
     def rows(self) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
         """Point estimates by method (columns) and quantity (rows), for table and report."""
@@ -161,12 +190,33 @@ def compare_lmm(data: LMMData, settings, priors: dict | None, say) -> LMMCompari
         out.eb_reml = eb_est.fit(data, "reml")
     if out.eb_ml is not None or out.eb_reml is not None:
         say("profile-likelihood intervals (ML deviance)")
-        out.profile = profile(out.eb_ml if out.eb_ml is not None else out.eb_reml)
+        try:
+            out.profile = profile(out.eb_ml if out.eb_ml is not None else out.eb_reml)
+        except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+            # e.g. a random slope on an uncentred covariate: lme4's (sd, cor) parametrisation
+            # is then nearly singular along the profile; the fits stand, the intervals do not
+            out.profile_failure = (
+                f"profile-likelihood intervals could not be computed ({type(exc).__name__}: "
+                f"{exc}); centring the covariates of random slopes usually helps"
+            )
     if "joint-map" in ms:
         say(f"joint MAP, centered h-likelihood ({settings.n_starts} starts)")
         out.joint_map = jm_est.fit(
             data, out.eb_ml, n_starts=settings.n_starts, seed=settings.seed, n_jobs=settings.n_jobs
         )
+        for par, with_priors in JOINT_VARIANTS:
+            say(
+                f"joint MAP, {par}, {'with priors' if with_priors else 'h-likelihood'} "
+                f"({settings.n_starts} starts, all parameters)"
+            )
+            out.joint_variants[(par, with_priors)] = jv_est.fit(
+                data,
+                out.eb_ml,
+                parametrization=par,
+                priors=out.priors if with_priors else None,
+                n_starts=settings.n_starts,
+                seed=settings.seed,
+            )
     if "mcmc" in ms:
         say(
             f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
