@@ -387,6 +387,28 @@ def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
     return x, float(g @ scipy.linalg.cho_solve((C, True), g)), it
 
 
+def _same(x, ctx: Context) -> np.ndarray:
+    return x
+
+
+def _centered_u(x, ctx: Context) -> np.ndarray:
+    """x with the non-centered z replaced by b = z L' (block by block)."""
+    out = x.copy()
+    out[ctx.u_start :] = ctx.effects(x, "noncentered").ravel()
+    return out
+
+
+def _noncentered_u(x, ctx: Context) -> np.ndarray:
+    """x with b replaced by z = L^-1 b (block by block)."""
+    out = x.copy()
+    U = ctx.U(x).copy()
+    for k, blk in enumerate(ctx.data.blocks):
+        cols = list(blk.cols)
+        U[:, cols] = U[:, cols] @ np.linalg.inv(ctx.chol(x, k)).T
+    out[ctx.u_start :] = U.ravel()
+    return out
+
+
 def _negative_definite(H: np.ndarray) -> bool:
     try:
         np.linalg.cholesky(-H)
@@ -412,8 +434,18 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
         # a locally concave start: Newton alone reached an interior maximum
         return Start(index, kind, "interior", log_joint(x_n, ctx, par, priors), x_n, its, dec)
 
+    # L-BFGS-B runs in the centered coordinates (b, not z) for both forms: the non-centered
+    # log joint is the centered one plus m log|L| (b = L z has Jacobian |L|^m), and in b the
+    # problem is far better conditioned when the data inform the random effects.
+    to_b, to_x = (_centered_u, _noncentered_u) if par == "noncentered" else (_same, _same)
+    scale = _scale(to_b(x0, ctx), ctx, "centered")
+
     def negf(y):
-        v, g = log_joint_and_grad(y * scale, ctx, par, priors)
+        xb = y * scale
+        v, g = log_joint_and_grad(xb, ctx, "centered", priors)
+        if par == "noncentered":
+            v += ctx.m * float(xb[ld[1:]].sum())
+            g[ld[1:]] += ctx.m
         if not np.isfinite(v):
             return np.inf, np.zeros_like(y)
         return -v, -g * scale
@@ -428,7 +460,7 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
         every 100 iterations) the variances have grown, the log joint still rises along the
         ray G -> infinity with b fixed, and the Hessian is not negative definite."""
         state["it"] += 1
-        x = y * scale
+        x = to_x(y * scale, ctx)
         low = ld[1:][x[ld[1:]] < x0[ld[1:]] - 4.0]
         if (
             state["it"] % 50 == 0
@@ -445,21 +477,22 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
             state["it"] % 100 == 0
             and np.any(x[ld[1:]] > x0[ld[1:]] + 1.0)
             and _rises_to_infinity(x, ctx, par, priors)
-            and not _negative_definite(hessian(x, ctx, par, priors, scale))
+            and not _negative_definite(hessian(x, ctx, par, priors, _scale(x, ctx, par)))
         ):
             state["escaping"] = True
             raise StopIteration
 
     res = scipy.optimize.minimize(
         negf,
-        x0 / scale,
+        to_b(x0, ctx) / scale,
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
         callback=stop_escaping,
         options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-13, "gtol": 1e-8, "maxcor": 20},
     )
-    x, iters, dec = res.x * scale, int(res.nit), None
+    x, iters, dec = to_x(res.x * scale, ctx), int(res.nit), None
+    scale = _scale(x, ctx, par)
     low = ld[1:][x[ld[1:]] < lo + 1.0]
     if state["collapsing"]:
         status = "collapse"
