@@ -106,6 +106,22 @@ class Context:
             (np.ones(d.n_obs), (d.codes, np.arange(d.n_obs))), shape=(self.m, d.n_obs)
         )
 
+    @cached_property
+    def suff(self) -> dict[str, np.ndarray]:
+        """Per-group cross products of [X Z y]: the y term in O(m (p + q)^2), not O(N)."""
+        d, S = self.data, self.indicator
+        Xy = np.column_stack([d.X, d.y])
+        XtZ = np.stack([np.asarray(S @ (Xy * d.Z[:, [c]])) for c in range(self.q)], axis=2)
+        ZtZ = np.stack([np.asarray(S @ (d.Z * d.Z[:, [c]])) for c in range(self.q)], axis=2)
+        return {
+            "XtX": d.X.T @ d.X,
+            "Xty": d.X.T @ d.y,
+            "yty": float(d.y @ d.y),
+            "XtZ": XtZ[:, : self.p, :],  # (m, p, q)
+            "Zty": XtZ[:, self.p, :],  # (m, q)
+            "ZtZ": ZtZ,  # (m, q, q)
+        }
+
     def chol(self, x: np.ndarray, k: int) -> np.ndarray:
         n = self.sizes[k]
         r, c = np.tril_indices(n)
@@ -166,14 +182,28 @@ def log_joint_and_grad(
     U = ctx.U(x)
     Ls = [ctx.chol(x, k) for k in range(len(ctx.sizes))]
     B = ctx.effects(x, par)
-    r = d.y - d.X @ beta - (d.Z * B[d.codes]).sum(axis=1)
-    rss = float(r @ r)
+    S = ctx.suff
+    XtZb = np.einsum("jpq,jq->p", S["XtZ"], B)
+    ZtZb = np.einsum("jab,jb->ja", S["ZtZ"], B)
+    XtXb = S["XtX"] @ beta
+    Xtr = S["Xty"] - XtXb - XtZb  # X'r
+    Ztr = S["Zty"] - np.einsum("jpq,p->jq", S["XtZ"], beta) - ZtZb  # Z_j'r_j, (m, q)
+    # r'r = y'y - 2 beta'X'y - 2 sum b_j'Z_j'y + (X beta + Z b)'(X beta + Z b)
+    rss = max(
+        S["yty"]
+        - 2.0 * float(beta @ S["Xty"])
+        - 2.0 * float((B * S["Zty"]).sum())
+        + float(beta @ XtXb)
+        + 2.0 * float(beta @ XtZb)
+        + float((B * ZtZb).sum()),
+        0.0,
+    )
     N = d.n_obs
     val = -0.5 * N * LOG_2PI - N * s - 0.5 * rss / sigma2
     g = np.zeros_like(x)
-    g[:p] = d.X.T @ r / sigma2
+    g[:p] = Xtr / sigma2
     g[p] = -N + rss / sigma2
-    GB = np.asarray(ctx.indicator @ (d.Z * r[:, None])) / sigma2  # d/db of the y term
+    GB = Ztr / sigma2  # d/db of the y term
     gU = np.empty_like(U)
     for k, blk in enumerate(d.blocks):
         cols, L, n = list(blk.cols), Ls[k], ctx.sizes[k]
