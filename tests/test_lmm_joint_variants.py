@@ -204,3 +204,47 @@ def test_comparison_json_has_every_variant():
         for v in pair.values():
             assert {"status", "log_joint", "start_counts", "message"} <= set(v)
             assert ("fixed_effects" in v) == (v["status"] == "interior")
+
+
+@pytest.mark.parametrize("name", ["hsb82", "dyestuff"])
+def test_random_intercept_variants_equal_the_oneway_estimator(datasets, name):
+    """y ~ 1 + (1 | g): the four variants are the one-way estimator's four (same densities: the
+    default priors coincide), so statuses, modes and log joints agree."""
+    from workbench.densities import Stats
+    from workbench.estimators import eb as oneway_eb
+    from workbench.estimators import joint_map as oneway_jm
+    from workbench.priors import default_priors
+
+    gd = datasets[name]
+    y, g = {"hsb82": ("mAch", "school"), "dyestuff": ("Yield", "Batch")}[name]
+    d = design.from_frame(pd.read_csv(DATA / f"{name}.csv"), f"{y} ~ 1 + (1 | {g})")
+    fit, ml = eb.fit(d, "ml"), oneway_eb.fit(gd, "ml")
+    pri, one_pri = make_priors(d), default_priors(gd)
+    assert (pri.beta_loc[0], pri.beta_scale[0], pri.sigma_scale, pri.sd_scale[0]) == pytest.approx(
+        (one_pri.mu_loc, one_pri.mu_scale, one_pri.sigma_scale, one_pri.tau_scale)
+    )
+    for par in jv.PARAMETRIZATIONS:
+        for with_priors in (False, True):
+            if name == "hsb82" and (par, with_priors) == ("noncentered", False):
+                continue  # the one-way escape runs take 7 s there (dyestuff covers escape)
+            ours = jv.fit(
+                d, fit, parametrization=par, priors=pri if with_priors else None, n_starts=4
+            )
+            one = oneway_jm.fit(
+                Stats.of(gd),
+                parametrization=par,
+                priors=one_pri if with_priors else None,
+                eb_point=(ml.mu, ml.sigma2, ml.tau2),
+                sd_y=float(gd.y.std(ddof=1)),
+                labels=gd.labels,
+                n_starts=4,
+                n_jobs=1,
+            )
+            assert ours.status == one.status, (par, with_priors)
+            if one.status == "interior":
+                assert ours.sigma2 == pytest.approx(one.sigma2, rel=1e-6)
+                assert ours.G[0, 0] == pytest.approx(one.tau2, rel=1e-5)
+                assert ours.beta[0] == pytest.approx(one.mu, abs=1e-4)
+                assert ours.log_joint == pytest.approx(one.log_joint, abs=1e-6)
+            else:
+                assert set(ours.counts()) == set(one.counts()), (par, with_priors)

@@ -519,7 +519,7 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
         method="L-BFGS-B",
         bounds=bounds,
         callback=stop_escaping,
-        options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-13, "gtol": 1e-8, "maxcor": 20},
+        options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-11, "gtol": 1e-6, "maxcor": 20},
     )
     x, iters, dec = to_x(res.x * scale, ctx), int(res.nit), None
     scale = _scale(x, ctx, par)
