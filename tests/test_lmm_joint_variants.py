@@ -193,6 +193,7 @@ def test_comparison_json_has_every_variant():
     validate(out)
     post = out["joint_map_posterior"]
     assert post["parametrization"] == "centered" and post["status"] == "interior"
+    assert "find_MAP" in post["find_map"]
     assert post["sigma2"] == c.joint_variants["centered", True].sigma2
     assert post["ci_hessian"]["sigma2"][0] < post["sigma2"] < post["ci_hessian"]["sigma2"][1]
     every = out["joint_map_all"]

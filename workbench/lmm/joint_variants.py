@@ -41,6 +41,12 @@ from .model import LMMPriors
 from .optimiser import serial_blas
 
 PARAMETRIZATIONS = ("centered", "noncentered")
+FIND_MAP_NOTE = (
+    "pm.find_MAP maximises the same density with priors (constrained scale, no Jacobian) by one "
+    "L-BFGS-B run from the model's initial point and reports success even where a variance has "
+    "collapsed towards 0; here every start is run to its end and classified, and a collapsed "
+    "point is never reported as the MAP."
+)
 BOX = 18.0
 ESCAPE_AT = 8.0
 DECREMENT_TOL = 1e-8
@@ -734,6 +740,8 @@ class JointVariant:
             **self.short_dict(),
             "starts": [s.to_dict(self.ctx) for s in self.starts],
         }
+        if self.with_priors:
+            out["find_map"] = FIND_MAP_NOTE
         if self.best is not None:
             out["theta"] = [float(t) for t in lme4_theta(self.best.x, self.ctx)]
         if self.intervals:
