@@ -88,7 +88,9 @@ def test_gradient_and_hessian_match_finite_differences(par, with_priors):
             for e in eye
         ]
     )
-    np.testing.assert_allclose(jv.hessian(x, ctx, par, pri), 0.5 * (fd_h + fd_h.T), atol=1e-5)
+    np.testing.assert_allclose(
+        jv.hessian(x, ctx, par, pri).dense(), 0.5 * (fd_h + fd_h.T), atol=1e-5
+    )
 
 
 def test_h_likelihood_equals_profiled_objective(slopes):
@@ -249,3 +251,36 @@ def test_random_intercept_variants_equal_the_oneway_estimator(datasets, name):
                 assert ours.log_joint == pytest.approx(one.log_joint, abs=1e-6)
             else:
                 assert set(ours.counts()) == set(one.counts()), (par, with_priors)
+
+
+def test_block_arrowhead_factor_equals_dense_algebra():
+    """-H solved by block elimination (NegFactor) equals the dense solve and inverse, and it
+    says 'not negative definite' exactly when the dense Cholesky fails."""
+    rng = np.random.default_rng(3)
+    m, q, n_g = 7, 2, 4
+    Q = rng.normal(size=(n_g + m * q, n_g + m * q))
+    dense = -(Q @ Q.T + 0.5 * np.eye(n_g + m * q))
+    for j in range(m):  # the arrowhead pattern: zero between different groups
+        for k in range(m):
+            if j != k:
+                dense[n_g + j * q : n_g + (j + 1) * q, n_g + k * q : n_g + (k + 1) * q] = 0.0
+    dense = dense - 50.0 * np.eye(dense.shape[0])  # keep it negative definite after zeroing
+    H = jv.Arrow(
+        A=dense[:n_g, :n_g],
+        B=dense[n_g:, :n_g].reshape(m, q, n_g),
+        D=np.stack(
+            [
+                dense[n_g + j * q : n_g + (j + 1) * q, n_g + j * q : n_g + (j + 1) * q]
+                for j in range(m)
+            ]
+        ),
+    )
+    np.testing.assert_allclose(H.dense(), dense)
+    F = jv.NegFactor.of(H)
+    g = rng.normal(size=dense.shape[0])
+    np.testing.assert_allclose(F.solve(g), np.linalg.solve(-dense, g), rtol=1e-10)
+    np.testing.assert_allclose(F.global_cov(), np.linalg.inv(-dense)[:n_g, :n_g], rtol=1e-10)
+    bad = jv.Arrow(A=-H.A, B=H.B, D=H.D)  # indefinite
+    assert jv.NegFactor.of(bad) is None
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(-bad.dense())

@@ -271,14 +271,80 @@ def pymc_point(x: np.ndarray, ctx: Context, par: str) -> dict:
     return out
 
 
-def hessian(x, ctx: Context, par: str, priors, scale: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Arrow:
+    """The Hessian's block-arrowhead structure: a dense global block A (beta, log sigma, the
+    covariance factors), the border B (each random effect against the globals) and m diagonal
+    q x q blocks D (the random effects of one group touch only their own group)."""
+
+    A: np.ndarray  # (n_g, n_g)
+    B: np.ndarray  # (m, q, n_g)
+    D: np.ndarray  # (m, q, q)
+
+    def dense(self) -> np.ndarray:
+        m, q, n_g = self.B.shape
+        H = np.zeros((n_g + m * q, n_g + m * q))
+        H[:n_g, :n_g] = self.A
+        H[n_g:, :n_g] = self.B.reshape(m * q, n_g)
+        H[:n_g, n_g:] = H[n_g:, :n_g].T
+        for j in range(m):
+            H[n_g + j * q : n_g + (j + 1) * q, n_g + j * q : n_g + (j + 1) * q] = self.D[j]
+        return H
+
+
+@dataclass(frozen=True)
+class NegFactor:
+    """Cholesky factors of -H by block elimination: Cd_j Cd_j' = -D_j and Cs Cs' = S, the
+    Schur complement S = -A - sum_j W_j'W_j with W_j = Cd_j^-1 B_j (O(m q^2 n_g + n_g^3), no
+    dense (n_g + m q)^2 matrix)."""
+
+    Cd: np.ndarray
+    W: np.ndarray
+    Cs: np.ndarray
+    B: np.ndarray
+
+    @classmethod
+    def of(cls, H: Arrow) -> NegFactor | None:
+        """The factor, or None when -H is not positive definite (H not negative definite)."""
+        try:
+            Cd = np.linalg.cholesky(-H.D)
+            W = np.linalg.solve(Cd, H.B)
+            S = -H.A - np.einsum("jqa,jqb->ab", W, W)
+            Cs = np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            return None
+        return cls(Cd=Cd, W=W, Cs=Cs, B=H.B)
+
+    def _dinv(self, v: np.ndarray) -> np.ndarray:
+        """(-D_j)^-1 v_j for every group, v (m, q)."""
+        w = np.linalg.solve(self.Cd, v[..., None])
+        return np.linalg.solve(np.swapaxes(self.Cd, 1, 2), w)[..., 0]
+
+    def solve(self, g: np.ndarray) -> np.ndarray:
+        """x with -H x = g, by block elimination:
+        S x_g = g_g + sum_j B_j'(-D_j)^-1 g_j, then x_j = (-D_j)^-1 (g_j + B_j x_g)."""
+        m, q, n_g = self.B.shape
+        gg, gu = g[:n_g], g[n_g:].reshape(m, q)
+        rhs = gg + np.einsum("jqa,jq->a", self.B, self._dinv(gu))
+        xg = scipy.linalg.cho_solve((self.Cs, True), rhs)
+        xu = self._dinv(gu + self.B @ xg)
+        return np.concatenate([xg, xu.ravel()])
+
+    def global_cov(self) -> np.ndarray:
+        """The global block of (-H)^-1: S^-1."""
+        return scipy.linalg.cho_solve((self.Cs, True), np.eye(self.Cs.shape[0]))
+
+
+def hessian(x, ctx: Context, par: str, priors, scale: np.ndarray | None = None) -> Arrow:
     """Central differences of the exact gradient, in (n_global + q) pairs of evaluations: the
     gradient in u_j depends on u_j and the global parameters only, so column c of every u_j is
     perturbed at once (its block-diagonal part read off), and the global columns one by one
-    (their cross terms with U filled in by symmetry)."""
+    (their cross terms with U read off the same differences)."""
     h = 1e-5 * (np.ones_like(x) if scale is None else scale)
     n_g, m, q = ctx.u_start, ctx.m, ctx.q
-    H = np.zeros((x.size, x.size))
+    A = np.zeros((n_g, n_g))
+    B = np.zeros((m, q, n_g))
+    D = np.zeros((m, q, q))
 
     def diff(e):
         return (
@@ -289,17 +355,16 @@ def hessian(x, ctx: Context, par: str, priors, scale: np.ndarray | None = None) 
     for i in range(n_g):
         e = np.zeros_like(x)
         e[i] = h[i]
-        H[:, i] = diff(e) / h[i]
+        col = diff(e) / h[i]
+        A[:, i] = col[:n_g]
+        B[:, :, i] = col[n_g:].reshape(m, q)
     hu = h[n_g:].reshape(m, q)
     rows = n_g + np.arange(m) * q
     for c in range(q):
         e = np.zeros_like(x)
         e[rows + c] = hu[:, c]
-        D = diff(e)[n_g:].reshape(m, q)
-        for c2 in range(q):
-            H[rows + c2, rows + c] = D[:, c2] / hu[:, c]
-    H[:n_g, n_g:] = H[n_g:, :n_g].T
-    return 0.5 * (H + H.T)
+        D[:, :, c] = diff(e)[n_g:].reshape(m, q) / hu[:, c : c + 1]
+    return Arrow(A=0.5 * (A + A.T), B=B, D=0.5 * (D + np.swapaxes(D, 1, 2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,12 +459,10 @@ def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
     value, g = log_joint_and_grad(x, ctx, par, priors)
     dec, it = None, 0
     for it in range(1, max_iter + 1):
-        H = hessian(x, ctx, par, priors, scale)
-        try:
-            C = np.linalg.cholesky(-H)
-        except np.linalg.LinAlgError:
+        F = NegFactor.of(hessian(x, ctx, par, priors, scale))
+        if F is None:
             return x, None, it
-        step = scipy.linalg.cho_solve((C, True), g)
+        step = F.solve(g)
         dec = float(g @ step)
         if dec < DECREMENT_TOL:
             return x, dec, it
@@ -415,12 +478,10 @@ def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
         else:
             return x, dec, it
         x, value, g = xn, vn, gn
-    H = hessian(x, ctx, par, priors, scale)
-    try:
-        C = np.linalg.cholesky(-H)
-    except np.linalg.LinAlgError:
+    F = NegFactor.of(hessian(x, ctx, par, priors, scale))
+    if F is None:
         return x, None, it
-    return x, float(g @ scipy.linalg.cho_solve((C, True), g)), it
+    return x, float(g @ F.solve(g)), it
 
 
 def _same(x, ctx: Context) -> np.ndarray:
@@ -445,12 +506,8 @@ def _noncentered_u(x, ctx: Context) -> np.ndarray:
     return out
 
 
-def _negative_definite(H: np.ndarray) -> bool:
-    try:
-        np.linalg.cholesky(-H)
-    except np.linalg.LinAlgError:
-        return False
-    return True
+def _negative_definite(H: Arrow) -> bool:
+    return NegFactor.of(H) is not None
 
 
 def run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
@@ -613,8 +670,8 @@ def make_starts(
 def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dict:
     """Wald intervals from the inverse negative Hessian at the mode: fixed effects directly,
     sigma^2 and the variances through their logs, correlations through atanh."""
-    H = hessian(best.x, ctx, par, priors, _scale(best.x, ctx, par))
-    cov = np.linalg.inv(-H)
+    F = NegFactor.of(hessian(best.x, ctx, par, priors, _scale(best.x, ctx, par)))
+    cov = F.global_cov()  # only the global block is read below
     z = float(sps.norm.ppf(0.5 + level / 2.0))
     d, p = ctx.data, ctx.p
     se_b = np.sqrt(np.diag(cov)[:p])
