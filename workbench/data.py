@@ -16,8 +16,19 @@ import pandas as pd
 
 from .errors import InputError
 
-# |y| range the fits are exact in (squares and variances stay normal float64 numbers)
+# |y| range the one-way fits are exact in (squares and variances stay normal float64 numbers)
 Y_MIN, Y_MAX = 1e-30, 1e30
+
+
+def check_y_range(y: np.ndarray, name: str, source: str, lo: float, hi: float) -> float:
+    """max |y|, or the one-line error when it is outside [lo, hi] (a route's exact range)."""
+    scale = float(np.abs(y).max())
+    if scale > 0 and not lo <= scale <= hi:
+        raise InputError(
+            f"{source}: column '{name}' has values of size {scale:.1e}, where squares and "
+            f"variances leave floating-point range: rescale it (multiply by a power of 10)."
+        )
+    return scale
 
 
 @dataclass(frozen=True)
@@ -133,12 +144,7 @@ def from_arrays(
     # relative to y's own scale (y * 1e-11 behaves exactly like y): the within-group spread is
     # zero if its root mean square is below 1e-12 of max |y|, computed on y / max |y| so that
     # neither a tiny nor a huge scale under- or overflows
-    scale = float(np.abs(y_num).max())
-    if scale > 0 and not Y_MIN <= scale <= Y_MAX:
-        raise InputError(
-            f"{source}: column '{y_name}' has values of size {scale:.1e}, where squares and "
-            f"variances leave floating-point range: rescale it (multiply by a power of 10)."
-        )
+    scale = check_y_range(y_num, y_name, source, Y_MIN, Y_MAX)
     unit = y_num / scale if scale > 0 else y_num
     wss_unit = sufficient_statistics(unit, codes, m)[2].sum()
     if scale == 0 or wss_unit <= 1e-24 * y_num.size:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 
+from ..data import check_y_range
 from ..errors import InputError
 from .formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
 
@@ -330,12 +331,7 @@ def _check_identified(
       (y - Z_j c_j computed directly, no cancellation) then least squares on X, is zero.
     Without these, the optimiser runs sigma^2 to 1e-302 and reports a log likelihood of 1e4."""
     n = y.size
-    scale = float(np.abs(y).max())
-    if scale > 0 and not Y_MIN <= scale <= Y_MAX:
-        raise InputError(
-            f"{source}: column '{spec.response}' has values of size {scale:.1e}, where squares "
-            f"and variances leave floating-point range: rescale it (multiply by a power of 10)."
-        )
+    scale = check_y_range(y, spec.response, source, Y_MIN, Y_MAX)
     ys = y / scale if scale > 0 else y
     dev = ys - ys.mean()
     if scale == 0 or np.sqrt(dev @ dev / n) <= 1e-12:
