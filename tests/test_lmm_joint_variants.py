@@ -284,3 +284,24 @@ def test_block_arrowhead_factor_equals_dense_algebra():
     assert jv.NegFactor.of(bad) is None
     with pytest.raises(np.linalg.LinAlgError):
         np.linalg.cholesky(-bad.dense())
+
+
+def test_report_states_every_joint_map_variant():
+    """The formula report lists the headline joint MAP and the three other variants."""
+    from pathlib import Path
+
+    import workbench
+    from workbench.report import render
+
+    df = pd.read_csv(Path(__file__).parent / "reference" / "battery_data" / "sleepstudy.csv")
+    c = workbench.compare(
+        df, formula="Reaction ~ Days + (Days | Subject)", methods=["eb-ml", "joint-map"], n_starts=2
+    )
+    html = render(c, command="test", fragment=True)
+    for name in (
+        "h-likelihood, centered",
+        "with priors, centered",
+        "h-likelihood, noncentered",
+        "with priors, noncentered",
+    ):
+        assert f"joint MAP ({name}):" in html

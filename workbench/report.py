@@ -354,7 +354,11 @@ def _lmm_context(
         "head": cols,
         "rows": [[lab, *[_fmt(v) for v in vals]] for lab, vals in rows],
         "lme4": lmm_lme4_text(c) if c.eb_ml is not None else "",
-        "jm": [("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [],
+        "jm": ([("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [])
+        + [
+            (f"{'with priors' if pri else 'h-likelihood'}, {par}", r)
+            for (par, pri), r in c.joint_variants.items()
+        ],
         "ex": ex,
         "terms": LMM_TERMS,
         "profile": (
