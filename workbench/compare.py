@@ -269,6 +269,23 @@ def compare(
     `LMMComparison` returned; `y ~ 1 + (1 | g)` takes the one-way path (same answers, faster).
     `levels` sets a categorical column's level order (first = reference level).
     `priors` overrides the default priors. `progress(step: str)` is called before each step."""
+
+    def settings_for(chosen: tuple[str, ...]) -> Settings:
+        """The checked settings record, the same for both routes."""
+        s = Settings(
+            methods=chosen,
+            seed=int(seed),
+            parametrization=parametrization,
+            n_starts=int(n_starts),
+            n_jobs=int(n_jobs),
+            chains=int(chains),
+            draws=int(draws),
+            tune=int(tune),
+            target_accept=float(target_accept),
+        )
+        check_settings(s)
+        return s
+
     gd = None
     if formula is not None:
         if y is not None or group is not None:
@@ -284,35 +301,12 @@ def compare(
                     "method 'anova' is only for the one-way model y ~ 1 + (1 | g); "
                     f"choose from {','.join(LMM_METHODS)}."
                 )
-            settings = Settings(
-                methods=chosen,
-                seed=int(seed),
-                parametrization=parametrization,
-                n_starts=int(n_starts),
-                n_jobs=int(n_jobs),
-                chains=int(chains),
-                draws=int(draws),
-                tune=int(tune),
-                target_accept=float(target_accept),
-            )
-            check_settings(settings)
             clock, say = _stopwatch(progress)
-            out = compare_lmm(gd, settings, priors, say)
+            out = compare_lmm(gd, settings_for(chosen), priors, say)
             say("")
             out.timings = clock
             return out
-    settings = Settings(
-        methods=parse_methods(methods),
-        seed=int(seed),
-        parametrization=parametrization,
-        n_starts=int(n_starts),
-        n_jobs=int(n_jobs),
-        chains=int(chains),
-        draws=int(draws),
-        tune=int(tune),
-        target_accept=float(target_accept),
-    )
-    check_settings(settings)
+    settings = settings_for(parse_methods(methods))
     gd = gd if gd is not None else resolve_data(data, y, group)
     pri = make_priors(gd, priors)
     st = Stats.of(gd)

@@ -322,7 +322,3 @@ def gradient(gf: GroupFactors, layout: Layout, theta_s, kind: str) -> tuple[floa
     else:
         raise ValueError(f"no analytic gradient for kind {kind!r}")
     return pls.objective(kind), G[layout.rows, layout.cols]
-
-
-def objective(gf: GroupFactors, layout: Layout, theta, kind: str) -> float:
-    return solve(gf, layout, theta).objective(kind)
