@@ -40,6 +40,18 @@ def simulate(m: int, sizes, mu: float, sigma: float, tau: float, seed: int) -> G
     return from_arrays(y, [f"g{j}" for j in g])
 
 
+# the sections every full report has (one-way and formula templates)
+REPORT_SECTIONS = (
+    "question",
+    "data",
+    "model",
+    "estimates",
+    "explanation",
+    "diagnostics",
+    "plots",
+    "provenance",
+)
+
 HSB82_LEVELS = {
     "sector": ["Public", "Catholic"],
     "sx": ["Male", "Female"],

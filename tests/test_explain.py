@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, simulate
+from conftest import DATA, REPORT_SECTIONS, simulate
 
 from workbench import compare
 from workbench.densities import Stats
@@ -89,16 +89,7 @@ def test_full_report_renders_for_the_boundary_case(datasets):
 
     c = compare(datasets["dyestuff2"], methods=["anova", "eb-ml", "eb-reml", "joint-map"])
     html = render(c, command="workbench test")
-    for section in (
-        "question",
-        "data",
-        "model",
-        "estimates",
-        "explanation",
-        "diagnostics",
-        "plots",
-        "provenance",
-    ):
+    for section in REPORT_SECTIONS:
         assert f'id="{section}"' in html
     assert "MCMC was not run" in html and "boundary" in html.lower()
     assert html.count("data:image/png;base64,") >= 7

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, HSB82_LEVELS
+from conftest import DATA, HSB82_LEVELS, REPORT_SECTIONS
 
 from workbench.compare import Comparison, compare
 from workbench.densities import Stats
@@ -206,15 +206,6 @@ def test_small_mcmc_and_report(hsb82_frame, tmp_path):
     assert set(mc["variance_components"]["school"]["correlations"]) == {"(Intercept):ses"}
     assert mc["diagnostics"]["divergences"] >= 0 and np.isfinite(mc["diagnostics"]["r_hat_max"])
     html = render(c, command="test")
-    for sec in (
-        "question",
-        "data",
-        "model",
-        "estimates",
-        "explanation",
-        "diagnostics",
-        "plots",
-        "provenance",
-    ):
+    for sec in REPORT_SECTIONS:
         assert f'<section id="{sec}">' in html
     assert html.count("data:image/png;base64,") >= 6

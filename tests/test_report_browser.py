@@ -9,20 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import REPORT_SECTIONS, ROOT
 
 from workbench.cli import main
 
-SECTIONS = (
-    "question",
-    "data",
-    "model",
-    "estimates",
-    "explanation",
-    "diagnostics",
-    "plots",
-    "provenance",
-)
+SECTIONS = REPORT_SECTIONS
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
