@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from common import command_wall, timed
 
-from workbench.data import from_arrays
-from workbench.densities import Stats
-from workbench.estimators import eb, joint_map
+from workbench.fit import eb_oneway as eb
+from workbench.fit import joint_oneway as joint_map
+from workbench.model.data import from_arrays
+from workbench.objectives.oneway import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from common import timed
 
-from workbench.lmm import design, eb
+from workbench.fit import eb
+from workbench.model import design
 
 ROOT = Path(__file__).resolve().parents[1]
 R_TIMER = """suppressMessages(library(lme4)); d <- read.csv("{csv}"); d${g} <- factor(d${g});

@@ -19,7 +19,7 @@ import pandas as pd
 
 import workbench
 from workbench.jsonsafe import validate
-from workbench.report import render
+from workbench.present.report import render
 
 REF = Path(__file__).resolve().parents[1] / "tests" / "reference"
 

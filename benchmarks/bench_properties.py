@@ -1,10 +1,10 @@
 """The property checks of tests/test_properties.py (issue 9, item 2) on many more examples,
 printing counts instead of stopping at the first failure (not a test):
 
-* oneway-ml / oneway-reml: `workbench.estimators.eb` vs the exact 1-D profile;
-* intercept-ml / intercept-reml: `workbench.lmm.eb`, `y ~ {1, x, cat, x + cat} + (1 | grp)`,
+* oneway-ml / oneway-reml: `workbench.fit.eb_oneway` vs the exact 1-D profile;
+* intercept-ml / intercept-reml: `workbench.fit.eb`, `y ~ {1, x, cat, x + cat} + (1 | grp)`,
   vs the exact 1-D profile;
-* slope-ml: `workbench.lmm.eb`, `y ~ {x, x + cat} + (1 + x | grp)`, vs the best of statsmodels
+* slope-ml: `workbench.fit.eb`, `y ~ {x, x + cat} + (1 + x | grp)`, vs the best of statsmodels
   MixedLM's optimisers, each estimate's log likelihood evaluated exactly (slow: about 0.5-1 s an
   example); also our loglik vs the exact log likelihood at our own theta.
 

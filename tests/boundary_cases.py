@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workbench.estimators.mcmc import McmcResult, McmcSettings, diagnose, summarize
+from workbench.fit.mcmc_oneway import McmcResult, McmcSettings, diagnose, summarize
 
 LABELS = ["$", "$$", "a_b^c", "{x}", "%", "ünïcødé ✓ 漢字", "L" * 200, r"\alpha", "#&<b>", "x\ny"]
 
@@ -79,7 +79,7 @@ def oneway(
 
 def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0):
     """An MCMC record of a formula model for `data` (an LMMData)."""
-    from workbench.lmm.mcmc import LMMMcmc
+    from workbench.fit.mcmc import LMMMcmc
 
     rng = np.random.default_rng(seed)
     shape = (chains, draws)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.data import GroupedData, from_arrays, load_csv
+from workbench.model.data import GroupedData, from_arrays, load_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "models" / "data"

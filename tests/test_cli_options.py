@@ -238,9 +238,9 @@ def test_case_file_structure_and_encoding(work, capsys):
 
 
 def test_run_makes_the_report_folder(work, capsys, monkeypatch):
-    import workbench.report
+    import workbench.present.report
 
-    monkeypatch.setattr(workbench.report, "render", lambda *a, **k: "<html>report</html>")
+    monkeypatch.setattr(workbench.present.report, "render", lambda *a, **k: "<html>report</html>")
     (work / "c.toml").write_text(CASE)
     assert main(["run", "c.toml", "--quiet"]) == 0
     assert sorted(p.name for p in (work / "reports").iterdir()) == ["c.html", "c.json"]

@@ -11,7 +11,7 @@ from conftest import DATA, ROOT, simulate
 
 from workbench import compare
 from workbench.cli import main
-from workbench.estimators import mcmc
+from workbench.fit import mcmc_oneway as mcmc
 
 SMALL = ["--chains", "2", "--draws", "300", "--tune", "400"]
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workbench import densities as dens
-from workbench.densities import Stats
-from workbench.priors import default_priors
-from workbench.pymc_model import build_model, point_from_x
+from workbench.model.priors import default_priors
+from workbench.model.pymc_oneway import build_model, point_from_x
+from workbench.objectives import oneway as dens
+from workbench.objectives.oneway import Stats
 
 
 def _random_x(rng, m, par, scale=1.0):

@@ -9,9 +9,10 @@ from conftest import simulate
 from scipy import optimize
 from scipy import stats as sps
 
-from workbench import densities as dens
-from workbench.densities import Stats
-from workbench.estimators import anova, eb
+from workbench.fit import anova
+from workbench.fit import eb_oneway as eb
+from workbench.objectives import oneway as dens
+from workbench.objectives.oneway import Stats
 
 REL = 1e-6
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import DATA, REPORT_SECTIONS, simulate
 
 from workbench import compare
-from workbench.densities import Stats
 from workbench.explain import explain, point_terms
+from workbench.objectives.oneway import Stats
 
 
 def _dense_terms(d, mu, s, t):
@@ -85,7 +85,7 @@ def test_repr_html_fragment(datasets):
 
 
 def test_full_report_renders_for_the_boundary_case(datasets):
-    from workbench.report import render
+    from workbench.present.report import render
 
     c = compare(datasets["dyestuff2"], methods=["anova", "eb-ml", "eb-reml", "joint-map"])
     html = render(c, command="workbench test")

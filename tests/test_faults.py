@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import workbench.files
-import workbench.report
+import workbench.present.report
 from workbench.cli import main
 from workbench.simulate import WATCH_THREAD
 
@@ -173,7 +173,7 @@ def _fail_replace_of(suffix: str, monkeypatch) -> None:
 def data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("d.csv").write_text("g,y\na,1\na,2\nb,3\nb,5\nc,4\nc,4.5\n")
-    monkeypatch.setattr(workbench.report, "render", lambda *a, **k: "<html>new</html>")
+    monkeypatch.setattr(workbench.present.report, "render", lambda *a, **k: "<html>new</html>")
     return tmp_path
 
 
@@ -215,7 +215,7 @@ def test_compare_report_rendering_fails_no_json(data, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("template bug")
 
-    monkeypatch.setattr(workbench.report, "render", broken)
+    monkeypatch.setattr(workbench.present.report, "render", broken)
     with pytest.raises(RuntimeError):
         main(COMPARE)
     assert sorted(p.name for p in data.iterdir()) == ["d.csv"]

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from workbench.compare import compare
-from workbench.data import from_arrays
 from workbench.errors import InputError
-from workbench.lmm import design, eb
+from workbench.fit import eb
+from workbench.model import design
+from workbench.model.data import from_arrays
 
 
 def _frame(m=20, n=5, seed=1):

@@ -14,8 +14,8 @@ import pytest
 from workbench.cli import main
 from workbench.compare import compare
 from workbench.errors import InputError
-from workbench.lmm import design
-from workbench.lmm.formula import parse
+from workbench.model import design
+from workbench.model.formula import parse
 
 
 def _frame(m=12, n=6, seed=0):
@@ -146,7 +146,7 @@ def test_no_evaluating_library_is_imported():
 
     code = (
         "import sys, numpy as np, pandas as pd\n"
-        "from workbench.lmm import design\n"
+        "from workbench.model import design\n"
         "rng = np.random.default_rng(0)\n"
         "df = pd.DataFrame({'y': rng.normal(size=40), 'x': rng.uniform(1, 2, 40),\n"
         "                   'f': list('ab') * 20, 'g': np.repeat(list('abcd'), 10)})\n"
@@ -287,7 +287,7 @@ def test_python_keywords_are_ordinary_column_names():
     import pandas as pd
 
     from workbench.errors import InputError
-    from workbench.lmm import design
+    from workbench.model import design
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame(

@@ -11,8 +11,8 @@ import pytest
 
 from workbench import compare
 from workbench.cli import main
-from workbench.data import from_arrays
 from workbench.errors import InputError
+from workbench.model.data import from_arrays
 
 GOOD = {"g": ["a", "a", "b", "b", "c"], "y": [1.0, 2.0, 3.0, 5.0, 4.0]}
 
@@ -174,7 +174,7 @@ def test_bad_case_file(tmp_path, capsys):
 
 def test_csv_missing_values_as_in_r(tmp_path):
     """Only "NA" and empty cells are missing (R's read.csv); "None" is a level like any other."""
-    from workbench.data import read_csv
+    from workbench.model.data import read_csv
 
     p = tmp_path / "d.csv"
     p.write_text("y,g,h\n1.5,None,NA\n2.5,null,\n3.5,a,x\n")

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import simulate
 
-from workbench import densities as dens
-from workbench.densities import Stats
-from workbench.estimators import eb, joint_map
-from workbench.priors import default_priors
+from workbench.fit import eb_oneway as eb
+from workbench.fit import joint_oneway as joint_map
+from workbench.model.priors import default_priors
+from workbench.objectives import oneway as dens
+from workbench.objectives.oneway import Stats
 
 
 def run(d, par="centered", priors=None, **kw):
@@ -114,7 +115,7 @@ def test_find_map_same_objective_different_verdict(datasets):
     point and calls it a success, which the workbench classifies as a collapse."""
     import pymc as pm
 
-    from workbench.pymc_model import build_model, x_from_point
+    from workbench.model.pymc_oneway import build_model, x_from_point
 
     d = datasets["dyestuff"]
     pri = default_priors(d)

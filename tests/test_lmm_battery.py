@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.lmm import design, eb
-from workbench.lmm.formula import parse
+from workbench.fit import eb
+from workbench.model import design
+from workbench.model.formula import parse
 
 REF = Path(__file__).resolve().parent / "reference"
 DATA = REF / "battery_data"
@@ -112,7 +113,7 @@ def _z_mean_squares(data) -> dict[str, float]:
 
 def _objective_at(data, theta, method: str) -> float:
     """Our ML deviance / REML criterion at a given theta (lme4's order)."""
-    from workbench.lmm.deviance import Layout, solve
+    from workbench.objectives.deviance import Layout, solve
 
     layout = Layout.of(data.blocks, data.q)
     return float(solve(data.factors, layout, np.asarray(theta, float)).objective(method))

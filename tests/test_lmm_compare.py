@@ -13,11 +13,13 @@ import pytest
 from conftest import DATA, HSB82_LEVELS, REPORT_SECTIONS
 
 from workbench.compare import Comparison, compare
-from workbench.densities import Stats
-from workbench.estimators import eb as oneway_eb
-from workbench.estimators import joint_map as oneway_jm
-from workbench.lmm import design, eb, joint_map
-from workbench.lmm.explain import terms
+from workbench.explain_lmm import terms
+from workbench.fit import eb
+from workbench.fit import eb_oneway as oneway_eb
+from workbench.fit import joint_oneway as oneway_jm
+from workbench.fit import joint_profiled as joint_map
+from workbench.model import design
+from workbench.objectives.oneway import Stats
 
 
 def _slopes(m=30, n=20, seed=3):
@@ -88,7 +90,7 @@ def test_laplace_identity(slopes):
 
 def test_log_joint_is_pymcs_density(slopes):
     """Our h at a point = PyMC's log density of y and the centered b (jacobian=False)."""
-    from workbench.lmm.model import build_model, make_priors
+    from workbench.model.lmm_priors import build_model, make_priors
 
     d, fit, _ = slopes
     model = build_model(d, make_priors(d), "centered")
@@ -187,7 +189,7 @@ def test_missing_covariate_value_names_column_and_row(tmp_path):
 def test_small_mcmc_and_report(hsb82_frame, tmp_path):
     """A short NUTS run on 25 schools: the MCMC block has the EB block's quantities, and the
     report has every section and its plots."""
-    from workbench.report import render
+    from workbench.present.report import render
 
     small = hsb82_frame[hsb82_frame.school.isin(hsb82_frame.school.unique()[:25])]
     c = compare(

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import HSB82_LEVELS
 
-from workbench.estimators import eb as oneway_eb
-from workbench.lmm import design, eb
-from workbench.lmm.deviance import Layout, solve
+from workbench.fit import eb
+from workbench.fit import eb_oneway as oneway_eb
+from workbench.model import design
+from workbench.objectives.deviance import Layout, solve
 
 CASES = [
     "hsb82_slope",

@@ -1,4 +1,4 @@
-"""Joint MAP variants of formula models (workbench/lmm/joint_variants.py): the numpy log joint
+"""Joint MAP variants of formula models (workbench/fit/joint_map.py): the numpy log joint
 against PyMC's own density and finite differences, the centered h-likelihood against the
 profiled estimator, the statuses (interior, collapse, escape) and the Hessian intervals."""
 
@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 from conftest import DATA
 
-from workbench.lmm import design, eb, joint_map
-from workbench.lmm import joint_variants as jv
-from workbench.lmm.deviance import Layout, solve
-from workbench.lmm.model import build_model, make_priors
+from workbench.fit import eb
+from workbench.fit import joint_map as jv
+from workbench.fit import joint_profiled as joint_map
+from workbench.model import design
+from workbench.model.lmm_priors import build_model, make_priors
+from workbench.objectives.deviance import Layout, solve
 
 
 def _frame(m=30, n=20, seed=3):
@@ -213,10 +215,10 @@ def test_comparison_json_has_every_variant():
 def test_random_intercept_variants_equal_the_oneway_estimator(datasets, name):
     """y ~ 1 + (1 | g): the four variants are the one-way estimator's four (same densities: the
     default priors coincide), so statuses, modes and log joints agree."""
-    from workbench.densities import Stats
-    from workbench.estimators import eb as oneway_eb
-    from workbench.estimators import joint_map as oneway_jm
-    from workbench.priors import default_priors
+    from workbench.fit import eb_oneway as oneway_eb
+    from workbench.fit import joint_oneway as oneway_jm
+    from workbench.model.priors import default_priors
+    from workbench.objectives.oneway import Stats
 
     gd = datasets[name]
     y, g = {"hsb82": ("mAch", "school"), "dyestuff": ("Yield", "Batch")}[name]
@@ -291,7 +293,7 @@ def test_report_states_every_joint_map_variant():
     from pathlib import Path
 
     import workbench
-    from workbench.report import render
+    from workbench.present.report import render
 
     df = pd.read_csv(Path(__file__).parent / "reference" / "battery_data" / "sleepstudy.csv")
     c = workbench.compare(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.lmm import design, eb
+from workbench.fit import eb
+from workbench.model import design
 
 
 def _data(seed=3, m=18, n=10):
@@ -107,7 +108,7 @@ def test_zero_derivative_at_the_bound_is_not_taken_for_an_optimum():
 @pytest.mark.parametrize("scale", [1e60, 1e-90])
 def test_profile_intervals_scale_with_the_response(scale):
     """Profile intervals of y * s: sd's and sigma times s, correlations as they are."""
-    from workbench.lmm.profile import profile_intervals
+    from workbench.fit.profile import profile_intervals
 
     y, x, g = _data(m=12, n=8)
     ref = profile_intervals(_fit(y, x, g, "ml"))

@@ -1,4 +1,4 @@
-"""Profile-likelihood intervals of the variance parameters (`workbench.lmm.profile`) against
+"""Profile-likelihood intervals of the variance parameters (`workbench.fit.profile`) against
 lme4 1.1-31's `confint(fit, method = "profile", oldNames = FALSE)`
 (`tests/reference/lme4_profile.R` -> `lme4_profile.json`, data in `tests/reference/battery_data/`).
 
@@ -27,9 +27,10 @@ import pandas as pd
 import pybobyqa
 import pytest
 
-from workbench.lmm import design, eb
-from workbench.lmm import profile as prof
-from workbench.lmm.formula import parse
+from workbench.fit import eb
+from workbench.fit import profile as prof
+from workbench.model import design
+from workbench.model.formula import parse
 
 REF = Path(__file__).resolve().parent / "reference"
 DATA = REF / "battery_data"

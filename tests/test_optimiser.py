@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.lmm.optimiser import minimise
+from workbench.fit.optimiser import minimise
 
 
 @pytest.mark.parametrize("with_gradient", [True, False])

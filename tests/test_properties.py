@@ -9,8 +9,8 @@ the maximised log likelihood that workbench reports must be
 
 References, written here without any workbench code:
 
-* random-intercept models `y ~ X beta + (1 | g)` (the one-way route `workbench.estimators.eb` and
-  the formula route `workbench.lmm.eb`): the exact 1-D profile. For a ratio lam = tau^2/sigma^2,
+* random-intercept models `y ~ X beta + (1 | g)` (the one-way route `workbench.fit.eb_oneway` and
+  the formula route `workbench.fit.eb`): the exact 1-D profile. For a ratio lam = tau^2/sigma^2,
   beta and sigma^2 have closed forms (GLS with V_j = I + lam 1 1'); V_j^-1/2 is
   (I - J/n_j) + (1 + n_j lam)^-1/2 J/n_j, so GLS is ordinary least squares on transformed data,
   done by a QR factorisation of the transformed [X y] after centring and scaling the columns
@@ -32,9 +32,9 @@ References, written here without any workbench code:
   (-1/2 [log|V| + log|X'V^-1 X| + (N - p)(1 + log(2 pi r'V^-1 r / (N - p)))], V relative to
   sigma^2), so it is comparable too, but REML is only compared with the exact profile here.
 
-Conventions on our side: `workbench.estimators.eb.fit(...).loglik` is the marginal log likelihood
+Conventions on our side: `workbench.fit.eb_oneway.fit(...).loglik` is the marginal log likelihood
 at the estimate (for REML, the REML restricted log likelihood is -reml_criterion / 2);
-`workbench.lmm.eb.fit(...).loglik` is lme4's logLik (ML) or the restricted log likelihood
+`workbench.fit.eb.fit(...).loglik` is lme4's logLik (ML) or the restricted log likelihood
 (REML criterion = -2 x restricted loglik). The REML log likelihood depends on the
 parametrisation of X through log|X'V^-1 X|: the reference builds the same columns as formulae
 (intercept, x, treatment-coded categorical with the first sorted level as reference).
@@ -473,10 +473,10 @@ class Outcome:
 
 
 def check_oneway(case: Case, method: str) -> Outcome | None:
-    """The one-way route (`workbench.data` + `workbench.estimators.eb`) vs the exact profile."""
-    from workbench.data import from_arrays
+    """The one-way route (`workbench.model.data` + `workbench.fit.eb_oneway`) vs the exact profile."""
     from workbench.errors import InputError
-    from workbench.estimators import eb as oneway_eb
+    from workbench.fit import eb_oneway as oneway_eb
+    from workbench.model.data import from_arrays
 
     df = case.frame()
     X = np.ones((len(df), 1))
@@ -499,9 +499,10 @@ def check_oneway(case: Case, method: str) -> Outcome | None:
 
 
 def check_intercept_formula(case: Case, fixed: str, method: str) -> Outcome | None:
-    """The formula route `y ~ fixed + (1 | grp)` (`workbench.lmm`) vs the exact profile."""
+    """The formula route `y ~ fixed + (1 | grp)` (`workbench.fit.eb`) vs the exact profile."""
     from workbench.errors import InputError
-    from workbench.lmm import design, eb
+    from workbench.fit import eb
+    from workbench.model import design
 
     df = case.frame()
     X = design_matrix(df, fixed)
@@ -528,7 +529,8 @@ def check_slope_formula(case: Case, fixed: str = "x", methods=SM_METHODS) -> Out
     optimisers, each evaluated exactly (`exact_profiled_loglik`); also our reported loglik
     against the exact value at our own reported theta (`ours_exact`)."""
     from workbench.errors import InputError
-    from workbench.lmm import design, eb
+    from workbench.fit import eb
+    from workbench.model import design
 
     df = case.frame()
     X = design_matrix(df, fixed)

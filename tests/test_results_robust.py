@@ -19,10 +19,10 @@ from boundary_cases import LABELS, attach, lmm, oneway, singular_slope_frame
 from conftest import DATA
 
 import workbench
-from workbench import plots
-from workbench.display import fmt
 from workbench.jsonsafe import clean, finalize, validate
-from workbench.report import _draw, render
+from workbench.present import plots
+from workbench.present.report import _draw, render
+from workbench.present.table import fmt
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 

@@ -20,7 +20,7 @@ from conftest import DATA, ROOT
 import workbench
 from workbench.casefile import load_case
 from workbench.jsonsafe import schema, validate
-from workbench.report import render
+from workbench.present.report import render
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
 

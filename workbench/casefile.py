@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, need_int, need_real, need_str, need_str_list
+from workbench.errors import InputError, need_int, need_real, need_str, need_str_list
 
 SECTIONS = {
     "data": {"path", "y", "group", "formula", "levels"},
@@ -34,7 +34,7 @@ def check_compare_options(opts: dict, name=_flag) -> dict:
     """Type and range checks of the comparison options (CLI flags or a case file's [compare] and
     [mcmc] values), before any computing; `name(key)` says where a value came from. Returns the
     options with methods as a list."""
-    from .compare import parse_methods
+    from workbench.compare import parse_methods
 
     out = dict(opts)
     if out.get("methods") is not None:

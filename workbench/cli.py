@@ -14,8 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import InputError
-from .files import OutputSet, check_output
+from workbench.errors import InputError
+from workbench.files import OutputSet, check_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,7 +123,7 @@ def _check_simulate(args):
     'different study definition' afterwards. Returns (study, out)."""
     import dataclasses
 
-    from . import simulate as sim
+    from workbench import simulate as sim
 
     if args.study is not None:
         study = sim.load_study(args.study)
@@ -161,7 +161,7 @@ def _check_simulate(args):
 def _run_simulate(args, command: str) -> int:
     import time
 
-    from . import simulate as sim
+    from workbench import simulate as sim
 
     study, out = _check_simulate(args)
     t0 = time.perf_counter()
@@ -245,8 +245,8 @@ def _run_compare(
 ) -> int:
     """Check the output paths, compare, then write the outputs together. `make_folders` (case
     files): missing output folders are made (when writing) instead of refused."""
-    from .compare import compare
-    from .estimators.mcmc import save_netcdf
+    from workbench.compare import compare
+    from workbench.fit.mcmc_oneway import save_netcdf
 
     if report_path is not None:
         json_path = json_path or report_path.with_suffix(".json")
@@ -266,7 +266,7 @@ def _run_compare(
         )
     import joblib
 
-    from .simulate import die_with_parent
+    from workbench.simulate import die_with_parent
 
     # the joint-MAP starts run in joblib/loky workers: make them die with this process
     with joblib.parallel_config(
@@ -275,7 +275,7 @@ def _run_compare(
         result = compare(data, y, group, progress=_progress(quiet), **kwargs)
     html = None
     if report_path is not None:
-        from .report import render
+        from workbench.present.report import render
 
         if not quiet:
             print("[workbench] explanation, plots and report ...", file=sys.stderr, flush=True)
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "workbench " + shlex.join(argv)
     try:
         if args.command == "compare":
-            from .casefile import check_compare_options
+            from workbench.casefile import check_compare_options
 
             kwargs = check_compare_options(
                 {
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "simulate":
             return _run_simulate(args, command)
-        from .casefile import load_case
+        from workbench.casefile import load_case
 
         case = load_case(args.case)
         if not args.quiet:

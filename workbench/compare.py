@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import GroupedData, from_frame, load_csv, read_csv
-from .densities import PARAMETRIZATIONS, Stats
-from .errors import InputError
-from .estimators import anova as anova_est
-from .estimators import eb as eb_est
-from .estimators import joint_map as jm_est
-from .estimators import mcmc as mcmc_est
-from .jsonsafe import finalize
-from .priors import Priors, make_priors
-from .provenance import lock_sha256
+from workbench.errors import InputError
+from workbench.fit import anova as anova_est
+from workbench.fit import eb_oneway as eb_est
+from workbench.fit import joint_oneway as jm_est
+from workbench.fit import mcmc_oneway as mcmc_est
+from workbench.jsonsafe import finalize
+from workbench.model.data import GroupedData, from_frame, load_csv, read_csv
+from workbench.model.priors import Priors, make_priors
+from workbench.objectives.oneway import PARAMETRIZATIONS, Stats
+from workbench.provenance import lock_sha256
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
 MODEL_TEXT = "y_ij ~ N(mu + a_j, sigma^2), a_j ~ N(0, tau^2)  [lme4: y ~ 1 + (1 | group)]"
@@ -115,7 +115,7 @@ class Comparison:
         if self.mcmc is not None:
             out["mcmc"] = self.mcmc.to_dict()
         if self.eb_ml is not None:
-            from .explain import explain
+            from workbench.explain import explain
 
             out["explanation"] = explain(self).to_dict()
         out["warnings"] = self.warnings()
@@ -123,13 +123,13 @@ class Comparison:
 
     def _repr_html_(self) -> str:
         """Jupyter: the report's numbers and explanation, without plots."""
-        from .report import render
+        from workbench.present.report import render
 
         return render(self, command="(Jupyter)", fragment=True)
 
     def table(self) -> str:
         """A side-by-side text table of the point estimates."""
-        from .display import comparison_table
+        from workbench.present.table import comparison_table
 
         return comparison_table(self)
 
@@ -224,8 +224,8 @@ def _stopwatch(progress):
 
 def _formula_data(data, formula: str, levels: dict | None):
     """Parse the formula; return (spec, LMMData or None for the one-way model)."""
-    from .lmm import design
-    from .lmm.formula import parse
+    from workbench.model import design
+    from workbench.model.formula import parse
 
     spec = parse(formula)
     if isinstance(data, str | Path):
@@ -292,8 +292,8 @@ def compare(
             raise InputError("give either a formula or y/group, not both.")
         spec, gd = _formula_data(data, formula, levels)
         if not isinstance(gd, GroupedData):
-            from .lmm.compare import METHODS as LMM_METHODS
-            from .lmm.compare import compare_lmm
+            from workbench.compare_lmm import METHODS as LMM_METHODS
+            from workbench.compare_lmm import compare_lmm
 
             chosen = parse_methods(methods) if methods is not None else LMM_METHODS
             if "anova" in chosen:

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import densities as dens
-from .densities import Stats
-from .jsonsafe import clean
+from workbench.jsonsafe import clean
+from workbench.objectives import oneway as dens
+from workbench.objectives.oneway import Stats
 
 
 @dataclass(frozen=True)

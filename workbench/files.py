@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import InputError
+from workbench.errors import InputError
 
 
 def _target(path: Path) -> Path:

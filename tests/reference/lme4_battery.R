@@ -10,7 +10,7 @@
 #   tight        minqa::bobyqa, rhoend 1e-12, maxfun 1e6
 #   tight_nlopt  nloptwrap BOBYQA, xtol_abs 1e-12, ftol_abs 1e-14, relative tolerances 1e-15
 # The output is one JSON list, one entry per fit: id "<model>.<method>.<control>", data (CSV
-# name), formula (lme4 syntax, as workbench.lmm.design.from_frame takes it), levels (R's level
+# name), formula (lme4 syntax, as workbench.model.design.from_frame takes it), levels (R's level
 # order of every factor column the fixed or random-effect terms use: the first level is the
 # reference of the treatment contrasts; the grouping factor's order does not matter), method,
 # control, objective (ML deviance = -2 logLik, or the REML criterion), theta, fixed_effects and

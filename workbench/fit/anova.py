@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from scipy import stats as sps
 
-from ..densities import Stats
+from workbench.objectives.oneway import Stats
 
 
 @dataclass(frozen=True)

@@ -9,92 +9,12 @@ that `deviance.PLS.objective("joint")` profiles (tested against `compile_logp`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-
 import numpy as np
 
-from ..errors import InputError
-from ..priors import prior_number
-from .design import LMMData
+from workbench.model.design import LMMData
+from workbench.model.priors import Priors, make_priors  # noqa: F401
 
-PRIOR_KEYS = ("sigma_scale", "beta_scale", "sd_scale", "lkj_eta")
-
-
-@dataclass(frozen=True)
-class LMMPriors:
-    """beta_k ~ N(beta_loc_k, beta_scale_k), sigma ~ HalfNormal(sigma_scale), random-effect SDs
-    ~ HalfNormal(sd_scale_k), correlations ~ LKJ(lkj_eta).
-
-    Defaults are weakly informative on the data's scale (rstanarm's autoscaling): the intercept
-    N(mean(y), 10 sd(y)), a slope N(0, 2.5 sd(y) / sd(x)), sigma and an SD HalfNormal(2.5 sd(y)),
-    divided by sd(z) for a non-constant random-effect column; LKJ(2) mildly favours small
-    correlations."""
-
-    names: tuple[str, ...]
-    re_names: tuple[str, ...]
-    beta_loc: tuple[float, ...]
-    beta_scale: tuple[float, ...]
-    sigma_scale: float
-    sd_scale: tuple[float, ...]
-    lkj_eta: float = 2.0
-
-    def describe(self) -> dict[str, str]:
-        out = {
-            f"beta[{n}]": f"Normal(mu={m:.6g}, sigma={s:.6g})"
-            for n, m, s in zip(self.names, self.beta_loc, self.beta_scale, strict=True)
-        }
-        out["sigma"] = f"HalfNormal(sigma={self.sigma_scale:.6g})"
-        out.update(
-            {
-                f"sd[{n}]": f"HalfNormal(sigma={s:.6g})"
-                for n, s in zip(self.re_names, self.sd_scale, strict=True)
-            }
-        )
-        out["correlations"] = f"LKJ(eta={self.lkj_eta:.6g})"
-        return out
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "text": self.describe()}
-
-
-def _col_scale(col: np.ndarray) -> float:
-    sd = float(col.std())
-    return sd if sd > 0 else 1.0
-
-
-def make_priors(data: LMMData, overrides: dict | None = None) -> LMMPriors:
-    """Default priors; `overrides` may set sigma_scale, lkj_eta, or multiply the default
-    beta/sd scales by a factor (beta_scale, sd_scale)."""
-    sd_y = float(data.y.std(ddof=1))
-    loc, scale = [], []
-    for k, name in enumerate(data.fixed_names):
-        if name == "(Intercept)":
-            loc.append(float(data.y.mean()))
-            scale.append(10.0 * sd_y)
-        else:
-            loc.append(0.0)
-            scale.append(2.5 * sd_y / _col_scale(data.X[:, k]))
-    sd_scale = [2.5 * sd_y / _col_scale(data.Z[:, k]) for k in range(data.q)]
-    pri = LMMPriors(
-        names=data.fixed_names,
-        re_names=data.re_names,
-        beta_loc=tuple(loc),
-        beta_scale=tuple(scale),
-        sigma_scale=2.5 * sd_y,
-        sd_scale=tuple(sd_scale),
-    )
-    for key, value in (overrides or {}).items():
-        if key not in PRIOR_KEYS:
-            raise InputError(
-                f"unknown prior setting '{key}' for a formula model; use one of "
-                f"{', '.join(PRIOR_KEYS)}."
-            )
-        value = prior_number(key, value)
-        if key in ("beta_scale", "sd_scale"):
-            pri = replace(pri, **{key: tuple(value * s for s in getattr(pri, key))})
-        else:
-            pri = replace(pri, **{key: value})
-    return pri
+LMMPriors = Priors  # one priors record for every model (workbench.model.priors)
 
 
 def build_model(data: LMMData, priors: LMMPriors, parametrization: str = "noncentered"):

@@ -34,11 +34,11 @@ import scipy.sparse
 from scipy import stats as sps
 from scipy.special import gammaln
 
-from .design import LMMData
-from .deviance import Layout, solve
-from .eb import LMMFit, variance_components
-from .model import LMMPriors
-from .optimiser import serial_blas
+from workbench.fit.eb import LMMFit, variance_components
+from workbench.fit.optimiser import serial_blas
+from workbench.model.design import LMMData
+from workbench.model.lmm_priors import LMMPriors
+from workbench.objectives.deviance import Layout, solve
 
 PARAMETRIZATIONS = ("centered", "noncentered")
 FIND_MAP_NOTE = (

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from workbench.errors import InputError
 
 # |y| range the one-way fits are exact in (squares and variances stay normal float64 numbers)
 Y_MIN, Y_MAX = 1e-30, 1e30

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 
-from ..data import check_y_range
-from ..errors import InputError
-from .formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
+from workbench.errors import InputError
+from workbench.model.data import check_y_range
+from workbench.model.formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,25 @@ class LMMData:
             for name, c in zip(b.names, b.cols, strict=True):
                 out[c] = name
         return tuple(out)
+
+    @property
+    def is_oneway(self) -> bool:
+        """The one-way model y ~ 1 + (1 | g): the objectives then use its per-group kernels."""
+        return (
+            self.fixed_names == ("(Intercept)",)
+            and self.re_names == ("(Intercept)",)
+            and bool(np.all(self.X == 1.0))
+            and bool(np.all(self.Z == 1.0))
+        )
+
+    @cached_property
+    def oneway(self):
+        """Per-group sufficient statistics (`objectives.oneway.Stats`) of a one-way model."""
+        from workbench.objectives.oneway import Stats
+
+        if not self.is_oneway:
+            raise ValueError("the per-group one-way statistics need the model y ~ 1 + (1 | g)")
+        return Stats.of_arrays(self.y, self.codes, self.n_groups)
 
     @cached_property
     def factors(self) -> GroupFactors:

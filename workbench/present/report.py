@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
-from .densities import Stats
-from .explain import explain
-from .provenance import lock_sha256
+from workbench.explain import explain
+from workbench.objectives.oneway import Stats
+from workbench.present import plots
+from workbench.provenance import lock_sha256
 
 PACKAGES = (
     "workbench",
@@ -309,7 +309,7 @@ def _shared_context(
 def _lmm_context(
     c, *, command: str, case_text: str | None, truth: dict | None, fragment: bool
 ) -> dict:
-    from .lmm import plots as lplots
+    from workbench.present import plots_lmm as lplots
 
     t0 = time.perf_counter()
     ex = c.explanation() if c.eb_ml is not None else None

@@ -20,8 +20,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .data import GroupedData
-from .priors import Priors
+from workbench.model.data import GroupedData
+from workbench.model.priors import Priors
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_HALFNORMAL_CONST = float(np.log(2.0) - 0.5 * LOG_2PI)
@@ -41,6 +41,12 @@ class Stats:
         return cls(
             np.asarray(data.n, float), np.asarray(data.ybar, float), np.asarray(data.wss, float)
         )
+
+    @classmethod
+    def of_arrays(cls, y: np.ndarray, codes: np.ndarray, m: int) -> Stats:
+        from workbench.model.data import sufficient_statistics
+
+        return cls(*sufficient_statistics(np.asarray(y, float), np.asarray(codes), m))
 
     # cached: these sit in every objective's inner loop
     @cached_property

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import GroupedData
-from .densities import PARAMETRIZATIONS
-from .priors import Priors
+from workbench.model.data import GroupedData
+from workbench.model.priors import Priors
+from workbench.objectives.oneway import PARAMETRIZATIONS
 
 
 def build_model(data: GroupedData, priors: Priors, parametrization: str = "noncentered"):

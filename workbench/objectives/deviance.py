@@ -30,7 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .design import Block, GroupFactors
+from workbench.model.design import Block, GroupFactors
 
 KINDS = ("ml", "reml", "joint")
 

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..estimators.mcmc import HDI_PROB, MODE_NOTE, McmcSettings, diagnose
-from .design import LMMData
-from .model import LMMPriors, build_model
+from workbench.fit.mcmc_oneway import HDI_PROB, MODE_NOTE, McmcSettings, diagnose
+from workbench.model.design import LMMData
+from workbench.model.lmm_priors import LMMPriors, build_model
 
 
 def _describe(draws: np.ndarray) -> dict:

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .data import from_arrays
-from .densities import Stats
-from .errors import InputError, need_int, need_real, need_str_list
-from .files import atomic_text, check_output, check_output_folder
-from .priors import default_priors
+from workbench.errors import InputError, need_int, need_real, need_str_list
+from workbench.files import atomic_text, check_output, check_output_folder
+from workbench.model.data import from_arrays
+from workbench.model.priors import default_priors
+from workbench.objectives.oneway import Stats
 
 SIM_METHODS = (
     "eb-ml",
@@ -97,7 +97,7 @@ class Study:
 
 def load_study(path: str | Path) -> Study:
     """Read and check a simulation case file."""
-    from .casefile import read_toml
+    from workbench.casefile import read_toml
 
     path = Path(path)
     raw, _ = read_toml(path, "study file")
@@ -154,7 +154,7 @@ def check_study(study: Study, where: str = "study", name=None) -> Study:
     where a value came from (a flag or a study file's key). Returns the study with its values
     normalised (ints, floats, a tuple of distinct methods), so equal definitions fingerprint
     equally whatever their spelling (`tau = 1` or `--tau 1.0`)."""
-    from .casefile import MAX_CHAINS, MAX_DRAWS, MAX_STARTS
+    from workbench.casefile import MAX_CHAINS, MAX_DRAWS, MAX_STARTS
 
     if name is None:
 
@@ -227,7 +227,7 @@ def check_run(
     """Checks of where and how a study runs, before the store is made or anything computed: the
     worker count, the scheduler's address (and that it answers), the output folder (writable;
     new, empty or this study's store) and the output files in it (regular files only)."""
-    from .casefile import check_n_jobs
+    from workbench.casefile import check_n_jobs
 
     check_n_jobs(n_jobs)
     if scheduler is not None:
@@ -304,7 +304,8 @@ def _rows(method, truth, est, lo, hi, status=""):
 
 def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
     """Simulate one data set and fit every method; one tidy row per (method, parameter)."""
-    from .estimators import eb, joint_map
+    from workbench.fit import eb_oneway as eb
+    from workbench.fit import joint_oneway as joint_map
 
     seq = replicate_seed(study.seed, s.index, rep)
     rng = np.random.default_rng(seq)
@@ -390,7 +391,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
 def _mcmc_rows(study, d, truth, seq):
     import arviz as az
 
-    from .estimators import mcmc
+    from workbench.fit import mcmc_oneway as mcmc
 
     res = mcmc.fit(
         d,
@@ -793,12 +794,12 @@ def render_report(
 
     import jinja2
 
-    from .plots import to_png
-    from .report import versions
+    from workbench.present.plots import to_png
+    from workbench.present.report import versions
 
     png = base64.b64encode(to_png(plot_summary(summary, study.level))).decode("ascii")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        loader=jinja2.FileSystemLoader(Path(__file__).parent.parent / "present" / "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )

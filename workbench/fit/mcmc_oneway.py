@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..data import GroupedData
-from ..priors import Priors
+from workbench.model.data import GroupedData
+from workbench.model.priors import Priors
 
 SUMMARY_VARS = ("mu", "sigma", "sigma2", "tau", "tau2")
 HDI_PROB = 0.94
@@ -159,7 +159,7 @@ def fit(
     """Sample the posterior with NUTS and summarise it."""
     import pymc as pm
 
-    from ..pymc_model import build_model
+    from workbench.model.pymc_oneway import build_model
 
     model = build_model(data, priors, settings.parametrization)
     try:

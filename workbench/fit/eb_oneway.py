@@ -15,9 +15,9 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
-from .. import densities as dens
-from ..data import GroupedData
-from ..densities import Stats
+from workbench.model.data import GroupedData
+from workbench.objectives import oneway as dens
+from workbench.objectives.oneway import Stats
 
 CHI2_95 = float(sps.chi2.ppf(0.95, 1))
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.stats
 
-from .design import Block, LMMData
-from .deviance import PLS, Layout, gradient, solve, to_internal, to_user
-from .optimiser import Optimum, minimise, serial_blas
+from workbench.fit.optimiser import Optimum, minimise, serial_blas
+from workbench.model.design import Block, LMMData
+from workbench.objectives.deviance import PLS, Layout, gradient, solve, to_internal, to_user
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
 

@@ -51,8 +51,8 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from .deviance import Layout, lower_factor, solve
-from .optimiser import serial_blas
+from workbench.fit.optimiser import serial_blas
+from workbench.objectives.deviance import Layout, lower_factor, solve
 
 CPC_EDGE = 1e-9  # free CPCs of blocks of 3+ terms stay within +-(1 - CPC_EDGE)
 BRENT_XTOL = 1e-10  # root tolerance, in units of the parameter's standard error
@@ -107,7 +107,7 @@ def profile(fit, level: float = 0.95) -> Profile:
             return _Profiler(fit).run(level)
         # profile on y / 10^k (exact in floating point) and scale back: the profiler's steps,
         # tolerances and sums of squares are then those of data of unit size (y ~ 1e-90, 1e60)
-        from . import eb
+        from workbench.fit import eb
 
         data = dataclasses.replace(fit.data, y=fit.data.y / scale)
         scaled = eb.fit(data, fit.method, x0=fit.theta)
@@ -265,7 +265,7 @@ class _System:
 
 class _Profiler:
     def __init__(self, fit):
-        from . import eb  # a REML fit is refitted by ML (lme4's refitML)
+        from workbench.fit import eb  # a REML fit is refitted by ML (lme4's refitML
 
         self.refitted = fit.method != "ml"
         if self.refitted:

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..jsonsafe import clean
-from .deviance import PLS
+from workbench.jsonsafe import clean
+from workbench.objectives.deviance import PLS
 
 
 @dataclass(frozen=True)

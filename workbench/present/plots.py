@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from . import densities as dens  # noqa: E402
-from .densities import Stats  # noqa: E402
-from .estimators.eb import argmax_nonneg  # noqa: E402
+from workbench.fit.eb_oneway import argmax_nonneg  # noqa: E402
+from workbench.objectives import oneway as dens  # noqa: E402
+from workbench.objectives.oneway import Stats  # noqa: E402
 
 COLORS = {"EB-ML": "#1f77b4", "EB-REML": "#17becf", "MCMC mode": "#2ca02c", "truth": "black"}
 JM_STYLE = {

@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .. import plots as base_plots  # noqa: E402
-from ..plots import COLORS, _vlines, density, finite, plain_text, short  # noqa: E402
-from .deviance import Layout, solve  # noqa: E402
+from workbench.objectives.deviance import Layout, solve  # noqa: E402
+from workbench.present import plots as base_plots  # noqa: E402
+from workbench.present.plots import COLORS, _vlines, density, finite, plain_text, short  # noqa: E402
 
 JOINT_COLOR = "#d62728"
 
@@ -52,7 +52,7 @@ def _marks(c, key: str, kind: str) -> list[tuple[str, float, str, str]]:
             out.append((name, value, COLORS[name], ":"))
     j = c.joint_map
     if j is not None and j.pls is not None:
-        from .eb import variance_components
+        from workbench.fit.eb import variance_components
 
         comps = variance_components(j.G, c.data.blocks, c.data.group_name)
         value = j.sigma2 if kind == "sigma2" else getattr(comps, kind)[key]

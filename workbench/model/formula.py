@@ -49,7 +49,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from workbench.errors import InputError
 
 ALLOWED = (
     "a formula may use column names (`quoted` for other characters), interactions a:b "

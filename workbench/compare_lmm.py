@@ -9,18 +9,18 @@ from importlib.metadata import version
 
 import numpy as np
 
-from ..display import fmt
-from ..estimators.mcmc import McmcSettings
-from ..jsonsafe import finalize
-from ..provenance import lock_sha256
-from . import eb as eb_est
-from . import joint_map as jm_est
-from . import joint_variants as jv_est
-from . import mcmc as mcmc_est
-from .design import LMMData
-from .explain import explain
-from .model import LMMPriors, make_priors
-from .profile import Profile, profile
+from workbench.explain_lmm import explain
+from workbench.fit import eb as eb_est
+from workbench.fit import joint_map as jv_est
+from workbench.fit import joint_profiled as jm_est
+from workbench.fit import mcmc as mcmc_est
+from workbench.fit.mcmc_oneway import McmcSettings
+from workbench.fit.profile import Profile, profile
+from workbench.jsonsafe import finalize
+from workbench.model.design import LMMData
+from workbench.model.lmm_priors import LMMPriors, make_priors
+from workbench.present.table import fmt
+from workbench.provenance import lock_sha256
 
 METHODS = ("eb-ml", "eb-reml", "joint-map", "mcmc")
 # joint MAP variants besides the profiled centered h-likelihood (`joint_map`)
@@ -164,7 +164,7 @@ class LMMComparison:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from ..report import render
+        from workbench.present.report import render
 
         return render(self, command="(Jupyter)", fragment=True)
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.optimize
 
-from ..estimators.joint_map import _tally
-from .design import LMMData
-from .deviance import PLS, Layout, solve
-from .eb import LMMFit, variance_components
-from .optimiser import derivatives, serial_blas
+from workbench.fit.eb import LMMFit, variance_components
+from workbench.fit.joint_oneway import _tally
+from workbench.fit.optimiser import derivatives, serial_blas
+from workbench.model.design import LMMData
+from workbench.objectives.deviance import PLS, Layout, solve
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
 LOG_CEIL = np.log(1e4)
