@@ -19,14 +19,18 @@ import pandas as pd
 
 from workbench.errors import InputError
 from workbench.fit import anova as anova_est
-from workbench.fit import eb_oneway as eb_est
-from workbench.fit import joint_oneway as jm_est
-from workbench.fit import mcmc_oneway as mcmc_est
+from workbench.fit import eb as eb_est
+from workbench.fit.anova import AnovaFit
+from workbench.fit.profile import Profile, profile
 from workbench.jsonsafe import finalize
+from workbench.model import design
 from workbench.model.data import GroupedData, from_frame, load_csv, read_csv
+from workbench.model.design import LMMData
+from workbench.model.formula import parse
 from workbench.model.priors import Priors, make_priors
-from workbench.objectives.oneway import PARAMETRIZATIONS, Stats
+from workbench.objectives.oneway import PARAMETRIZATIONS
 from workbench.provenance import lock_sha256
+from workbench.seeds import seed_for
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
 MODEL_TEXT = "y_ij ~ N(mu + a_j, sigma^2), a_j ~ N(0, tau^2)  [lme4: y ~ 1 + (1 | group)]"
@@ -53,62 +57,91 @@ class Settings:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
-    data: GroupedData
+    """One data set, one model, every estimator: the one record for every model, built once
+    at the end of `compare`. The table, the JSON (`to_dict`), the explanation and the report
+    read it; it imports none of them at module level."""
+
+    data: LMMData
     priors: Priors
     settings: Settings
-    anova: anova_est.AnovaFit | None = None
+    anova: AnovaFit | None = None  # one-way designs only
     eb_ml: eb_est.EBFit | None = None
     eb_reml: eb_est.EBFit | None = None
-    joint_maps: dict[tuple[str, bool], jm_est.JointMapResult] = field(default_factory=dict)
-    mcmc: mcmc_est.McmcResult | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (not in JSON)
+    profile: Profile | None = None  # profile intervals (ML deviance, as lme4's confint)
+    profile_failure: str | None = None  # why there are no profile intervals
+    # every joint MAP variant, by (parametrization, with priors)
+    joint_maps: dict[tuple[str, bool], object] = field(default_factory=dict)
+    mcmc: object | None = None
+    timings: dict[str, float] = field(default_factory=dict, compare=False)  # not in the JSON
 
     @property
-    def joint_map(self) -> jm_est.JointMapResult | None:
-        """The joint MAP of the h-likelihood (no priors) in the chosen parametrization."""
-        return self.joint_maps.get((self.settings.parametrization, False))
+    def joint_map(self):
+        """The headline joint MAP: the centered h-likelihood (the joint mode of the question)."""
+        return self.joint_maps.get(("centered", False))
 
     @property
-    def joint_map_posterior(self) -> jm_est.JointMapResult | None:
-        """The joint MAP of the density with priors in the chosen parametrization."""
-        return self.joint_maps.get((self.settings.parametrization, True))
+    def joint_map_posterior(self):
+        """The joint MAP of the density PyMC samples (centered, with the priors)."""
+        return self.joint_maps.get(("centered", True))
 
     def warnings(self) -> list[str]:
         out = []
         for fit in (self.eb_ml, self.eb_reml):
             if fit is not None:
                 out += [f"EB-{fit.method.upper()}: {n}" for n in fit.notes]
+        if self.profile_failure is not None:
+            out.append(f"EB: {self.profile_failure}")
         if self.mcmc is not None:
             out += [f"MCMC: {w}" for w in self.mcmc.warnings]
         return out
 
     def to_dict(self) -> dict:
         """The documented JSON contract (README, 'JSON output'; the schema is
-        `workbench/schema/comparison.schema.json`): plain values only, every non-finite number
-        reported as null with a note (`jsonsafe.finalize`)."""
+        `workbench/schema/comparison.schema.json`): the same blocks and keys for every model,
+        plain values only, every non-finite number reported as null with a note
+        (`jsonsafe.finalize`). One-way models add the documented aliases mu, sigma2, tau2."""
+        d = self.data
         out: dict = {
             "workbench_version": version("workbench"),
             "lock_sha256": lock_sha256(),
-            "model": {"text": MODEL_TEXT, "priors": self.priors.to_dict()},
-            "data": self.data.summary(),
+            "model": {
+                "formula": d.formula,
+                "text": MODEL_TEXT if d.is_oneway else f"lme4: {d.formula}",
+                "oneway": d.is_oneway,
+                "priors": self.priors.to_dict(),
+            },
+            "data": d.summary(),
             "settings": self.settings.to_dict(),
         }
         if self.anova is not None:
             out["anova"] = self.anova.to_dict()
-        if self.eb_ml is not None and "eb-ml" in self.settings.methods:
-            out["eb_ml"] = self.eb_ml.to_dict()
-        if self.eb_reml is not None:
-            out["eb_reml"] = self.eb_reml.to_dict()
+        for key, fit in (("eb_ml", self.eb_ml), ("eb_reml", self.eb_reml)):
+            if fit is None or (key == "eb_ml" and "eb-ml" not in self.settings.methods):
+                continue
+            out[key] = fit.to_dict()
+            if self.profile is not None:
+                ci = self.profile.to_dict()
+                if d.is_oneway:  # the one-way names of the same intervals
+                    ci = {**ci, "tau": ci.get(f"sd_(Intercept)|{d.group_name}")}
+                out[key]["ci_profile"] = ci
+                out[key]["ci_level"] = self.profile.level
+                out[key]["ci_profile_note"] = (
+                    f"{self.profile.level:.0%} profile-likelihood intervals of the ML deviance "
+                    f"(lme4's confint(method = 'profile'), which profiles ML for REML fits too)"
+                )
+                out[key]["notes"] = list(out[key].get("notes", [])) + list(self.profile.notes)
         if self.joint_maps:
             out["joint_map"] = self.joint_map.to_dict()
             out["joint_map_posterior"] = self.joint_map_posterior.to_dict()
             out["joint_map_all"] = {
                 par: {
-                    ("posterior" if pri else "h_likelihood"): _short(r)
-                    for (p, pri), r in self.joint_maps.items()
-                    if p == par
+                    ("posterior" if pri else "h_likelihood"): self.joint_maps[
+                        (par, pri)
+                    ].short_dict()
+                    for pri in (False, True)
+                    if (par, pri) in self.joint_maps
                 }
                 for par in PARAMETRIZATIONS
             }
@@ -132,18 +165,6 @@ class Comparison:
         from workbench.present.table import comparison_table
 
         return comparison_table(self)
-
-
-def _short(r: jm_est.JointMapResult) -> dict:
-    return {
-        "status": r.status,
-        "mu": r.mu,
-        "sigma2": r.sigma2,
-        "tau2": r.tau2,
-        "log_joint": r.log_joint,
-        "start_counts": r.counts(),
-        "message": r.message,
-    }
 
 
 def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
@@ -222,11 +243,19 @@ def _stopwatch(progress):
     return clock, say
 
 
-def _formula_data(data, formula: str, levels: dict | None):
-    """Parse the formula; return (spec, LMMData or None for the one-way model)."""
-    from workbench.model import design
-    from workbench.model.formula import parse
-
+def _model(data, y, group, formula, levels) -> LMMData:
+    """The one model record: `y`/`group` are sugar for the formula `y ~ 1 + (1 | group)`.
+    One-way data are validated by the one-way checks (their messages name --y/--group)."""
+    if formula is None:
+        if isinstance(data, GroupedData):
+            return design.from_grouped(data)
+        if y is None or group is None:
+            raise InputError(
+                "name the response and the grouping columns (y=..., group=...), or give a formula."
+            )
+        return design.from_grouped(resolve_data(data, y, group))
+    if y is not None or group is not None:
+        raise InputError("give either a formula or y/group, not both.")
     spec = parse(formula)
     if isinstance(data, str | Path):
         frame, digest = read_csv(data)
@@ -238,9 +267,10 @@ def _formula_data(data, formula: str, levels: dict | None):
             f"with formula=..., data must be a CSV path or a pandas DataFrame, got "
             f"{type(data).__name__}."
         )
-    if spec.is_oneway and not levels:
-        return spec, from_frame(frame, spec.response, spec.factor, source=source, sha256=digest)
-    return spec, design.from_frame(frame, spec, source=source, sha256=digest, levels=levels)
+    if spec.is_oneway:
+        gd = from_frame(frame, spec.response, spec.factor, source=source, sha256=digest)
+        return design.from_grouped(gd, formula=spec.text())
+    return design.from_frame(frame, spec, source=source, sha256=digest, levels=levels)
 
 
 def compare(
@@ -259,96 +289,90 @@ def compare(
     draws: int = 1000,
     tune: int = 1000,
     target_accept: float = 0.9,
-    priors: dict | None = None,
+    priors=None,
     progress=None,
-):
-    """Fit the model every requested way and return the comparison record.
+) -> Comparison:
+    """Fit the model every requested way and return the one comparison record.
 
-    `data` is a CSV path, a DataFrame (with `y` and `group` naming columns) or a `GroupedData`.
-    With `formula` (lme4 syntax, e.g. "y ~ x + (1 + x | g)") the general LMM is fitted and an
-    `LMMComparison` returned; `y ~ 1 + (1 | g)` takes the one-way path (same answers, faster).
-    `levels` sets a categorical column's level order (first = reference level).
-    `priors` overrides the default priors. `progress(step: str)` is called before each step."""
+    `data` is a CSV path or a DataFrame; the model is an lme4 `formula` ("y ~ x + (1 + x | g)")
+    or, as sugar for "y ~ 1 + (1 | group)", the columns `y` and `group`. `levels` sets a
+    categorical column's level order (first = reference level). `priors`: a dict (a case
+    file's `[priors]`) or statements like ["sigma ~ HalfNormal(5)"]. `progress(step: str)` is
+    called before each step. The stages are the same for every model; the one-way model's
+    objectives use its per-group kernels (`LMMData.is_oneway`)."""
+    from workbench.fit import joint_map as jm_est
 
-    def settings_for(chosen: tuple[str, ...]) -> Settings:
-        """The checked settings record, the same for both routes."""
-        s = Settings(
-            methods=chosen,
-            seed=int(seed),
-            parametrization=parametrization,
-            n_starts=int(n_starts),
-            n_jobs=int(n_jobs),
-            chains=int(chains),
-            draws=int(draws),
-            tune=int(tune),
-            target_accept=float(target_accept),
+    chosen = parse_methods(methods)
+    settings = Settings(
+        methods=chosen,
+        seed=int(seed),
+        parametrization=parametrization,
+        n_starts=int(n_starts),
+        n_jobs=int(n_jobs),
+        chains=int(chains),
+        draws=int(draws),
+        tune=int(tune),
+        target_accept=float(target_accept),
+    )
+    check_settings(settings)
+    d = _model(data, y, group, formula, levels)
+    if "anova" in chosen and not d.is_oneway:
+        raise InputError(
+            "method 'anova' (the method of moments) is only for the one-way model "
+            f"y ~ 1 + (1 | g); choose from {','.join(m for m in METHODS if m != 'anova')}."
         )
-        check_settings(s)
-        return s
-
-    gd = None
-    if formula is not None:
-        if y is not None or group is not None:
-            raise InputError("give either a formula or y/group, not both.")
-        spec, gd = _formula_data(data, formula, levels)
-        if not isinstance(gd, GroupedData):
-            from workbench.compare_lmm import METHODS as LMM_METHODS
-            from workbench.compare_lmm import compare_lmm
-
-            chosen = parse_methods(methods) if methods is not None else LMM_METHODS
-            if "anova" in chosen:
-                raise InputError(
-                    "method 'anova' is only for the one-way model y ~ 1 + (1 | g); "
-                    f"choose from {','.join(LMM_METHODS)}."
-                )
-            clock, say = _stopwatch(progress)
-            out = compare_lmm(gd, settings_for(chosen), priors, say)
-            say("")
-            out.timings = clock
-            return out
-    settings = settings_for(parse_methods(methods))
-    gd = gd if gd is not None else resolve_data(data, y, group)
-    pri = make_priors(gd, priors)
-    st = Stats.of(gd)
+    pri = make_priors(d, priors)
     clock, say = _stopwatch(progress)
-    out = Comparison(data=gd, priors=pri, settings=settings)
-    ms = settings.methods
-    if "anova" in ms:
+    parts: dict = {}
+    if "anova" in chosen:
         say("ANOVA (method of moments)")
-        out.anova = anova_est.fit(st)
-    if "eb-ml" in ms or "joint-map" in ms:
+        parts["anova"] = anova_est.fit(d.oneway)
+    if "eb-ml" in chosen or "joint-map" in chosen:
         say("empirical Bayes (ML)")
-        out.eb_ml = eb_est.fit(gd, "ml")
-    if "eb-reml" in ms:
+        parts["eb_ml"] = eb_est.fit(d, "ml")
+    if "eb-reml" in chosen:
         say("empirical Bayes (REML)")
-        out.eb_reml = eb_est.fit(gd, "reml")
-    if "joint-map" in ms:
-        sd_y = float(np.std(gd.y, ddof=1))
-        for i, (par, with_priors) in enumerate(
-            [(p, w) for p in PARAMETRIZATIONS for w in (False, True)]
-        ):
-            say(
-                f"joint MAP, {par}, {'with priors' if with_priors else 'no priors'} "
-                f"({settings.n_starts} starts)"
+        parts["eb_reml"] = eb_est.fit(d, "reml")
+    base = parts.get("eb_ml") or parts.get("eb_reml")
+    if base is not None:
+        say("profile-likelihood intervals (ML deviance)")
+        try:
+            parts["profile"] = profile(base)
+        except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+            # e.g. a random slope on an uncentred covariate: lme4's (sd, cor) parametrisation
+            # is then nearly singular along the profile; the fits stand, the intervals do not
+            parts["profile_failure"] = (
+                f"profile-likelihood intervals could not be computed ({type(exc).__name__}: "
+                f"{exc}); centring the covariates of random slopes usually helps"
             )
-            out.joint_maps[(par, with_priors)] = jm_est.fit(
-                st,
-                parametrization=par,
-                priors=pri if with_priors else None,
-                eb_point=(out.eb_ml.mu, out.eb_ml.sigma2, out.eb_ml.tau2),
-                sd_y=sd_y,
-                labels=gd.labels,
-                n_starts=settings.n_starts,
-                seed=settings.seed + i,
-                n_jobs=settings.n_jobs,
-            )
-    if "mcmc" in ms:
+    if "joint-map" in chosen:
+        joint = {}
+        for par in PARAMETRIZATIONS:
+            for with_priors in (False, True):
+                objective = "posterior" if with_priors else "h_likelihood"
+                say(
+                    f"joint MAP, {par}, {'with priors' if with_priors else 'h-likelihood'} "
+                    f"({settings.n_starts} starts)"
+                )
+                joint[(par, with_priors)] = jm_est.fit(
+                    d,
+                    parts["eb_ml"],
+                    parametrization=par,
+                    priors=pri if with_priors else None,
+                    n_starts=settings.n_starts,
+                    seed=seed_for(settings.seed, "joint_map", par, objective),
+                    n_jobs=settings.n_jobs,
+                )
+        parts["joint_maps"] = joint
+    if "mcmc" in chosen:
+        from workbench.fit import mcmc as mcmc_est
+
         say(
             f"MCMC: NUTS, {settings.chains} chains x {settings.draws} draws "
             f"({settings.parametrization})"
         )
-        out.mcmc = mcmc_est.fit(
-            gd,
+        parts["mcmc"] = mcmc_est.fit(
+            d,
             pri,
             mcmc_est.McmcSettings(
                 chains=settings.chains,
@@ -361,5 +385,4 @@ def compare(
             progressbar=progress is not None and sys.stderr.isatty(),
         )
     say("")
-    out.timings = clock
-    return out
+    return Comparison(data=d, priors=pri, settings=settings, timings=clock, **parts)

@@ -510,6 +510,31 @@ def from_frame(
     return out
 
 
+def from_grouped(gd, formula: str | None = None) -> LMMData:
+    """The one-way model `y ~ 1 + (1 | group)` on validated one-way data (`data.GroupedData`):
+    the same record as the formula gives, its per-group statistics already known."""
+    N = gd.y.size
+    ones = np.ones((N, 1))
+    out = LMMData(
+        y=gd.y,
+        X=ones,
+        Z=ones,
+        codes=gd.codes,
+        labels=tuple(gd.labels),
+        fixed_names=("(Intercept)",),
+        blocks=(Block(names=("(Intercept)",), cols=(0,)),),
+        y_name=gd.y_name,
+        group_name=gd.group_name,
+        formula=formula or f"{gd.y_name} ~ 1 + (1 | {gd.group_name})",
+        source=gd.source,
+        sha256=gd.sha256,
+    )
+    from workbench.objectives.oneway import Stats
+
+    out.__dict__["oneway"] = Stats.of(gd)  # cached: computed once by the one-way checks
+    return out
+
+
 def from_arrays(
     y,
     X,
