@@ -12,7 +12,7 @@ SECTIONS = {
     "data": {"path", "y", "group", "formula", "levels"},
     "compare": {"methods", "seed", "parametrization", "n_starts", "n_jobs"},
     "mcmc": {"chains", "draws", "tune", "target_accept"},
-    "priors": {"mu_loc", "mu_scale", "sigma_scale", "tau_scale"},
+    "priors": None,  # numeric keys or parameter = "Dist(numbers)" (workbench.model.priors)
     "output": {"json", "posterior", "report"},
     "truth": {"mu", "sigma2", "tau2"},
 }
@@ -24,6 +24,31 @@ MAX_CHAINS = 64
 MAX_DRAWS = 1_000_000
 MAX_JOBS = 1024
 PARAMETRIZATIONS = ("noncentered", "centered")
+
+
+def _priors(table: dict, path: Path) -> dict:
+    """A case file's [priors]: `sigma = "HalfNormal(5)"`, `"sd[x]" = "HalfNormal(1)"`, or the
+    numeric keys (mu_loc, sigma_scale, ...). Syntax and numbers are checked here, the names
+    against the model once the data are read (before any fit)."""
+    from workbench.model.priors import NUMERIC_KEYS, parse_statement
+
+    out = {}
+    for k, v in table.items():
+        where = f"{path}: [priors] {k}"
+        if k in NUMERIC_KEYS:
+            out[k] = need_real(v, where, *((None,) if k == "mu_loc" else (0.0,)), open_lo=True)
+        elif isinstance(v, str):
+            try:
+                parse_statement(f"{k} ~ {v}")
+            except InputError as exc:
+                raise InputError(f"{where}: {exc}") from None
+            out[k] = v
+        else:
+            raise InputError(
+                f'{where}: give a distribution such as "HalfNormal(5)", or use one of the '
+                f"numeric keys {', '.join(NUMERIC_KEYS)}."
+            )
+    return out
 
 
 def _flag(key: str) -> str:
@@ -122,12 +147,13 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
             raise InputError(
                 f"{path}: unknown section [{key}]; use {', '.join(f'[{s}]' for s in SECTIONS)}."
             )
+        allowed = SECTIONS[key] if SECTIONS[key] is not None else {'PARAMETER = "DIST(...)"'}
         if not isinstance(value, dict):
             raise InputError(
                 f"{path}: '{key}' must be a section [{key}] with keys "
-                f"{', '.join(sorted(SECTIONS[key]))}, got {value!r}."
+                f"{', '.join(sorted(allowed))}, got {value!r}."
             )
-        bad = set(value) - SECTIONS[key]
+        bad = set(value) - SECTIONS[key] if SECTIONS[key] is not None else set()
         if bad:
             raise InputError(
                 f"{path}: unknown key '{sorted(bad)[0]}' in [{key}]; allowed: "
@@ -159,12 +185,7 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
                 k: need_str_list(v, f"{path}: [data] levels.{k}") for k, v in levels.items()
             }
     if raw.get("priors"):
-        kwargs["priors"] = {
-            k: need_real(
-                v, f"{path}: [priors] {k}", *((None,) if k == "mu_loc" else (0.0,)), open_lo=True
-            )
-            for k, v in raw["priors"].items()
-        }
+        kwargs["priors"] = _priors(raw["priors"], path)
     out = raw.get("output", {})
     for k, v in out.items():
         need_str(v, f"{path}: [output] {k}")

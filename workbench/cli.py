@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc",
     )
+    c.add_argument(
+        "--prior",
+        action="append",
+        default=None,
+        metavar='"PARAM ~ DIST(NUMBERS)"',
+        help='set a prior, e.g. "sigma ~ HalfNormal(5)", "sd[x] ~ HalfNormal(1)", '
+        '"beta[x] ~ Normal(0, 2)", "cor ~ LKJ(4)" (one-way: mu, tau); repeatable',
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--chains", type=int, default=4)
     c.add_argument("--draws", type=int, default=1000)
@@ -353,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.formula is not None:
                 kwargs["formula"] = args.formula
                 kwargs["levels"] = _levels(args.levels)
+            if args.prior:
+                from workbench.model.priors import parse_statement
+
+                for text in args.prior:  # the syntax now; the names once the model is known
+                    parse_statement(text)
+                kwargs["priors"] = list(args.prior)
             return _run_compare(
                 args.data,
                 args.y,
