@@ -1,86 +1,43 @@
-"""Two-stage empirical Bayes: ML or REML for (mu, sigma^2, tau^2) from the marginal likelihood,
-then the conditional modes and SDs of the group effects.
+"""The one-way kernel of empirical Bayes (`y ~ 1 + (1 | g)`): pure functions of the per-group
+sufficient statistics (`objectives.oneway.Stats`), O(m), no group factors and no O(N) work.
+`fit.eb.fit` calls `fit_stats` when `data.is_oneway`; `fit.profile.profile` calls `profile_ml`.
 
 Objective + optimiser, as lme4 does it: the variances are profiled down to the ratio
-gamma = tau^2 / sigma^2 (mu and sigma^2 have closed forms given gamma), and the 1-D profiled
-deviance is minimised over gamma >= 0 by bracketing the roots of its analytic derivative on a
-log grid and polishing them with Brent's method; gamma = 0 (the boundary) is a candidate too.
+gamma = tau^2 / sigma^2 = theta^2 (mu and sigma^2 have closed forms given gamma), and the 1-D
+profiled deviance is minimised over gamma >= 0 by bracketing the roots of its analytic
+derivative on a log grid and polishing them with Brent's method; gamma = 0 (the boundary) is a
+candidate too. The end point is then checked as `optimiser.minimise` checks its own (derivative
+and curvature in theta, or the one-sided change inward from theta = 0) and recorded in an
+`Optimum`.
+
+Scale: statistics whose spread lies outside 2^+-100 are fitted on y / 2^k (exact in binary
+floating point) and the results scaled back, so sigma^2 tau^2 products and the observed
+information neither overflow nor underflow for |y| in the formula route's 1e-100..1e100.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
+from workbench.fit import optimiser as opt
+from workbench.fit.optimiser import Optimum
 from workbench.model.data import GroupedData
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
 CHI2_95 = float(sps.chi2.ppf(0.95, 1))
-
-
-@dataclass(frozen=True)
-class EBFit:
-    """Result of an ML or REML fit.
-
-    `cov` is the inverse observed information on the (mu, sigma^2, tau^2) scale (the seed
-    lecture's Hessian; for REML the restricted likelihood's for the variances). `se` reports its
-    square roots for sigma^2 and tau^2, and for mu lme4's standard error, the GLS one given the
-    variances, sqrt(1 / sum n_j / (sigma^2 + n_j tau^2)); the two agree for balanced data and
-    differ in the fourth digit or later otherwise (`se_observed` keeps the full-inverse values).
-    `ci_profile` holds 95% profile-likelihood intervals for sigma and tau."""
-
-    method: str  # "ml" or "reml"
-    mu: float
-    sigma2: float
-    tau2: float
-    loglik: float  # marginal log likelihood at the estimate
-    reml_criterion: float | None  # -2 l_R, REML only
-    se: dict[str, float | None]
-    se_observed: dict[str, float | None]
-    cov: np.ndarray
-    ci_profile: dict[str, tuple[float, float]]
-    boundary: bool
-    labels: tuple[str, ...]
-    re_mode: np.ndarray  # conditional modes of a_j = mu_j - mu
-    re_sd: np.ndarray  # conditional SDs of a_j
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def group_means(self) -> np.ndarray:
-        return self.mu + self.re_mode
-
-    def to_dict(self) -> dict:
-        out = {
-            "mu": self.mu,
-            "sigma2": self.sigma2,
-            "tau2": self.tau2,
-            "sigma": float(np.sqrt(self.sigma2)),
-            "tau": float(np.sqrt(self.tau2)),
-        }
-        if self.method == "ml":
-            out["loglik"] = self.loglik
-        else:
-            out["reml_criterion"] = self.reml_criterion
-            out["loglik_at_reml"] = self.loglik
-        out.update(
-            {
-                "se": dict(self.se),
-                "se_observed_information": dict(self.se_observed),
-                "ci_profile": {k: list(v) for k, v in self.ci_profile.items()},
-                "ci_level": 0.95,
-                "boundary": self.boundary,
-                "random_effects": {
-                    lab: {"mode": float(a), "sd": float(s), "group_mean": float(self.mu + a)}
-                    for lab, a, s in zip(self.labels, self.re_mode, self.re_sd, strict=True)
-                },
-                "notes": list(self.notes),
-            }
-        )
-        return out
+GAMMA_RANGE = (1e-10, 1e8)  # the log grid of gamma = tau^2 / sigma^2
+MAX_DOUBLINGS = 200  # steps out looking for a profile interval's upper end
+BOUNDARY_NOTE = (
+    "tau^2 is estimated at the boundary 0: the data show no group variation beyond the "
+    "residual noise, the group effects are all shrunk to 0, and tau^2 has no standard error."
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,10 +86,15 @@ def _profile_parts(gamma: float, st: Stats):
     return w, mu, r, S
 
 
+def _dof(st: Stats, reml: bool) -> float:
+    return st.N - 1.0 if reml else st.N
+
+
 def profiled_deviance(gamma: float, st: Stats, reml: bool) -> float:
-    """-2 x (log likelihood or REML log likelihood) maximised over mu and sigma^2 given gamma."""
+    """lme4's ML deviance or REML criterion at gamma: -2 x (log likelihood or REML log
+    likelihood) maximised over mu and sigma^2 given gamma."""
     w, _, _, S = _profile_parts(gamma, st)
-    dof = st.N - 1.0 if reml else st.N
+    dof = _dof(st, reml)
     dev = dof * (dens.LOG_2PI + np.log(S / dof) + 1.0) + np.log1p(st.n * gamma).sum()
     if reml:
         dev += np.log(w.sum())
@@ -143,28 +105,221 @@ def profiled_deviance_grad(gamma: float, st: Stats, reml: bool) -> float:
     """d/dgamma of `profiled_deviance` (analytic)."""
     w, _, r, S = _profile_parts(gamma, st)
     dq = -float((w * w) @ (r * r))
-    dof = st.N - 1.0 if reml else st.N
-    out = dof * dq / S + float(w.sum())
+    out = _dof(st, reml) * dq / S + float(w.sum())
     if reml:
         out += -float(w @ w) / float(w.sum())
     return out
 
 
-def _estimate(st: Stats, reml: bool) -> tuple[float, float, float]:
-    gamma = argmax_nonneg(
-        lambda g: -profiled_deviance(g, st, reml),
-        lambda g: -profiled_deviance_grad(g, st, reml),
-        1e-10,
-        1e8,
-        allow_zero=True,
+# ----------------------------------------------------------------------------------------------
+# Scaling
+
+
+def _power_of_two(st: Stats) -> float:
+    """2^k near the spread of y when it lies outside 2^+-100, else 1 (no rescaling)."""
+    with np.errstate(over="ignore", under="ignore"):
+        top = max(float(np.abs(st.ybar).max()), math.sqrt(float(st.wss.max()) / 2.0), 1e-300)
+    k = round(math.log2(top))
+    return 2.0**k if abs(k) > 100 else 1.0
+
+
+def _scaled(st: Stats, c: float) -> Stats:
+    return st if c == 1.0 else Stats(st.n, st.ybar / c, st.wss / (c * c))
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Everything the one-way kernel computes for `fit.eb.EBFit` (user's scale)."""
+
+    reml: bool
+    gamma: float  # tau^2 / sigma^2 = theta^2
+    mu: float
+    sigma2: float
+    tau2: float
+    objective: float  # ML deviance or REML criterion
+    loglik_marginal: float  # marginal log likelihood at (mu, sigma2, tau2)
+    beta_var: float  # lme4's vcov: 1 / sum n_j / (sigma^2 + n_j tau^2)
+    re_mode: np.ndarray  # (m,) conditional modes of a_j given (mu, sigma2, tau2)
+    re_var: np.ndarray  # (m,) conditional variances sigma^2 tau^2 / (sigma^2 + n_j tau^2)
+    se: dict[str, float | None]  # lme4's se of mu, observed-information se of the variances
+    se_observed: dict[str, float | None]  # all from the inverse observed information
+    cov: np.ndarray  # (3, 3) inverse observed information on (mu, sigma^2, tau^2)
+    optimum: Optimum
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def boundary(self) -> bool:
+        return self.gamma == 0.0
+
+
+class _Count:
+    """Counts evaluations of the objective and its derivative (for `Optimum.n_evals`)."""
+
+    def __init__(self, st: Stats, reml: bool):
+        self.st, self.reml, self.n = st, reml, 0
+
+    def f(self, gamma: float) -> float:
+        self.n += 1
+        return profiled_deviance(gamma, self.st, self.reml)
+
+    def g(self, gamma: float) -> float:
+        self.n += 1
+        return profiled_deviance_grad(gamma, self.st, self.reml)
+
+
+def _certify(c: _Count, gamma: float) -> Optimum:
+    """The checks `optimiser.minimise` makes, in lme4's theta = sqrt(gamma): at an interior
+    point the exact derivative and the curvature (central differences of it); at gamma = 0 the
+    one-sided derivative in gamma and the change of the objective inward (`INWARD_STEPS`)."""
+    theta = math.sqrt(gamma)
+    f0 = c.f(gamma)
+    if gamma == 0.0:
+        g0 = c.g(0.0)
+        inward = min(c.f(s * s) - f0 for s in opt.INWARD_STEPS)
+        ok = inward >= -opt.DECREASE_TOL and g0 >= -opt.GRADIENT_TOL
+        msg = (
+            f"converged: boundary theta = 0 (one-sided derivative in tau^2/sigma^2 at 0: "
+            f"{g0:.3g}; no descent inward)"
+            if ok
+            else f"not a minimum: the objective falls inward from theta = 0 by {-inward:.3g}"
+        )
+        return Optimum(
+            x=np.zeros(1),
+            fun=f0,
+            n_evals=c.n,
+            restarts=0,
+            converged=ok,
+            gradient_max=0.0,
+            newton_decrement=0.0,
+            min_curvature=0.0,
+            on_bound=(0,),
+            inward_change=float(inward),
+            message=msg,
+        )
+
+    def dtheta(t: float) -> float:  # d objective / d theta = 2 theta d objective / d gamma
+        return 2.0 * t * c.g(t * t)
+
+    g = dtheta(theta)
+    h = 1e-5 * max(1.0, theta)
+    H = (dtheta(theta + h) - dtheta(max(theta - h, 0.0))) / (theta + h - max(theta - h, 0.0))
+    dec, flat = opt.stationarity(np.array([g]), np.array([[H]]))
+    ok = dec <= opt.DECREMENT_TOL and flat <= opt.GRADIENT_TOL and H >= opt.CURVATURE_TOL
+    msg = (
+        "converged: exact derivative ~0 and positive curvature at the 1-D optimum"
+        if ok
+        else f"not a minimum: derivative {g:.3g}, curvature {H:.3g} in theta"
     )
-    _, mu, _, S = _profile_parts(gamma, st)
-    s = S / (st.N - 1.0 if reml else st.N)
-    return mu, s, gamma * s
+    return Optimum(
+        x=np.array([theta]),
+        fun=f0,
+        n_evals=c.n,
+        restarts=0,
+        converged=ok,
+        gradient_max=abs(g),
+        newton_decrement=dec,
+        min_curvature=H,
+        on_bound=(),
+        inward_change=0.0,
+        message=msg,
+    )
+
+
+def estimate(st: Stats, reml: bool) -> tuple[float, Optimum]:
+    """gamma minimising the profiled deviance over [0, inf), and its checked `Optimum`."""
+    c = _Count(st, reml)
+    gamma = argmax_nonneg(lambda g: -c.f(g), lambda g: -c.g(g), *GAMMA_RANGE, allow_zero=True)
+    return gamma, _certify(c, gamma)
+
+
+def _information(st: Stats, mu: float, s: float, t: float, reml: bool):
+    """(se, se_observed, cov) from the observed information on (mu, sigma^2, tau^2); REML: the
+    restricted likelihood's for the variances, lme4's GLS variance for mu."""
+    boundary = t == 0.0
+    mu_var = 1.0 / float((st.n / (s + st.n * t)).sum())
+    cov = np.zeros((3, 3))
+    if reml:
+        hvar = dens.restricted_hessian(s, t, st)
+        cov[0, 0] = mu_var
+        idx = [1] if boundary else [1, 2]
+        sub = [i - 1 for i in idx]
+        cov[np.ix_(idx, idx)] = np.linalg.inv(-hvar[np.ix_(sub, sub)])
+    else:
+        h = dens.marginal_hessian((mu, s, t), st)
+        idx = [0, 1] if boundary else [0, 1, 2]
+        cov[np.ix_(idx, idx)] = np.linalg.inv(-h[np.ix_(idx, idx)])
+    se_obs: dict[str, float | None] = {
+        k: float(np.sqrt(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))
+    }
+    if boundary:
+        se_obs["tau2"] = None
+        cov[2, :] = cov[:, 2] = np.nan
+    return {**se_obs, "mu": float(np.sqrt(mu_var))}, se_obs, cov
+
+
+def fit_stats(st: Stats, method: str) -> Kernel:
+    """ML or REML from the sufficient statistics; conditional modes and variances of the group
+    effects given the estimates (lme4's ranef(condVar = TRUE))."""
+    if method not in ("ml", "reml"):
+        raise ValueError("method must be 'ml' or 'reml'")
+    reml = method == "reml"
+    c = _power_of_two(st)
+    ss = _scaled(st, c)
+    gamma, optimum = estimate(ss, reml)
+    _, mu, _, S = _profile_parts(gamma, ss)
+    s = S / _dof(ss, reml)
+    t = gamma * s
+    se, se_obs, cov = _information(ss, mu, s, t, reml)
+    a, v = dens.conditional_effects(mu, s, t, ss)
+    dev_shift = 2.0 * _dof(st, reml) * math.log(c)
+    if c != 1.0:
+        unit = np.array([c, c * c, c * c])
+        se = {k: None if x is None else x * u for (k, x), u in zip(se.items(), unit, strict=True)}
+        se_obs = {
+            k: None if x is None else x * u for (k, x), u in zip(se_obs.items(), unit, strict=True)
+        }
+        cov = cov * np.outer(unit, unit)
+        optimum = dataclasses.replace(optimum, fun=optimum.fun + dev_shift)
+    return Kernel(
+        reml=reml,
+        gamma=gamma,
+        mu=mu * c,
+        sigma2=s * c * c,
+        tau2=t * c * c,
+        objective=profiled_deviance(gamma, ss, reml) + dev_shift,
+        loglik_marginal=dens.marginal_loglik((mu, s, t), ss) - st.N * math.log(c),
+        beta_var=c * c / float((ss.n / (s + ss.n * t)).sum()),
+        re_mode=a * c,
+        re_var=v * c * c,
+        se=se,
+        se_observed=se_obs,
+        cov=cov,
+        optimum=optimum,
+        notes=(BOUNDARY_NOTE,) if gamma == 0.0 else (),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Profile-likelihood intervals for sigma and tau
+
+
+@dataclass(frozen=True)
+class End:
+    """One parameter's interval: its ends, whether each is the boundary 0, the other parameter
+    (sd) profiled at each end, and the excess 2 (l_max - l_p) - cut there (~0 at a root)."""
+
+    lower: float
+    upper: float
+    lower_at_bound: bool
+    upper_at_bound: bool
+    lower_other: float
+    upper_other: float
+    lower_excess: float
+    upper_excess: float
 
 
 def _criterion(st: Stats, reml: bool):
@@ -184,18 +339,24 @@ def _criterion(st: Stats, reml: bool):
     return val, grad
 
 
-def profile_intervals(
+def profile_ends(
     st: Stats, s_hat: float, t_hat: float, reml: bool, level: float = 0.95
-) -> dict[str, tuple[float, float]]:
-    """Profile-likelihood intervals for sigma and tau: {v : 2 (l_max - l_p(v)) <= chi2_1(level)}."""
-    val, grad = _criterion(st, reml)
+) -> tuple[dict[str, End], int]:
+    """Profile-likelihood intervals for sigma and tau: {v : 2 (l_max - l_p(v)) <= chi2_1(level)},
+    with the evaluations of l used (l: marginal; with `reml`, the restricted likelihood)."""
+    val0, grad = _criterion(st, reml)
+    count = [0]
+
+    def val(s, t):
+        count[0] += 1
+        return val0(s, t)
+
     q = float(sps.chi2.ppf(level, 1))
     lmax = val(s_hat, t_hat)
     scale = st.W / st.N + float(np.var(st.ybar))
-
     last = {"t": t_hat, "s": s_hat}  # warm starts: the outer root search moves in small steps
 
-    def prof_sigma(s: float) -> float:
+    def prof_sigma(s: float) -> tuple[float, float]:
         t = argmax_nonneg(
             lambda t: val(s, t),
             lambda t: grad(s, t)[1],
@@ -205,9 +366,9 @@ def profile_intervals(
             guess=last["t"],
         )
         last["t"] = t if t > 0 else last["t"]
-        return val(s, t)
+        return val(s, t), t
 
-    def prof_tau(t: float) -> float:
+    def prof_tau(t: float) -> tuple[float, float]:
         s = argmax_nonneg(
             lambda s: val(s, t),
             lambda s: grad(s, t)[0],
@@ -217,14 +378,18 @@ def profile_intervals(
             guess=last["s"],
         )
         last["s"] = s
-        return val(s, t)
+        return val(s, t), s
 
-    def bounds(prof, v_hat: float, allow_zero: bool) -> tuple[float, float]:
+    def bounds(prof, v_hat: float, allow_zero: bool) -> End:
         def excess(sd: float) -> float:
-            return 2.0 * (lmax - prof(sd * sd)) - q
+            return 2.0 * (lmax - prof(sd * sd)[0]) - q
 
-        sd_hat = np.sqrt(v_hat)
-        if allow_zero and (sd_hat == 0.0 or excess(0.0) <= 0.0):
+        def other(sd: float) -> float:
+            return float(np.sqrt(prof(sd * sd)[1]))
+
+        sd_hat = float(np.sqrt(v_hat))
+        lo_bound = allow_zero and (sd_hat == 0.0 or excess(0.0) <= 0.0)
+        if lo_bound:
             lo = 0.0
         else:
             a = sd_hat * 0.5
@@ -233,15 +398,134 @@ def profile_intervals(
             lo = optimize.brentq(excess, a, sd_hat, xtol=1e-10 * max(sd_hat, 1e-300))
         ref = sd_hat if sd_hat > 0 else np.sqrt(scale) * 1e-3
         b = ref * 2.0
-        while excess(b) <= 0.0:
+        for _ in range(MAX_DOUBLINGS):
+            if excess(b) > 0.0:
+                hi = optimize.brentq(excess, ref if sd_hat > 0 else 0.0, b, xtol=1e-10 * b)
+                break
             b *= 2.0
-        hi = optimize.brentq(excess, ref if sd_hat > 0 else 0.0, b, xtol=1e-10 * b)
-        return float(lo), float(hi)
+        else:
+            hi = math.nan
+        return End(
+            lower=float(lo),
+            upper=float(hi),
+            lower_at_bound=lo_bound,
+            upper_at_bound=False,
+            lower_other=other(lo),
+            upper_other=other(hi) if np.isfinite(hi) else math.nan,
+            lower_excess=excess(lo),
+            upper_excess=excess(hi) if np.isfinite(hi) else math.nan,
+        )
 
-    return {"sigma": bounds(prof_sigma, s_hat, False), "tau": bounds(prof_tau, t_hat, True)}
+    ends = {"sigma": bounds(prof_sigma, s_hat, False), "tau": bounds(prof_tau, t_hat, True)}
+    return ends, count[0]
+
+
+@dataclass(frozen=True)
+class MLProfile:
+    """The ML profile of the one-way model on the user's scale (for `fit.profile.profile`)."""
+
+    sigma: float  # ML estimates
+    tau: float
+    deviance_min: float  # ML deviance at them
+    ends: dict[str, End]
+    n_evals: int
+
+
+def profile_ml(st: Stats, level: float = 0.95) -> MLProfile:
+    """Profile the ML likelihood (lme4 profiles it for a REML fit too) from the statistics."""
+    c = _power_of_two(st)
+    ss = _scaled(st, c)
+    gamma, _ = estimate(ss, False)
+    _, _, _, S = _profile_parts(gamma, ss)
+    s = S / ss.N
+    ends, n = profile_ends(ss, s, gamma * s, False, level)
+    if c != 1.0:
+        ends = {
+            k: dataclasses.replace(
+                e,
+                lower=e.lower * c,
+                upper=e.upper * c,
+                lower_other=e.lower_other * c,
+                upper_other=e.upper_other * c,
+            )
+            for k, e in ends.items()
+        }
+    return MLProfile(
+        sigma=math.sqrt(s) * c,
+        tau=math.sqrt(gamma * s) * c,
+        deviance_min=profiled_deviance(gamma, ss, False) + 2.0 * st.N * math.log(c),
+        ends=ends,
+        n_evals=n,
+    )
+
+
+def profile_intervals(
+    st: Stats, s_hat: float, t_hat: float, reml: bool, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """{"sigma": (lo, hi), "tau": (lo, hi)} of `profile_ends`."""
+    ends, _ = profile_ends(st, s_hat, t_hat, reml, level)
+    return {k: (e.lower, e.upper) for k, e in ends.items()}
 
 
 # ----------------------------------------------------------------------------------------------
+# DEPRECATED: the old one-way record, kept only while compare.py, explain.py, present/* and
+# simulate/* still use it (the lead deletes it at the end). New code: `fit.eb.fit(LMMData)`.
+
+
+@dataclass(frozen=True)
+class EBFit:
+    """Deprecated one-way record (see `fit.eb.EBFit`). `loglik` is the marginal log likelihood
+    at the estimate, `re_mode`/`re_sd` are (m,) vectors, `ci_profile` profiles the likelihood
+    of the method (REML: the restricted one)."""
+
+    method: str
+    mu: float
+    sigma2: float
+    tau2: float
+    loglik: float
+    reml_criterion: float | None
+    se: dict[str, float | None]
+    se_observed: dict[str, float | None]
+    cov: np.ndarray
+    ci_profile: dict[str, tuple[float, float]]
+    boundary: bool
+    labels: tuple[str, ...]
+    re_mode: np.ndarray
+    re_sd: np.ndarray
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def group_means(self) -> np.ndarray:
+        return self.mu + self.re_mode
+
+    def to_dict(self) -> dict:
+        out = {
+            "mu": self.mu,
+            "sigma2": self.sigma2,
+            "tau2": self.tau2,
+            "sigma": float(np.sqrt(self.sigma2)),
+            "tau": float(np.sqrt(self.tau2)),
+        }
+        if self.method == "ml":
+            out["loglik"] = self.loglik
+        else:
+            out["reml_criterion"] = self.reml_criterion
+            out["loglik_at_reml"] = self.loglik
+        out.update(
+            {
+                "se": dict(self.se),
+                "se_observed_information": dict(self.se_observed),
+                "ci_profile": {k: list(v) for k, v in self.ci_profile.items()},
+                "ci_level": 0.95,
+                "boundary": self.boundary,
+                "random_effects": {
+                    lab: {"mode": float(a), "sd": float(s), "group_mean": float(self.mu + a)}
+                    for lab, a, s in zip(self.labels, self.re_mode, self.re_sd, strict=True)
+                },
+                "notes": list(self.notes),
+            }
+        )
+        return out
 
 
 def fit(
@@ -250,61 +534,25 @@ def fit(
     labels: tuple[str, ...] | None = None,
     intervals: bool = True,
 ) -> EBFit:
-    """Fit the one-way model by ML or REML; conditional modes/SDs of the group effects."""
-    if method not in ("ml", "reml"):
-        raise ValueError("method must be 'ml' or 'reml'")
+    """DEPRECATED (use `fit.eb.fit`): the old one-way record, from the same kernel."""
     st = data if isinstance(data, Stats) else Stats.of(data)
     if labels is None:
         labels = data.labels if isinstance(data, GroupedData) else tuple(map(str, range(st.m)))
-    reml = method == "reml"
-    mu, s, t = _estimate(st, reml)
-    boundary = t == 0.0
-    notes: list[str] = []
-    if boundary:
-        notes.append(
-            "tau^2 is estimated at the boundary 0: the data show no group variation "
-            "beyond the residual noise, the group effects are all shrunk to 0, and "
-            "tau^2 has no standard error."
-        )
-    if reml:
-        hvar = dens.restricted_hessian(s, t, st)
-        mu_var = 1.0 / float((st.n / (s + st.n * t)).sum())
-        cov = np.zeros((3, 3))
-        cov[0, 0] = mu_var
-        idx = [1] if boundary else [1, 2]
-        cov[np.ix_(idx, idx)] = np.linalg.inv(
-            -hvar[np.ix_([i - 1 for i in idx], [i - 1 for i in idx])]
-        )
-        crit = -2.0 * dens.restricted_loglik(s, t, st)
-    else:
-        h = dens.marginal_hessian((mu, s, t), st)
-        idx = [0, 1] if boundary else [0, 1, 2]
-        cov = np.zeros((3, 3))
-        cov[np.ix_(idx, idx)] = np.linalg.inv(-h[np.ix_(idx, idx)])
-        crit = None
-    se_obs: dict[str, float | None] = {
-        k: float(np.sqrt(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))
-    }
-    if boundary:
-        se_obs["tau2"] = None
-        cov[2, :] = cov[:, 2] = np.nan
-    se = {**se_obs, "mu": float(np.sqrt(1.0 / (st.n / (s + st.n * t)).sum()))}
-    a, v = dens.conditional_effects(mu, s, t, st)
-    ci = profile_intervals(st, s, t, reml) if intervals else {}
+    k = fit_stats(st, method)
     return EBFit(
         method=method,
-        mu=mu,
-        sigma2=s,
-        tau2=t,
-        loglik=dens.marginal_loglik((mu, s, t), st),
-        reml_criterion=crit,
-        se=se,
-        se_observed=se_obs,
-        cov=cov,
-        ci_profile=ci,
-        boundary=boundary,
+        mu=k.mu,
+        sigma2=k.sigma2,
+        tau2=k.tau2,
+        loglik=k.loglik_marginal,
+        reml_criterion=k.objective if k.reml else None,
+        se=k.se,
+        se_observed=k.se_observed,
+        cov=k.cov,
+        ci_profile=profile_intervals(st, k.sigma2, k.tau2, k.reml) if intervals else {},
+        boundary=k.boundary,
         labels=tuple(labels),
-        re_mode=a,
-        re_sd=np.sqrt(v),
-        notes=tuple(notes),
+        re_mode=k.re_mode,
+        re_sd=np.sqrt(k.re_var),
+        notes=k.notes,
     )

@@ -135,7 +135,7 @@ def derivatives(
     return (fp - fm) / (2 * h), H
 
 
-def _stationarity(g: np.ndarray, H: np.ndarray) -> tuple[float, float]:
+def stationarity(g: np.ndarray, H: np.ndarray) -> tuple[float, float]:
     """(Newton decrement on the curved directions, max |gradient| along flat ones) or inf."""
     if not g.size:
         return 0.0, 0.0
@@ -247,7 +247,7 @@ def minimise(
             if g.size and np.all(np.isfinite(H))
             else (0.0 if not g.size else -np.inf)
         )
-        dec, flat = _stationarity(g, H)
+        dec, flat = stationarity(g, H)
         stationary = dec <= DECREMENT_TOL and flat <= GRADIENT_TOL and curv >= CURVATURE_TOL
         inward, y = _inward(f, x, bound, mirror) if bound.any() else (np.inf, None)
         edge = y is not None and inward < -DECREASE_TOL
