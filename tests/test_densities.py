@@ -4,11 +4,14 @@ marginal computed densely by scipy, and the Laplace identity of DESIGN.md."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import CASES, DATA
 from scipy import stats
 
+from workbench.model import design
 from workbench.model.priors import default_priors
-from workbench.model.pymc_oneway import build_model, point_from_x
+from workbench.model.pymc import build_model
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
@@ -20,20 +23,38 @@ def _random_x(rng, m, par, scale=1.0):
     )
 
 
+def _pymc_point(x: np.ndarray, par: str) -> dict[str, np.ndarray]:
+    """The one-way coordinates (mu, log sigma, log tau, u) as a point of the general model:
+    beta = (mu,), sd_0 = tau, and b_0 = u (centered: theta - mu) or z_0 = u (non-centered)."""
+    return {
+        "beta": np.array([x[0]]),
+        "sigma_log__": np.asarray(x[1]),
+        "sd_0_log__": np.asarray(x[2]),
+        f"{'b' if par == 'centered' else 'z'}_0": np.asarray(x[3:])[:, None],
+    }
+
+
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)
+@pytest.mark.parametrize("with_priors", [False, True])
 @pytest.mark.parametrize("name", ["dyestuff", "hsb82"])
-def test_log_joint_equals_pymc_logp(datasets, par, name):
-    d = datasets[name]
-    st, pri = Stats.of(d), default_priors(d)
-    logp = build_model(d, pri, par).compile_logp(jacobian=False)
+def test_log_joint_equals_pymc_logp(par, with_priors, name):
+    """The general PyMC model on a one-way design (its one-way kernel for the mean) has the
+    one-way log joint as its density: with the priors all terms, without them the terms of y
+    and of the random effects only."""
+    y, g = CASES[name]
+    d = design.from_frame(pd.read_csv(DATA / f"{name}.csv"), f"{y} ~ 1 + (1 | {g})")
+    assert d.is_oneway
+    pri = default_priors(d)
+    model = build_model(d, pri, par)
+    terms = None if with_priors else [model["y"], model["b_0" if par == "centered" else "z_0"]]
+    logp = model.compile_logp(vars=terms, jacobian=False)
     rng = np.random.default_rng(1)
     sd = float(d.y.std())
     for _ in range(5):
         x = _random_x(rng, d.n_groups, par, sd)
-        x[0] += d.grand_mean
-        assert dens.log_joint(x, st, par, pri) == pytest.approx(
-            float(logp(point_from_x(x, par))), rel=1e-10, abs=1e-8
-        )
+        x[0] += d.y.mean()
+        ours = dens.log_joint(x, d.oneway, par, pri if with_priors else None)
+        assert ours == pytest.approx(float(logp(_pymc_point(x, par))), rel=1e-10, abs=1e-8)
 
 
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)
