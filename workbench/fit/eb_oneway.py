@@ -127,6 +127,13 @@ def _scaled(st: Stats, c: float) -> Stats:
     return st if c == 1.0 else Stats(st.n, st.ybar / c, st.wss / (c * c))
 
 
+def marginal_loglik(st: Stats, mu: float, s: float, t: float) -> float:
+    """The marginal log likelihood at (mu, sigma^2, tau^2), computed on the rescaled statistics."""
+    c = _power_of_two(st)
+    th = (mu / c, s / (c * c), t / (c * c))
+    return dens.marginal_loglik(th, _scaled(st, c)) - st.N * math.log(c)
+
+
 # ----------------------------------------------------------------------------------------------
 # The fit
 
