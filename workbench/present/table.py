@@ -1,10 +1,32 @@
-"""Text rendering of a `Comparison`: the side-by-side table the CLI prints."""
+"""Text rendering of a `Comparison`: the side-by-side table the CLI prints, for every model.
+
+Methods are columns (ANOVA, EB-ML, EB-REML, the centered h-likelihood joint MAP, the other
+joint-MAP variants that have an interior mode, MCMC posterior mean and mode), quantities are rows
+(fixed effects, random-effect variances and correlations, sigma^2, the objective; the one-way
+model in its own names mu, sigma^2, tau^2). Columns that do not fit in `width` characters wrap
+into a further block with the same row labels, so no number is ever broken.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
+
+import numpy as np
+
+from workbench.fit.eb import variance_components
 
 DASH = "–"  # a missing or non-finite number (null in the JSON)
+WIDTH = 80
+GAP = 2
+
+# joint-MAP variants by (parametrization, with priors): column header, words for the legend
+JOINT_NAMES = {
+    ("centered", False): ("joint MAP", "centered h-likelihood (the joint mode)"),
+    ("centered", True): ("JM c+pri", "centered, with the priors (the posterior's mode)"),
+    ("noncentered", False): ("JM nc", "non-centered h-likelihood"),
+    ("noncentered", True): ("JM nc+pri", "non-centered, with the priors"),
+}
 
 
 def fmt(v, spec: str = ".6g") -> str:
@@ -14,92 +36,156 @@ def fmt(v, spec: str = ".6g") -> str:
     return format(v, spec)
 
 
-def _row(name: str, mu, sigma2, tau2, objective=None, status: str = "") -> list[str]:
-    sd = [math.sqrt(v) if v is not None and v >= 0 else None for v in (sigma2, tau2)]
-    return [name, *map(fmt, (mu, sigma2, tau2, *sd, objective)), status]
+def _sqrt(v):
+    return math.sqrt(v) if v is not None and math.isfinite(v) and v >= 0 else None
 
 
-def comparison_table(c) -> str:
-    """One row per method (every joint-MAP variant, MCMC mean/median/mode), one column per
-    quantity, then the joint-MAP verdicts, the MCMC diagnostics and any warnings."""
-    rows = []
+def _rows(d) -> list[tuple[str, str]]:
+    """(key, label) of every row; keys index the per-method value dicts."""
+    if d.is_oneway:
+        return [
+            ("beta:(Intercept)", "mu"),
+            ("sigma2", "sigma²"),
+            ("var:(Intercept)", "tau²"),
+            ("sigma", "sigma"),
+            ("tau", "tau"),
+            ("objective", "objective"),
+        ]
+    cors = [
+        f"{a}:{b.names[j]}"
+        for b in d.blocks
+        for i, a in enumerate(b.names)
+        for j in range(i + 1, len(b.names))
+    ]
+    return (
+        [(f"beta:{n}", f"beta: {n}") for n in d.fixed_names]
+        + [(f"var:{n}", f"var: {n}") for n in d.re_names]
+        + [(f"cor:{n}", f"cor: {n}") for n in cors]
+        + [("sigma2", "sigma²"), ("objective", "objective")]
+    )
+
+
+def _point(d, beta, G, sigma2, objective) -> dict:
+    """The values of one method at a point estimate (beta, G, sigma^2)."""
+    out: dict = {"sigma2": sigma2, "objective": objective, "sigma": _sqrt(sigma2)}
+    if beta is not None:
+        out.update({f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)})
+    if G is not None:
+        vc = variance_components(np.asarray(G, float), d.blocks, d.group_name)
+        out.update({f"var:{n}": v for n, v in vc.variances.items()})
+        out.update({f"cor:{n}": r for n, r in vc.correlations.items()})
+        out["tau"] = _sqrt(out.get("var:(Intercept)"))
+    return out
+
+
+def _mcmc(d, summary: dict, stat: str) -> dict:
+    """One posterior summary (mean or mode) of every quantity, from `Posterior.to_dict()`."""
+    vc = summary["variance_components"][d.group_name]
+    out = {f"beta:{n}": v.get(stat) for n, v in summary["fixed_effects"].items()}
+    out.update({f"var:{n}": v.get(stat) for n, v in vc["variances"].items()})
+    out.update({f"cor:{n}": v.get(stat) for n, v in vc["correlations"].items()})
+    out["sigma2"] = summary["sigma2"].get(stat)
+    if d.is_oneway:  # the posterior's own summaries of sigma and tau, when it has them
+        out["sigma"] = (summary.get("sigma") or {}).get(stat)
+        out["tau"] = (summary.get("tau") or {}).get(stat)
+    return out
+
+
+def _columns(c) -> list[tuple[str, dict]]:
+    d = c.data
+    cols: list[tuple[str, dict]] = []
     if c.anova is not None:
         a = c.anova
-        rows.append(
-            _row(
-                "ANOVA (moments)",
-                a.mu,
-                a.sigma2,
-                a.tau2,
-                status=f"F = {fmt(a.f_statistic, '.4g')}, p = {fmt(a.p_value, '.3g')}",
-            )
-        )
-    if c.eb_ml is not None and "eb-ml" in c.settings.methods:
-        f = c.eb_ml
-        rows.append(
-            _row(
-                "EB-ML", f.mu, f.sigma2, f.tau2, f.loglik, "boundary tau2 = 0" if f.boundary else ""
-            )
-        )
-    if c.eb_reml is not None:
-        f = c.eb_reml
-        rows.append(
-            _row(
-                "EB-REML",
-                f.mu,
-                f.sigma2,
-                f.tau2,
-                -0.5 * f.reml_criterion,
-                "boundary tau2 = 0" if f.boundary else "",
-            )
-        )
-    for (par, pri), r in c.joint_maps.items():
-        name = f"joint MAP {par}{' +priors' if pri else ''}"
-        best = r.best
-        rows.append(
-            _row(
-                name,
-                r.mu,
-                r.sigma2,
-                r.tau2,
-                r.log_joint,
-                "interior"
-                if best
-                else "none: " + ", ".join(f"{v} {k}" for k, v in sorted(r.counts().items())),
-            )
-        )
+        cols.append(("ANOVA", _point(d, [a.mu], [[a.tau2]], a.sigma2, None)))
+    for name, f in (("EB-ML", c.eb_ml), ("EB-REML", c.eb_reml)):
+        if f is None or (name == "EB-ML" and "eb-ml" not in c.settings.methods):
+            continue
+        cols.append((name, _point(d, f.beta, f.G, f.sigma2, -0.5 * f.objective)))
+    for key, (name, _) in JOINT_NAMES.items():
+        r = c.joint_maps.get(key)
+        if r is None or (key != ("centered", False) and r.status != "interior"):
+            continue
+        cols.append((name, _point(d, r.beta, r.G, r.sigma2, r.log_joint)))
     if c.mcmc is not None:
-        s = c.mcmc.summary
-        for stat in ("mean", "median", "mode"):
-            rows.append(_row(f"MCMC {stat}", s["mu"][stat], s["sigma2"][stat], s["tau2"][stat]))
-    head = ["method", "mu", "sigma2", "tau2", "sigma", "tau", "objective", "note"]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        s = c.mcmc.to_dict()
+        cols += [(f"MCMC {stat}", _mcmc(d, s, stat)) for stat in ("mean", "mode")]
+    return cols
 
-    def line(cells):
-        return "  ".join(
-            x.ljust(w) if i in (0, 7) else x.rjust(w)
-            for i, (x, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
 
-    d = c.data
-    out = [
-        f"{d.y_name} ~ 1 + (1 | {d.group_name})   N = {d.n_obs}, groups = {d.n_groups}; "
-        f"objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), "
-        f"log joint (joint MAP)",
-        line(head),
-        *map(line, rows),
-        "",
-    ]
-    for r in (c.joint_map, c.joint_map_posterior):
-        if r is not None:
-            out.append(("joint MAP +priors: " if r.with_priors else "joint MAP: ") + r.message)
+def _blocks(rows, cols, width: int) -> list[str]:
+    """The table, wrapped into blocks of columns that fit in `width` characters."""
+    labels = [lab for _, lab in rows]
+    lw = max(map(len, labels))
+    cells = [(name, [fmt(vals.get(key)) for key, _ in rows]) for name, vals in cols]
+    widths = [max(len(name), *map(len, vs)) for name, vs in cells]
+    out, start = [], 0
+    while start < len(cells):
+        used, stop = lw, start
+        while stop < len(cells) and (stop == start or used + GAP + widths[stop] <= width):
+            used += GAP + widths[stop]
+            stop += 1
+        part = range(start, stop)
+        if out:
+            out.append("")
+        out.append(" " * lw + "".join(" " * GAP + cells[i][0].rjust(widths[i]) for i in part))
+        for r, lab in enumerate(labels):
+            out.append(
+                lab.ljust(lw) + "".join(" " * GAP + cells[i][1][r].rjust(widths[i]) for i in part)
+            )
+        start = stop
+    return out
+
+
+def _notes(c) -> list[str]:
+    """Verdicts under the table: ANOVA's F test, boundary fits, every joint-MAP variant, MCMC's
+    diagnostics, then the warnings."""
+    out = []
+    if c.anova is not None:
+        a = c.anova
+        out.append(f"ANOVA: F = {fmt(a.f_statistic, '.4g')}, p = {fmt(a.p_value, '.3g')}")
+    for name, f in (("EB-ML", c.eb_ml), ("EB-REML", c.eb_reml)):
+        if f is not None and f.singular:
+            zero = [n for n, v in f.components.variances.items() if v <= 0]
+            what = (
+                "tau² = 0"
+                if c.data.is_oneway
+                else ("zero variance: " + ", ".join(zero) if zero else "G singular")
+            )
+            out.append(f"{name}: on the boundary ({what})")
+    for key, (name, words) in JOINT_NAMES.items():
+        r = c.joint_maps.get(key)
+        if r is None:
+            continue
+        if key in (("centered", False), ("centered", True)):
+            verdict = r.message
+        elif r.status == "interior":
+            verdict = "interior mode"
+        else:
+            counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts().items()))
+            verdict = f"no interior mode ({counts})"
+        out.append(f"{name} [{words}]: {verdict}")
     if c.mcmc is not None:
         dg = c.mcmc.diagnostics
         out.append(
             f"MCMC ({c.mcmc.settings.parametrization}, {c.mcmc.sampler}): R-hat max "
-            f"{fmt(dg['r_hat_max'], '.4f')}, bulk ESS min {fmt(dg['ess_bulk_min'], '.0f')}"
-            f", tail ESS min {fmt(dg['ess_tail_min'], '.0f')}, divergences "
-            f"{dg['divergences']}, E-BFMI min {fmt(dg['e_bfmi_min'], '.2f')}"
+            f"{fmt(dg.get('r_hat_max'), '.4f')}, bulk ESS min {fmt(dg.get('ess_bulk_min'), '.0f')}"
+            f", tail ESS min {fmt(dg.get('ess_tail_min'), '.0f')}, divergences "
+            f"{dg.get('divergences')}, E-BFMI min {fmt(dg.get('e_bfmi_min'), '.2f')}"
         )
-    out += [f"WARNING {w}" for w in c.warnings()]
-    return "\n".join(out)
+    return out + [f"WARNING {w}" for w in c.warnings()]
+
+
+def comparison_table(c, width: int = WIDTH) -> str:
+    """The head line (model, N, groups), the estimates (methods as columns, wrapped to
+    `width`), the objective's meaning, then the verdicts and warnings."""
+    d = c.data
+    formula = d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
+    head = f"{formula}   N = {d.n_obs}, groups = {d.n_groups} ({d.group_name})"
+    cols = _columns(c)
+    body = _blocks(_rows(d), cols, width) if cols else ["(no estimates)"]
+    legend = (
+        "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), log joint "
+        "density (joint MAP; with the priors for +pri)"
+    )
+    text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *_notes(c))]
+    return "\n".join([head, "", *body, "", *text])
