@@ -1,29 +1,40 @@
-"""Joint MAP variants of the general LMM: {centered, non-centered} x {h-likelihood, with priors},
-optimised over all parameters at once (the one-way estimator's four variants, for formula models).
+"""Joint MAP: ONE multi-start estimator for every model and all four variants
+{centered, non-centered} x {h-likelihood, with priors}, with ONE start type, ONE classifier and
+ONE result record.
 
-The objective is the log joint density PyMC samples for `model.build_model(data, priors, par)`
-on its value variables, without the transforms' Jacobians (`compile_logp(jacobian=False)`):
+`fit(data, eb, parametrization=, priors=, n_starts=, seed=, n_jobs=)` maximises the log joint
+density of (y, random effects) given the parameters (without priors: the h-likelihood; with
+priors: PyMC's density on its value variables without Jacobians) from K starts and classifies
+every end point. Three kernels do the maximisation, chosen by the design:
+
+* one-way data (`data.is_oneway`): `joint_oneway`, closed forms over the per-group sufficient
+  statistics (`data.oneway`), in x = (mu, log sigma, log tau, u), O(m) per evaluation;
+* other models, centered h-likelihood: `joint_profiled`, the log joint maximised in closed form
+  over beta, b and sigma^2 at each theta (lme4's PLS), a small optimisation over theta;
+* other models, the other variants: the all-parameter code of this module, in
 
     x = (beta, log sigma, per block k the packed lower Cholesky factor L_k of G_k (row by row,
          its diagonal on the log scale: PyMC's CholeskyCovPacked value), U)
 
-with U (m, q) the random effects b (centered) or z (non-centered, b_k = z_k L_k'). The density
-on L_k includes the LKJ/HalfNormal prior of `LMMPriors` with the change of variables from
-(sd, correlations) to L_k that PyMC's LKJCholeskyCov carries; without priors (h-likelihood) only
-the Gaussian terms of y and b (or z) remain. The mode is therefore a mode on the scale of sigma
-and of the Cholesky factor L_k (not of log sigma or of the variances' logs).
+  with U (m, q) the random effects b (centered) or z (non-centered, b_k = z_k L_k'). The density
+  on L_k includes the LKJ/HalfNormal priors with the change of variables from (sd,
+  correlations) to L_k that PyMC's LKJCholeskyCov carries. Per start: L-BFGS-B with the exact
+  gradient (log sigma and the log-diagonal of every L_k boxed to log sd(y) +- BOX), then Newton
+  steps with a finite-difference block-arrowhead Hessian of the exact gradient.
 
-Per start: L-BFGS-B with the exact gradient (log sigma and the log-diagonal of every L_k boxed
-to log sd(y) +- BOX), then Newton steps with a finite-difference Hessian of the exact gradient.
-End points are classified as in the one-way estimator: interior (Newton decrement < 1e-8,
-Hessian negative definite), collapse (a diagonal element of some L_k runs to 0 with the log
-joint still rising), boundary (the same, levelling off), escape (a variance runs to infinity),
-not_converged.
+Every kernel returns its end points as `Start` records on the user's scale (beta, sigma^2, G,
+random-effect modes b), and `classify` decides each status from what the kernel saw:
+interior (Newton decrement < 1e-8 and Hessian negative definite), collapse (a variance runs to
+0 with the log joint still rising: the funnel), boundary (the same, levelling off), escape (a
+variance runs to infinity, e.g. the non-centered h-likelihood, whose supremum is the
+no-pooling fit), not_converged. The headline is the best interior local maximum; with none, the
+result says so and reports no point.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -34,11 +45,11 @@ import scipy.sparse
 from scipy import stats as sps
 from scipy.special import gammaln
 
-from workbench.fit.eb import LMMFit, variance_components
+from workbench.fit.eb import EBFit, variance_components
 from workbench.fit.optimiser import serial_blas
 from workbench.model.design import LMMData
-from workbench.model.lmm_priors import LMMPriors
-from workbench.objectives.deviance import Layout, solve
+from workbench.model.priors import Priors
+from workbench.objectives.deviance import PLS, Layout, solve
 
 PARAMETRIZATIONS = ("centered", "noncentered")
 FIND_MAP_NOTE = (
@@ -47,10 +58,164 @@ FIND_MAP_NOTE = (
     "collapsed towards 0; here every start is run to its end and classified, and a collapsed "
     "point is never reported as the MAP."
 )
+SCALE_NOTE = (
+    "a mode on the scale of sigma and of the Cholesky factors L_k of the random-effect "
+    "covariances (PyMC's value variables, no Jacobian); not a mode on the log scale or of the "
+    "other parametrization"
+)
+SE_NOTE = (
+    "Wald SEs and intervals from the Hessian of the log joint in all parameters at the mode "
+    "(ci_hessian)"
+)
 BOX = 18.0
 ESCAPE_AT = 8.0
 DECREMENT_TOL = 1e-8
+PARALLEL_THRESHOLD = 20000  # n_starts x m below which the starts run in this process
 LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+# ----------------------------------------------------------------------------------------------
+# One start type, one classifier, one message (every kernel)
+
+
+@dataclass(frozen=True)
+class Start:
+    """One start: where it began (`kind`: eb, pooled, no_pooling, random), where it ended on the
+    user's scale and what that end point is. `x` is the end point in the kernel's own
+    coordinates (what the Hessian intervals are taken in); it is not part of the output."""
+
+    index: int
+    kind: str
+    status: str  # interior, collapse, boundary, escape, not_converged
+    log_joint: float
+    beta: np.ndarray  # (p,)
+    sigma2: float
+    G: np.ndarray  # (q, q)
+    re_mode: np.ndarray = field(repr=False)  # (m, q) the random effects b at the end point
+    theta: np.ndarray  # lme4's theta at the end point
+    iterations: int
+    newton_decrement: float | None
+    x: np.ndarray = field(repr=False, compare=False)
+
+    def to_dict(self, oneway: bool = False) -> dict:
+        out = {
+            "index": self.index,
+            "start": self.kind,
+            "status": self.status,
+            "log_joint": self.log_joint,
+            "theta": [float(t) for t in self.theta],
+            "iterations": self.iterations,
+            "newton_decrement": self.newton_decrement,
+        }
+        if oneway:
+            out.update(mu=float(self.beta[0]), sigma2=self.sigma2, tau2=float(self.G[0, 0]))
+        return out
+
+
+def classify(
+    *,
+    to_zero: bool = False,
+    rising_to_zero: Callable[[], bool] = lambda: False,
+    escaping: bool = False,
+    sigma_to_zero: bool = False,
+    polish: Callable[[], bool] = lambda: False,
+    rising_to_infinity: Callable[[], bool] = lambda: False,
+) -> str:
+    """The status of a run's end point, from what its kernel saw there (the callables are
+    evaluated only when the decision needs them):
+
+    * a random-effect variance at the floor of its box (`to_zero`): collapse if the log joint
+      still rises along the ray to 0 (`rising_to_zero`), else boundary;
+    * the run stopped walking off to a variance -> infinity (`escaping`): escape;
+    * sigma at the floor of its box: collapse;
+    * otherwise Newton polishing (`polish`: True when it reached a point with a negative
+      definite Hessian and Newton decrement < DECREMENT_TOL): interior; if not, escape when the
+      log joint still rises along the ray to infinity, else not_converged."""
+    if to_zero:
+        return "collapse" if rising_to_zero() else "boundary"
+    if escaping:
+        return "escape"
+    if sigma_to_zero:
+        return "collapse"
+    if polish():
+        return "interior"
+    return "escape" if rising_to_infinity() else "not_converged"
+
+
+def tally(starts: Sequence) -> dict[str, int]:
+    """How many starts ended in each status."""
+    return dict(Counter(s.status for s in starts))
+
+
+def message(
+    starts: Sequence,
+    best,
+    *,
+    parametrization: str,
+    with_priors: bool,
+    oneway: bool,
+) -> str:
+    """The result in plain words: the interior mode found (a local one), or why there is none.
+    `best` is the best interior start (anything with sigma2 and, one-way, G or tau2), or None."""
+    par, k = parametrization, len(starts)
+    counts = tally(starts)
+    what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
+    shown = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
+    variance = "tau" if oneway else "a random-effect variance"
+    if best is not None:
+        if par == "centered":
+            caveat = (
+                f"It is a local maximum only: the centered log joint is unbounded as "
+                f"{'tau' if oneway else 'a variance'} -> 0."
+            )
+        else:
+            caveat = (
+                "It is a mode of the non-centered density, a different point from the centered "
+                "joint mode" + (" (the two differ by the term m log tau)." if oneway else ".")
+            )
+        tau2 = getattr(best, "tau2", None)
+        if tau2 is None and oneway:
+            tau2 = float(best.G[0, 0])
+        est = f"sigma^2 = {best.sigma2:.6g}" + (f", tau^2 = {tau2:.6g}" if oneway else "")
+        return (
+            f"Interior local maximum of the {what} found ({shown} of {k} starts): {est}. {caveat}"
+        )
+    hints = []
+    if counts.get("collapse"):
+        hints.append(
+            "the log joint rises without bound as tau -> 0 (all group effects pulled to mu), so "
+            "no global joint mode exists"
+            if oneway
+            else "the log joint rises without bound as a random-effect variance -> 0"
+        )
+    if counts.get("escape"):
+        hints.append(
+            f"runs escaped to {variance} -> infinity"
+            + (" (the supremum there is the no-pooling fit)" if oneway else "")
+        )
+    if counts.get("boundary"):
+        hints.append(
+            "runs stopped at tau -> 0 where the log joint levels off (the pooled fit)"
+            if oneway
+            else "runs stopped at a variance -> 0 where the log joint levels off"
+        )
+    if counts.get("not_converged"):
+        hints.append("some runs did not converge")
+    return (
+        f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
+        f"maximum ({shown}); " + "; ".join(hints) + ". No point is reported as the MAP."
+    )
+
+
+def run_all(fn: Callable, jobs: list[tuple], n_jobs: int, work: int) -> list:
+    """`fn(*job)` for every job, in `n_jobs` joblib processes (-1: all cores) unless n_jobs is
+    1 or `work` (n_starts x m) is below PARALLEL_THRESHOLD, where starting workers costs more
+    than the fits. Results do not depend on n_jobs."""
+    if n_jobs == 1 or work < PARALLEL_THRESHOLD:
+        return [fn(*job) for job in jobs]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_jobs)(delayed(fn)(*job) for job in jobs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +343,7 @@ def _halfnormal(v, s):
 
 
 def log_joint_and_grad(
-    x: np.ndarray, ctx: Context, par: str, priors: LMMPriors | None
+    x: np.ndarray, ctx: Context, par: str, priors: Priors | None
 ) -> tuple[float, np.ndarray]:
     """The log joint (PyMC's density without Jacobian when `priors` is given, else the
     h-likelihood) and its exact gradient in x."""
@@ -253,7 +418,7 @@ def log_joint_and_grad(
     return float(val), g
 
 
-def log_joint(x, ctx: Context, par: str, priors: LMMPriors | None) -> float:
+def log_joint(x, ctx: Context, par: str, priors: Priors | None) -> float:
     return log_joint_and_grad(x, ctx, par, priors)[0]
 
 
@@ -368,29 +533,7 @@ def hessian(x, ctx: Context, par: str, priors, scale: np.ndarray | None = None) 
 
 
 # ----------------------------------------------------------------------------------------------
-# One start
-
-
-@dataclass(frozen=True)
-class Start:
-    index: int
-    kind: str
-    status: str
-    log_joint: float
-    x: np.ndarray = field(repr=False)
-    iterations: int
-    decrement: float | None
-
-    def to_dict(self, ctx: Context) -> dict:
-        return {
-            "index": self.index,
-            "start": self.kind,
-            "status": self.status,
-            "log_joint": self.log_joint,
-            "theta": [float(t) for t in lme4_theta(self.x, ctx)],
-            "iterations": self.iterations,
-            "newton_decrement": self.decrement,
-        }
+# The all-parameter kernel: one start
 
 
 def lme4_theta(x: np.ndarray, ctx: Context) -> np.ndarray:
@@ -516,6 +659,23 @@ def run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) ->
         return _run_start(index, kind, x0, ctx, par, priors, log_sd)
 
 
+def _end(index, kind, status, x, ctx: Context, par, priors, iterations, dec) -> Start:
+    return Start(
+        index=index,
+        kind=kind,
+        status=status,
+        log_joint=log_joint(x, ctx, par, priors),
+        beta=x[: ctx.p].copy(),
+        sigma2=float(np.exp(2.0 * x[ctx.p])),
+        G=ctx.G(x),
+        re_mode=ctx.effects(x, par),
+        theta=lme4_theta(x, ctx),
+        iterations=iterations,
+        newton_decrement=dec,
+        x=x,
+    )
+
+
 def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
     lo, hi = log_sd - BOX, log_sd + BOX
     ld = ctx.log_diag
@@ -525,7 +685,7 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
     x_n, dec, its = _newton(x0, ctx, par, priors, lo, hi, scale, max_iter=20)
     if dec is not None and dec < DECREMENT_TOL and np.all(x_n[ld] > lo + 1.0):
         # a locally concave start: Newton alone reached an interior maximum
-        return Start(index, kind, "interior", log_joint(x_n, ctx, par, priors), x_n, its, dec)
+        return _end(index, kind, "interior", x_n, ctx, par, priors, its, dec)
 
     # L-BFGS-B runs in the centered coordinates (b, not z) for both forms: the non-centered
     # log joint is the centered one plus m log|L| (b = L z has Jacobian |L|^m), and in b the
@@ -584,41 +744,38 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
         callback=stop_escaping,
         options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-11, "gtol": 1e-6, "maxcor": 20},
     )
-    x, iters, dec = to_x(res.x * scale, ctx), int(res.nit), None
-    scale = _scale(x, ctx, par)
-    low = ld[1:][x[ld[1:]] < lo + 1.0]
-    if state["collapsing"]:
-        status = "collapse"
-    elif low.size:
-        rising = (
-            log_joint(_shift(x, ctx, par, low, -5.0), ctx, par, priors)
-            > log_joint(x, ctx, par, priors) + 1.0
-        )
-        status = "collapse" if rising else "boundary"
-    elif state["escaping"] or np.any(x[ld[1:]] > hi - 1.0):
-        status = "escape"
-    elif x[ctx.p] < lo + 1.0:
-        status = "collapse"
-    else:
-        x, dec, its = _newton(x, ctx, par, priors, lo, hi, scale)
-        iters += its
-        if dec is not None and dec < DECREMENT_TOL:
-            status = "interior"
-        elif _rises_to_infinity(x, ctx, par, priors):
-            status = "escape"
-        else:
-            status = "not_converged"
-    return Start(index, kind, status, log_joint(x, ctx, par, priors), x, iters, dec)
+    end = {"x": to_x(res.x * scale, ctx), "iters": int(res.nit), "dec": None}
+    low = ld[1:][end["x"][ld[1:]] < lo + 1.0]
+
+    def polish() -> bool:
+        x, dec, its = _newton(end["x"], ctx, par, priors, lo, hi, _scale(end["x"], ctx, par))
+        end.update(x=x, dec=dec, iters=end["iters"] + its)
+        return dec is not None and dec < DECREMENT_TOL
+
+    status = classify(
+        to_zero=state["collapsing"] or bool(low.size),
+        rising_to_zero=lambda: (
+            state["collapsing"]
+            or log_joint(_shift(end["x"], ctx, par, low, -5.0), ctx, par, priors)
+            > log_joint(end["x"], ctx, par, priors) + 1.0
+        ),
+        escaping=state["escaping"] or bool(np.any(end["x"][ld[1:]] > hi - 1.0)),
+        sigma_to_zero=bool(end["x"][ctx.p] < lo + 1.0),
+        polish=polish,
+        rising_to_infinity=lambda: _rises_to_infinity(end["x"], ctx, par, priors),
+    )
+    return _end(index, kind, status, end["x"], ctx, par, priors, end["iters"], end["dec"])
 
 
 # ----------------------------------------------------------------------------------------------
-# Starts, intervals, the record
+# Starts and intervals of the all-parameter kernel
 
 
 def point(
     ctx: Context, par: str, beta, sigma2: float, G: np.ndarray, b: np.ndarray, floor: float
 ) -> np.ndarray:
-    """x at (beta, sigma^2, G, b); the diagonal of each L_k floored at `floor`."""
+    """x at (beta, sigma^2, G, b), as a start: the diagonal of each L_k floored at `floor`,
+    correlations clipped to +-0.95."""
     x = np.zeros(ctx.size)
     x[: ctx.p] = beta
     x[ctx.p] = 0.5 * np.log(sigma2)
@@ -641,17 +798,33 @@ def point(
     return x
 
 
+def exact_point(ctx: Context, par: str, s: Start) -> np.ndarray:
+    """x of an end point given on the user's scale (G positive definite), without the
+    flooring and clipping of `point`: the profiled kernel's mode in this kernel's coordinates."""
+    x = np.zeros(ctx.size)
+    x[: ctx.p] = s.beta
+    x[ctx.p] = 0.5 * np.log(s.sigma2)
+    U = np.array(s.re_mode, float)
+    for k, blk in enumerate(ctx.data.blocks):
+        L = np.linalg.cholesky(s.G[np.ix_(blk.cols, blk.cols)])
+        x[ctx.theta_slices[k]] = ctx.pack(L)
+        if par == "noncentered":
+            U[:, list(blk.cols)] = U[:, list(blk.cols)] @ np.linalg.inv(L).T
+    x[ctx.u_start :] = U.ravel()
+    return x
+
+
 def make_starts(
-    ctx: Context, par: str, eb: LMMFit, k: int, seed: int
+    ctx: Context, par: str, eb: EBFit, k: int, seed: np.random.SeedSequence | int
 ) -> list[tuple[str, np.ndarray]]:
     """The EB-ML point with its conditional modes, then random relative covariance factors
-    around it (beta, b re-solved by penalised least squares there, sigma^2 perturbed), drawn from
-    a SeedSequence of `seed`."""
+    around it (beta, b re-solved by penalised least squares there, sigma^2 perturbed), drawn
+    from `np.random.default_rng(seed)`."""
     d = ctx.data
     sd_y = float(d.y.std(ddof=1))
     floor = 0.05 * sd_y
-    starts = [("eb", point(ctx, par, eb.beta, eb.sigma2, eb.G, eb.pls.b, floor))]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, PARAMETRIZATIONS.index(par)]))
+    starts = [("eb", point(ctx, par, eb.beta, eb.sigma2, eb.G, eb.re_mode, floor))]
+    rng = np.random.default_rng(seed)
     layout = Layout.of(d.blocks, d.q)
     diag = layout.diagonal
     base = np.array(eb.theta, float)
@@ -667,10 +840,10 @@ def make_starts(
     return starts
 
 
-def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dict:
-    """Wald intervals from the inverse negative Hessian at the mode: fixed effects directly,
+def intervals(x: np.ndarray, ctx: Context, par: str, priors, level: float) -> dict:
+    """Wald intervals from the inverse negative Hessian at the mode x: fixed effects directly,
     sigma^2 and the variances through their logs, correlations through atanh."""
-    F = NegFactor.of(hessian(best.x, ctx, par, priors, _scale(best.x, ctx, par)))
+    F = NegFactor.of(hessian(x, ctx, par, priors, _scale(x, ctx, par)))
     cov = F.global_cov()  # only the global block is read below
     z = float(sps.norm.ppf(0.5 + level / 2.0))
     d, p = ctx.data, ctx.p
@@ -678,10 +851,10 @@ def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dic
     out = {
         "fixed_effects": {
             n: {"estimate": float(b), "se": float(s), "ci": [float(b - z * s), float(b + z * s)]}
-            for n, b, s in zip(d.fixed_names, best.x[:p], se_b, strict=True)
+            for n, b, s in zip(d.fixed_names, x[:p], se_b, strict=True)
         }
     }
-    ls, se_ls = float(best.x[p]), float(np.sqrt(cov[p, p]))
+    ls, se_ls = float(x[p]), float(np.sqrt(cov[p, p]))
     with np.errstate(over="ignore"):
         out["sigma2"] = [float(np.exp(2 * (ls - z * se_ls))), float(np.exp(2 * (ls + z * se_ls)))]
     var, cor = {}, {}
@@ -689,7 +862,7 @@ def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dic
         sl = ctx.theta_slices[k]
 
         def trans(t, k=k, sl=sl):
-            y = best.x.copy()
+            y = x.copy()
             y[sl] = t
             L = ctx.chol(y, k)
             Gk = L @ L.T
@@ -697,7 +870,7 @@ def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dic
             iu = np.triu_indices(len(sd), 1)
             return np.concatenate([np.log(np.diag(Gk)), np.arctanh((Gk / np.outer(sd, sd))[iu])])
 
-        t0 = best.x[sl]
+        t0 = x[sl]
         f0 = trans(t0)
         J = np.empty((f0.size, t0.size))
         for i in range(t0.size):
@@ -720,47 +893,121 @@ def _intervals(best: Start, ctx: Context, par: str, priors, level: float) -> dic
     return out
 
 
-@dataclass
-class JointVariant:
-    data: LMMData = field(repr=False)
-    parametrization: str
-    with_priors: bool
-    status: str  # interior or no_interior_mode
-    best: Start | None
-    starts: tuple[Start, ...]
-    message: str
-    intervals: dict = field(default_factory=dict)
-    level: float = 0.95
+# ----------------------------------------------------------------------------------------------
+# The record
 
-    @cached_property
-    def ctx(self) -> Context:
-        return Context(self.data)
+
+@dataclass(frozen=True)
+class JointMap:
+    """The multi-start joint MAP of one variant, for any model. `ci_hessian` holds the Wald
+    intervals at the interior mode (one-way: mu, sigma2, tau2, se, random_effects with group
+    means; otherwise fixed_effects, sigma2, variance_components, se); `loglik` the marginal log
+    likelihood at the mode."""
+
+    data: LMMData = field(repr=False)
+    objective: str  # "h_likelihood" or "posterior"
+    parametrization: str
+    starts: tuple[Start, ...]
+    best: Start | None
+    status: str  # interior or no_interior_mode
+    message: str
+    ci_hessian: dict | None = None
+    ci_level: float = 0.95
+    loglik: float | None = None
+
+    @property
+    def with_priors(self) -> bool:
+        return self.objective == "posterior"
+
+    @property
+    def oneway(self) -> bool:
+        return self.data.is_oneway
 
     @property
     def beta(self) -> np.ndarray | None:
-        return self.best.x[: self.ctx.p].copy() if self.best else None
+        return self.best.beta.copy() if self.best else None
 
     @property
     def sigma2(self) -> float | None:
-        return float(np.exp(2.0 * self.best.x[self.ctx.p])) if self.best else None
+        return self.best.sigma2 if self.best else None
 
     @property
     def G(self) -> np.ndarray | None:
-        return self.ctx.G(self.best.x) if self.best else None
+        return self.best.G.copy() if self.best else None
 
     @property
     def re_mode(self) -> np.ndarray | None:
-        return self.ctx.effects(self.best.x, self.parametrization) if self.best else None
+        return self.best.re_mode if self.best else None
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        return self.best.theta.copy() if self.best else None
 
     @property
     def log_joint(self) -> float | None:
         return self.best.log_joint if self.best else None
 
+    @property
+    def components(self):
+        d = self.data
+        return variance_components(self.G, d.blocks, d.group_name) if self.best else None
+
+    @cached_property
+    def pls(self) -> PLS | None:
+        """lme4's penalised least squares at the mode's theta (for the general explanation)."""
+        if self.best is None:
+            return None
+        d = self.data
+        return solve(d.factors, Layout.of(d.blocks, d.q), self.best.theta)
+
+    @property
+    def re_cov(self) -> np.ndarray | None:
+        """Inverse negative Hessian of the log joint in b_j at the mode (parameters fixed)."""
+        return self.pls.cond_cov(self.sigma2) if self.best else None
+
+    # the one-way model's names
+    @property
+    def mu(self) -> float | None:
+        return float(self.best.beta[0]) if self.best else None
+
+    @property
+    def tau2(self) -> float | None:
+        return float(self.best.G[0, 0]) if self.best else None
+
+    @property
+    def group_effects(self) -> np.ndarray | None:
+        return self.best.re_mode[:, 0].copy() if self.best else None
+
+    @property
+    def intervals(self) -> dict:
+        """Alias of `ci_hessian` ({} without an interior mode)."""
+        return self.ci_hessian or {}
+
+    @property
+    def level(self) -> float:
+        return self.ci_level
+
     def counts(self) -> dict[str, int]:
-        return dict(Counter(s.status for s in self.starts))
+        return tally(self.starts)
+
+    def _estimates(self) -> dict:
+        d, ci = self.data, self.ci_hessian or {}
+        if self.oneway:
+            se = [ci.get("se", {}).get("mu")]
+        else:
+            se = [ci.get("fixed_effects", {}).get(n, {}).get("se") for n in d.fixed_names]
+        return {
+            "fixed_effects": {
+                n: {"estimate": float(b), "se": s}
+                for n, b, s in zip(d.fixed_names, self.best.beta, se, strict=True)
+            },
+            "variance_components": {d.group_name: self.components.to_dict()},
+            "sigma2": self.sigma2,
+        }
 
     def short_dict(self) -> dict:
-        """The keys of the one-way `joint_map_all` entries (plus the estimates when interior)."""
+        """The `joint_map_all` entry: status, log_joint, start_counts, message, the estimates at
+        an interior mode, and for one-way data mu, sigma2, tau2 (null without one)."""
         out = {
             "status": self.status,
             "log_joint": self.log_joint,
@@ -769,111 +1016,166 @@ class JointVariant:
         }
         if self.best is not None:
             out.update(self._estimates())
+        if self.oneway:
+            out.update(mu=self.mu, sigma2=self.sigma2, tau2=self.tau2)
         return out
 
-    def _estimates(self) -> dict:
-        d = self.data
-        fe = self.intervals.get("fixed_effects", {})
-        return {
-            "fixed_effects": {
-                n: {"estimate": float(b), "se": fe.get(n, {}).get("se")}
-                for n, b in zip(d.fixed_names, self.beta, strict=True)
-            },
-            "variance_components": {
-                d.group_name: variance_components(self.G, d.blocks, d.group_name).to_dict()
-            },
-            "sigma2": self.sigma2,
-        }
-
     def to_dict(self) -> dict:
+        if self.oneway:
+            from workbench.fit.joint_oneway import SCALE_NOTE as ONEWAY_SCALE
+
+            scale = ONEWAY_SCALE.format(
+                effects="a_j" if self.parametrization == "centered" else "z_j",
+                prior_part=" times the priors of mu, sigma and tau" if self.with_priors else "",
+            )
+        else:
+            scale = SCALE_NOTE
         out = {
             "objective": "log joint with priors (PyMC's density without Jacobian)"
             if self.with_priors
             else "log joint without priors (h-likelihood)",
             "parametrization": self.parametrization,
-            "scale": "a mode on the scale of sigma and of the Cholesky factors L_k of the "
-            "random-effect covariances (PyMC's value variables, no Jacobian); not a mode on the "
-            "log scale or of the other parametrization",
+            "scale": scale,
             **self.short_dict(),
-            "starts": [s.to_dict(self.ctx) for s in self.starts],
+            "starts": [s.to_dict(self.oneway) for s in self.starts],
         }
         if self.with_priors:
             out["find_map"] = FIND_MAP_NOTE
         if self.best is not None:
-            out["theta"] = [float(t) for t in lme4_theta(self.best.x, self.ctx)]
-        if self.intervals:
-            out["ci_level"] = self.level
-            out["ci_hessian"] = self.intervals
+            out["theta"] = [float(t) for t in self.best.theta]
+            out["loglik"] = self.loglik
+            out["se_note"] = SE_NOTE
+        if self.ci_hessian:
+            out["ci_level"] = self.ci_level
+            out["ci_hessian"] = self.ci_hessian
         return out
 
 
-def _message(status, counts, par, with_priors, k, best) -> str:
-    what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
-    tally = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
-    if status == "interior":
-        caveat = (
-            "It is a local maximum only: the centered log joint is unbounded as a variance -> 0."
-            if par == "centered"
-            else "It is a mode of the non-centered density, a different point from the centered "
-            "joint mode."
-        )
-        return (
-            f"Interior local maximum of the {what} found ({tally} of {k} starts): "
-            f"sigma^2 = {best:.6g}. {caveat}"
-        )
-    hints = []
-    if counts.get("collapse"):
-        hints.append("the log joint rises without bound as a random-effect variance -> 0")
-    if counts.get("escape"):
-        hints.append("runs escaped to a random-effect variance -> infinity")
-    if counts.get("boundary"):
-        hints.append("runs stopped at a variance -> 0 where the log joint levels off")
-    if counts.get("not_converged"):
-        hints.append("some runs did not converge")
-    return (
-        f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
-        f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP."
-    )
+JointVariant = JointMap  # old name (formula models' variants); remove with compare_lmm.py
+LMMJointMap = JointMap
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimator
 
 
 def fit(
     data: LMMData,
-    eb: LMMFit,
+    eb: EBFit,
     *,
     parametrization: str = "centered",
-    priors: LMMPriors | None = None,
-    n_starts: int = 8,
-    seed: int = 0,
+    priors: Priors | None = None,
+    n_starts: int = 16,
+    seed: np.random.SeedSequence | int = 0,
+    n_jobs: int = 1,
     level: float = 0.95,
-) -> JointVariant:
-    """Multi-start joint MAP of one variant (serial; each start is O(N q) per evaluation)."""
+    _kernel: str | None = None,
+) -> JointMap:
+    """Multi-start joint MAP of one variant: the log joint with `priors` (objective
+    "posterior") or without (the h-likelihood), in the centered or non-centered
+    parametrization. The random starts draw from `np.random.default_rng(seed)` (the caller
+    passes `seeds.seed_for(root, "joint_map", parametrization, "posterior"|"h_likelihood")`);
+    starts run in `n_jobs` processes when the work is large, with the same results.
+    `_kernel` ("oneway", "profiled", "general") forces a kernel (tests)."""
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}")
+    kernel = _kernel or (
+        "oneway"
+        if data.is_oneway
+        else "profiled"
+        if parametrization == "centered" and priors is None
+        else "general"
+    )
+    runner = {"oneway": _fit_oneway, "profiled": _fit_profiled, "general": _fit_general}[kernel]
+    starts, ci, loglik = runner(data, eb, parametrization, priors, n_starts, seed, n_jobs, level)
+    interior = [s for s in starts if s.status == "interior"]
+    best = max(interior, key=lambda s: s.log_joint) if interior else None
+    return JointMap(
+        data=data,
+        objective="posterior" if priors is not None else "h_likelihood",
+        parametrization=parametrization,
+        starts=tuple(starts),
+        best=best,
+        status="interior" if best else "no_interior_mode",
+        message=message(
+            starts,
+            best,
+            parametrization=parametrization,
+            with_priors=priors is not None,
+            oneway=data.is_oneway,
+        ),
+        ci_hessian=ci(best) if best else None,
+        ci_level=level,
+        loglik=loglik(best) if best else None,
+    )
+
+
+def _fit_oneway(data, eb, par, priors, n_starts, seed, n_jobs, level):
+    """The one-way kernel over the per-group statistics (O(m) per evaluation)."""
+    from workbench.fit import joint_oneway as kernel
+    from workbench.objectives import oneway as dens
+
+    st, sd_y = data.oneway, float(data.y.std(ddof=1))
+    eb_point = (float(eb.beta[0]), float(eb.sigma2), float(eb.G[0, 0]))
+    log_sd = float(np.log(sd_y))
+    jobs = [
+        (i, kind, x0, st, par, priors, log_sd)
+        for i, (kind, x0) in enumerate(kernel.make_starts(st, par, eb_point, n_starts, seed, sd_y))
+    ]
+    ends = run_all(kernel.run_start, jobs, n_jobs, n_starts * st.m)
+    starts = [kernel.as_start(r) for r in ends]
+
+    def ci(best):
+        return kernel.intervals(best.x, st, par, priors, data.labels, level)
+
+    def loglik(best):
+        return dens.marginal_loglik((best.beta[0], best.sigma2, best.G[0, 0]), st)
+
+    return starts, ci, loglik
+
+
+def _general_loglik(data: LMMData):
+    """The marginal log likelihood at (beta, sigma^2, theta) of a mode: lme4's at beta_hat(theta)
+    minus the quadratic form of beta - beta_hat in X'V^-1 X / sigma^2."""
+
+    def loglik(best: Start) -> float:
+        pls = solve(data.factors, Layout.of(data.blocks, data.q), best.theta)
+        d = best.beta - pls.beta
+        quad = float(d @ np.linalg.solve(pls.beta_cov(best.sigma2), d))
+        return float(pls.loglik(best.sigma2) - 0.5 * quad)
+
+    return loglik
+
+
+def _fit_profiled(data, eb, par, priors, n_starts, seed, n_jobs, level):
+    """The centered h-likelihood profiled over beta, b and sigma^2 (a search over theta); the
+    intervals from the all-parameter Hessian at the mode."""
+    from workbench.fit import joint_profiled as kernel
+
+    jobs = [
+        (i, kind, phi, data)
+        for i, (kind, phi) in enumerate(kernel.make_starts(data, eb, n_starts, seed))
+    ]
+    starts = run_all(kernel.run_start, jobs, n_jobs, n_starts * data.n_groups)
+    ctx = Context(data)
+
+    def ci(best):
+        return intervals(exact_point(ctx, "centered", best), ctx, "centered", None, level)
+
+    return starts, ci, _general_loglik(data)
+
+
+def _fit_general(data, eb, par, priors, n_starts, seed, n_jobs, level):
+    """The all-parameter kernel of this module."""
     ctx = Context(data)
     log_sd = float(np.log(data.y.std(ddof=1)))
-    starts = make_starts(ctx, parametrization, eb, n_starts, seed)
-    results = [
-        run_start(i, kind, x0, ctx, parametrization, priors, log_sd)
-        for i, (kind, x0) in enumerate(starts)
+    jobs = [
+        (i, kind, x0, ctx, par, priors, log_sd)
+        for i, (kind, x0) in enumerate(make_starts(ctx, par, eb, n_starts, seed))
     ]
-    interior = [r for r in results if r.status == "interior"]
-    best = max(interior, key=lambda r: r.log_joint) if interior else None
-    status = "interior" if best else "no_interior_mode"
-    counts = dict(Counter(r.status for r in results))
-    intervals = _intervals(best, ctx, parametrization, priors, level) if best else {}
-    return JointVariant(
-        data=data,
-        parametrization=parametrization,
-        with_priors=priors is not None,
-        status=status,
-        best=best,
-        starts=tuple(results),
-        message=_message(
-            status,
-            counts,
-            parametrization,
-            priors is not None,
-            n_starts,
-            float(np.exp(2.0 * best.x[ctx.p])) if best else None,
-        ),
-        intervals=intervals,
-        level=level,
-    )
+    starts = run_all(run_start, jobs, n_jobs, n_starts * ctx.m)
+
+    def ci(best):
+        return intervals(best.x, ctx, par, priors, level)
+
+    return starts, ci, _general_loglik(data)

@@ -1,5 +1,6 @@
-"""Joint MAP: maximise the log joint over (mu, sigma, tau, group effects) in one go, from K
-starts in parallel, and say what each start found.
+"""The one-way kernel of the joint MAP (`workbench.fit.joint_map.fit` chooses it for
+`y ~ 1 + (1 | g)`): maximise the log joint over (mu, sigma, tau, group effects) in one go from
+K starts, over the per-group sufficient statistics (O(m) per evaluation).
 
 Objective: `densities.log_joint` (h-likelihood without priors, or the PyMC density with priors),
 in the centered or non-centered parametrization. Optimiser, per start: L-BFGS-B on
@@ -7,32 +8,27 @@ x = (mu, log sigma, log tau, u) (diagonally rescaled; log sigma and log tau boxe
 data's scale so that a run toward tau -> 0 or infinity stops at a box edge), then Newton steps
 with the exact arrowhead Hessian where it is negative definite.
 
-Every end point is classified:
-* interior -- gradient ~ 0 (Newton decrement < 1e-8) and Hessian negative definite;
-* collapse -- tau -> 0 with the log joint still rising (unbounded: the funnel);
-* boundary -- tau -> 0 with the log joint levelling off (a finite supremum at tau = 0);
-* escape -- tau -> infinity (e.g. the non-centered h-likelihood, whose supremum is the
-  no-pooling fit);
-* not_converged -- anything else.
-The headline joint MAP is the best interior local maximum; if there is none, the result says so.
+Every end point is classified by `joint_map.classify` (interior / collapse / boundary /
+escape / not_converged) and returned as `joint_map.Start` by `as_start`. `fit` here is the old
+entry point over `Stats` (record `JointMapResult`), kept until its callers use
+`joint_map.fit(data, eb, ...)`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
+from workbench.fit.joint_map import DECREMENT_TOL, Start, classify, message, tally
 from workbench.model.priors import Priors
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Arrowhead, Stats
 
 BOX = 18.0  # log sigma, log tau boxed to log(sd(y)) +- BOX (a factor of 6.6e7 either way)
 ESCAPE_AT = 8.0  # a run whose tau passes e^8 sd(y) (about 3000 sd(y)) is stopped as escaping
-DECREMENT_TOL = 1e-8
 FIND_MAP_NOTE = (
     "pm.find_MAP maximises the same density with priors (constrained scale, no Jacobian) by one "
     "L-BFGS-B run from the model's initial point and reports success even where tau has "
@@ -119,7 +115,7 @@ class JointMapResult:
         return dens.group_effects(self.best.x, self.parametrization) if self.best else None
 
     def counts(self) -> dict[str, int]:
-        return _tally(self.starts)
+        return tally(self.starts)
 
     def to_dict(self) -> dict:
         out = {
@@ -146,11 +142,6 @@ class JointMapResult:
             out["ci_level"] = self.level
             out["ci_hessian"] = self.intervals
         return out
-
-
-def _tally(starts) -> dict[str, int]:
-    """How many starts ended in each status."""
-    return dict(Counter(s.status for s in starts))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,33 +259,50 @@ def run_start(
         callback=stop_escaping,
         options={"maxiter": 5000, "maxfun": 10000, "ftol": 1e-12, "gtol": 1e-8, "maxcor": 20},
     )
-    x = res.x * scale
-    iters = int(res.nit)
-    dec = None
-    if x[2] < lo + 1.0:
-        status = "collapse" if _unbounded_towards_zero(x, st, par, priors) else "boundary"
-    elif state["escaping"]:
-        status = "escape"
-    elif x[1] < lo + 1.0:
-        status = "collapse"
-    else:
-        x, dec, newton_its = _newton_polish(x, st, par, priors, lo, hi)
-        iters += newton_its
-        if dec is not None and dec < DECREMENT_TOL:
-            status = "interior"
-        elif _rises_towards_infinity(x, st, par, priors):
-            status = "escape"
-        else:
-            status = "not_converged"
+    end = {"x": res.x * scale, "iters": int(res.nit), "dec": None}
+
+    def polish() -> bool:
+        x, dec, newton_its = _newton_polish(end["x"], st, par, priors, lo, hi)
+        end.update(x=x, dec=dec, iters=end["iters"] + newton_its)
+        return dec is not None and dec < DECREMENT_TOL
+
+    x = end["x"]
+    status = classify(
+        to_zero=bool(x[2] < lo + 1.0),
+        rising_to_zero=lambda: _unbounded_towards_zero(x, st, par, priors),
+        escaping=state["escaping"],
+        sigma_to_zero=bool(x[1] < lo + 1.0),
+        polish=polish,
+        rising_to_infinity=lambda: _rises_towards_infinity(end["x"], st, par, priors),
+    )
     return StartResult(
         index=index,
         kind=kind,
         status=status,
-        log_joint=dens.log_joint(x, st, par, priors),
-        x=x,
-        iterations=iters,
-        decrement=dec,
+        log_joint=dens.log_joint(end["x"], st, par, priors),
+        x=end["x"],
+        iterations=end["iters"],
+        decrement=end["dec"],
         parametrization=par,
+    )
+
+
+def as_start(r: StartResult) -> Start:
+    """The end point as the estimator's `Start` (user's scale: beta = (mu,), G = [[tau^2]],
+    re_mode the group effects a_j, lme4's theta = tau / sigma)."""
+    return Start(
+        index=r.index,
+        kind=r.kind,
+        status=r.status,
+        log_joint=r.log_joint,
+        beta=np.array([r.mu]),
+        sigma2=r.sigma2,
+        G=np.array([[r.tau2]]),
+        re_mode=dens.group_effects(r.x, r.parametrization)[:, None],
+        theta=np.array([float(np.exp(r.x[2] - r.x[1]))]),
+        iterations=r.iterations,
+        newton_decrement=r.decrement,
+        x=r.x,
     )
 
 
@@ -345,8 +353,8 @@ def make_starts(
 # ----------------------------------------------------------------------------------------------
 
 
-def _intervals(
-    best: StartResult,
+def intervals(
+    x: np.ndarray,
     st: Stats,
     par: str,
     priors: Priors | None,
@@ -355,13 +363,13 @@ def _intervals(
 ) -> dict:
     """Wald intervals from the Hessian at the mode: mu directly, sigma^2 and tau^2 through
     log sigma and log tau, group means mu_j = mu + a_j by the delta method."""
-    H = dens.log_joint_hessian(best.x, st, par, priors)
+    H = dens.log_joint_hessian(x, st, par, priors)
     neg = Arrowhead(-H.A, -H.B, -H.d)
     top, border, diag_u = neg.inverse_blocks()
     zq = float(sps.norm.ppf(0.5 + level / 2.0))
-    mu, ls, lt = best.x[:3]
+    mu, ls, lt = x[:3]
     tau = float(np.exp(lt))
-    u = best.x[3:]
+    u = x[3:]
     if par == "centered":
         var_a = diag_u
         var_mean = top[0, 0] + diag_u + 2.0 * border[:, 0]
@@ -375,7 +383,7 @@ def _intervals(
             + 2.0 * tau * border[:, 0]
             + 2.0 * tau**2 * u * border[:, 2]
         )
-    a = dens.group_effects(best.x, par)
+    a = dens.group_effects(x, par)
     se_mu, se_ls, se_lt = np.sqrt(np.diag(top))
     with np.errstate(over="ignore"):  # a flat direction: an infinite end, null in the JSON
         ci_s2 = [float(np.exp(2 * (ls - zq * se_ls))), float(np.exp(2 * (ls + zq * se_ls)))]
@@ -401,40 +409,6 @@ def _intervals(
     return out
 
 
-def _message(
-    status: str, best: StartResult | None, counts: dict, par: str, with_priors: bool, k: int
-) -> str:
-    what = ("log joint with priors" if with_priors else "log joint (h-likelihood)") + f", {par}"
-    tally = ", ".join(f"{v} {s}" for s, v in sorted(counts.items()))
-    if status == "interior":
-        caveat = (
-            "It is a local maximum only: the centered log joint is unbounded as tau -> 0."
-            if par == "centered"
-            else "It is a mode of the non-centered density, a different point from the centered "
-            "joint mode (the two differ by the term m log tau)."
-        )
-        return (
-            f"Interior local maximum of the {what} found ({tally} of {k} starts): "
-            f"sigma^2 = {best.sigma2:.6g}, tau^2 = {best.tau2:.6g}. {caveat}"
-        )
-    hints = []
-    if counts.get("collapse"):
-        hints.append(
-            "the log joint rises without bound as tau -> 0 (all group effects pulled "
-            "to mu), so no global joint mode exists"
-        )
-    if counts.get("escape"):
-        hints.append("runs escaped to tau -> infinity (the supremum there is the no-pooling fit)")
-    if counts.get("boundary"):
-        hints.append("runs stopped at tau -> 0 where the log joint levels off (the pooled fit)")
-    if counts.get("not_converged"):
-        hints.append("some runs did not converge")
-    return (
-        f"No interior joint mode of the {what}: none of {k} starts ended at an interior local "
-        f"maximum ({tally}); " + "; ".join(hints) + ". No point is reported as the MAP."
-    )
-
-
 def fit(
     st: Stats,
     *,
@@ -449,7 +423,8 @@ def fit(
     level: float = 0.95,
     parallel_threshold: int = 20000,
 ) -> JointMapResult:
-    """Multi-start joint MAP. Starts run in `n_jobs` processes (joblib/loky; -1 = all cores);
+    """The old entry point (over Stats; use `joint_map.fit(data, eb, ...)`): multi-start
+    joint MAP with this kernel. Starts run in `n_jobs` processes (joblib/loky; -1 = all cores);
     when n_starts x m is below `parallel_threshold` they run in this process, because starting
     workers costs more than the fits. Results do not depend on n_jobs."""
     starts = make_starts(st, parametrization, eb_point, n_starts, seed, sd_y)
@@ -466,8 +441,7 @@ def fit(
     interior = [r for r in results if r.status == "interior"]
     best = max(interior, key=lambda r: r.log_joint) if interior else None
     status = "interior" if best else "no_interior_mode"
-    counts = _tally(results)
-    intervals = _intervals(best, st, parametrization, priors, labels, level) if best else {}
+    ci = intervals(best.x, st, parametrization, priors, labels, level) if best else {}
     return JointMapResult(
         parametrization=parametrization,
         with_priors=priors is not None,
@@ -475,7 +449,13 @@ def fit(
         best=best,
         starts=tuple(results),
         labels=labels,
-        message=_message(status, best, counts, parametrization, priors is not None, n_starts),
-        intervals=intervals,
+        message=message(
+            results,
+            best,
+            parametrization=parametrization,
+            with_priors=priors is not None,
+            oneway=True,
+        ),
+        intervals=ci,
         level=level,
     )

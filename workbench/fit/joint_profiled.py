@@ -1,120 +1,29 @@
-"""Joint MAP of the general LMM (h-likelihood: no priors, centered random effects b), from K
-starts, each end point classified as in the one-way estimator.
-
-Objective: `deviance.PLS.objective("joint")`, minus twice the log joint of (y, b) maximised in
-closed form over beta, b and sigma^2 at each theta, so one start is a small optimisation over
-phi = (log of T's diagonal, T's off-diagonal elements). A local maximum of this profile is a
-local maximum of the log joint in all parameters (the inner maximisers are unique).
-Statuses: interior (Newton decrement < 1e-8, Hessian positive definite), collapse (a diagonal
-element of T runs to 0 with the log joint still rising: a variance -> 0, the funnel),
-boundary (the same with the log joint levelling off), not_converged.
+"""The profiled kernel of the joint MAP (`workbench.fit.joint_map.fit` chooses it for the
+centered h-likelihood of a model other than the one-way one): the log joint of (y, b) without
+priors, maximised in closed form over beta, b and sigma^2 at each theta
+(`deviance.PLS.objective("joint")` is minus twice that profile), so one start is a small
+optimisation over phi = (log of T's diagonal, T's off-diagonal elements). A local maximum of
+this profile is a local maximum of the log joint in all parameters (the inner maximisers are
+unique). End points are classified by `joint_map.classify`: collapse / boundary when a diagonal
+element of T runs to its floor (a variance -> 0) with the profile still rising / levelling off,
+interior after Newton steps with a positive definite Hessian of the objective and decrement
+< 1e-8, not_converged otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import scipy.optimize
 
-from workbench.fit.eb import LMMFit, variance_components
-from workbench.fit.joint_oneway import _tally
+from workbench.fit import joint_map
+from workbench.fit.eb import EBFit
+from workbench.fit.joint_map import DECREMENT_TOL, JointMap, Start, classify
 from workbench.fit.optimiser import derivatives, serial_blas
 from workbench.model.design import LMMData
-from workbench.objectives.deviance import PLS, Layout, solve
+from workbench.objectives.deviance import Layout, solve
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
 LOG_CEIL = np.log(1e4)
-DECREMENT_TOL = 1e-8
-
-
-@dataclass(frozen=True)
-class Start:
-    index: int
-    kind: str  # eb or random
-    status: str
-    log_joint: float
-    theta: np.ndarray
-    iterations: int
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "start": self.kind,
-            "status": self.status,
-            "log_joint": self.log_joint,
-            "theta": [float(t) for t in self.theta],
-            "iterations": self.iterations,
-        }
-
-
-@dataclass
-class LMMJointMap:
-    data: LMMData = field(repr=False)
-    status: str  # interior or no_interior_mode
-    best: Start | None
-    starts: tuple[Start, ...]
-    message: str
-    pls: PLS | None = field(default=None, repr=False)
-
-    @property
-    def sigma2(self) -> float | None:
-        return self.pls.sigma2("joint") if self.pls else None
-
-    @property
-    def G(self) -> np.ndarray | None:
-        return self.sigma2 * self.pls.T @ self.pls.T.T if self.pls else None
-
-    @property
-    def beta(self) -> np.ndarray | None:
-        return self.pls.beta if self.pls else None
-
-    @property
-    def log_joint(self) -> float | None:
-        return self.best.log_joint if self.best else None
-
-    @property
-    def re_mode(self) -> np.ndarray | None:
-        return self.pls.b if self.pls else None
-
-    @property
-    def re_cov(self) -> np.ndarray | None:
-        """Inverse negative Hessian of the log joint in b_j, at the mode (variances fixed)."""
-        return self.pls.cond_cov(self.sigma2) if self.pls else None
-
-    def counts(self) -> dict[str, int]:
-        return _tally(self.starts)
-
-    def to_dict(self) -> dict:
-        out = {
-            "objective": "log joint without priors (h-likelihood), centered random effects",
-            "status": self.status,
-            "message": self.message,
-            "start_counts": self.counts(),
-            "starts": [s.to_dict() for s in self.starts],
-        }
-        if self.pls is not None:
-            se = np.sqrt(np.diag(self.pls.beta_cov(self.sigma2)))
-            out.update(
-                {
-                    "fixed_effects": {
-                        n: {"estimate": float(b), "se": float(s)}
-                        for n, b, s in zip(self.data.fixed_names, self.beta, se, strict=True)
-                    },
-                    "variance_components": {
-                        self.data.group_name: variance_components(
-                            self.G, self.data.blocks, self.data.group_name
-                        ).to_dict()
-                    },
-                    "sigma2": self.sigma2,
-                    "theta": [float(t) for t in self.pls.theta],
-                    "log_joint": self.log_joint,
-                    "loglik": self.pls.loglik(self.sigma2),
-                    "se_note": "Wald SEs from the Hessian in (beta, b) at the mode, variance "
-                    "components held at their joint-mode values",
-                }
-            )
-        return out
 
 
 def _theta(phi: np.ndarray, diag: np.ndarray) -> np.ndarray:
@@ -146,16 +55,19 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
         bounds=bounds,
         options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 2000},
     )
-    phi, iters = res.x, int(res.nit)
-    low = diag & (phi < LOG_FLOOR + 4.0)
-    if low.any():
-        step = np.where(low, -2.0, 0.0)
-        drop = f(phi) - f(np.maximum(phi + step, LOG_FLOOR - 4.0))
-        status = "collapse" if drop > 1e-6 else "boundary"
-    elif np.any(diag & (phi > LOG_CEIL - 1.0)):
-        status = "not_converged"
-    else:
-        status = "not_converged"
+    end = {"phi": res.x, "dec": None}
+    low = diag & (res.x < LOG_FLOOR + 4.0)
+
+    def rising_to_zero() -> bool:
+        phi = end["phi"]
+        return f(phi) - f(np.maximum(phi + np.where(low, -2.0, 0.0), LOG_FLOOR - 4.0)) > 1e-6
+
+    def polish() -> bool:
+        """Newton steps on f (minus twice the log joint); a T diagonal at its ceiling is not
+        polished (not_converged)."""
+        phi = end["phi"]
+        if np.any(diag & (phi > LOG_CEIL - 1.0)):
+            return False
         for _ in range(5):
             g, H = derivatives(f, phi, step=1e-5)
             try:
@@ -165,27 +77,45 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
                 break
             if not positive:
                 break
-            if g @ step < DECREMENT_TOL:
-                status = "interior"
-                break
+            dec = float(g @ step)
+            end["dec"] = 0.5 * dec  # the decrement of the log joint (= -f / 2)
+            if dec < DECREMENT_TOL:
+                end["phi"] = phi
+                return True
             if f(phi - step) >= f(phi):
-                status = "interior" if g @ step < 1e-6 else "not_converged"
-                break
+                end["phi"] = phi
+                return dec < 1e-6
             phi = phi - step
+        end["phi"] = phi
+        return False
+
+    status = classify(to_zero=bool(low.any()), rising_to_zero=rising_to_zero, polish=polish)
+    theta = _theta(end["phi"], diag)
+    pls = solve(cp, layout, theta)
+    s2 = pls.sigma2("joint")
     return Start(
         index=index,
         kind=kind,
         status=status,
-        log_joint=-0.5 * f(phi),
-        theta=_theta(phi, diag),
-        iterations=iters,
+        log_joint=-0.5 * f(end["phi"]),
+        beta=pls.beta.copy(),
+        sigma2=s2,
+        G=s2 * pls.T @ pls.T.T,
+        re_mode=pls.b,
+        theta=theta,
+        iterations=int(res.nit),
+        newton_decrement=end["dec"] if status == "interior" else None,
+        x=end["phi"],
     )
 
 
-def make_starts(data: LMMData, eb: LMMFit, k: int, seed: int) -> list[tuple[str, np.ndarray]]:
-    """The EB-ML theta (diagonal floored at 0.05) and random points around it from `seed`."""
+def make_starts(
+    data: LMMData, eb: EBFit, k: int, seed: np.random.SeedSequence | int
+) -> list[tuple[str, np.ndarray]]:
+    """The EB-ML theta (diagonal floored at 0.05) and random points around it, drawn from
+    `np.random.default_rng(seed)`."""
     diag = Layout.of(data.blocks, data.q).diagonal
-    base = eb.theta.copy()
+    base = np.array(eb.theta, float)
     base[diag] = np.log(np.maximum(base[diag], 0.05))
     starts = [("eb", base)]
     rng = np.random.default_rng(seed)
@@ -197,44 +127,21 @@ def make_starts(data: LMMData, eb: LMMFit, k: int, seed: int) -> list[tuple[str,
     return starts
 
 
-def fit(
-    data: LMMData,
-    eb: LMMFit,
-    *,
-    n_starts: int = 16,
-    seed: int = 0,
-    n_jobs: int = -1,
-    parallel_threshold: int = 20000,
-) -> LMMJointMap:
-    """Multi-start joint MAP; starts run in joblib processes when n_starts x m is large.
-    Results do not depend on n_jobs."""
-    jobs = [
-        (i, kind, phi, data) for i, (kind, phi) in enumerate(make_starts(data, eb, n_starts, seed))
-    ]
-    if n_jobs == 1 or n_starts * data.n_groups < parallel_threshold:
-        results = [run_start(*job) for job in jobs]
-    else:
-        from joblib import Parallel, delayed
+LMMJointMap = JointMap  # old record name
 
-        results = Parallel(n_jobs=n_jobs)(delayed(run_start)(*job) for job in jobs)
-    interior = [r for r in results if r.status == "interior"]
-    best = max(interior, key=lambda r: r.log_joint) if interior else None
-    counts = _tally(results)
-    tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    if best is None:
-        message = (
-            f"No interior joint mode: none of {n_starts} starts found a local maximum "
-            f"of the log joint ({tally}). The log joint is unbounded as a random-effect "
-            f"variance goes to 0, so there is no joint MAP to report."
-        )
-        return LMMJointMap(
-            data=data, status="no_interior_mode", best=None, starts=tuple(results), message=message
-        )
-    pls = solve(data.factors, Layout.of(data.blocks, data.q), best.theta)
-    message = (
-        f"Interior local maximum of the log joint found ({tally} of {n_starts} starts); "
-        f"it is a local mode only, since the log joint is unbounded as a variance -> 0."
-    )
-    return LMMJointMap(
-        data=data, status="interior", best=best, starts=tuple(results), message=message, pls=pls
+
+def fit(
+    data: LMMData, eb: EBFit, *, n_starts: int = 16, seed: int = 0, n_jobs: int = -1
+) -> JointMap:
+    """Old entry point: `joint_map.fit(data, eb, parametrization="centered", priors=None)`
+    with this kernel."""
+    return joint_map.fit(
+        data,
+        eb,
+        parametrization="centered",
+        priors=None,
+        n_starts=n_starts,
+        seed=seed,
+        n_jobs=n_jobs,
+        _kernel="profiled",
     )
