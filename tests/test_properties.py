@@ -9,14 +9,14 @@ the maximised log likelihood that workbench reports must be
 
 References, written here without any workbench code:
 
-* random-intercept models `y ~ X beta + (1 | g)` (the one-way route `workbench.fit.eb_oneway` and
-  the formula route `workbench.fit.eb`): the exact 1-D profile. For a ratio lam = tau^2/sigma^2,
-  beta and sigma^2 have closed forms (GLS with V_j = I + lam 1 1'); V_j^-1/2 is
-  (I - J/n_j) + (1 + n_j lam)^-1/2 J/n_j, so GLS is ordinary least squares on transformed data,
-  done by a QR factorisation of the transformed [X y] after centring and scaling the columns
-  (the Jacobians of that centring/scaling are added back exactly). The profiled ML and REML log
-  likelihoods are then maximised over lam >= 0 on a fine log grid (24 decades, 40 points a
-  decade, plus lam = 0 exactly) with bounded Brent refinement of the best local maxima. This
+* random-intercept models `y ~ X beta + (1 | g)` (`workbench.fit.eb`: its one-way kernel for
+  `y ~ 1 + (1 | g)`, and its general kernel for every fixed part): the exact 1-D profile. For a
+  ratio lam = tau^2/sigma^2, beta and sigma^2 have closed forms (GLS with V_j = I + lam 1 1');
+  V_j^-1/2 is (I - J/n_j) + (1 + n_j lam)^-1/2 J/n_j, so GLS is ordinary least squares on
+  transformed data, done by a QR factorisation of the transformed [X y] after centring and scaling
+  the columns (the Jacobians of that centring/scaling are added back exactly). The profiled ML and
+  REML log likelihoods are then maximised over lam >= 0 on a fine log grid (24 decades, 40 points
+  a decade, plus lam = 0 exactly) with bounded Brent refinement of the best local maxima. This
   reference is exact up to rounding, so both directions are asserted.
 * random-slope models `y ~ x + (1 + x | g)`: statsmodels' MixedLM (ML), fitted with each of
   several optimisers ('lbfgs', 'bfgs', 'cg', 'nm', 'powell'). statsmodels' own llf is not
@@ -32,10 +32,8 @@ References, written here without any workbench code:
   (-1/2 [log|V| + log|X'V^-1 X| + (N - p)(1 + log(2 pi r'V^-1 r / (N - p)))], V relative to
   sigma^2), so it is comparable too, but REML is only compared with the exact profile here.
 
-Conventions on our side: `workbench.fit.eb_oneway.fit(...).loglik` is the marginal log likelihood
-at the estimate (for REML, the REML restricted log likelihood is -reml_criterion / 2);
-`workbench.fit.eb.fit(...).loglik` is lme4's logLik (ML) or the restricted log likelihood
-(REML criterion = -2 x restricted loglik). The REML log likelihood depends on the
+Conventions on our side: `workbench.fit.eb.fit(...).loglik` is lme4's logLik (ML) or the restricted
+log likelihood (REML criterion = -2 x restricted loglik). The REML log likelihood depends on the
 parametrisation of X through log|X'V^-1 X|: the reference builds the same columns as formulae
 (intercept, x, treatment-coded categorical with the first sorted level as reference).
 
@@ -473,9 +471,11 @@ class Outcome:
 
 
 def check_oneway(case: Case, method: str) -> Outcome | None:
-    """The one-way route (`workbench.model.data` + `workbench.fit.eb_oneway`) vs the exact profile."""
+    """The one-way route (`workbench.model.data` validation, then `workbench.fit.eb.fit` on
+    `y ~ 1 + (1 | grp)`, which takes its one-way kernel) vs the exact profile."""
     from workbench.errors import InputError
-    from workbench.fit import eb_oneway as oneway_eb
+    from workbench.fit import eb
+    from workbench.model import design
     from workbench.model.data import from_arrays
 
     df = case.frame()
@@ -483,11 +483,16 @@ def check_oneway(case: Case, method: str) -> Outcome | None:
     if not well_posed(df, X):
         return None
     try:
-        data = from_arrays(df["y"].to_numpy(), df["grp"].to_numpy())
+        gd = from_arrays(df["y"].to_numpy(), df["grp"].to_numpy())
     except InputError:
         return None
-    fit = oneway_eb.fit(data, method, intervals=False)
-    ours = fit.loglik if method == "ml" else -0.5 * fit.reml_criterion
+    ones = np.ones(gd.n_obs)
+    data = design.from_arrays(
+        gd.y, ones, ones, gd.codes, fixed_names=["(Intercept)"], re_names=["(Intercept)"]
+    )
+    assert data.is_oneway
+    fit = eb.fit(data, method)
+    ours = fit.loglik
     ref = exact_profile(df["y"].to_numpy(), X, df["grp"].to_numpy(), method == "reml")
     return Outcome(
         f"oneway-{method}",
@@ -512,7 +517,9 @@ def check_intercept_formula(case: Case, fixed: str, method: str) -> Outcome | No
         data = design.from_frame(df, f"y ~ {fixed} + (1 | grp)")
     except InputError:
         return None
-    fit = eb.fit(data, method)
+    # y ~ 1 + (1 | grp) is the one-way model, which `eb.fit` gives to its one-way kernel
+    # (`check_oneway`); here the general kernel is checked on it too
+    fit = (eb._fit_general if data.is_oneway else eb.fit)(data, method)
     ref = exact_profile(df["y"].to_numpy(), X, df["grp"].to_numpy(), method == "reml")
     return Outcome(
         f"formula-intercept-{method} y ~ {fixed} + (1 | grp)",

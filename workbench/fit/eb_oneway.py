@@ -260,12 +260,12 @@ def _information(st: Stats, mu: float, s: float, t: float, reml: bool):
         idx = [0, 1] if boundary else [0, 1, 2]
         cov[np.ix_(idx, idx)] = np.linalg.inv(-h[np.ix_(idx, idx)])
     se_obs: dict[str, float | None] = {
-        k: float(np.sqrt(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))
+        k: math.sqrt(float(cov[i, i])) for i, k in enumerate(("mu", "sigma2", "tau2"))
     }
     if boundary:
         se_obs["tau2"] = None
         cov[2, :] = cov[:, 2] = np.nan
-    return {**se_obs, "mu": float(np.sqrt(mu_var))}, se_obs, cov
+    return {**se_obs, "mu": math.sqrt(mu_var)}, se_obs, cov
 
 
 def fit_stats(st: Stats, method: str) -> Kernel:
@@ -284,12 +284,13 @@ def fit_stats(st: Stats, method: str) -> Kernel:
     a, v = dens.conditional_effects(mu, s, t, ss)
     dev_shift = 2.0 * _dof(st, reml) * math.log(c)
     if c != 1.0:
-        unit = np.array([c, c * c, c * c])
+        unit = (c, c * c, c * c)
         se = {k: None if x is None else x * u for (k, x), u in zip(se.items(), unit, strict=True)}
         se_obs = {
             k: None if x is None else x * u for (k, x), u in zip(se_obs.items(), unit, strict=True)
         }
-        cov = cov * np.outer(unit, unit)
+        with np.errstate(over="ignore"):  # var(sigma^2) ~ y^4 is not a float64 beyond ~1e77
+            cov = cov * np.outer(unit, unit)
         optimum = dataclasses.replace(optimum, fun=optimum.fun + dev_shift)
     return Kernel(
         reml=reml,

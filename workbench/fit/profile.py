@@ -98,9 +98,66 @@ class Profile:
 
 
 def profile(fit, level: float = 0.95) -> Profile:
-    """Profile the ML deviance of an EB fit (`eb.fit`; a REML fit is refitted by ML)."""
+    """Profile the ML deviance of an EB fit (`eb.fit`; a REML fit is refitted by ML). The
+    one-way model goes through its 1-D kernel (`eb_oneway.profile_ml`, same intervals)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if fit.data.is_oneway:
+        return _profile_oneway(fit, level)
+    return _profile_general(fit, level)
+
+
+def _profile_oneway(fit, level: float) -> Profile:
+    """The one-way kernel: the ML likelihood profiled over sigma^2 and tau^2 from the per-group
+    statistics (O(m) per evaluation); lme4's names and this module's record."""
+    from workbench.fit import eb_oneway
+
+    p = eb_oneway.profile_ml(fit.data.oneway, level)
+    cut = float(scipy.stats.chi2.ppf(level, 1))
+    names = tuple(parameter_names(fit.data))  # (sd_(Intercept)|g, sigma)
+
+    def interval(name: str, end, estimate: float, sd_first: bool) -> ProfileInterval:
+        def point(value: float, other: float) -> tuple[float, float]:
+            return (value, other) if sd_first else (other, value)
+
+        return ProfileInterval(
+            name=name,
+            estimate=estimate,
+            lower=end.lower,
+            upper=end.upper,
+            lower_at_bound=end.lower_at_bound,
+            upper_at_bound=end.upper_at_bound,
+            lower_point=point(end.lower, end.lower_other),
+            upper_point=point(end.upper, end.upper_other),
+            lower_excess=end.lower_excess,
+            upper_excess=end.upper_excess,
+        )
+
+    intervals = (
+        interval(names[0], p.ends["tau"], p.tau, True),
+        interval(names[1], p.ends["sigma"], p.sigma, False),
+    )
+    notes = tuple(
+        f"{iv.name}: the profile does not reach the cut above the estimate; that end is "
+        f"undetermined (NaN)"
+        for iv in intervals
+        if math.isnan(iv.upper)
+    )
+    return Profile(
+        names=names,
+        estimate=(p.tau, p.sigma),
+        deviance_min=p.deviance_min,
+        level=level,
+        cut=cut,
+        intervals=intervals,
+        n_evals=p.n_evals,
+        refitted_ml=fit.method != "ml",
+        notes=notes,
+    )
+
+
+def _profile_general(fit, level: float) -> Profile:
+    """The general profiler (any model; the tests run it on one-way data too)."""
     scale = 10.0 ** round(math.log10(fit.data.factors.scaling.y_scale))
     with serial_blas():
         if scale == 1.0:
