@@ -1,9 +1,5 @@
-"""Plots of a comparison (matplotlib; ArviZ 1.x for the sampler diagnostics). Each function
-takes the `Comparison` (and precomputed curves where it needs them) and returns a Figure;
-`to_png` turns one into PNG bytes for the report.
-
-Kept apart from the numbers: the curves come from `curves.py`-style helpers below that return
-plain arrays, so a plot can be fed precomputed statistics.
+"""The report's figures (matplotlib; ArviZ for the rank plots), drawn from the frozen records
+of `curves.py`, the same functions for every model. `to_png` turns a figure into PNG bytes.
 
 Robust to what a result may hold: text is drawn plain (`text.parse_math` off, so group labels
 and column names like `$`, `a_b^c` are not read as mathtext), non-finite points and intervals
@@ -14,7 +10,6 @@ drawn for a stated reason (rank plots of one chain) raises `SkippedFigureError` 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import matplotlib
 
@@ -23,22 +18,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from workbench.fit.eb_oneway import argmax_nonneg  # noqa: E402
-from workbench.objectives import oneway as dens  # noqa: E402
-from workbench.objectives.oneway import Stats  # noqa: E402
+from workbench.present.curves import (  # noqa: E402
+    Caterpillar,
+    Funnel,
+    Marginal,
+    ProfileCurves,
+    ScalePath,
+    TauPath,
+)
 
-COLORS = {"EB-ML": "#1f77b4", "EB-REML": "#17becf", "MCMC mode": "#2ca02c", "truth": "black"}
-JM_STYLE = {
-    ("centered", False): ("joint MAP (centered)", "#d62728", "-"),
-    ("centered", True): ("joint MAP + priors (centered)", "#ff7f0e", "--"),
-    ("noncentered", False): ("joint MAP (non-centered)", "#9467bd", "-"),
-    ("noncentered", True): ("joint MAP + priors (non-centered)", "#e377c2", "--"),
+# (colour, line style) of each method's mark
+STYLE = {
+    "EB-ML": ("#1f77b4", ":"),
+    "EB-REML": ("#17becf", ":"),
+    "joint MAP (centered)": ("#d62728", "-"),
+    "joint MAP + priors (centered)": ("#ff7f0e", "--"),
+    "joint MAP (non-centered)": ("#9467bd", "-"),
+    "joint MAP + priors (non-centered)": ("#e377c2", "--"),
+    "MCMC mean": ("#2ca02c", "--"),
+    "MCMC mode": ("#2ca02c", "-."),
+    "truth": ("black", "-"),
 }
-
+EB_COLOR = STYLE["EB-ML"][0]
+JOINT_COLOR = STYLE["joint MAP (centered)"][0]
 
 PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
 plain_text = matplotlib.rc_context(PLAIN_TEXT)  # also a decorator for the figure functions
 LABEL_MAX = 40  # characters of a group label shown in a figure
+PANELS_PER_ROW = 4
 
 
 class SkippedFigureError(Exception):
@@ -100,176 +107,67 @@ def to_png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-# ----------------------------------------------------------------------------------------------
-# Curves (plain numbers)
-
-
-@dataclass(frozen=True)
-class ProfileCurves:
-    """Along the marginal profile in sigma^2: theta(sigma^2) = (mu, tau^2) maximising l."""
-
-    sigma2: np.ndarray
-    log_marginal: np.ndarray
-    log_joint: np.ndarray  # h(theta(sigma^2), a_hat(theta))
-    volume: np.ndarray  # 1/2 sum log v_j + (m/2) log 2 pi  (= log_marginal - log_joint)
-
-
-def profile_curves(st: Stats, s_ml: float, npts: int = 60) -> ProfileCurves:
-    grid = s_ml * np.geomspace(0.4, 2.5, npts)
-    scale = st.W / st.N + float(np.var(st.ybar))
-    lm, lj, vol = [], [], []
-    for s in grid:
-
-        def val(t, s=s):
-            return dens.marginal_loglik((dens.gls_mean(s, t, st), s, t), st)
-
-        def grad(t, s=s):
-            return dens.marginal_grad((dens.gls_mean(s, t, st), s, t), st)[2]
-
-        t = max(
-            argmax_nonneg(val, grad, 1e-10 * scale, 1e6 * scale, allow_zero=True), 1e-12 * scale
-        )
-        mu = dens.gls_mean(s, t, st)
-        a, v = dens.conditional_effects(mu, s, t, st)
-        x = np.concatenate([[mu, 0.5 * np.log(s), 0.5 * np.log(t)], a])
-        lm.append(dens.marginal_loglik((mu, s, t), st))
-        lj.append(dens.log_joint(x, st))
-        vol.append(0.5 * np.log(v).sum() + 0.5 * st.m * dens.LOG_2PI)
-    return ProfileCurves(grid, np.array(lm), np.array(lj), np.array(vol))
-
-
-@dataclass(frozen=True)
-class TauPath:
-    """The centered log joint maximised over (mu, sigma, a) for each fixed tau."""
-
-    tau: np.ndarray
-    log_joint: np.ndarray
-    sigma2: np.ndarray
-
-
-def tau_path(st: Stats, tau_ref: float, npts: int = 70, iters: int = 400) -> TauPath:
-    """Coordinate ascent at each tau (a, mu and sigma^2 each have closed forms given the rest);
-    warm-started from the previous tau, walking down from large tau."""
-    taus = tau_ref * np.geomspace(4.0, 1e-4, npts)
-    mu, s = float(st.n @ st.ybar / st.N), st.W / st.N + float(np.var(st.ybar))
-    hs, ss = [], []
-    for tau in taus:
-        t = tau * tau
-        for _ in range(iters):
-            a = st.n * t / (s + st.n * t) * (st.ybar - mu)
-            mu_new = float(st.n @ (st.ybar - a) / st.N)
-            r = st.ybar - mu_new - a
-            s_new = (st.W + float(st.n @ (r * r))) / st.N
-            done = abs(s_new - s) <= 1e-12 * s and abs(mu_new - mu) <= 1e-12 * (1 + abs(mu))
-            mu, s = mu_new, s_new
-            if done:
-                break
-        a = st.n * t / (s + st.n * t) * (st.ybar - mu)
-        hs.append(dens.log_joint(np.concatenate([[mu, 0.5 * np.log(s), np.log(tau)], a]), st))
-        ss.append(s)
-    order = np.argsort(taus)
-    return TauPath(taus[order], np.array(hs)[order], np.array(ss)[order])
-
-
-# ----------------------------------------------------------------------------------------------
-# Figures
-
-
-def _vlines(ax, marks: list[tuple[str, float, str, str]], window=None) -> None:
-    """Vertical lines; a mark outside `window` (lo, hi) is listed in the legend as off scale."""
-    for label, value, color, style in marks:
-        if value is None or not np.isfinite(value):
+def _vlines(ax, marks, window=None) -> None:
+    """A vertical line per `curves.Estimate`; one outside `window` (lo, hi) is listed in the
+    legend as off scale, a non-finite one is left out."""
+    for e in marks:
+        if e.value is None or not np.isfinite(e.value):
             continue
-        if window is not None and not window[0] <= value <= window[1]:
+        color, style = STYLE.get(e.method, ("0.4", "-"))
+        if window is not None and not window[0] <= e.value <= window[1]:
             ax.plot(
-                [], [], color=color, ls=style, lw=1.6, label=f"{label}: {value:.4g} (off scale)"
+                [],
+                [],
+                color=color,
+                ls=style,
+                lw=1.6,
+                label=f"{e.method}: {e.value:.4g} (off scale)",
             )
         else:
-            ax.axvline(value, color=color, ls=style, lw=1.6, label=label)
-
-
-def _marks(c, q: str, truth: dict | None) -> list[tuple[str, float, str, str]]:
-    out = []
-    for key, r in c.joint_maps.items():
-        if r.best is not None:
-            label, color, style = JM_STYLE[key]
-            out.append((label, getattr(r, q), color, style))
-    for fit, name in ((c.eb_ml, "EB-ML"), (c.eb_reml, "EB-REML")):
-        if fit is not None:
-            out.append((name, getattr(fit, q), COLORS[name], ":"))
-    if c.mcmc is not None:
-        out.append(("MCMC marginal mode", c.mcmc.summary[q]["mode"], COLORS["MCMC mode"], "-."))
-    if truth and q in truth:
-        out.append(("truth", truth[q], COLORS["truth"], "-"))
-    return out
+            ax.axvline(e.value, color=color, ls=style, lw=1.6, label=e.method)
 
 
 @plain_text
-def plot_marginals(c, truth: dict | None = None):
-    """Marginal posterior densities of sigma^2, tau^2 and mu with every point estimate."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    units = c.data.y_name
-    for ax, q, xl in zip(
-        axes,
-        ("sigma2", "tau2", "mu"),
-        (
-            f"sigma^2 (within-group variance, {units}^2)",
-            f"tau^2 (between-group variance, {units}^2)",
-            f"mu (overall mean, {units})",
-        ),
-        strict=True,
-    ):
-        window = None
-        if c.mcmc is not None:
-            window = density(ax, c.mcmc.draws(q), 0.0 if q != "mu" else -np.inf)
-        _vlines(ax, _marks(c, q, truth), window)
+def plot_marginals(panels: tuple[Marginal, ...]):
+    """One panel per quantity: the MCMC posterior density (when sampled) and every point
+    estimate of it."""
+    n = len(panels)
+    cols = min(n, PANELS_PER_ROW)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.0 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, panels, strict=False):
+        window = density(ax, p.draws, p.lower) if p.draws is not None else None
+        _vlines(ax, p.estimates, window)
+        ax.set_title(short(p.title, 60), fontsize=10)
+        ax.set_ylabel("density" if p.draws is not None else "")
         ax.legend(fontsize=7, loc="upper right")
-        ax.set_xlabel(xl)
-        ax.set_ylabel("density")
-        ax.set_title(f"Posterior of {q} and the point estimates")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
 
 @plain_text
-def plot_profiles(c, curves: ProfileCurves):
-    """Log marginal and log joint along the marginal profile over log sigma^2, and their
-    difference, the volume term."""
+def plot_profiles(curves: ProfileCurves, y_name: str):
+    """One-way: log marginal and log joint along the marginal profile over log sigma^2, and
+    their difference, the volume term."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
     s = curves.sigma2
-    lm = finite(curves.log_marginal)
-    lj = finite(curves.log_joint)
+    lm, lj = finite(curves.log_marginal), finite(curves.log_joint)
     lm, lj = lm - np.nanmax(lm), lj - np.nanmax(lj)
-    ax.plot(s, lm, color=COLORS["EB-ML"], lw=2, label="log marginal l (profiled)")
-    ax.plot(
-        s,
-        lj,
-        color=JM_STYLE[("centered", False)][1],
-        lw=2,
-        label="log joint h at the conditional modes",
-    )
+    ax.plot(s, lm, color=EB_COLOR, lw=2, label="log marginal l (profiled)")
+    ax.plot(s, lj, color=JOINT_COLOR, lw=2, label="log joint h at the conditional modes")
     i, j = int(np.nanargmax(lm)), int(np.nanargmax(lj))
-    ax.plot(s[i], 0, "o", color=COLORS["EB-ML"], ms=8, label=f"max of l: sigma^2 = {s[i]:.4g}")
-    ax.plot(
-        s[j],
-        0,
-        "s",
-        color=JM_STYLE[("centered", False)][1],
-        ms=8,
-        label=f"max of h: sigma^2 = {s[j]:.4g}",
-    )
+    ax.plot(s[i], 0, "o", color=EB_COLOR, ms=8, label=f"max of l: sigma² = {s[i]:.4g}")
+    ax.plot(s[j], 0, "s", color=JOINT_COLOR, ms=8, label=f"max of h: sigma² = {s[j]:.4g}")
     ax.set_xscale("log")
-    ax.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
+    ax.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
     ax.set_ylabel("log density minus its maximum")
     ax.set_ylim(max(float(np.nanmin(np.concatenate([lm, lj]))), -30), 2)
-    ax.set_title("Profiles over sigma^2 (mu, tau^2 at their ML values given sigma^2)")
+    ax.set_title("Profiles over sigma² (mu, tau² at their ML values given sigma²)")
     ax.legend(fontsize=8)
     ax2.plot(
-        s,
-        finite(curves.volume),
-        color="0.3",
-        lw=2,
-        label="volume term 1/2 sum log v_j + (m/2) log 2 pi",
+        s, finite(curves.volume), color="0.3", lw=2, label="volume 1/2 sum log v_j + (m/2) log 2 pi"
     )
     ax2.plot(
         s,
@@ -279,7 +177,7 @@ def plot_profiles(c, curves: ProfileCurves):
         label="l - h (equal: Laplace identity)",
     )
     ax2.set_xscale("log")
-    ax2.set_xlabel(f"sigma^2 ({c.data.y_name}^2, log scale)")
+    ax2.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
     ax2.set_ylabel("volume term (nats)")
     ax2.set_title("The difference l - h: what the joint mode ignores")
     ax2.legend(fontsize=8)
@@ -288,31 +186,32 @@ def plot_profiles(c, curves: ProfileCurves):
 
 
 @plain_text
-def plot_tau_path(c, path: TauPath):
-    """The centered log joint along tau -> 0, maximised over everything else."""
+def plot_tau_path(
+    path: TauPath, y_name: str, eb_tau: float | None, joint: tuple[float, float] | None
+):
+    """One-way: the centered log joint along tau -> 0, maximised over everything else;
+    `joint` = (tau, log joint) of the interior joint MAP, if any."""
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     ax.plot(
         path.tau,
         finite(path.log_joint),
-        color=JM_STYLE[("centered", False)][1],
+        color=JOINT_COLOR,
         lw=2,
         label="max over mu, sigma, a of the log joint",
     )
-    jm = c.joint_maps.get(("centered", False))
-    if jm is not None and jm.best is not None:
+    if joint is not None:
         ax.plot(
-            np.sqrt(jm.tau2),
-            jm.log_joint,
+            *joint,
             "*",
             ms=16,
             color="gold",
             mec="k",
-            label=f"interior local maximum (tau = {np.sqrt(jm.tau2):.4g})",
+            label=f"interior local maximum (tau = {joint[0]:.4g})",
         )
-    if c.eb_ml is not None and c.eb_ml.tau2 > 0:
-        ax.axvline(np.sqrt(c.eb_ml.tau2), color=COLORS["EB-ML"], ls=":", label="EB-ML tau")
+    if eb_tau:
+        ax.axvline(eb_tau, color=EB_COLOR, ls=":", label="EB-ML tau")
     ax.set_xscale("log")
-    ax.set_xlabel(f"tau ({c.data.y_name}, log scale)")
+    ax.set_xlabel(f"tau ({short(y_name)}, log scale)")
     ax.set_ylabel("log joint (nats)")
     ax.set_title("The log joint is unbounded as tau -> 0 (centered)")
     ax.legend(fontsize=8)
@@ -320,123 +219,114 @@ def plot_tau_path(c, path: TauPath):
     return fig
 
 
-def _pick_groups(c, k: int = 3) -> list[int]:
-    order = np.argsort(c.eb_ml.re_mode)
-    return sorted({int(order[0]), int(order[len(order) // 2]), int(order[-1])})[:k]
+@plain_text
+def plot_scale_path(path: ScalePath):
+    """Log marginal and log joint as every random-effect variance shrinks together (two axes:
+    the joint's rise is far larger than the marginal's peak)."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    at_ml = int(np.argmin(np.abs(np.log(path.scale))))
+    lm, lj = finite(path.log_marginal), finite(path.log_joint)
+    ax.plot(
+        path.scale,
+        lm - np.nanmax(lm),
+        color=EB_COLOR,
+        lw=2,
+        label="log marginal likelihood l (profiled), left axis",
+    )
+    ax.set_ylim(-40, 3)
+    ax.set_ylabel("l minus its maximum", color=EB_COLOR)
+    ax2 = ax.twinx()
+    ax2.plot(
+        path.scale,
+        lj - lj[at_ml],
+        color=JOINT_COLOR,
+        lw=2,
+        label="log joint h (profiled over beta, b, sigma²), right axis",
+    )
+    ax2.set_ylabel("h minus its value at s = 1", color=JOINT_COLOR)
+    ax.axvline(1.0, color=EB_COLOR, ls=":", label="EB-ML (s = 1)")
+    ax.set_xscale("log")
+    ax.set_xlabel("s: relative covariance factor scaled to s x its ML value (log scale)")
+    ax.set_title("Shrinking every random-effect variance: l peaks at ML, h keeps rising")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower center")
+    fig.tight_layout()
+    return fig
 
 
 @plain_text
-def plot_funnel(c):
-    """Posterior draws of log tau against a few group effects a_j = theta_j - mu."""
-    groups = _pick_groups(c)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.2), sharey=True)
-    axes = np.atleast_1d(axes)
-    post = c.mcmc.posterior.posterior
-    mu = np.asarray(post["mu"]).reshape(-1)
-    log_tau = np.log(np.asarray(post["tau"]).reshape(-1))
-    theta = np.asarray(post["theta"]).reshape(mu.size, -1)
-    jm = c.joint_maps.get(("centered", False))
-    for ax, j in zip(axes, groups, strict=True):
-        ax.scatter(
-            theta[:, j] - mu, log_tau, s=3, alpha=0.25, color="0.35", label="posterior draws"
-        )
-        if c.eb_ml.tau2 > 0:
+def plot_funnel(f: Funnel, group_name: str):
+    """Posterior draws of log sd against a few effects b_j of the same term."""
+    k = len(f.labels)
+    fig, axes = plt.subplots(1, k, figsize=(4.6 * k, 4.2), sharey=True, squeeze=False)
+    log_sd = finite(f.log_sd)
+    for i, (ax, lab) in enumerate(zip(axes[0], f.labels, strict=True)):
+        ax.scatter(f.effects[:, i], log_sd, s=3, alpha=0.25, color="0.35", label="posterior draws")
+        if f.eb is not None:
+            ax.plot(f.eb[0][i], f.eb[1], "o", color=EB_COLOR, ms=9, mec="k", label="EB-ML (modes)")
+        if f.joint is not None:
             ax.plot(
-                c.eb_ml.re_mode[j],
-                0.5 * np.log(c.eb_ml.tau2),
-                "o",
-                color=COLORS["EB-ML"],
-                ms=9,
-                mec="k",
-                label="EB-ML (conditional mode)",
-            )
-        if jm is not None and jm.best is not None:
-            ax.plot(
-                jm.group_effects[j],
-                0.5 * np.log(jm.tau2),
+                f.joint[0][i],
+                f.joint[1],
                 "*",
                 color="gold",
                 ms=16,
                 mec="k",
                 label="joint MAP (centered)",
             )
-        ax.set_xlabel(
-            f"a_j = theta_j - mu for group {short(c.data.labels[j])} ({short(c.data.y_name)})"
-        )
-        ax.set_title(f"Funnel: group {short(c.data.labels[j])}")
-    axes[0].set_ylabel("log tau")
-    axes[0].legend(fontsize=8, loc="lower left")
+        ax.set_xlabel(f"b_j, {f.term}, {short(group_name)} {short(lab)}")
+        ax.set_title(f"Funnel: {short(group_name)} {short(lab)}")
+    axes[0][0].set_ylabel(f"log sd of the {f.term} effects")
+    axes[0][0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
 
 
 @plain_text
-def plot_caterpillar(c, max_groups: int = 40):
-    """Group-mean intervals by method: joint-MAP Hessian, EB conditional, MCMC HDI."""
-    m = c.data.n_groups
-    order = np.argsort(c.eb_ml.mu + c.eb_ml.re_mode)
-    if m > max_groups:
-        order = order[np.linspace(0, m - 1, max_groups).round().astype(int)]
-    labels = [c.data.labels[j] for j in order]  # keys of the interval records
-    fig, ax = plt.subplots(figsize=(8, max(3.5, 0.28 * len(order) + 1.5)))
-    ypos = np.arange(len(order))
-    eb = c.eb_ml
-    z = 1.959963984540054
-    rows = [
-        (
-            "EB-ML conditional 95%",
-            eb.mu + eb.re_mode[order],
-            eb.re_sd[order] * z,
-            COLORS["EB-ML"],
-            0.0,
-        )
-    ]
-    series = []
-    jm = c.joint_maps.get(("centered", False))
-    if jm is not None and jm.best is not None:
-        ci = jm.intervals["random_effects"]
-        lo = np.array([ci[lab]["group_mean_ci"][0] for lab in labels])
-        hi = np.array([ci[lab]["group_mean_ci"][1] for lab in labels])
-        series.append(
-            ("joint MAP Hessian 95% (centered)", lo, hi, JM_STYLE[("centered", False)][1], 0.25)
-        )
-    for name, centre, half, color, off in rows:
-        series.append((name, centre - half, centre + half, color, off))
-    if c.mcmc is not None:
-        g = c.mcmc.group_summary
-        lo = np.array([g[lab]["hdi"][0] for lab in labels])
-        hi = np.array([g[lab]["hdi"][1] for lab in labels])
-        series.append(("MCMC 94% HDI", lo, hi, COLORS["MCMC mode"], -0.25))
-    unbounded = False
-    for name, lo, hi, color, off in series:
-        lo, hi = finite(lo), finite(hi)  # an interval with a non-finite end is left out
-        unbounded |= bool(np.isnan(lo).any() or np.isnan(hi).any())
-        ax.hlines(ypos + off, lo, hi, color=color, lw=2.2, label=name)
-        ax.plot((lo + hi) / 2, ypos + off, "|", color=color, ms=8)
-    if unbounded:
-        ax.plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
-    ax.set_yticks(ypos, [short(lab) for lab in labels], fontsize=7 if len(order) > 25 else 9)
-    ax.set_xlabel(f"group mean theta_j ({c.data.y_name})")
-    ax.set_ylabel(
-        f"group ({c.data.group_name})" + (f", {len(order)} of {m} shown" if m > max_groups else "")
+def plot_caterpillars(cats: tuple[Caterpillar, ...], group_name: str):
+    """Random-effect intervals by method, one panel per term."""
+    k = len(cats)
+    shown = len(cats[0].labels)
+    fig, axes = plt.subplots(
+        1, k, figsize=(5.5 * k, max(3.5, 0.26 * shown + 1.5)), squeeze=False, sharey=True
     )
-    ax.set_title("Group-mean intervals by method")
-    ax.legend(fontsize=8, loc="lower right")
+    ypos = np.arange(shown)
+    offsets = np.linspace(0.25, -0.25, max(len(cats[0].series), 1))
+    for ax, cat in zip(axes[0], cats, strict=True):
+        unbounded = False
+        for s, off in zip(cat.series, offsets, strict=False):
+            color = STYLE.get(s.method, ("0.4", "-"))[0]
+            lo, hi = finite(s.lower), finite(s.upper)  # a non-finite end: left out
+            unbounded |= bool(np.isnan(lo).any() or np.isnan(hi).any())
+            ax.hlines(ypos + off, lo, hi, color=color, lw=2.0, label=s.label)
+            ax.plot(finite(s.centre), ypos + off, "|", color=color, ms=8)
+        if unbounded:
+            ax.plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set_title(f"{short(cat.term)} effects b_j")
+        ax.set_xlabel(short(cat.term))
+        ax.legend(fontsize=7, loc="lower right")
+    cat = cats[0]
+    axes[0][0].set_yticks(ypos, [short(lab) for lab in cat.labels], fontsize=7 if shown > 25 else 9)
+    axes[0][0].set_ylabel(
+        short(group_name) + (f" ({shown} of {cat.n_groups} shown)" if cat.n_groups > shown else "")
+    )
     fig.tight_layout()
     return fig
 
 
 @plain_text
-def plot_rank(c, var_names=("mu", "sigma", "tau"), width: float = 13):
-    """Rank plots (ArviZ) of the scalar parameters: flat and overlapping when the chains mix.
-    Raises `SkippedFigureError` for one chain (rank plots compare chains)."""
+def plot_rank(tree, var_names=("beta", "sigma", "sd"), width: float = 14):
+    """Rank plots (ArviZ) of the fixed effects, sigma and the SDs: flat and overlapping when
+    the chains mix. Raises `SkippedFigureError` for one chain (rank plots compare chains)."""
     import arviz as az
 
-    if int(c.mcmc.posterior.posterior.sizes["chain"]) < 2:
+    if int(tree.posterior.sizes["chain"]) < 2:
         raise SkippedFigureError(
             "rank plots compare chains, and this run has 1 chain; run 2 or more chains to see them"
         )
-    pc = az.plot_rank(c.mcmc.posterior, var_names=list(var_names), backend="matplotlib")
+    pc = az.plot_rank(tree, var_names=list(var_names), backend="matplotlib")
     pc.add_legend("chain")
     fig = pc.viz["figure"].item()
     fig.set_size_inches(width, 3.8)

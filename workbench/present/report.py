@@ -1,5 +1,8 @@
-"""The self-contained HTML report: numbers, explanation, plots (inline PNG) and provenance,
-rendered from jinja2 templates in `workbench/templates/` and written atomically."""
+"""The self-contained HTML report of a comparison, one template for every model: numbers,
+explanation, figures (inline PNG) and provenance, rendered from `templates/report.html.j2` and
+written atomically by the CLI. One context builder reads the one `Comparison`; the parts that
+exist for the one-way model only (ANOVA, the balanced closed form, the profile over sigma^2,
+the tau path) are gated by the design (`data.is_oneway`), the others by what was run."""
 
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.explain import explain
-from workbench.objectives.oneway import Stats
-from workbench.present import plots
+from workbench.fit.eb import variance_components
+from workbench.present import curves, plots
 from workbench.provenance import lock_sha256
 
 PACKAGES = (
@@ -34,20 +36,72 @@ PACKAGES = (
     "matplotlib",
     "jinja2",
 )
+# (alt text, TeX) per place in the report; the one-way model gets its own notation
 FORMULAS = {
-    "likelihood": r"y_{ij} \mid \mu_j,\sigma \sim \mathrm{N}(\mu_j,\ \sigma^2),\quad "
-    r"i = 1..n_j,\ j = 1..m",
-    "centered": r"\mu_j \mid \mu,\tau \sim \mathrm{N}(\mu,\ \tau^2)",
-    "noncentered": r"z_j \sim \mathrm{N}(0, 1),\quad \mu_j = \mu + \tau z_j",
-    "priors": r"\mu \sim \mathrm{N}(m_0, s_0^2),\quad \sigma \sim \mathrm{HalfNormal}(s_\sigma),"
-    r"\quad \tau \sim \mathrm{HalfNormal}(s_\tau)",
-    "joint": r"h = \log p(y \mid \mu, \sigma, a) + \log p(a \mid \tau),\qquad "
-    r"\ell = \log \int p(y \mid \mu,\sigma,a)\, p(a \mid \tau)\, da",
-    "laplace": r"\ell(\theta) = h(\theta, \hat a(\theta)) + \frac{1}{2}\sum_j \log v_j + "
-    r"\frac{m}{2}\log 2\pi,\qquad v_j = (n_j/\sigma^2 + 1/\tau^2)^{-1}",
-    "em": r"\sigma^2_{ML} = \frac{RSS + \sum_j n_j v_j}{N},\qquad "
-    r"\sigma^2_{joint} = \frac{RSS}{N}",
+    "model": [
+        (
+            "model",
+            r"y = X\beta + Zb + e,\quad b_j \sim \mathrm{N}(0, G),\quad "
+            r"e \sim \mathrm{N}(0, \sigma^2 I),\quad G = \sigma^2 TT'",
+        )
+    ],
+    "why": [
+        (
+            "Laplace identity",
+            r"\ell(\theta) = h(\theta, \hat b(\theta)) - \frac{1}{2}\log\det\left("
+            r"\frac{Z'Z}{\sigma^2} + G^{-1}\right) + \frac{mq}{2}\log 2\pi",
+        ),
+        (
+            "EM identity",
+            r"\sigma^2_{ML} = \frac{RSS + \mathrm{tr}(Z V_b Z')}{N},\qquad "
+            r"\sigma^2_{joint} = \frac{RSS}{N}",
+        ),
+    ],
 }
+ONEWAY_FORMULAS = {
+    "model": [
+        (
+            "likelihood",
+            r"y_{ij} \mid \mu_j,\sigma \sim \mathrm{N}(\mu_j,\ \sigma^2),\quad "
+            r"i = 1..n_j,\ j = 1..m",
+        ),
+        ("centered form", r"\mu_j \mid \mu,\tau \sim \mathrm{N}(\mu,\ \tau^2)"),
+        ("non-centered form", r"z_j \sim \mathrm{N}(0, 1),\quad \mu_j = \mu + \tau z_j"),
+    ],
+    "why": [
+        (
+            "h and l",
+            r"h = \log p(y \mid \mu, \sigma, a) + \log p(a \mid \tau),\qquad "
+            r"\ell = \log \int p(y \mid \mu,\sigma,a)\, p(a \mid \tau)\, da",
+        ),
+        (
+            "Laplace identity",
+            r"\ell(\theta) = h(\theta, \hat a(\theta)) + \frac{1}{2}\sum_j \log v_j + "
+            r"\frac{m}{2}\log 2\pi,\qquad v_j = (n_j/\sigma^2 + 1/\tau^2)^{-1}",
+        ),
+        (
+            "EM identity",
+            r"\sigma^2_{ML} = \frac{RSS + \sum_j n_j v_j}{N},\qquad "
+            r"\sigma^2_{joint} = \frac{RSS}{N}",
+        ),
+    ],
+}
+# rows of the explanation table: (label, key of explain(c).to_dict()["eb_ml"/"joint_map"])
+TERMS = [
+    ("σ²", "sigma2"),
+    ("RSS = ||y − Xβ − Zb||²", "rss"),
+    ("missing term tr(Z V_b Z′) (one-way: Σ n_j v_j)", "missing"),
+    ("hidden degrees of freedom p_D", "p_d"),
+    ("volume ½ Σ log det V_bj", "volume"),
+    ("log joint h", "log_joint"),
+    ("log marginal ℓ", "log_marginal"),
+    ("EM σ² with the missing term", "sigma2_em_with"),
+    ("EM σ² without it", "sigma2_em_without"),
+]
+ONEWAY_TERMS = [
+    ("EM τ² with the missing term, (Σ â² + Σ v)/m", "tau2_em_with"),
+    ("EM τ² without it, Σ â²/m", "tau2_em_without"),
+]
 
 
 def _png_uri(data: bytes) -> str:
@@ -114,75 +168,145 @@ def _rhat_bad(diag: dict) -> bool:
     return r is None or not np.isfinite(r) or r > 1.01
 
 
-def estimates_rows(c) -> tuple[list[str], list[list[str]]]:
-    """The estimates table: one column per method, one row per quantity."""
-    cols: list[tuple[str, dict]] = []
-    if c.anova is not None:
-        a = c.anova
-        cols.append(("ANOVA (moments)", {"mu": a.mu, "tau2": a.tau2, "sigma2": a.sigma2}))
-    for fit, name in (
-        (c.eb_ml if "eb-ml" in c.settings.methods else None, "EB-ML"),
-        (c.eb_reml, "EB-REML"),
-    ):
-        if fit is not None:
-            cols.append(
-                (
-                    name,
-                    {
-                        "mu": fit.mu,
-                        "se_mu": fit.se["mu"],
-                        "tau2": fit.tau2,
-                        "sigma2": fit.sigma2,
-                        "se_tau2": fit.se["tau2"],
-                        "se_sigma2": fit.se["sigma2"],
-                        "ci_tau": fit.ci_profile.get("tau"),
-                        "ci_sigma": fit.ci_profile.get("sigma"),
-                        "objective": fit.loglik if fit.method == "ml" else fit.reml_criterion,
-                    },
-                )
-            )
-    for (par, pri), r in c.joint_maps.items():
-        name = f"joint MAP {'+ priors ' if pri else ''}({par})"
-        vals = {
-            "mu": r.mu,
-            "tau2": r.tau2,
-            "sigma2": r.sigma2,
-            "objective": r.log_joint,
-            "status": r.status.replace("_", " "),
-        }
-        if r.intervals:
-            vals["se_mu"] = r.intervals["se"]["mu"]
-            vals["ci_tau"] = [float(np.sqrt(v)) for v in r.intervals["tau2"]]
-            vals["ci_sigma"] = [float(np.sqrt(v)) for v in r.intervals["sigma2"]]
-        cols.append((name, vals))
-    if c.mcmc is not None:
-        s = c.mcmc.summary
-        for stat in ("mean", "median", "mode"):
-            cols.append(
-                (
-                    f"MCMC {stat}",
-                    {"mu": s["mu"][stat], "tau2": s["tau2"][stat], "sigma2": s["sigma2"][stat]},
-                )
-            )
-        cols[-3][1].update(
-            {"se_mu": s["mu"]["sd"], "ci_tau": s["tau"]["hdi"], "ci_sigma": s["sigma"]["hdi"]}
+def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
+    """(id, caption, build) of every figure that applies to this comparison: the design gates
+    the one-way figures, what was run gates the rest. Each build computes its curves
+    (`curves.py`) and draws them (`plots.py`) only when called."""
+    d = c.data
+    if c.eb_ml is None:
+        return []
+    out = [
+        (
+            "marginals",
+            "Every variance component: the posterior (MCMC) and every point estimate",
+            lambda: plots.plot_marginals(curves.marginals(c, truth)),
         )
-    rows_spec = [
-        ("mu (overall mean)", "mu"),
-        ("SE / posterior sd of mu", "se_mu"),
-        ("tau² (between groups)", "tau2"),
-        ("SE of tau²", "se_tau2"),
-        ("sigma² (within groups)", "sigma2"),
-        ("SE of sigma²", "se_sigma2"),
-        ("interval for tau", "ci_tau"),
-        ("interval for sigma", "ci_sigma"),
-        ("log lik / REML crit. / log joint", "objective"),
+    ]
+    jm = c.joint_maps.get(("centered", False))
+    if d.is_oneway:
+        st = d.oneway
+        out.append(
+            (
+                "profiles",
+                "Log marginal and log joint over sigma²: the volume term",
+                lambda: plots.plot_profiles(curves.profile_curves(st, c.eb_ml.sigma2), d.y_name),
+            )
+        )
+        tau2 = float(c.eb_ml.G[0, 0])
+        joint = (float(np.sqrt(jm.G[0, 0])), float(jm.log_joint)) if curves.interior(jm) else None
+        out.append(
+            (
+                "taupath",
+                "The log joint along tau → 0",
+                lambda: plots.plot_tau_path(
+                    curves.tau_path(st, curves.tau_reference(st, tau2)),
+                    d.y_name,
+                    float(np.sqrt(tau2)) if tau2 > 0 else None,
+                    joint,
+                ),
+            )
+        )
+    else:
+        out.append(
+            (
+                "scalepath",
+                "Log marginal and log joint as every variance shrinks",
+                lambda: plots.plot_scale_path(curves.scale_path(c.eb_ml)),
+            )
+        )
+    if c.mcmc is not None and "(Intercept)" in d.re_names:
+        out.append(
+            (
+                "funnel",
+                "The funnel: the intercept SD against group effects (MCMC draws)",
+                lambda: plots.plot_funnel(curves.funnel(c), d.group_name),
+            )
+        )
+    out.append(
+        (
+            "caterpillar",
+            "Random-effect intervals by method",
+            lambda: plots.plot_caterpillars(curves.caterpillars(c), d.group_name),
+        )
+    )
+    if c.mcmc is not None:
+        out.append(
+            (
+                "rank",
+                "Sampler diagnostics: rank plots of the fixed effects, sigma and the SDs",
+                lambda: plots.plot_rank(curves.idata(c.mcmc)),
+            )
+        )
+    return out
+
+
+def estimates(c) -> tuple[list[str], list[list[str]]]:
+    """The estimates table: one column per method (ANOVA for the one-way model, EB-ML,
+    EB-REML, the four joint MAP variants, MCMC mean/median/mode), one row per quantity."""
+    d = c.data
+    cols: list[tuple[str, dict]] = []
+
+    def point(beta, sigma2, G) -> dict:
+        comps = variance_components(G, d.blocks, d.group_name)
+        out = {f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)}
+        out.update({f"var:{n}": v for n, v in comps.variances.items()})
+        out.update({f"cor:{n}": v for n, v in comps.correlations.items()})
+        out["sigma2"] = sigma2
+        return out
+
+    anova = c.anova
+    if anova is not None:
+        cols.append(
+            (
+                "ANOVA (moments)",
+                {
+                    "beta:(Intercept)": anova.mu,
+                    "var:(Intercept)": anova.tau2,
+                    "sigma2": anova.sigma2,
+                },
+            )
+        )
+    for fit in (c.eb_ml if "eb-ml" in c.settings.methods else None, c.eb_reml):
+        if fit is not None:
+            vals = point(fit.beta, fit.sigma2, fit.G)
+            vals.update({f"se:{n}": float(s) for n, s in zip(d.fixed_names, fit.se, strict=True)})
+            vals["objective"] = fit.loglik
+            cols.append((f"EB-{fit.method.upper()}", vals))
+    for key, r in c.joint_maps.items():
+        vals = {"objective": r.log_joint, "status": r.status.replace("_", " ")}
+        if curves.interior(r):
+            vals.update(point(r.beta, r.sigma2, r.G))
+        cols.append((curves.JOINT_LABELS[key], vals))
+    if c.mcmc is not None:
+        o = c.mcmc.to_dict()
+        vc = o["variance_components"][d.group_name]
+        for stat in ("mean", "median", "mode"):
+            vals = {f"beta:{n}": v[stat] for n, v in o["fixed_effects"].items()}
+            vals.update({f"var:{n}": v[stat] for n, v in vc["variances"].items()})
+            vals.update({f"cor:{n}": v[stat] for n, v in vc["correlations"].items()})
+            vals["sigma2"] = o["sigma2"][stat]
+            if stat == "mean":
+                vals.update({f"se:{n}": v["sd"] for n, v in o["fixed_effects"].items()})
+            cols.append((f"MCMC {stat}", vals))
+    corr = (
+        list(variance_components(c.eb_ml.G, d.blocks, d.group_name).correlations)
+        if (c.eb_ml is not None)
+        else []
+    )
+    spec = []
+    for n in d.fixed_names:
+        spec += [(f"β {n}", f"beta:{n}"), (f"SE / posterior sd of β {n}", f"se:{n}")]
+    spec += [(f"variance of {n} ({d.group_name})", f"var:{n}") for n in d.re_names]
+    spec += [(f"correlation {n}", f"cor:{n}") for n in corr]
+    spec += [
+        ("σ² (residual)", "sigma2"),
+        ("log lik (EB-ML) / restricted log lik (EB-REML) / log joint", "objective"),
         ("joint-mode status", "status"),
     ]
     head = [name for name, _ in cols]
     rows = [
         [label, *[_fmt(v.get(key)) for _, v in cols]]
-        for label, key in rows_spec
+        for label, key in spec
         if any(key in v for _, v in cols)
     ]
     return head, rows
@@ -192,65 +316,26 @@ def _sqrt(v):
     return float(np.sqrt(v)) if v is not None and np.isfinite(v) and v >= 0 else None
 
 
-def lme4_text(c) -> str:
-    """An lme4-like printout of the EB-ML fit."""
-    f = c.eb_ml
-    d = c.data
-    return "\n".join(
-        [
-            "Linear mixed model fit by maximum likelihood (workbench EB-ML)",
-            f"Formula: {d.y_name} ~ 1 + (1 | {d.group_name})",
-            "     logLik  deviance",
-            f"  {f.loglik:9.4f}  {-2 * f.loglik:8.4f}",
-            "Random effects:",
-            " Groups   Name        Variance  Std.Dev.",
-            f" {d.group_name[:8]:<8} (Intercept) {_fmt(f.tau2):<9} {_fmt(_sqrt(f.tau2), 5)}",
-            f" Residual             {_fmt(f.sigma2):<9} {_fmt(_sqrt(f.sigma2), 5)}",
-            f"Number of obs: {d.n_obs}, groups:  {d.group_name}, {d.n_groups}",
-            "Fixed effects:",
-            "            Estimate Std. Error",
-            f"(Intercept) {_fmt(f.mu):>8} {_fmt(f.se['mu']):>10}",
-        ]
-    )
+def formula_of(d) -> str:
+    return d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
 
 
-LMM_FORMULAS = {
-    "model": r"y = X\beta + Zb + e,\quad b_j \sim \mathrm{N}(0, G),\quad "
-    r"e \sim \mathrm{N}(0, \sigma^2 I),\quad G = \sigma^2 TT'",
-    "laplace": r"\ell(\theta) = h(\theta, \hat b(\theta)) - \frac{1}{2}\log\det\left("
-    r"\frac{Z'Z}{\sigma^2} + G^{-1}\right) + \frac{mq}{2}\log 2\pi",
-    "em": r"\sigma^2_{ML} = \frac{RSS + \mathrm{tr}(Z V_b Z')}{N},\qquad "
-    r"\sigma^2_{joint} = \frac{RSS}{N}",
-}
-LMM_TERMS = [
-    ("sigma²", "sigma2"),
-    ("RSS = ||y − Xβ − Zb||²", "rss"),
-    ("missing term tr(Z V_b Z′)", "missing"),
-    ("hidden df p_D", "p_d"),
-    ("volume ½ Σ log det V_bj", "volume"),
-    ("log joint h", "log_joint"),
-    ("log marginal l", "log_marginal"),
-    ("EM σ² with the missing term", "em_sigma2"),
-    ("EM σ² without it", "em_sigma2_no_missing"),
-]
-
-
-def lmm_lme4_text(c) -> str:
-    """An lme4-like printout of the EB-ML fit of a formula model."""
-    f, d = c.eb_ml, c.data
-    comps = f.components
+def lme4_text(fit) -> str:
+    """An lme4-like printout of an EB-ML fit."""
+    d = fit.data
+    comps = fit.components
     lines = [
         "Linear mixed model fit by maximum likelihood (workbench EB-ML)",
-        f"Formula: {d.formula}",
+        f"Formula: {formula_of(d)}",
         "     logLik  deviance",
-        f"  {f.loglik:9.4f}  {f.objective:8.4f}",
+        f"  {fit.loglik:9.4f}  {fit.objective:8.4f}",
         "Random effects:",
         " Groups   Name          Variance  Std.Dev.",
     ]
     for k, (name, v) in enumerate(comps.variances.items()):
         grp = d.group_name[:8] if k == 0 else ""
         lines.append(f" {grp:<8} {name:<13} {_fmt(v):<9} {_fmt(_sqrt(v), 5)}")
-    lines.append(f" Residual               {_fmt(f.sigma2):<9} {_fmt(_sqrt(f.sigma2), 5)}")
+    lines.append(f" Residual               {_fmt(fit.sigma2):<9} {_fmt(_sqrt(fit.sigma2), 5)}")
     for name, r in comps.correlations.items():  # 0/0 at a singular fit: "–"
         lines.append(f" Corr({name}) = {_fmt(r, 4) if not np.isfinite(r) else f'{r:.4f}'}")
     lines += [
@@ -260,35 +345,70 @@ def lmm_lme4_text(c) -> str:
     ]
     lines += [
         f"{n:<18} {_fmt(v['estimate']):>9} {_fmt(v['se']):>10}"
-        for n, v in f.fixed_effects().items()
+        for n, v in fit.fixed_effects().items()
     ]
     return "\n".join(lines)
 
 
-def _shared_context(
+def _explanation(c) -> dict | None:
+    """explain(c) as JSON-ready numbers (non-finite terms null), or None without EB-ML."""
+    if c.eb_ml is None:
+        return None
+    from workbench.explain import explain
+
+    return explain(c).to_dict()
+
+
+def build_context(
     c,
     *,
-    t0: float,
-    figures,
     command: str,
-    case_text: str | None,
-    truth: dict | None,
-    fragment: bool,
+    case_text: str | None = None,
+    truth: dict | None = None,
+    fragment: bool = False,
 ) -> dict:
-    """The keys both report templates use the same way: plots, diagnostics and the warning
-    banner, settings, and provenance (versions, command, timestamp, seconds per step)."""
-    images, figure_notes = _draw(figures)
+    """Everything the template shows, computed once (figures as inline PNG), for any model."""
+    t0 = time.perf_counter()
+    d = c.data
+    oneway = d.is_oneway
+    ex = _explanation(c)
+    images, figure_notes = _draw([] if fragment else figures(c, truth))
     diag = c.mcmc.diagnostics if c.mcmc is not None else None
-    banner = []
-    if diag is not None and (_rhat_bad(diag) or diag["divergences"] > 0):
-        banner = list(c.mcmc.warnings)
+    banner = list(c.mcmc.warnings) if diag and (_rhat_bad(diag) or diag["divergences"]) else []
     timings = dict(c.timings)
     timings["report (explanation and plots)"] = time.perf_counter() - t0
+    tex = ONEWAY_FORMULAS if oneway else FORMULAS
+    formulas = (
+        {}
+        if fragment
+        else {k: [(alt, _png_uri(formula_png(t))) for alt, t in v] for k, v in tex.items()}
+    )
+    head, rows = estimates(c)
+    prof = c.profile
     return {
         "fragment": fragment,
-        "data": c.data.summary(),
+        "oneway": oneway,
+        "title": f"{formula_of(d)}: joint MAP vs empirical Bayes vs posterior",
+        "formula": formula_of(d),
+        "data": d.summary(),
+        "size_median": float(np.median(np.bincount(d.codes, minlength=d.n_groups))),
         "priors": c.priors.describe(),
         "settings": c.settings.to_dict(),
+        "formulas": formulas,
+        "head": head,
+        "rows": rows,
+        "lme4": lme4_text(c.eb_ml) if c.eb_ml is not None else "",
+        "anova": c.anova.to_dict() if c.anova is not None else None,
+        "profile": [
+            (iv.name, _fmt(iv.estimate), _fmt(iv.lower), _fmt(iv.upper)) for iv in prof.intervals
+        ]
+        if prof is not None
+        else [],
+        "profile_level": prof.level if prof is not None else None,
+        "profile_failure": c.profile_failure,
+        "jm": [(curves.JOINT_LABELS[k], r) for k, r in c.joint_maps.items()],
+        "ex": ex,
+        "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
         "diag": diag,
         "banner": banner,
@@ -301,154 +421,12 @@ def _shared_context(
         "case_text": case_text,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "timings": timings,
-        "truth": truth or {},
         "seed": c.settings.seed,
     }
 
 
-def _lmm_context(
-    c, *, command: str, case_text: str | None, truth: dict | None, fragment: bool
-) -> dict:
-    from workbench.present import plots_lmm as lplots
-
-    t0 = time.perf_counter()
-    ex = c.explanation() if c.eb_ml is not None else None
-    figures = []
-    if not fragment and c.eb_ml is not None:
-        figures.append(
-            (
-                "components",
-                "Variance components: posterior and every point estimate",
-                lambda: lplots.plot_components(c),
-            )
-        )
-        figures.append(
-            (
-                "scalepath",
-                "Log marginal and log joint as the variances shrink",
-                lambda: lplots.plot_scale_path(c, lplots.scale_path(c)),
-            )
-        )
-        figures.append(
-            ("caterpillar", "Random-effect intervals by method", lambda: lplots.plot_caterpillar(c))
-        )
-        if c.mcmc is not None:
-            figures.append(("rank", "Sampler diagnostics: rank plots", lambda: lplots.plot_rank(c)))
-    formulas = (
-        {k: _png_uri(formula_png(v)) for k, v in LMM_FORMULAS.items()} if not fragment else {}
-    )
-    cols, rows = c.rows()
-    d = c.data
-    return {
-        **_shared_context(
-            c,
-            t0=t0,
-            figures=figures,
-            command=command,
-            case_text=case_text,
-            truth=truth,
-            fragment=fragment,
-        ),
-        "title": f"{d.formula}: joint MAP vs empirical Bayes vs posterior",
-        "formulas": formulas,
-        "head": cols,
-        "rows": [[lab, *[_fmt(v) for v in vals]] for lab, vals in rows],
-        "lme4": lmm_lme4_text(c) if c.eb_ml is not None else "",
-        "jm": ([("h-likelihood, centered", c.joint_map)] if c.joint_map is not None else [])
-        + [
-            (f"{'with priors' if pri else 'h-likelihood'}, {par}", r)
-            for (par, pri), r in c.joint_variants.items()
-        ],
-        "ex": ex,
-        "terms": LMM_TERMS,
-        "profile": (
-            [
-                (iv.name, _fmt(iv.estimate), _fmt(iv.lower), _fmt(iv.upper))
-                for iv in c.profile.intervals
-            ]
-            if c.profile is not None
-            else []
-        ),
-        "profile_level": c.profile.level if c.profile is not None else None,
-    }
-
-
-def build_context(
-    c,
-    *,
-    command: str,
-    case_text: str | None = None,
-    truth: dict | None = None,
-    fragment: bool = False,
-) -> dict:
-    """Everything the template shows, computed once (plots as inline PNG)."""
-    if hasattr(c, "explanation"):  # a formula model (LMMComparison)
-        return _lmm_context(c, command=command, case_text=case_text, truth=truth, fragment=fragment)
-    t0 = time.perf_counter()
-    st = Stats.of(c.data)
-    ex = explain(c) if c.eb_ml is not None else None
-    figures = []
-    if not fragment and c.eb_ml is not None:
-        if c.mcmc is not None:
-            figures.append(
-                (
-                    "marginals",
-                    "Marginal posteriors and every point estimate",
-                    lambda: plots.plot_marginals(c, truth),
-                )
-            )
-        figures.append(
-            (
-                "profiles",
-                "Log marginal and log joint over sigma²: the volume term",
-                lambda: plots.plot_profiles(c, plots.profile_curves(st, c.eb_ml.sigma2)),
-            )
-        )
-        tau_ref = np.sqrt(c.eb_ml.tau2) if c.eb_ml.tau2 > 0 else np.sqrt(st.W / st.N) * 0.3
-        figures.append(
-            (
-                "taupath",
-                "The log joint along tau → 0",
-                lambda: plots.plot_tau_path(c, plots.tau_path(st, tau_ref)),
-            )
-        )
-        if c.mcmc is not None:
-            figures.append(
-                ("funnel", "The funnel: tau against group effects", lambda: plots.plot_funnel(c))
-            )
-        figures.append(
-            ("caterpillar", "Group-mean intervals by method", lambda: plots.plot_caterpillar(c))
-        )
-        if c.mcmc is not None:
-            figures.append(("rank", "Sampler diagnostics: rank plots", lambda: plots.plot_rank(c)))
-    formulas = {k: _png_uri(formula_png(v)) for k, v in FORMULAS.items()} if not fragment else {}
-    head, rows = estimates_rows(c)
-    d = c.data
-    return {
-        **_shared_context(
-            c,
-            t0=t0,
-            figures=figures,
-            command=command,
-            case_text=case_text,
-            truth=truth,
-            fragment=fragment,
-        ),
-        "title": f"{d.y_name} by {d.group_name}: joint MAP vs empirical Bayes vs posterior",
-        "sizes": {"median": float(np.median(d.n))},
-        "formulas": formulas,
-        "head": head,
-        "rows": rows,
-        "lme4": lme4_text(c) if c.eb_ml is not None else "",
-        "jm": [
-            (f"{'with priors' if pri else 'h-likelihood'}, {par}", r)
-            for (par, pri), r in c.joint_maps.items()
-        ],
-        "ex": ex,
-    }
-
-
 def render(c, **kwargs) -> str:
+    """The report of comparison `c` as one HTML string (see `build_context` for kwargs)."""
     import jinja2
 
     env = jinja2.Environment(
@@ -456,5 +434,4 @@ def render(c, **kwargs) -> str:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
-    name = "report_lmm.html.j2" if hasattr(c, "explanation") else "report.html.j2"
-    return env.get_template(name).render(**build_context(c, **kwargs))
+    return env.get_template("report.html.j2").render(**build_context(c, **kwargs))
