@@ -1,0 +1,135 @@
+"""The one text table: methods as columns, quantities as rows (one-way names for the one-way
+model), 80 characters wide, wrapped into blocks without breaking a number."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+from conftest import DATA
+from test_explain import FAST, slope_frame
+
+from workbench import compare
+from workbench.present.table import comparison_table, fmt
+
+
+@pytest.fixture(scope="module")
+def oneway():
+    return compare(
+        str(DATA / "small_groups.csv"),
+        "y",
+        "group",
+        methods=["anova", "eb-ml", "eb-reml", "joint-map"],
+        **FAST,
+    )
+
+
+@pytest.fixture(scope="module")
+def slope():
+    return compare(slope_frame(), formula="y ~ x + (1 + x | g)", methods="eb-ml,joint-map", **FAST)
+
+
+def _grid(text: str) -> dict[str, dict[str, str]]:
+    """{column header: {row label: cell}} from every block of the table."""
+    lines = text.split("\n")
+    out: dict = {}
+    i = 2  # head line, blank line
+    while i < len(lines) and lines[i].strip():
+        headers = _headers(lines[i])
+        i += 1
+        while i < len(lines) and lines[i].strip():
+            label, cells = _split(lines[i], len(headers))
+            for h, cell in zip(headers, cells, strict=True):
+                out.setdefault(h, {})[label] = cell
+            i += 1
+        i += 1
+        if i < len(lines) and not lines[i].startswith(" "):
+            break
+    return out
+
+
+def _headers(line: str) -> list[str]:
+    return [h.strip() for h in line.strip().split("  ") if h.strip()]
+
+
+def _split(line: str, k: int) -> tuple[str, list[str]]:
+    parts = line.split()
+    return " ".join(parts[:-k]), parts[-k:]
+
+
+def test_oneway_table_rows_and_columns(oneway):
+    text = comparison_table(oneway)
+    grid = _grid(text)
+    assert list(grid)[:4] == ["ANOVA", "EB-ML", "EB-REML", "joint MAP"]
+    assert list(grid["EB-ML"]) == ["mu", "sigma²", "tau²", "sigma", "tau", "objective"]
+    ml, jm = oneway.eb_ml, oneway.joint_map
+    assert grid["EB-ML"]["sigma²"] == fmt(ml.sigma2) and grid["EB-ML"]["tau²"] == fmt(ml.tau2)
+    assert grid["EB-ML"]["objective"] == fmt(ml.loglik)
+    assert grid["joint MAP"]["sigma²"] == fmt(jm.sigma2)
+    assert grid["ANOVA"]["objective"] == "–"
+    assert all(len(line) <= 80 for line in text.split("\n"))
+    assert "ANOVA: F = " in text and "JM nc [non-centered h-likelihood]" in text
+
+
+def test_slope_table_names_every_term(slope):
+    text = comparison_table(slope)
+    grid = _grid(text)
+    rows = list(grid["EB-ML"])
+    assert rows == [
+        "beta: (Intercept)",
+        "beta: x",
+        "var: (Intercept)",
+        "var: x",
+        "cor: (Intercept):x",
+        "sigma²",
+        "objective",
+    ]
+    ml = slope.eb_ml
+    assert grid["EB-ML"]["var: x"] == fmt(ml.G[1, 1])
+    assert grid["joint MAP"]["sigma²"] == fmt(slope.joint_map.sigma2)
+    # a variant without an interior mode is a verdict line, not a column of dashes
+    for key, r in slope.joint_maps.items():
+        if key != ("centered", False) and r.status != "interior":
+            assert "no interior mode" in text
+    assert all(len(line) <= 80 for line in text.split("\n"))
+
+
+def test_narrow_tables_wrap_columns_and_keep_numbers_whole(oneway):
+    wide, narrow = comparison_table(oneway, width=200), comparison_table(oneway, width=50)
+    assert _grid(narrow) == _grid(wide)
+    table_lines = narrow.split("\n\n")[1:-1]
+    assert len(table_lines) >= 2  # at least two blocks of columns
+    assert all(len(line) <= 50 for block in table_lines for line in block.split("\n"))
+
+
+def test_mcmc_columns_from_the_posterior_summary(slope):
+    """MCMC mean and mode columns read Posterior.to_dict() (general keys)."""
+    d, ml = slope.data, slope.eb_ml
+
+    def describe(v):
+        return {"mean": v, "mode": v / 2}
+
+    summary = {
+        "fixed_effects": {n: describe(float(ml.beta[k])) for k, n in enumerate(d.fixed_names)},
+        "variance_components": {
+            d.group_name: {
+                "variances": {n: describe(v) for n, v in ml.components.variances.items()},
+                "correlations": {n: describe(v) for n, v in ml.components.correlations.items()},
+            }
+        },
+        "sigma2": describe(ml.sigma2),
+    }
+    post = SimpleNamespace(
+        to_dict=lambda: summary,
+        diagnostics={"r_hat_max": 1.001, "ess_bulk_min": 900, "divergences": 0},
+        settings=SimpleNamespace(parametrization="noncentered"),
+        sampler="nutpie",
+        warnings=(),
+    )
+    text = comparison_table(dataclasses.replace(slope, mcmc=post))
+    grid = _grid(text)
+    assert grid["MCMC mean"]["var: x"] == fmt(ml.G[1, 1])
+    assert grid["MCMC mode"]["sigma²"] == fmt(ml.sigma2 / 2)
+    assert grid["MCMC mean"]["objective"] == "–"
+    assert "R-hat max 1.0010" in text and all(len(line) <= 80 for line in text.split("\n"))
