@@ -1,5 +1,6 @@
-"""EB against lme4 1.1-31 (tests/reference), the DESIGN.md table, an independent brute-force
-profile, statsmodels' ANOVA, and simulation truth."""
+"""One-way EB (`workbench.fit.eb.fit` on `y ~ 1 + (1 | g)`, its one-way kernel) against lme4
+1.1-31 (tests/reference), the DESIGN.md table, an independent brute-force profile, statsmodels'
+ANOVA, and simulation truth."""
 
 from __future__ import annotations
 
@@ -9,17 +10,41 @@ from conftest import simulate
 from scipy import optimize
 from scipy import stats as sps
 
-from workbench.fit import anova
-from workbench.fit import eb_oneway as eb
+from workbench.fit import anova, eb
+from workbench.fit.profile import profile
+from workbench.model import design
+from workbench.model.data import GroupedData
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
 REL = 1e-6
 
 
+def lmm(d: GroupedData) -> design.LMMData:
+    """The one-way data as the formula model y ~ 1 + (1 | g)."""
+    ones = np.ones(d.n_obs)
+    return design.from_arrays(
+        d.y,
+        ones,
+        ones,
+        np.asarray(d.labels)[d.codes],
+        fixed_names=["(Intercept)"],
+        re_names=["(Intercept)"],
+        y_name=d.y_name,
+        group_name=d.group_name,
+    )
+
+
 @pytest.fixture(scope="module")
 def fits(datasets):
-    return {(name, m): eb.fit(d, m) for name, d in datasets.items() for m in ("ml", "reml")}
+    out = {(name, m): eb.fit(lmm(d), m) for name, d in datasets.items() for m in ("ml", "reml")}
+    assert all(f.data.is_oneway for f in out.values())
+    return out
+
+
+@pytest.fixture(scope="module")
+def profiles(fits):
+    return {k: profile(f).to_dict() for k, f in fits.items() if k[1] == "ml"}
 
 
 @pytest.mark.parametrize("name", ["dyestuff", "dyestuff2", "hsb82"])
@@ -29,12 +54,11 @@ def test_estimates_match_lme4(fits, lme4, name, method):
     assert fit.mu == pytest.approx(ref["mu"], rel=REL)
     assert fit.sigma2 == pytest.approx(ref["sigma2"], rel=REL)
     assert fit.tau2 == pytest.approx(ref["tau2"], rel=REL, abs=1e-12)
-    assert fit.se["mu"] == pytest.approx(ref["se_mu"], rel=REL)
-    if method == "ml":
-        assert fit.loglik == pytest.approx(ref["loglik"], rel=1e-9)
-    else:  # lme4's logLik of a REML fit is -REML criterion / 2
-        assert fit.reml_criterion == pytest.approx(-2 * ref["loglik"], rel=1e-9)
-    for lab, a, s in zip(fit.labels, fit.re_mode, fit.re_sd, strict=True):
+    assert fit.se[0] == fit.variance_se["mu"] == pytest.approx(ref["se_mu"], rel=REL)
+    # lme4's logLik: the log likelihood (ML) or -REML criterion / 2 (REML)
+    assert fit.loglik == pytest.approx(ref["loglik"], rel=1e-9)
+    sd = np.sqrt(fit.re_cov[:, 0, 0])
+    for lab, a, s in zip(fit.data.labels, fit.re_mode[:, 0], sd, strict=True):
         assert a == pytest.approx(ref["random_effects"][lab]["mode"], rel=1e-5, abs=1e-6)
         assert s == pytest.approx(ref["random_effects"][lab]["sd"], rel=1e-5, abs=1e-6)
 
@@ -42,32 +66,37 @@ def test_estimates_match_lme4(fits, lme4, name, method):
 def test_design_table_numbers(fits):
     """DESIGN.md section 2, as published."""
     ml, reml = fits[("dyestuff", "ml")], fits[("dyestuff", "reml")]
-    assert (ml.mu, ml.se["mu"]) == pytest.approx((1527.5, 17.6946), rel=1e-5)
+    assert (ml.mu, ml.se[0]) == pytest.approx((1527.5, 17.6946), rel=1e-5)
     assert (ml.tau2, ml.sigma2, ml.loglik) == pytest.approx(
         (1388.3333, 2451.25, -163.66353), rel=1e-6
     )
-    assert (reml.se["mu"], reml.tau2, reml.reml_criterion) == pytest.approx(
+    assert (reml.se[0], reml.tau2, reml.objective) == pytest.approx(
         (19.3834, 1764.05, 319.65428), rel=1e-6
     )
     d2 = fits[("dyestuff2", "ml")]
-    assert d2.boundary and d2.tau2 == 0.0 and d2.se["tau2"] is None
-    assert (d2.mu, d2.se["mu"], d2.sigma2, d2.loglik) == pytest.approx(
+    assert d2.boundary and d2.tau2 == 0.0 and d2.variance_se["tau2"] is None
+    assert d2.theta[0] == 0.0 and d2.optimum.on_bound == (0,) and d2.converged
+    assert (d2.mu, d2.se[0], d2.sigma2, d2.loglik) == pytest.approx(
         (5.6656, 0.66699, 13.34610, -81.43652), rel=1e-5
     )
     h = fits[("hsb82", "ml")]
-    assert (h.mu, h.se["mu"], h.tau2, h.sigma2, h.loglik) == pytest.approx(
+    assert (h.mu, h.se[0], h.tau2, h.sigma2, h.loglik) == pytest.approx(
         (12.63707, 0.243617, 8.553464, 39.14840, -23557.90511), rel=1e-6
     )
 
 
 @pytest.mark.parametrize("name", ["dyestuff", "dyestuff2", "hsb82"])
-def test_ml_profile_intervals_match_lme4(fits, lme4, name):
-    fit, ref = fits[(name, "ml")], lme4[name]["ml"]
-    np.testing.assert_allclose(fit.ci_profile["sigma"], ref["ci_sigma"], rtol=1e-3)
-    np.testing.assert_allclose(fit.ci_profile["tau"], ref["ci_tau"], rtol=1e-3, atol=1e-12)
+def test_ml_profile_intervals_match_lme4(fits, profiles, lme4, name):
+    ci, ref = profiles[(name, "ml")], lme4[name]["ml"]
+    group = fits[(name, "ml")].data.group_name
+    assert list(ci) == [f"sd_(Intercept)|{group}", "sigma"]
+    np.testing.assert_allclose(ci["sigma"], ref["ci_sigma"], rtol=1e-3)
+    np.testing.assert_allclose(ci[f"sd_(Intercept)|{group}"], ref["ci_tau"], rtol=1e-3, atol=1e-12)
+    # lme4 profiles the ML likelihood for a REML fit too
+    assert profile(fits[(name, "reml")]).to_dict() == ci
 
 
-def test_profile_interval_end_points_by_brute_force(fits, datasets):
+def test_profile_interval_end_points_by_brute_force(fits, profiles, datasets):
     """At each end point the profile deviance (re-maximised here by Nelder-Mead over mu and
     log tau^2 or log sigma^2) is exactly chi2_1(0.95) above the minimum."""
     st = Stats.of(datasets["dyestuff"])
@@ -88,9 +117,10 @@ def test_profile_interval_end_points_by_brute_force(fits, datasets):
             options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000},
         ).fun
 
-    for end in fit.ci_profile["sigma"]:
+    ci = profiles[("dyestuff", "ml")]
+    for end in ci["sigma"]:
         assert 2 * (fit.loglik - prof("sigma", end**2)) == pytest.approx(q, abs=1e-5)
-    for end in fit.ci_profile["tau"]:
+    for end in ci["sd_(Intercept)|Batch"]:
         assert 2 * (fit.loglik - prof("tau", end**2)) == pytest.approx(q, abs=1e-5)
 
 
@@ -105,11 +135,12 @@ def test_observed_information_is_the_inverse_hessian(fits, datasets):
             for e in np.diag(step)
         ]
     )
-    np.testing.assert_allclose(fit.cov, np.linalg.inv(-fd), rtol=1e-5)
+    np.testing.assert_allclose(fit.variance_cov, np.linalg.inv(-fd), rtol=1e-5)
+    assert fit.variance_se_observed["tau2"] == pytest.approx(np.sqrt(fit.variance_cov[2, 2]))
     # balanced data: the lme4 SE of mu and the full observed-information SE coincide
     ml = fits[("dyestuff", "ml")]
-    assert ml.se["mu"] == pytest.approx(ml.se_observed["mu"], rel=1e-10)
-    assert ml.se["mu"] == pytest.approx(np.sqrt(ml.sigma2 / 30 + ml.tau2 / 6), rel=1e-12)
+    assert ml.se[0] == pytest.approx(ml.variance_se_observed["mu"], rel=1e-10)
+    assert ml.se[0] == pytest.approx(np.sqrt(ml.sigma2 / 30 + ml.tau2 / 6), rel=1e-12)
 
 
 def test_anova_matches_statsmodels(datasets):
@@ -138,8 +169,7 @@ def test_recovers_simulation_truth():
         [
             [f.sigma2, f.tau2]
             for f in (
-                eb.fit(simulate(20, 5, 10.0, 2.0, 1.5, seed), "reml", intervals=False)
-                for seed in range(200)
+                eb.fit(lmm(simulate(20, 5, 10.0, 2.0, 1.5, seed)), "reml") for seed in range(200)
             )
         ]
     )
@@ -153,6 +183,6 @@ def test_ml_agrees_with_statsmodels_mixedlm(datasets):
 
     d = datasets["dyestuff"]
     res = sm.MixedLM(d.y, np.ones((d.n_obs, 1)), groups=d.codes).fit(reml=False)
-    fit = eb.fit(d, "ml")
+    fit = eb.fit(lmm(d), "ml")
     assert fit.sigma2 == pytest.approx(res.scale, rel=1e-4)
     assert fit.tau2 == pytest.approx(float(np.asarray(res.cov_re)[0, 0]), rel=1e-4)
