@@ -1,0 +1,149 @@
+"""The simulation report: settings, the summary table, coverage and bias plots, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.simulate.study import Study
+
+SUMMARY_COLUMNS = [
+    "setting",
+    "method",
+    "parameter",
+    "replicates_with_estimate",
+    "truth",
+    "mean_estimate",
+    "bias",
+    "bias_mcse",
+    "relative_bias",
+    "rmse",
+    "coverage",
+    "coverage_mcse",
+    "mean_width",
+    "interior_share",
+    "ratio_to_truth",
+    "theory_ratio",
+]
+NAMES = {"sigma2": "sigma^2", "tau2": "tau^2", "theta": "group means theta_j"}
+
+
+def plot_parameters(summary: pd.DataFrame, study: Study) -> tuple[list[str], list[str]]:
+    """(parameters in the coverage panel, variances in the ratio panel)."""
+    if study.oneway:
+        return ["sigma2", "tau2", "theta"], ["sigma2", "tau2"]
+    params = list(dict.fromkeys(summary["parameter"]))
+    return params, [p for p in params if p == "sigma2" or p.startswith("var[")]
+
+
+def plot_summary(summary: pd.DataFrame, study: Study):
+    """Coverage (with 2 Monte Carlo SE) and estimate/truth ratios by method, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    level = study.level
+    described = {s.index: s.describe() for s in study.settings()}
+    settings = sorted(summary["setting"].unique())
+    params, ratios = plot_parameters(summary, study)
+    wide = max(13, 1.1 * len(params) + 6)
+    fig, axes = plt.subplots(len(settings), 2, figsize=(wide, 3.6 * len(settings)), squeeze=False)
+    methods = sorted(summary["method"].unique())
+    colors = dict(zip(methods, plt.cm.tab10.colors, strict=False))
+    width = 0.8 / len(methods)
+
+    def value(sub, meth, p, col):
+        v = sub[(sub.method == meth) & (sub.parameter == p)][col]
+        return v.iloc[0] if len(v) else np.nan
+
+    for row, si in zip(axes, settings, strict=True):
+        sub = summary[summary["setting"] == si]
+        label = f"setting {si}: {described[int(si)]}"
+        for k, meth in enumerate(methods):
+            shift = (k - (len(methods) - 1) / 2) * width
+            se = [value(sub, meth, p, "coverage_mcse") for p in params]
+            row[0].bar(
+                np.arange(len(params)) + shift,
+                [value(sub, meth, p, "coverage") for p in params],
+                width,
+                yerr=[2 * s if np.isfinite(s) else 0 for s in se],
+                color=colors[meth],
+                label=meth,
+                capsize=2,
+            )
+            row[1].bar(
+                np.arange(len(ratios)) + shift,
+                [value(sub, meth, p, "ratio_to_truth") for p in ratios],
+                width,
+                color=colors[meth],
+                label=meth,
+            )
+        row[0].axhline(level, color="k", ls="--", lw=1, label=f"nominal {level:.0%}")
+        row[0].set_xticks(range(len(params)), [NAMES.get(p, p) for p in params], fontsize=8)
+        row[0].set_ylabel("interval coverage")
+        row[0].set_ylim(0, 1.05)
+        row[0].set_title(f"Coverage (bars: +- 2 MC SE) — {label}", fontsize=9)
+        row[1].axhline(1.0, color="k", ls="--", lw=1, label="unbiased")
+        theory = sub["theory_ratio"].dropna()
+        if len(theory):
+            row[1].axhline(
+                theory.iloc[0],
+                color="#d62728",
+                ls=":",
+                lw=1.5,
+                label=f"theory (n - 1)/n = {theory.iloc[0]:.3f}",
+            )
+        row[1].set_xticks(range(len(ratios)), [NAMES.get(p, p) for p in ratios], fontsize=8)
+        row[1].set_ylabel("mean estimate / truth")
+        row[1].set_yscale("log")
+        row[1].set_title(f"Bias as a ratio — {label}", fontsize=9)
+        row[1].legend(fontsize=7)
+    axes[-1][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def render_report(
+    study: Study, summary: pd.DataFrame, *, command: str, counts: dict, seconds: float
+) -> str:
+    """The study's HTML report (one self-contained page)."""
+    import base64
+
+    import jinja2
+
+    from workbench.present.plots import to_png
+    from workbench.present.report import versions
+
+    png = base64.b64encode(to_png(plot_summary(summary, study))).decode("ascii")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent.parent / "present" / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "–" if not np.isfinite(v) else f"{v:.4g}"
+        return str(v)
+
+    settings = study.settings()
+    return env.get_template("simulation.html.j2").render(
+        study=study,
+        formula=study.model_formula,
+        covariates=study.covariates,
+        settings=settings,
+        setting_columns=list(settings[0].columns()),
+        columns=SUMMARY_COLUMNS,
+        rows=summary[SUMMARY_COLUMNS].to_dict("records"),
+        fmt=fmt,
+        plot="data:image/png;base64," + png,
+        command=command,
+        counts=counts,
+        seconds=seconds,
+        versions=versions(),
+        definition=json.dumps(study.definition(), indent=2),
+    )
