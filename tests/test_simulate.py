@@ -5,6 +5,7 @@ definition, and the summaries against a direct computation."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,14 @@ import pytest
 from conftest import ROOT
 
 from workbench.cli import main
-from workbench.simulate import Study, load_study, run_study, study_table, summarize
+from workbench.simulate import (
+    Study,
+    check_study,
+    load_study,
+    run_study,
+    study_table,
+    summarize,
+)
 
 STUDY = Study(
     name="t",
@@ -194,3 +202,210 @@ def test_mcmc_method_in_a_study(tmp_path):
     assert set(t.parameter) == {"mu", "sigma2", "tau2", "theta"}
     assert t["estimate"].notna().all() and (t["lo"] < t["hi"]).all()
     assert t["covered"].isin([0.0, 1.0]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Formula models: a random-slope study through the same compare() pipeline
+
+SLOPE_TOML = """
+[simulation]
+formula = "y ~ 1 + x + (1 + x | g)"
+m = 8
+group_sizes = "4-6"
+beta = {{ "(Intercept)" = 5.0, x = 2.0 }}
+sigma = 1.0
+sd = {{ "(Intercept)" = 1.5, x = [0.5, 1.0] }}
+cor = {{ "x:(Intercept)" = 0.3 }}
+replicates = 2
+methods = [{methods}]
+seed = 11
+n_starts = 4
+
+[simulation.covariates]
+x = "normal(0, 1)"
+"""
+SLOPE_PARAMS = {
+    "beta[(Intercept)]",
+    "beta[x]",
+    "sigma2",
+    "var[(Intercept)]",
+    "var[x]",
+    "cor[(Intercept):x]",
+}
+
+
+def _slope_study(tmp_path, methods='"eb-ml", "joint-map"'):
+    case = tmp_path / "slopes.toml"
+    case.write_text(SLOPE_TOML.format(methods=methods))
+    return load_study(case)
+
+
+def _sorted(t):
+    return t.sort_values(["setting", "replicate", "method", "parameter"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def slopes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slopes")
+    study = _slope_study(tmp)
+    out = tmp / "serial"
+    assert run_study(study, out, n_jobs=1, progress=False) == {"computed": 4, "skipped": 0}
+    return study, out
+
+
+def test_slope_study_definition(slopes):
+    study, _ = slopes
+    # the correlation is stored in the JSON's order whichever way round the file names it
+    assert study.grid["cor[(Intercept):x]"] == [0.3]
+    assert [dict(s.params)["sd[x]"] for s in study.settings()] == [0.5, 1.0]
+    assert study.covariates == {"x": "normal(0, 1)"}
+
+
+def test_slope_study_coverage_table_has_every_parameter(slopes):
+    study, out = slopes
+    table = study_table(study, out)
+    summ = summarize(table, study)
+    labels = {
+        "eb-ml",
+        *(f"joint-map{p}:{c}" for p in ("", "+priors") for c in ("centered", "noncentered")),
+    }
+    assert set(summ.method) == labels
+    for meth in labels:
+        assert set(summ[summ.method == meth].parameter) == SLOPE_PARAMS
+    eb = summ[summ.method == "eb-ml"].set_index(["setting", "parameter"])
+    assert eb["coverage"].notna().all() and (eb["replicates_with_estimate"] == 2).all()
+    assert eb.loc[(1, "var[x]"), "truth"] == pytest.approx(1.0)
+    assert eb.loc[(0, "var[x]"), "truth"] == pytest.approx(0.25)
+    assert eb.loc[(0, "cor[(Intercept):x]"), "truth"] == pytest.approx(0.3)
+    assert summ["theory_ratio"].isna().all()  # (n - 1)/n is the one-way theory only
+    # interval ends bracket the estimate wherever both exist
+    rows = table.dropna(subset=["estimate", "lo", "hi"])
+    assert ((rows.lo <= rows.estimate) & (rows.estimate <= rows.hi)).all()
+
+
+def test_slope_study_same_with_two_processes_and_resumes(slopes, tmp_path):
+    study, serial = slopes
+    run_study(study, tmp_path, n_jobs=2, progress=False)
+    pd.testing.assert_frame_equal(
+        _sorted(study_table(study, serial)), _sorted(study_table(study, tmp_path))
+    )
+    sorted((tmp_path / "replicates").glob("*.csv"))[1].unlink()
+    assert run_study(study, tmp_path, n_jobs=1, progress=False) == {"computed": 1, "skipped": 3}
+    pd.testing.assert_frame_equal(
+        _sorted(study_table(study, serial)), _sorted(study_table(study, tmp_path))
+    )
+
+
+def test_simulated_slopes_recover_the_truth():
+    """The generator draws from the model: EB-ML on one large simulated data set is near the
+    true fixed effects, variances and correlation (a wrong covariance factor or pair order
+    would fail)."""
+    import workbench
+    from workbench.simulate import simulate_frame
+
+    study = check_study(
+        Study(
+            name="big",
+            grid={
+                "m": [400],
+                "group_sizes": ["10"],
+                "sigma": [1.0],
+                "beta[(Intercept)]": [5.0],
+                "beta[x]": [2.0],
+                "sd[(Intercept)]": [2.0],
+                "sd[x]": [1.0],
+                "cor[x:(Intercept)]": [-0.6],
+            },
+            replicates=1,
+            formula="y ~ 1 + x + (1 + x | g)",
+            covariates={"x": "uniform(-2, 2)"},
+        )
+    )
+    s = study.settings()[0]
+    frame = simulate_frame(study, s, np.random.default_rng(5))
+    assert frame.groupby("g").size().eq(10).all() and frame.x.between(-2, 2).all()
+    fit = workbench.compare(frame, formula=study.formula, methods=["eb-ml"], n_jobs=1).to_dict()
+    eb = fit["eb_ml"]
+    comp = next(iter(eb["variance_components"].values()))
+    assert eb["fixed_effects"]["x"]["estimate"] == pytest.approx(2.0, abs=0.2)
+    assert eb["sigma2"] == pytest.approx(1.0, rel=0.1)
+    assert comp["variances"]["(Intercept)"] == pytest.approx(4.0, rel=0.25)
+    assert comp["variances"]["x"] == pytest.approx(1.0, rel=0.25)
+    assert comp["correlations"]["(Intercept):x"] == pytest.approx(-0.6, abs=0.12)
+
+
+def test_group_level_and_categorical_covariates():
+    from workbench.simulate import simulate_frame
+
+    study = check_study(
+        Study(
+            name="cov",
+            grid={
+                "m": [6],
+                "group_sizes": ["3-5"],
+                "sigma": [1.0],
+                "beta[(Intercept)]": [0.0],
+                "beta[w]": [1.0],
+                "beta[fb]": [0.5],
+                "beta[fc]": [-0.5],
+                "sd[(Intercept)]": [1.0],
+            },
+            replicates=1,
+            formula="y ~ w + f + (1 | g)",
+            covariates={"w": "group_normal(0, 1)", "f": "categorical(a, b, c)"},
+        )
+    )
+    frame = simulate_frame(study, study.settings()[0], np.random.default_rng(1))
+    assert frame.groupby("g")["w"].nunique().eq(1).all()
+    assert set(frame.f) <= {"a", "b", "c"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"beta": '{ "(Intercept)" = 5.0, z = 2.0 }'}, "'z' is not a beta term"),
+        ({"sd": '{ "(Intercept)" = 1.5 }'}, "missing 'x'"),
+        ({"cor": '{ "x:y" = 0.3 }'}, "'x:y' is not a cor term"),
+        ({"cor": '{ "x:(Intercept)" = 1.0 }'}, "cor.x:(Intercept)"),
+        ({"mu": "1.0"}, "not used by this study"),
+        ({"level": "0.9"}, "a study's level is 0.95"),
+        ({"formula": '"y ~ 1 + z + (1 | g)"'}, "uses column 'z'"),
+    ],
+)
+def test_formula_study_refusals(tmp_path, change, message):
+    from workbench.errors import InputError
+
+    text = SLOPE_TOML.format(methods='"eb-ml"')
+    for key, value in change.items():
+        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
+        lines.insert(lines.index("[simulation]") + 1, f"{key} = {value}")
+        text = "\n".join(lines)
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_study(tmp_path / "s.toml")
+
+
+def test_bad_covariate_text_is_refused(tmp_path):
+    from workbench.errors import InputError
+
+    (tmp_path / "s.toml").write_text(
+        SLOPE_TOML.format(methods='"eb-ml"').replace('"normal(0, 1)"', '"__import__(0, 1)"')
+    )
+    with pytest.raises(InputError, match="is not a covariate"):
+        load_study(tmp_path / "s.toml")
+
+
+def test_oneway_formula_study_is_the_oneway_study():
+    """`formula = "y ~ 1 + (1 | g)"` with beta/sd is today's one-way study (mu/tau): the
+    same definition, fingerprint and settings."""
+    base = check_study(STUDY)
+    grid = {k: v for k, v in STUDY.grid.items() if k not in ("mu", "tau")}
+    grid |= {"beta[(Intercept)]": [0.0], "sd[(Intercept)]": [1.5]}
+    same = check_study(Study(**{**STUDY.__dict__, "grid": grid, "formula": "y ~ 1 + (1 | g)"}))
+    assert same.fingerprint() == base.fingerprint() and same.settings() == base.settings()
+
+
+def test_shipped_slope_study_loads():
+    study = load_study(ROOT / "models" / "sim_slopes.toml")
+    assert not study.oneway and len(study.settings()) == 2
+    assert set(study.methods) == {"eb-ml", "eb-reml", "joint-map"}
