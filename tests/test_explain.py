@@ -231,3 +231,19 @@ def test_full_report_renders_for_the_boundary_case(datasets):
         assert f'id="{section}"' in html
     assert "MCMC was not run" in html and "boundary" in html.lower()
     assert html.count("data:image/png;base64,") >= 7
+
+
+def test_singular_slope_fit_names_the_terms():
+    """A random-slope fit on the boundary through a correlation of +1 (sleepstudy, 3 subjects):
+    the sentences name the terms and the correlation, and claim no interior joint mode."""
+    df = pd.read_csv(DATA.parents[1] / "tests/reference/battery_data/sleepstudy_tiny.csv")
+    c = compare(df, formula="Reaction ~ Days + (Days | Subject)", methods="eb-ml", **FAST)
+    ex = explain(c)
+    e = ex.eb
+    r = e.G[0, 1] / np.sqrt(e.G[0, 0] * e.G[1, 1])
+    assert r == pytest.approx(1.0, abs=1e-6) and e.volume == -np.inf
+    text = " ".join(ex.sentences)
+    assert "on the boundary (G is singular: (Intercept) and Days correlated +1)" in text
+    assert "the variances (Intercept) " in text and ", Days " in text
+    assert e.sigma2_em_with == pytest.approx(e.sigma2, rel=1e-6)
+    assert ex.joint_status == "not_run" and "not computed" in text

@@ -321,7 +321,16 @@ def _var_words(p: PointTerms) -> str:
     zero = _zero_terms(p)
     if zero:
         return "the variance of " + _join(zero) + " is 0"
-    return "G is singular (a correlation of +-1)"
+    names, G = list(p.variances), p.G
+    pairs = [
+        f"{names[i]} and {names[j]} correlated {G[i, j] / np.sqrt(G[i, i] * G[j, j]):+.0f}"
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if abs(G[i, j]) >= (1 - 1e-6) * np.sqrt(G[i, i] * G[j, j])
+    ]
+    if pairs:
+        return "G is singular: " + _join(pairs)
+    return f"G is singular: rank {np.linalg.matrix_rank(G)} of {len(names)}"
 
 
 def _join(names: list[str]) -> str:
