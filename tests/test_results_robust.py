@@ -1,9 +1,12 @@
 """Nothing crashes on a result (issue 9, item 3): each input that used to crash after all the
 computing -- a 0/0 correlation of a singular slope fit, one MCMC chain (R-hat NaN), chains that
 never move (`--tune 0`: constant draws, a singular KDE), an infinite interval end, group labels
-that matplotlib reads as mathtext (`$`, `$$`) -- now gives strict JSON with null and a note,
-"–" in the table, and a full report. MCMC records come from `boundary_cases` (made-up draws,
-the real summaries and diagnostics), so these tests need no sampler."""
+that matplotlib reads as mathtext (`$`, `$$`), tau^2 = 0 -- now gives strict JSON with null and a
+note, "–" in the table, and a full report: the one template for every model, its one-way parts
+(ANOVA, profile over sigma^2, tau path) only for one-way designs, every figure drawn or a stated
+reason. Every shipped case (models/*.toml) renders. MCMC records come from `boundary_cases.lmm`
+(made-up draws of the one PyMC model's variables, the real summaries and diagnostics), so these
+tests need no sampler."""
 
 from __future__ import annotations
 
@@ -15,13 +18,16 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from boundary_cases import LABELS, attach, lmm, oneway, singular_slope_frame
-from conftest import DATA
+from boundary_cases import LABELS, lmm, singular_slope_frame
+from conftest import DATA, REPORT_SECTIONS, ROOT
 
 import workbench
-from workbench.jsonsafe import clean, finalize, validate
-from workbench.present import plots
+from workbench.casefile import load_case
+from workbench.compare import METHODS
+from workbench.jsonsafe import clean, finalize
+from workbench.present import curves, plots
 from workbench.present.report import _draw, render
+from workbench.present.report import _fmt as report_fmt
 from workbench.present.table import fmt
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
@@ -31,9 +37,29 @@ def strict(record: dict) -> dict:
     return json.loads(json.dumps(record, allow_nan=False))
 
 
-def report(c) -> tuple[str, list[str], list[str]]:
-    """The full report, its figures' ids and the notes on figures not drawn."""
-    html = render(c, command="test")
+ONEWAY_FIGURES = ["marginals", "profiles", "taupath", "funnel", "caterpillar", "rank"]
+FORMULA_FIGURES = ["marginals", "scalepath", "funnel", "caterpillar", "rank"]
+
+
+def with_mcmc(c, chains: int = 2, stuck: bool = False):
+    """`c` with a made-up MCMC record of its model, the settings saying so."""
+    post = lmm(c.data, chains=chains, stuck=stuck)
+    s = c.settings
+    settings = dataclasses.replace(
+        s, methods=(*s.methods, "mcmc"), chains=chains, draws=post.settings.draws, tune=0
+    )
+    return dataclasses.replace(c, mcmc=post, settings=settings)
+
+
+def report(c, **kwargs) -> tuple[str, list[str], list[str]]:
+    """The full report, its figures' ids and the notes on figures not drawn; checks that every
+    section is there once, the one-way ANOVA section only for one-way designs, and nothing
+    points outside the file."""
+    html = render(c, command="test", **kwargs)
+    for s in REPORT_SECTIONS:
+        assert html.count(f'<section id="{s}">') == 1, s
+    assert ('<section id="anova">' in html) == (c.anova is not None and c.data.is_oneway)
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     notes = re.findall(r'<ul class="figure-notes">(.*?)</ul>', html, re.S)
     return (
         html,
@@ -131,27 +157,47 @@ def test_report_survives_a_figure_that_fails():
 
 
 # ----------------------------------------------------------------------------------------------
-# One-way route
+# One-way designs
+
+
+def oneway_compare(data, y, group, **kwargs):
+    kwargs.setdefault("methods", ["anova", "eb-ml", "eb-reml", "joint-map"])
+    return workbench.compare(data, y, group, n_starts=2, n_jobs=1, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def dyestuff():
-    return workbench.compare(DATA / "dyestuff.csv", "Yield", "Batch", methods=["eb-ml"])
+    return oneway_compare(DATA / "dyestuff.csv", "Yield", "Batch")
+
+
+def test_oneway_report_every_part(dyestuff):
+    c = with_mcmc(dyestuff)
+    html, ids, notes = report(c, truth={"mu": 1500.0, "sigma2": 2500.0, "tau2": 1500.0})
+    assert ids == ONEWAY_FIGURES and notes == []
+    for part in ('id="anova"', 'id="profile-intervals"', 'id="joint-maps"', 'id="balanced"'):
+        assert part in html, part
+    for label in curves.JOINT_LABELS.values():  # every joint-MAP variant stated
+        assert f"<strong>{label}:</strong>" in html
+        assert f"<th>{label}</th>" in html  # and a column of the estimates table
+    assert "sd_(Intercept)|Batch" in html  # the profile intervals, lme4's names
+    panels = curves.marginals(c, {"mu": 1500.0, "sigma2": 2500.0, "tau2": 1500.0})
+    assert [p.key for p in panels] == ["sigma2", "var:(Intercept)", "beta:(Intercept)"]
+    methods = {e.method for e in panels[0].estimates}
+    assert {"EB-ML", "EB-REML", "MCMC mean", "MCMC mode", "truth"} <= methods
 
 
 def test_one_chain_rhat_null_and_rank_plots_skipped(dyestuff):
-    c = attach(dataclasses.replace(dyestuff), oneway(dyestuff.data, chains=1))
+    c = with_mcmc(dyestuff, chains=1)
     assert math.isnan(c.mcmc.diagnostics["r_hat_max"])  # the record keeps ArviZ's NaN
     out = strict(c.to_dict())
-    validate(out)
     assert out["mcmc"]["diagnostics"]["r_hat_max"] is None
-    assert out["mcmc"]["notes"] == [
+    assert (
         "mcmc.diagnostics.r_hat_max was NaN (not a number): reported as null"
-    ]
+        in (out["mcmc"]["notes"])
+    )
     assert any("1 chain" in w for w in out["warnings"])
-    assert "R-hat max –" in c.table()
     html, ids, notes = report(c)
-    assert ids == ["marginals", "profiles", "taupath", "funnel", "caterpillar"]
+    assert ids == ONEWAY_FIGURES[:-1]
     assert len(notes) == 1 and "1 chain" in notes[0]
     assert 'id="warning-banner"' in html
 
@@ -160,42 +206,39 @@ def test_one_chain_rhat_null_and_rank_plots_skipped(dyestuff):
 def test_chains_that_never_move(dyestuff, chains):
     """--tune 0 can leave every chain where it started: constant draws (no KDE), R-hat NaN
     or huge."""
-    c = attach(dataclasses.replace(dyestuff), oneway(dyestuff.data, chains=chains, stuck=True))
-    validate(strict(c.to_dict()))
-    _, ids, notes = report(c)
+    c = with_mcmc(dyestuff, chains=chains, stuck=True)
+    strict(c.to_dict())
+    html, ids, notes = report(c)
     assert "marginals" in ids and "funnel" in ids
     assert all("could not be drawn" not in n for n in notes)
+    assert "no density" not in html  # the note is drawn in the figure, not the page
     c.table()
 
 
-def test_infinite_interval_end_is_null_with_a_note(dyestuff):
-    c = dataclasses.replace(dyestuff)
-    c.eb_ml = dataclasses.replace(
-        c.eb_ml, ci_profile={"sigma": (40.0, 70.0), "tau": (0.0, math.inf)}
+def test_infinite_interval_end_is_shown_as_infinity(dyestuff):
+    prof = dyestuff.profile
+    iv = dataclasses.replace(prof.intervals[0], upper=math.inf)
+    c = dataclasses.replace(
+        dyestuff, profile=dataclasses.replace(prof, intervals=(iv, *prof.intervals[1:]))
     )
-    out = strict(c.to_dict())
-    validate(out)
-    assert out["eb_ml"]["ci_profile"]["tau"] == [0.0, None]
-    assert "eb_ml.ci_profile.tau[1] was +infinity: reported as null" in out["eb_ml"]["notes"]
-    assert "[0, ∞]" in render(c, command="test", fragment=True)
+    strict(c.to_dict())
+    html = render(c, command="test", fragment=True)
+    assert f"<th>{iv.name}</th><td>{report_fmt(iv.estimate)}</td><td>" in html
+    assert "<td>∞</td>" in html
+    assert '<section id="plots">' not in html  # a fragment (Jupyter) has no figures
 
 
 def test_two_groups_without_group_variance():
-    """Two groups with equal means: tau^2 = 0 everywhere; the joint MAP with priors has a
-    flat direction in log tau (its Wald interval for tau^2 overflows to infinity)."""
+    """Two groups with equal means: tau^2 = 0 everywhere (a boundary EB fit; no funnel point,
+    zero-width EB intervals); every figure is still drawn."""
     df = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 3, "y": [1, 2, 3, 3, 2, 1]})
-    c = workbench.compare(
-        df, "y", "g", methods=["anova", "eb-ml", "eb-reml", "joint-map"], n_starts=2, n_jobs=1
-    )
-    c = attach(c, oneway(c.data, chains=2))
+    c = with_mcmc(oneway_compare(df, "y", "g"))
+    assert c.eb_ml.G[0, 0] == 0
     out = strict(c.to_dict())
-    validate(out)
-    assert out["eb_ml"]["tau2"] == 0 and out["eb_ml"]["se"]["tau2"] is None
-    post = out["joint_map_posterior"]
-    if post["status"] == "interior" and None in post["ci_hessian"]["tau2"]:
-        assert any("ci_hessian.tau2" in n for n in post["notes"])
-    _, ids, notes = report(c)
-    assert len(ids) == 6 and notes == []
+    assert out["eb_ml"]["tau2"] == 0
+    html, ids, notes = report(c)
+    assert ids == ONEWAY_FIGURES and notes == []
+    assert curves.funnel(c).eb is None
     assert "–" in c.table()
 
 
@@ -203,13 +246,11 @@ def test_labels_and_column_names_are_plain_text():
     rng = np.random.default_rng(1)
     df = pd.DataFrame({"g_$": np.repeat(LABELS, 4), "$y$": rng.normal(size=4 * len(LABELS))})
     df["$y$"] += np.repeat(np.arange(len(LABELS)), 4) * 0.5
-    c = workbench.compare(df, "$y$", "g_$", methods=["eb-ml", "joint-map"], n_starts=2, n_jobs=1)
-    c = attach(c, oneway(c.data, chains=2))
-    validate(strict(c.to_dict()))
-    _, ids, notes = report(c)
-    assert ids == ["marginals", "profiles", "taupath", "funnel", "caterpillar", "rank"]
-    assert notes == []
-    fig = plots.plot_caterpillar(c)
+    c = with_mcmc(oneway_compare(df, "$y$", "g_$", methods=["eb-ml", "joint-map"]))
+    strict(c.to_dict())
+    html, ids, notes = report(c)
+    assert ids == ONEWAY_FIGURES and notes == []
+    fig = plots.plot_caterpillars(curves.caterpillars(c), c.data.group_name)
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "$" in ticks and "$$" in ticks and "a_b^c" in ticks and "L" * 39 + "…" in ticks
     assert not any(t.get_parse_math() for t in fig.axes[0].get_yticklabels())
@@ -217,7 +258,7 @@ def test_labels_and_column_names_are_plain_text():
 
 
 # ----------------------------------------------------------------------------------------------
-# Formula route
+# Formula models
 
 
 @pytest.fixture(scope="module")
@@ -231,41 +272,69 @@ def singular():
     )
 
 
-def _zero_intercept_variance(fit):
-    """The same fit with the intercept variance exactly 0 (what lme4 reports at a singular
-    fit): the intercept-slope correlation is 0/0."""
-    G = fit.G.copy()
+def _zero_intercept_variance(c):
+    """The same comparison with the EB-ML intercept variance exactly 0 (what lme4 reports at a
+    singular fit): the intercept-slope correlation is 0/0."""
+    G = c.eb_ml.G.copy()
     G[0, :] = G[:, 0] = 0.0
-    return dataclasses.replace(fit, G=G)
+    return dataclasses.replace(c, eb_ml=dataclasses.replace(c.eb_ml, G=G))
 
 
 def test_singular_slope_fit_correlation_null(singular):
-    c = dataclasses.replace(singular)
-    c.eb_ml = _zero_intercept_variance(c.eb_ml)
+    c = _zero_intercept_variance(singular)
     assert math.isnan(c.eb_ml.components.correlations["(Intercept):x"])
     out = strict(c.to_dict())
-    validate(out)
     assert out["eb_ml"]["variance_components"]["g"]["correlations"]["(Intercept):x"] is None
     assert any("correlations.(Intercept):x was NaN" in n for n in out["eb_ml"]["notes"])
-    assert any(w.startswith("eb_ml: 1 non-finite") for w in out["warnings"])
-    row = next(line for line in c.table().splitlines() if line.startswith("cor:"))
-    assert row.split()[2] == "–"
     html, ids, notes = report(c)
-    assert "Corr((Intercept):x) = –" in html and notes == [] and len(ids) == 3
+    assert "Corr((Intercept):x) = –" in html and notes == []
+    assert ids == ["marginals", "scalepath", "caterpillar"]  # no MCMC: no funnel, no rank plots
+    assert [p.key for p in curves.marginals(c)] == [
+        "sigma2",
+        "var:(Intercept)",
+        "var:x",
+        "cor:(Intercept):x",
+    ]
 
 
 @pytest.mark.parametrize(("chains", "stuck"), [(1, False), (2, True)])
 def test_formula_mcmc_one_chain_or_stuck(singular, chains, stuck):
-    c = dataclasses.replace(singular)
-    c.eb_ml = _zero_intercept_variance(c.eb_ml)
-    c.mcmc = lmm(c.data, chains=chains, stuck=stuck)
-    c.settings = dataclasses.replace(
-        c.settings, methods=(*c.settings.methods, "mcmc"), chains=chains
-    )
-    out = strict(c.to_dict())
-    validate(out)
+    c = with_mcmc(_zero_intercept_variance(singular), chains=chains, stuck=stuck)
+    strict(c.to_dict())
     _, ids, notes = report(c)
-    assert ids[:3] == ["components", "scalepath", "caterpillar"]
-    assert ("rank" in ids) == (chains > 1)
+    assert ids == (FORMULA_FIGURES if chains > 1 else FORMULA_FIGURES[:-1])
     assert all("could not be drawn" not in n for n in notes)
     c.table()
+
+
+def test_slopes_without_intercept_have_no_funnel():
+    rng = np.random.default_rng(3)
+    df = singular_slope_frame()
+    df["y"] += rng.normal(size=len(df))
+    c = workbench.compare(
+        df, formula="y ~ x + (0 + x | g)", methods=["eb-ml", "joint-map"], n_starts=2, n_jobs=1
+    )
+    _, ids, notes = report(with_mcmc(c))
+    assert ids == ["marginals", "scalepath", "caterpillar", "rank"] and notes == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Every shipped case
+
+
+CASES = sorted(p for p in (ROOT / "models").glob("*.toml") if "[simulation]" not in p.read_text())
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_every_shipped_case_renders(path):
+    """Each case file's model and data, its methods but MCMC (made-up draws instead)."""
+    case = load_case(path)
+    kwargs = {**case.compare_kwargs, "n_starts": 2, "n_jobs": 1}
+    kwargs["methods"] = [m for m in kwargs.get("methods", METHODS) if m != "mcmc"]
+    for k in ("chains", "draws", "tune", "target_accept"):
+        kwargs.pop(k, None)
+    c = with_mcmc(workbench.compare(case.data_path, case.y, case.group, **kwargs))
+    strict(c.to_dict())
+    _, ids, notes = report(c, truth=case.truth or None, case_text=case.text)
+    assert ids == (ONEWAY_FIGURES if c.data.is_oneway else FORMULA_FIGURES)
+    assert notes == []
