@@ -1,17 +1,22 @@
 """The report opened in headless Chromium (Debian's chromium, driven by Playwright): no console
-errors, every image decoded, every section present, no request leaving the machine. Saves a
-screenshot (tests/artifacts/report.png)."""
+errors, every image decoded, every section present, no request leaving the machine. Two reports
+from the one template: a one-way case run through the CLI (real MCMC), and a formula model with
+a correlated random slope (made-up MCMC draws). Saves screenshots (tests/artifacts/*.png)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from boundary_cases import lmm, singular_slope_frame
 from conftest import REPORT_SECTIONS, ROOT
 
+import workbench
 from workbench.cli import main
+from workbench.present.report import render
 
 SECTIONS = REPORT_SECTIONS
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -26,7 +31,7 @@ def _chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def oneway_report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "small.html"
     case = ROOT / "models" / "small_groups.toml"
     text = (
@@ -41,17 +46,43 @@ def report(tmp_path_factory) -> Path:
     return out
 
 
-def test_report_files_written_side_by_side(report):
+@pytest.fixture(scope="module")
+def formula_report(tmp_path_factory) -> Path:
+    c = workbench.compare(
+        singular_slope_frame(),
+        formula="y ~ x + (1 + x | g)",
+        methods=["eb-ml", "eb-reml", "joint-map"],
+        n_starts=2,
+        n_jobs=1,
+    )
+    c = dataclasses.replace(
+        c,
+        mcmc=lmm(c.data, chains=2),
+        settings=dataclasses.replace(c.settings, methods=(*c.settings.methods, "mcmc")),
+    )
+    out = tmp_path_factory.mktemp("report") / "slopes.html"
+    out.write_text(render(c, command="test"))
+    return out
+
+
+def test_report_files_written_side_by_side(oneway_report):
+    report = oneway_report
     assert report.is_file() and report.with_suffix(".json").is_file()
     assert report.with_suffix(".posterior.nc").is_file()
     assert not list(report.parent.glob(".*.tmp"))
     html = report.read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    for s in SECTIONS:
+    for s in (*SECTIONS, "anova"):
         assert f'id="{s}"' in html
 
 
-def test_report_in_headless_chromium(report):
+# (report fixture, images at least: figures + formula images)
+REPORTS = [("oneway_report", 12), ("formula_report", 8)]
+
+
+@pytest.mark.parametrize(("which", "min_images"), REPORTS, ids=[r[0] for r in REPORTS])
+def test_report_in_headless_chromium(which, min_images, request):
+    report = request.getfixturevalue(which)
     exe = _chromium()
     if exe is None:
         if os.environ.get("CI"):
@@ -93,11 +124,12 @@ def test_report_in_headless_chromium(report):
         )
         present = {s: page.locator(f"section#{s}").count() for s in SECTIONS}
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        shot = ARTIFACTS / f"{which}.png"
+        page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert errors == []
     assert outside == []
-    assert len(images) >= 10
+    assert len(images) >= min_images
     assert all(done and width > 0 for _, done, width in images), images
     assert all(n == 1 for n in present.values()), present
-    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
