@@ -1,31 +1,32 @@
-"""Joint MAP: the facts of DESIGN.md (no interior mode for Dyestuff, Hsb82's interior mode, the
-balanced closed form and its existence condition), pm.find_MAP on the same model, and
-independence from the number of worker processes."""
+"""Joint MAP of the one-way model (`joint_map.fit` on y ~ 1 + (1 | g), its one-way kernel): the
+facts of DESIGN.md (no interior mode for Dyestuff, Hsb82's interior mode, the balanced closed
+form and its existence condition), pm.find_MAP on the same model, and independence from the
+number of worker processes."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import simulate
 
-from workbench.fit import eb_oneway as eb
-from workbench.fit import joint_oneway as joint_map
+from workbench.fit import eb, joint_map, joint_oneway
+from workbench.model import design
 from workbench.model.priors import default_priors
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
 
-def run(d, par="centered", priors=None, **kw):
-    ml = eb.fit(d, "ml", intervals=False)
-    return joint_map.fit(
-        Stats.of(d),
-        parametrization=par,
-        priors=priors,
-        eb_point=(ml.mu, ml.sigma2, ml.tau2),
-        sd_y=float(d.y.std(ddof=1)),
-        labels=d.labels,
-        **kw,
-    ), ml
+def lmm(gd):
+    """The one-way data as the model record y ~ 1 + (1 | g)."""
+    frame = pd.DataFrame({"y": gd.y, "g": np.asarray(gd.labels)[gd.codes]})
+    return design.from_frame(frame, "y ~ 1 + (1 | g)")
+
+
+def run(gd, par="centered", priors=None, **kw):
+    d = lmm(gd)
+    ml = eb.fit(d, "ml")
+    return joint_map.fit(d, ml, parametrization=par, priors=priors, **kw), ml
 
 
 def test_dyestuff_has_no_interior_joint_mode(datasets):
@@ -36,7 +37,8 @@ def test_dyestuff_has_no_interior_joint_mode(datasets):
     d = r.to_dict()
     assert d["mu"] is None and len(d["starts"]) == 16
     # each collapsed end point has tau far below the data scale and a log joint above EB's
-    assert all(s.tau2 < 1e-6 for s in r.starts)
+    assert all(s.G[0, 0] < 1e-6 for s in r.starts)
+    assert d["starts"][0]["tau2"] == r.starts[0].G[0, 0] and "theta" in d["starts"][0]
 
 
 def test_hsb82_interior_joint_mode_underestimates_variances(datasets):
@@ -102,10 +104,11 @@ def test_noncentered_without_priors_escapes(datasets):
     assert max(s.log_joint for s in r.starts) > no_pool - 1e-3
 
 
-def test_results_do_not_depend_on_the_number_of_processes(datasets):
+def test_results_do_not_depend_on_the_number_of_processes(datasets, monkeypatch):
     d = datasets["hsb82"]
     one, _ = run(d, n_jobs=1, n_starts=6)
-    two, _ = run(d, n_jobs=2, n_starts=6, parallel_threshold=0)
+    monkeypatch.setattr(joint_map, "PARALLEL_THRESHOLD", 0)  # force the worker processes
+    two, _ = run(d, n_jobs=2, n_starts=6)
     for a, b in zip(one.starts, two.starts, strict=True):
         assert a.status == b.status and np.array_equal(a.x, b.x) and a.log_joint == b.log_joint
 
@@ -126,7 +129,7 @@ def test_find_map_same_objective_different_verdict(datasets):
     logp = model.compile_logp(jacobian=False)
     values = {v.name: point[v.name] for v in model.value_vars}
     assert dens.log_joint(x, st, "centered", pri) == pytest.approx(float(logp(values)), rel=1e-10)
-    res = joint_map.run_start(0, "find_map", x, st, "centered", pri, float(np.log(d.y.std())))
+    res = joint_oneway.run_start(0, "find_map", x, st, "centered", pri, float(np.log(d.y.std())))
     assert res.status == "collapse"
     ours, _ = run(d, priors=pri)
     assert ours.status == "no_interior_mode"
