@@ -44,6 +44,8 @@ def plot_summary(summary: pd.DataFrame, study: Study):
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     level = study.level
@@ -62,7 +64,7 @@ def plot_summary(summary: pd.DataFrame, study: Study):
 
     for row, si in zip(axes, settings, strict=True):
         sub = summary[summary["setting"] == si]
-        label = f"setting {si}: {described[int(si)]}"
+        label = textwrap.fill(f"setting {si}: {described[int(si)]}", 80)
         for k, meth in enumerate(methods):
             shift = (k - (len(methods) - 1) / 2) * width
             se = [value(sub, meth, p, "coverage_mcse") for p in params]
@@ -86,7 +88,7 @@ def plot_summary(summary: pd.DataFrame, study: Study):
         row[0].set_xticks(range(len(params)), [NAMES.get(p, p) for p in params], fontsize=8)
         row[0].set_ylabel("interval coverage")
         row[0].set_ylim(0, 1.05)
-        row[0].set_title(f"Coverage (bars: +- 2 MC SE) — {label}", fontsize=9)
+        row[0].set_title(f"Coverage (bars: +- 2 MC SE)\n{label}", fontsize=8)
         row[1].axhline(1.0, color="k", ls="--", lw=1, label="unbiased")
         theory = sub["theory_ratio"].dropna()
         if len(theory):
@@ -100,7 +102,7 @@ def plot_summary(summary: pd.DataFrame, study: Study):
         row[1].set_xticks(range(len(ratios)), [NAMES.get(p, p) for p in ratios], fontsize=8)
         row[1].set_ylabel("mean estimate / truth")
         row[1].set_yscale("log")
-        row[1].set_title(f"Bias as a ratio — {label}", fontsize=9)
+        row[1].set_title(f"Bias as a ratio\n{label}", fontsize=8)
         row[1].legend(fontsize=7)
     axes[-1][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.tight_layout()
