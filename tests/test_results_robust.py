@@ -184,6 +184,16 @@ def test_oneway_report_every_part(dyestuff):
     assert [p.key for p in panels] == ["sigma2", "var:(Intercept)", "beta:(Intercept)"]
     methods = {e.method for e in panels[0].estimates}
     assert {"EB-ML", "EB-REML", "MCMC mean", "MCMC mode", "truth"} <= methods
+    st = c.data.oneway  # log axes: plain tick labels, no mathtext source shown as text
+    for fig in (
+        plots.plot_profiles(curves.profile_curves(st, c.eb_ml.sigma2), "y"),
+        plots.plot_tau_path(curves.tau_path(st, 30.0), "y", 30.0, None),
+    ):
+        fig.canvas.draw()
+        ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels(minor=True)]
+        ticks += [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+        assert any(ticks) and not any("$" in t or "mathdefault" in t for t in ticks), ticks
+        plots.to_png(fig)
 
 
 def test_one_chain_rhat_null_and_rank_plots_skipped(dyestuff):

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
 from workbench.present.curves import (  # noqa: E402
@@ -107,6 +108,14 @@ def to_png(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def _log_x(ax) -> None:
+    """A log x axis with plain-text tick labels (the default ones are mathtext, which the
+    figures turn off so that data labels are drawn as they are)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.LogFormatter())
+    ax.xaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.5)))
+
+
 def _vlines(ax, marks, window=None) -> None:
     """A vertical line per `curves.Estimate`; one outside `window` (lo, hi) is listed in the
     legend as off scale, a non-finite one is left out."""
@@ -160,7 +169,7 @@ def plot_profiles(curves: ProfileCurves, y_name: str):
     i, j = int(np.nanargmax(lm)), int(np.nanargmax(lj))
     ax.plot(s[i], 0, "o", color=EB_COLOR, ms=8, label=f"max of l: sigma² = {s[i]:.4g}")
     ax.plot(s[j], 0, "s", color=JOINT_COLOR, ms=8, label=f"max of h: sigma² = {s[j]:.4g}")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
     ax.set_ylabel("log density minus its maximum")
     ax.set_ylim(max(float(np.nanmin(np.concatenate([lm, lj]))), -30), 2)
@@ -176,7 +185,7 @@ def plot_profiles(curves: ProfileCurves, y_name: str):
         lw=1,
         label="l - h (equal: Laplace identity)",
     )
-    ax2.set_xscale("log")
+    _log_x(ax2)
     ax2.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
     ax2.set_ylabel("volume term (nats)")
     ax2.set_title("The difference l - h: what the joint mode ignores")
@@ -210,7 +219,7 @@ def plot_tau_path(
         )
     if eb_tau:
         ax.axvline(eb_tau, color=EB_COLOR, ls=":", label="EB-ML tau")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"tau ({short(y_name)}, log scale)")
     ax.set_ylabel("log joint (nats)")
     ax.set_title("The log joint is unbounded as tau -> 0 (centered)")
@@ -245,7 +254,7 @@ def plot_scale_path(path: ScalePath):
     )
     ax2.set_ylabel("h minus its value at s = 1", color=JOINT_COLOR)
     ax.axvline(1.0, color=EB_COLOR, ls=":", label="EB-ML (s = 1)")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("s: relative covariance factor scaled to s x its ML value (log scale)")
     ax.set_title("Shrinking every random-effect variance: l peaks at ML, h keeps rising")
     h1, l1 = ax.get_legend_handles_labels()
