@@ -40,7 +40,7 @@ def simulate(m: int, sizes, mu: float, sigma: float, tau: float, seed: int) -> G
     return from_arrays(y, [f"g{j}" for j in g])
 
 
-# the sections every full report has (one-way and formula templates)
+# the sections every full report has (one template for every model) ...
 REPORT_SECTIONS = (
     "question",
     "data",
@@ -51,6 +51,8 @@ REPORT_SECTIONS = (
     "plots",
     "provenance",
 )
+# ... and the ones a one-way design adds (y ~ 1 + (1 | g) with ANOVA run)
+ONEWAY_REPORT_SECTIONS = ("anova",)
 
 HSB82_LEVELS = {
     "sector": ["Public", "Catholic"],

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from boundary_cases import LABELS, lmm, singular_slope_frame
-from conftest import DATA, REPORT_SECTIONS, ROOT
+from conftest import DATA, ONEWAY_REPORT_SECTIONS, REPORT_SECTIONS, ROOT
 
 import workbench
 from workbench.casefile import load_case
@@ -58,7 +58,8 @@ def report(c, **kwargs) -> tuple[str, list[str], list[str]]:
     html = render(c, command="test", **kwargs)
     for s in REPORT_SECTIONS:
         assert html.count(f'<section id="{s}">') == 1, s
-    assert ('<section id="anova">' in html) == (c.anova is not None and c.data.is_oneway)
+    for s in ONEWAY_REPORT_SECTIONS:
+        assert (f'<section id="{s}">' in html) == (c.anova is not None and c.data.is_oneway)
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     notes = re.findall(r'<ul class="figure-notes">(.*?)</ul>', html, re.S)
     return (
