@@ -270,8 +270,12 @@ def _group_means(entries: dict | None, mu: float, kind: str) -> dict[int, tuple]
     z = 1.959963984540054
     out = {}
     for label, e in (entries or {}).items():
-        if "(Intercept)" in e:  # the general layout {label: {term: {mode, sd}}}
-            e = {"group_mean": mu + e["(Intercept)"]["mode"], "sd": e["(Intercept)"]["sd"]}
+        if "group_mean" not in e and "median" not in e:
+            # the general layout {label: {term: {mode, sd}}}: EB's conditional modes only
+            inner = e.get("(Intercept)") or {}
+            if kind != "eb" or "mode" not in inner:
+                continue
+            e = {"group_mean": mu + inner["mode"], "sd": inner["sd"]}
         if kind == "mcmc":
             est, (lo, hi) = _num(e), _pair(e.get("hdi"))
         elif kind == "joint":
