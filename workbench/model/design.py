@@ -145,7 +145,7 @@ class LMMData:
                 out[c] = name
         return tuple(out)
 
-    @property
+    @cached_property
     def is_oneway(self) -> bool:
         """The one-way model y ~ 1 + (1 | g): the objectives then use its per-group kernels."""
         return (
