@@ -21,10 +21,10 @@ from workbench.objectives.oneway import Stats
 Z95 = 1.959963984540054
 HDI_PROB = 0.94
 JOINT_LABELS = {
-    ("centered", False): "joint MAP (centered)",
-    ("centered", True): "joint MAP + priors (centered)",
-    ("noncentered", False): "joint MAP (non-centered)",
-    ("noncentered", True): "joint MAP + priors (non-centered)",
+    ("centered", False): "joint MAP (h-likelihood, centered)",
+    ("centered", True): "joint MAP (with priors, centered)",
+    ("noncentered", False): "joint MAP (h-likelihood, noncentered)",
+    ("noncentered", True): "joint MAP (with priors, noncentered)",
 }
 
 

@@ -20,6 +20,7 @@ from matplotlib import ticker  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
 from workbench.present.curves import (  # noqa: E402
+    JOINT_LABELS,
     Caterpillar,
     Funnel,
     Marginal,
@@ -32,16 +33,16 @@ from workbench.present.curves import (  # noqa: E402
 STYLE = {
     "EB-ML": ("#1f77b4", ":"),
     "EB-REML": ("#17becf", ":"),
-    "joint MAP (centered)": ("#d62728", "-"),
-    "joint MAP + priors (centered)": ("#ff7f0e", "--"),
-    "joint MAP (non-centered)": ("#9467bd", "-"),
-    "joint MAP + priors (non-centered)": ("#e377c2", "--"),
+    JOINT_LABELS[("centered", False)]: ("#d62728", "-"),
+    JOINT_LABELS[("centered", True)]: ("#ff7f0e", "--"),
+    JOINT_LABELS[("noncentered", False)]: ("#9467bd", "-"),
+    JOINT_LABELS[("noncentered", True)]: ("#e377c2", "--"),
     "MCMC mean": ("#2ca02c", "--"),
     "MCMC mode": ("#2ca02c", "-."),
     "truth": ("black", "-"),
 }
 EB_COLOR = STYLE["EB-ML"][0]
-JOINT_COLOR = STYLE["joint MAP (centered)"][0]
+JOINT_COLOR = STYLE[JOINT_LABELS[("centered", False)]][0]
 
 PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
 plain_text = matplotlib.rc_context(PLAIN_TEXT)  # also a decorator for the figure functions
@@ -282,7 +283,7 @@ def plot_funnel(f: Funnel, group_name: str):
                 color="gold",
                 ms=16,
                 mec="k",
-                label="joint MAP (centered)",
+                label=JOINT_LABELS[("centered", False)],
             )
         ax.set_xlabel(f"b_j, {f.term}, {short(group_name)} {short(lab)}")
         ax.set_title(f"Funnel: {short(group_name)} {short(lab)}")
