@@ -53,21 +53,6 @@ def mode(draws: np.ndarray) -> float:
     return float(az.mode(d, round_to="none")) if d.size else float("nan")
 
 
-def correlation_draws(post, data) -> dict[str, np.ndarray]:
-    """Posterior draws of each within-block correlation `a:b` (PyMC's `chol_k_corr`)."""
-    tree = idata(post).posterior
-    out = {}
-    for k, block in enumerate(data.blocks):
-        name = f"chol_{k}_corr"
-        if len(block.cols) < 2 or name not in tree:
-            continue
-        corr = post.draws(name)
-        for i, a in enumerate(block.names):
-            for j in range(i + 1, len(block.names)):
-                out[f"{a}:{block.names[j]}"] = corr[:, i, j]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Marginals of every variance component, with every estimate
 
@@ -129,7 +114,7 @@ def marginals(c, truth: dict | None = None) -> tuple[Marginal, ...]:
         draws["sigma2"] = post.draws("sigma2").reshape(-1)
         sd = post.draws("sd")
         draws.update({f"var:{n}": sd[:, k] ** 2 for k, n in enumerate(d.re_names)})
-        draws.update({f"cor:{n}": v for n, v in correlation_draws(post, d).items()})
+        draws.update({f"cor:{n}": v for n, v in post.correlation_draws().items()})
         beta = post.draws("beta")
         draws.update({f"beta:{n}": beta[:, k] for k, n in enumerate(d.fixed_names)})
     true = _truth(truth, d)
