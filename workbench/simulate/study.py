@@ -34,6 +34,7 @@ DEFAULT_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map+priors:n
 GRID_KEYS = ("m", "group_sizes", "mu", "sigma", "tau")  # one-way grid (and the CLI's flags)
 FORMULA_GRID = ("m", "group_sizes", "sigma", "beta", "sd", "cor")  # formula-model grid
 MCMC_KEYS = ("chains", "draws", "tune")
+PIPELINE_VERSION = 2  # 2: each replicate runs workbench.compare (its JSON's intervals)
 # Bounds on sizes (beyond them a study would run for weeks or exhaust memory): refused up front.
 MAX_M = 100_000
 MAX_OBS = 10_000_000  # observations per simulated data set (m x largest group size)
@@ -179,9 +180,11 @@ class Study:
         )
 
     def definition(self) -> dict:
-        """What decides the numbers (the store is tied to its fingerprint). A one-way study's
-        definition has today's keys only, so its stores stay valid."""
+        """What decides the numbers (the store is tied to its fingerprint), including the
+        version of the replicate's pipeline: stores of version 1 (before compare() ran each
+        replicate; EB-REML intervals then profiled the REML likelihood) are not mixed in."""
         d = {
+            "pipeline": PIPELINE_VERSION,
             "grid": self.grid,
             "methods": list(self.methods),
             "level": self.level,
