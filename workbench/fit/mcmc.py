@@ -1,44 +1,246 @@
-"""NUTS for the general LMM (PyMC, nutpie), summarised in the JSON contract's terms: fixed
-effects, variance components (variances and correlations by term), sigma^2, random effects."""
+"""The full posterior by NUTS for every model: PyMC's model from `workbench.model.pymc`, sampled
+by nutpie when installed (PyMC's NUTS otherwise), kept as an ArviZ DataTree, with diagnostics
+and summaries in the JSON contract's terms (fixed effects, variance components, sigma^2, random
+effects; for the one-way model also today's mu, sigma, sigma2, tau, tau2 and group means)."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from workbench.fit.mcmc_oneway import HDI_PROB, MODE_NOTE, McmcSettings, diagnose
 from workbench.model.design import LMMData
-from workbench.model.lmm_priors import LMMPriors, build_model
+from workbench.model.priors import Priors
+from workbench.seeds import int_seed_for
+
+HDI_PROB = 0.94
+RHAT_LIMIT = 1.01
+BFMI_LIMIT = 0.3
+MODE_NOTE = (
+    "mode: half-sample mode (arviz.mode) of the marginal draws, on the scale of the "
+    "quantity named (the mode of sigma2 is not the square of the mode of sigma)"
+)
+ESTIMATE_NOTE = "estimate = posterior mean, se = posterior sd"
+ONEWAY_ALIASES = ("mu", "sigma", "sigma2", "tau", "tau2")
+SAMPLE_DIMS = ("chain", "draw")
 
 
-def _describe(draws: np.ndarray) -> dict:
-    """mean, median, sd, 94% HDI (ArviZ) and marginal mode (ArviZ's half-sample mode)."""
+@dataclass(frozen=True)
+class McmcSettings:
+    chains: int = 4
+    draws: int = 1000
+    tune: int = 1000
+    target_accept: float = 0.9
+    parametrization: str = "noncentered"
+    seed: int = 0  # the root seed: the sampler gets int_seed_for(seed, "mcmc")
+
+
+def _summaries(ds) -> dict:
+    """{variable: array of {mean, median, sd, hdi, mode}} for every variable of an xarray Dataset
+    of draws (dims chain, draw, ...): ArviZ's 94% HDI and half-sample mode, vectorised."""
     import arviz as az
 
-    draws = np.asarray(draws, float).reshape(-1)
-    hdi = np.asarray(az.hdi(draws, prob=HDI_PROB))
-    return {
-        "mean": float(draws.mean()),
-        "median": float(np.median(draws)),
-        "sd": float(draws.std(ddof=1)),
-        "hdi": [float(hdi[0]), float(hdi[1])],
-        "mode": float(az.mode(draws, round_to="none")),
+    mean, median = ds.mean(SAMPLE_DIMS), ds.median(SAMPLE_DIMS)
+    sd = ds.std(SAMPLE_DIMS, ddof=1)
+    hdi = az.hdi(ds, prob=HDI_PROB)
+    mode = az.mode(ds, round_to="none")
+    out = {}
+    for v in ds.data_vars:
+        shape = mean[v].shape
+        lo, hi = (np.asarray(hdi[v].sel(ci_bound=b)).reshape(shape) for b in ("lower", "upper"))
+        cells = np.empty(shape, dtype=object)
+        for i in np.ndindex(shape):
+            cells[i] = {
+                "mean": float(np.asarray(mean[v])[i]),
+                "median": float(np.asarray(median[v])[i]),
+                "sd": float(np.asarray(sd[v])[i]),
+                "hdi": [float(lo[i]), float(hi[i])],
+                "mode": float(np.asarray(mode[v])[i]),
+            }
+        out[v] = cells
+    return out
+
+
+def _correlation_pairs(data: LMMData) -> list[tuple[int, int, int, str]]:
+    """(block k, i, j, "term_i:term_j") for every correlation of a correlated block."""
+    return [
+        (k, i, j, f"{block.names[i]}:{block.names[j]}")
+        for k, block in enumerate(data.blocks)
+        for i in range(len(block.cols))
+        for j in range(i + 1, len(block.cols))
+    ]
+
+
+def _correlations(post, data: LMMData):
+    """The correlations as one DataArray (chain, draw, pair) from `chol_k_corr`, or None."""
+    import xarray as xr
+
+    pairs = _correlation_pairs(data)
+    if not pairs:
+        return None
+    vals = [np.asarray(post[f"chol_{k}_corr"])[..., i, j] for k, i, j, _ in pairs]
+    return xr.DataArray(
+        np.stack(vals, axis=-1),
+        dims=(*SAMPLE_DIMS, "pair"),
+        coords={"pair": [n for *_, n in pairs]},
+    )
+
+
+def _first(da):
+    """The first entry along the last dimension, that dimension dropped."""
+    return da.isel({da.dims[-1]: 0}, drop=True)
+
+
+def _with_oneway_aliases(idata):
+    """The DataTree with the one-way model's names added to its posterior: mu (the intercept),
+    tau (its SD), tau2, and theta (group means mu + b_j), as the one-way outputs name them."""
+    post = idata.posterior.to_dataset()
+    mu, tau = _first(post["beta"]), _first(post["sd"])
+    out = idata.copy()
+    out["posterior"] = post.assign(mu=mu, tau=tau, tau2=tau**2, theta=mu + _first(post["b"]))
+    return out
+
+
+def diagnose(
+    idata, parametrization: str = "noncentered", names: list[str] | None = None, data=None
+) -> tuple[dict, list[str]]:
+    """R-hat, bulk/tail ESS (over `names`, by default every posterior variable but the Cholesky
+    matrices, plus the correlations when `data` is given), divergences and E-BFMI, and plain
+    warnings when they are off. NaN where a chain cannot tell (one chain, a stuck chain)."""
+    import arviz as az
+
+    post = idata.posterior.to_dataset()
+    names = [v for v in (names or post.data_vars) if v in post and not str(v).startswith("chol_")]
+    ds = post[names]
+    cor = _correlations(post, data) if data is not None else None
+    if cor is not None:
+        ds = ds.assign(correlation=cor)
+    n_chains = int(post.sizes["chain"])
+    with warnings.catch_warnings():  # one chain or a stuck chain: R-hat is NaN (said below)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(ds)
+        ess_b = az.ess(ds, method="bulk")
+        ess_t = az.ess(ds, method="tail")
+
+    def extreme(res, fn):  # NaN when any value is NaN
+        return float(fn([fn(np.asarray(res[v])) for v in res.data_vars]))
+
+    div = int(np.asarray(idata.sample_stats["diverging"]).sum())
+    bfmi_vals = np.asarray(az.bfmi(idata)["energy"], dtype=float).reshape(-1)
+    diag = {
+        "r_hat_max": extreme(rhat, np.max),
+        "ess_bulk_min": extreme(ess_b, np.min),
+        "ess_tail_min": extreme(ess_t, np.min),
+        "divergences": div,
+        "e_bfmi_min": float(np.min(bfmi_vals)),
+        "e_bfmi": [float(v) for v in bfmi_vals],
     }
+    warns = []
+    if n_chains < 2:
+        warns.append(
+            "R-hat compares chains, so with 1 chain it is not computed (null in the "
+            "JSON) and the rank plots are skipped; run 2 or more chains to check "
+            "convergence."
+        )
+    elif not np.isfinite(diag["r_hat_max"]):
+        warns.append(
+            "R-hat could not be computed (a chain did not move, e.g. with no tuning "
+            "steps): do not trust these summaries (tune longer)."
+        )
+    elif diag["r_hat_max"] > RHAT_LIMIT:
+        warns.append(
+            f"R-hat up to {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains disagree; "
+            "do not trust these summaries (run longer, or try the other parametrization)."
+        )
+    if div:
+        fix = (
+            "raise target_accept"
+            if parametrization == "noncentered"
+            else "use the non-centered form or raise target_accept"
+        )
+        warns.append(
+            f"{div} divergent transition(s): the sampler could not explore part of the "
+            f"posterior (the funnel), so the summaries may be biased; {fix}."
+        )
+    if diag["e_bfmi_min"] < BFMI_LIMIT:
+        warns.append(
+            f"E-BFMI as low as {diag['e_bfmi_min']:.2f} (< {BFMI_LIMIT}): the momentum "
+            "resampling explores the energy poorly."
+        )
+    return diag, warns
 
 
-@dataclass
-class LMMMcmc:
-    settings: McmcSettings
-    posterior: object  # xarray.DataTree
+def _summarise(idata, data: LMMData) -> dict:
+    """Every summary of the record, computed once (see `Posterior.summaries`)."""
+    post = idata.posterior.to_dataset()
+    ds = post[["beta", "sigma", "sigma2"]].assign(variance=post["sd"] ** 2)
+    cor = _correlations(post, data)
+    if cor is not None:
+        ds = ds.assign(correlation=cor)
+    if data.is_oneway:
+        ds = ds.assign({v: post[v] for v in ("mu", "tau", "tau2", "theta")})
+    s = _summaries(ds)
+    out = {
+        "fixed_effects": dict(zip(data.fixed_names, s["beta"], strict=True)),
+        "variances": dict(zip(data.re_names, s["variance"], strict=True)),
+        "correlations": dict(
+            zip((n for *_, n in _correlation_pairs(data)), s.get("correlation", ()), strict=True)
+        ),
+        "sigma": s["sigma"].item(),
+        "sigma2": s["sigma2"].item(),
+    }
+    b = np.asarray(post["b"])
+    b = b.reshape(-1, *b.shape[2:])
+    mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
+    out["random_effects_b"] = {
+        lab: {
+            n: {"mean": float(mean[j, k]), "sd": float(sd[j, k])}
+            for k, n in enumerate(data.re_names)
+        }
+        for j, lab in enumerate(data.labels)
+    }
+    if data.is_oneway:
+        out.update({v: s[v].item() for v in ("mu", "tau", "tau2")})
+        out["theta"] = dict(zip(data.labels, s["theta"], strict=True))
+    return out
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """The posterior of one model: the draws (`idata`, an ArviZ DataTree), the settings, the
+    diagnostics and warnings, and `summaries` (built once by `from_idata`)."""
+
     data: LMMData = field(repr=False)
-    diagnostics: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    sampler: str = "nutpie"
+    idata: object = field(repr=False)  # xarray.DataTree
+    settings: McmcSettings
+    diagnostics: dict
+    warnings: tuple[str, ...]
+    sampler: str
+    summaries: dict = field(repr=False)
 
-    def draws(self, var: str) -> np.ndarray:
-        """Draws with chain and draw stacked into the first axis."""
-        arr = np.asarray(self.posterior.posterior[var])
+    @property
+    def posterior(self):
+        """The DataTree (the old one-way record's name for it)."""
+        return self.idata
+
+    @property
+    def summary(self) -> dict:
+        """{mu, sigma, sigma2, tau, tau2} (sigma, sigma2 only for other models)."""
+        return {q: self.summaries[q] for q in ONEWAY_ALIASES if q in self.summaries}
+
+    @property
+    def group_summary(self) -> dict:
+        """{label: summary of the group mean theta_j} (one-way model)."""
+        return self.summaries["theta"]
+
+    def draws(self, name: str) -> np.ndarray:
+        """Draws of a posterior variable, chain and draw stacked into the first axis: flat for
+        scalars (sigma, sigma2; one-way mu, tau, tau2), (n, ...) otherwise (beta, sd, b,
+        theta)."""
+        arr = np.asarray(self.idata.posterior[name])
         return arr.reshape(-1, *arr.shape[2:])
 
     def variance_draws(self) -> dict[str, np.ndarray]:
@@ -46,71 +248,99 @@ class LMMMcmc:
         return {n: sd[:, k] ** 2 for k, n in enumerate(self.data.re_names)}
 
     def correlation_draws(self) -> dict[str, np.ndarray]:
-        out = {}
-        for k, block in enumerate(self.data.blocks):
-            if len(block.cols) < 2:
-                continue
-            corr = self.draws(f"chol_{k}_corr")
-            for i, ni in enumerate(block.names):
-                for j in range(i + 1, len(block.names)):
-                    out[f"{ni}:{block.names[j]}"] = corr[:, i, j]
-        return out
+        cor = _correlations(self.idata.posterior, self.data)
+        if cor is None:
+            return {}
+        flat = np.asarray(cor).reshape(-1, cor.sizes["pair"])
+        return {n: flat[:, i] for i, n in enumerate(cor["pair"].values.tolist())}
 
     def to_dict(self) -> dict:
-        beta = self.draws("beta")
-        b = self.draws("b")
-        comps = {
-            "variances": {n: _describe(v) for n, v in self.variance_draws().items()},
-            "correlations": {n: _describe(v) for n, v in self.correlation_draws().items()},
-        }
-        return {
+        s = copy.deepcopy(self.summaries)
+        out = {
             "settings": asdict(self.settings),
             "sampler": self.sampler,
             "fixed_effects": {
-                n: {
-                    **_describe(beta[:, k]),
-                    "estimate": float(beta[:, k].mean()),
-                    "se": float(beta[:, k].std(ddof=1)),
-                }
-                for k, n in enumerate(self.data.fixed_names)
+                n: {**v, "estimate": v["mean"], "se": v["sd"]}
+                for n, v in s["fixed_effects"].items()
             },
-            "variance_components": {self.data.group_name: comps},
-            "sigma2": _describe(self.draws("sigma2")),
-            "random_effects": {
-                lab: {
-                    n: {"mean": float(b[:, j, k].mean()), "sd": float(b[:, j, k].std(ddof=1))}
-                    for k, n in enumerate(self.data.re_names)
+            "variance_components": {
+                self.data.group_name: {
+                    "variances": s["variances"],
+                    "correlations": s["correlations"],
                 }
-                for j, lab in enumerate(self.data.labels)
             },
-            "estimate_note": "estimate = posterior mean, se = posterior sd",
+            "sigma": s["sigma"],
+            "sigma2": s["sigma2"],
+            "random_effects": s["random_effects_b"],
+            "random_effects_b": copy.deepcopy(s["random_effects_b"]),
+            "estimate_note": ESTIMATE_NOTE,
             "hdi_prob": HDI_PROB,
             "mode_scale": MODE_NOTE,
-            "diagnostics": self.diagnostics,
+            "diagnostics": copy.deepcopy(self.diagnostics),
             "warnings": list(self.warnings),
         }
+        if self.data.is_oneway:  # today's one-way keys: group means under random_effects
+            out.update({q: s[q] for q in ("mu", "tau", "tau2")}, random_effects=s["theta"])
+        return out
+
+
+def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str) -> Posterior:
+    """The record of draws of `build_model(data, ...)`'s variables (beta, sigma, sd, b,
+    sigma2, chol_k_corr; any sampler, or made up for tests): diagnostics and summaries."""
+    if data.is_oneway:
+        idata = _with_oneway_aliases(idata)
+    diag, warns = diagnose(idata, settings.parametrization, data=data)
+    return Posterior(
+        data=data,
+        idata=idata,
+        settings=settings,
+        diagnostics=diag,
+        warnings=tuple(warns),
+        sampler=sampler,
+        summaries=_summarise(idata, data),
+    )
+
+
+def _sampler() -> str:
+    """nutpie when installed (compiled with numba: fast sampling), else PyMC's own NUTS."""
+    return "nutpie" if importlib.util.find_spec("nutpie") is not None else "pymc"
 
 
 def fit(
-    data: LMMData, priors: LMMPriors, settings: McmcSettings, progressbar: bool = False
-) -> LMMMcmc:
+    data: LMMData, priors: Priors, settings: McmcSettings, progressbar: bool = False
+) -> Posterior:
+    """Sample the posterior with NUTS (seeded by the root seed's "mcmc" step) and summarise it."""
     import pymc as pm
 
+    from workbench.model.pymc import build_model
+
     model = build_model(data, priors, settings.parametrization)
+    sampler = _sampler()
     idata = pm.sample(
         draws=settings.draws,
         tune=settings.tune,
         chains=settings.chains,
-        random_seed=settings.seed,
+        random_seed=int_seed_for(settings.seed, "mcmc"),
         target_accept=settings.target_accept,
-        nuts_sampler="nutpie",
+        nuts_sampler=sampler,
         progressbar=progressbar,
+        compute_convergence_checks=False,  # ours: `diagnose`
         model=model,
     )
-    names = ["beta", "sigma", "sd"] + [
-        v
-        for v in idata.posterior.data_vars
-        if v.startswith(("chol_", "z_", "b_", "sd_")) and not v.endswith(("_stds", "_corr"))
-    ]
-    diag, warns = diagnose(idata, settings.parametrization, names=names)
-    return LMMMcmc(settings=settings, posterior=idata, data=data, diagnostics=diag, warnings=warns)
+    return from_idata(data, idata, settings, sampler)
+
+
+def save_netcdf(posterior: Posterior, path) -> None:
+    """Write the posterior DataTree to NetCDF (netCDF4 engine; object-typed stats dropped)."""
+    tree = posterior.idata.copy()
+    if "sample_stats" in tree:
+        stats = tree["sample_stats"].to_dataset()
+        drop = [v for v in stats.data_vars if stats[v].dtype == object]
+        tree["sample_stats"] = stats.drop_vars(drop)
+    tree.to_netcdf(path, engine="netcdf4")
+
+
+def LMMMcmc(settings, posterior, data, diagnostics=None, warnings=(), sampler="nutpie"):  # noqa: N802
+    """Deprecated (the formula route's old record): `from_idata(data, posterior, ...)`, which
+    computes the diagnostics itself."""
+    return from_idata(data, posterior, settings, sampler)
