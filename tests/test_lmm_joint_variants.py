@@ -1,6 +1,7 @@
-"""Joint MAP variants of formula models (workbench/fit/joint_map.py): the numpy log joint
-against PyMC's own density and finite differences, the centered h-likelihood against the
-profiled estimator, the statuses (interior, collapse, escape) and the Hessian intervals."""
+"""Joint MAP variants of formula models (workbench/fit/joint_map.py): the all-parameter numpy
+log joint against PyMC's own density and finite differences, the centered h-likelihood of the
+all-parameter kernel against the profiled kernel, the statuses (interior, collapse, escape) and
+the Hessian intervals."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from conftest import DATA
 
 from workbench.fit import eb
 from workbench.fit import joint_map as jv
-from workbench.fit import joint_profiled as joint_map
 from workbench.model import design
 from workbench.model.lmm_priors import build_model, make_priors
 from workbench.objectives.deviance import Layout, solve
@@ -114,8 +114,8 @@ def test_h_likelihood_equals_profiled_objective(slopes):
 
 def test_centered_h_likelihood_variant_equals_profiled_estimator(slopes):
     d, fit = slopes
-    ours = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2)
-    ref = joint_map.fit(d, fit, n_starts=4, seed=2)
+    ours = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2, _kernel="general")
+    ref = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2)  # the profiled kernel
     assert ours.status == ref.status == "interior"
     assert ours.sigma2 == pytest.approx(ref.sigma2, rel=1e-7)
     np.testing.assert_allclose(ours.G, ref.G, rtol=1e-6)
@@ -129,7 +129,7 @@ def test_centered_posterior_mode_with_intervals(slopes):
     res = jv.fit(d, fit, parametrization="centered", priors=pri, n_starts=4, seed=1)
     assert res.status == "interior" and res.counts() == {"interior": 4}
     assert res.sigma2 < fit.sigma2  # the joint mode's underestimate survives the weak priors
-    ci = res.intervals
+    ci = res.ci_hessian
     assert ci["sigma2"][0] < res.sigma2 < ci["sigma2"][1]
     for name, b in zip(d.fixed_names, res.beta, strict=True):
         lo, hi = ci["fixed_effects"][name]["ci"]
@@ -152,13 +152,16 @@ def test_centered_posterior_mode_with_intervals(slopes):
 
 
 def test_statuses_on_dyestuff(dyestuff):
-    """No interior centered mode (every start collapses, with or without priors); the
-    non-centered h-likelihood escapes to tau -> infinity; the priors give the non-centered
-    density an interior mode (tau driven by the prior), as in the one-way estimator."""
+    """The all-parameter kernel (forced: the data are one-way): no interior centered mode
+    (every start collapses, with or without priors); the non-centered h-likelihood escapes to
+    tau -> infinity; the priors give the non-centered density an interior mode (tau driven by
+    the prior), as in the one-way kernel."""
     d, fit = dyestuff
     pri = make_priors(d)
     out = {
-        (par, p is not None): jv.fit(d, fit, parametrization=par, priors=p, n_starts=4, seed=0)
+        (par, p is not None): jv.fit(
+            d, fit, parametrization=par, priors=p, n_starts=4, seed=0, _kernel="general"
+        )
         for par in jv.PARAMETRIZATIONS
         for p in (None, pri)
     }
@@ -168,6 +171,7 @@ def test_statuses_on_dyestuff(dyestuff):
     nc = out["noncentered", True]
     assert nc.status == "interior" and nc.G[0, 0] > fit.G[0, 0]
     for r in out.values():
+        assert r.short_dict()["mu"] == r.mu  # one-way data: the one-way aliases
         if r.status != "interior":
             assert r.best is None and "fixed_effects" not in r.short_dict()
             assert "No interior joint mode" in r.message
@@ -188,17 +192,13 @@ def test_comparison_json_has_every_variant():
     from workbench.jsonsafe import validate
 
     c = compare(_frame(), formula="y ~ x + (1 + x | g)", methods="eb-ml,joint-map", n_starts=3)
-    assert set(c.joint_variants) == {
-        ("centered", True),
-        ("noncentered", False),
-        ("noncentered", True),
-    }
+    assert set(c.joint_maps) == {(par, pri) for par in jv.PARAMETRIZATIONS for pri in (False, True)}
     out = c.to_dict()
     validate(out)
     post = out["joint_map_posterior"]
     assert post["parametrization"] == "centered" and post["status"] == "interior"
     assert "find_MAP" in post["find_map"]
-    assert post["sigma2"] == c.joint_variants["centered", True].sigma2
+    assert post["sigma2"] == c.joint_maps["centered", True].sigma2
     assert post["ci_hessian"]["sigma2"][0] < post["sigma2"] < post["ci_hessian"]["sigma2"][1]
     every = out["joint_map_all"]
     assert every["centered"]["h_likelihood"]["status"] == out["joint_map"]["status"]
@@ -212,19 +212,16 @@ def test_comparison_json_has_every_variant():
 
 
 @pytest.mark.parametrize("name", ["hsb82", "dyestuff"])
-def test_random_intercept_variants_equal_the_oneway_estimator(datasets, name):
-    """y ~ 1 + (1 | g): the four variants are the one-way estimator's four (same densities: the
-    default priors coincide), so statuses, modes and log joints agree."""
-    from workbench.fit import eb_oneway as oneway_eb
-    from workbench.fit import joint_oneway as oneway_jm
+def test_random_intercept_variants_equal_the_oneway_kernel(datasets, name):
+    """y ~ 1 + (1 | g): the all-parameter kernel's four variants are the one-way kernel's four
+    (same densities: the default priors coincide with the one-way ones), so statuses, modes and
+    log joints agree."""
     from workbench.model.priors import default_priors
-    from workbench.objectives.oneway import Stats
 
-    gd = datasets[name]
     y, g = {"hsb82": ("mAch", "school"), "dyestuff": ("Yield", "Batch")}[name]
     d = design.from_frame(pd.read_csv(DATA / f"{name}.csv"), f"{y} ~ 1 + (1 | {g})")
-    fit, ml = eb.fit(d, "ml"), oneway_eb.fit(gd, "ml")
-    pri, one_pri = make_priors(d), default_priors(gd)
+    fit = eb.fit(d, "ml")
+    pri, one_pri = make_priors(d), default_priors(datasets[name])
     assert (pri.beta_loc[0], pri.beta_scale[0], pri.sigma_scale, pri.sd_scale[0]) == pytest.approx(
         (one_pri.mu_loc, one_pri.mu_scale, one_pri.sigma_scale, one_pri.tau_scale)
     )
@@ -232,19 +229,9 @@ def test_random_intercept_variants_equal_the_oneway_estimator(datasets, name):
         for with_priors in (False, True):
             if name == "hsb82" and (par, with_priors) == ("noncentered", False):
                 continue  # the one-way escape runs take 7 s there (dyestuff covers escape)
-            ours = jv.fit(
-                d, fit, parametrization=par, priors=pri if with_priors else None, n_starts=4
-            )
-            one = oneway_jm.fit(
-                Stats.of(gd),
-                parametrization=par,
-                priors=one_pri if with_priors else None,
-                eb_point=(ml.mu, ml.sigma2, ml.tau2),
-                sd_y=float(gd.y.std(ddof=1)),
-                labels=gd.labels,
-                n_starts=4,
-                n_jobs=1,
-            )
+            p = pri if with_priors else None
+            ours = jv.fit(d, fit, parametrization=par, priors=p, n_starts=4, _kernel="general")
+            one = jv.fit(d, fit, parametrization=par, priors=p, n_starts=4)
             assert ours.status == one.status, (par, with_priors)
             if one.status == "interior":
                 assert ours.sigma2 == pytest.approx(one.sigma2, rel=1e-6)
