@@ -58,7 +58,9 @@ def formula_report(tmp_path_factory) -> Path:
     c = dataclasses.replace(
         c,
         mcmc=lmm(c.data, chains=2),
-        settings=dataclasses.replace(c.settings, methods=(*c.settings.methods, "mcmc")),
+        settings=dataclasses.replace(
+            c.settings, methods=(*c.settings.methods, "mcmc"), chains=2, draws=60, tune=0
+        ),
     )
     out = tmp_path_factory.mktemp("report") / "slopes.html"
     out.write_text(render(c, command="test"))
