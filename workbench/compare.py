@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,6 +33,12 @@ from workbench.provenance import lock_sha256
 from workbench.seeds import seed_for
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
+# one joint-MAP variant instead of all four: `joint-map[+priors]:PARAMETRIZATION`
+JOINT_VARIANTS = {
+    f"joint-map{'+priors' if pri else ''}:{par}": (par, pri)
+    for par in PARAMETRIZATIONS
+    for pri in (False, True)
+}
 MODEL_TEXT = "y_ij ~ N(mu + a_j, sigma^2), a_j ~ N(0, tau^2)  [lme4: y ~ 1 + (1 | group)]"
 
 
@@ -133,8 +139,10 @@ class Comparison:
                 )
                 out[key]["notes"] = list(out[key].get("notes", [])) + list(self.profile.notes)
         if self.joint_maps:
-            out["joint_map"] = self.joint_map.to_dict()
-            out["joint_map_posterior"] = self.joint_map_posterior.to_dict()
+            if self.joint_map is not None:
+                out["joint_map"] = self.joint_map.to_dict()
+            if self.joint_map_posterior is not None:
+                out["joint_map_posterior"] = self.joint_map_posterior.to_dict()
             out["joint_map_all"] = {
                 par: {
                     ("posterior" if pri else "h_likelihood"): self.joint_maps[
@@ -176,8 +184,8 @@ def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     out = []
     for m in methods:
-        if m not in METHODS:
-            close = difflib.get_close_matches(m, METHODS, n=1)
+        if m not in METHODS and m not in JOINT_VARIANTS:
+            close = difflib.get_close_matches(m, METHODS + tuple(JOINT_VARIANTS), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise InputError(
                 f"{where}: unknown method '{m}'; {hint}choose from {','.join(METHODS)}."
@@ -187,6 +195,13 @@ def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
     if not out:
         raise InputError(f"{where} is empty; choose from {','.join(METHODS)}.")
     return tuple(out)
+
+
+def joint_variants(methods: tuple[str, ...]) -> list[tuple[str, bool]]:
+    """The joint-MAP variants the methods ask for: all four for `joint-map`, else those named."""
+    if "joint-map" in methods:
+        return list(JOINT_VARIANTS.values())
+    return [JOINT_VARIANTS[m] for m in methods if m in JOINT_VARIANTS]
 
 
 def check_settings(s: Settings) -> None:
@@ -316,6 +331,9 @@ def compare(
     )
     check_settings(settings)
     d = _model(data, y, group, formula, levels)
+    if methods is None and not d.is_oneway:  # the default: every method that applies
+        chosen = tuple(m for m in chosen if m != "anova")
+        settings = replace(settings, methods=chosen)
     if "anova" in chosen and not d.is_oneway:
         raise InputError(
             "method 'anova' (the method of moments) is only for the one-way model "
@@ -327,7 +345,8 @@ def compare(
     if "anova" in chosen:
         say("ANOVA (method of moments)")
         parts["anova"] = anova_est.fit(d.oneway)
-    if "eb-ml" in chosen or "joint-map" in chosen:
+    variants = joint_variants(chosen)
+    if "eb-ml" in chosen or variants:
         say("empirical Bayes (ML)")
         parts["eb_ml"] = eb_est.fit(d, "ml")
     if "eb-reml" in chosen:
@@ -345,24 +364,23 @@ def compare(
                 f"profile-likelihood intervals could not be computed ({type(exc).__name__}: "
                 f"{exc}); centring the covariates of random slopes usually helps"
             )
-    if "joint-map" in chosen:
+    if variants:
         joint = {}
-        for par in PARAMETRIZATIONS:
-            for with_priors in (False, True):
-                objective = "posterior" if with_priors else "h_likelihood"
-                say(
-                    f"joint MAP, {par}, {'with priors' if with_priors else 'h-likelihood'} "
-                    f"({settings.n_starts} starts)"
-                )
-                joint[(par, with_priors)] = jm_est.fit(
-                    d,
-                    parts["eb_ml"],
-                    parametrization=par,
-                    priors=pri if with_priors else None,
-                    n_starts=settings.n_starts,
-                    seed=seed_for(settings.seed, "joint_map", par, objective),
-                    n_jobs=settings.n_jobs,
-                )
+        for par, with_priors in variants:
+            objective = "posterior" if with_priors else "h_likelihood"
+            say(
+                f"joint MAP, {par}, {'with priors' if with_priors else 'h-likelihood'} "
+                f"({settings.n_starts} starts)"
+            )
+            joint[(par, with_priors)] = jm_est.fit(
+                d,
+                parts["eb_ml"],
+                parametrization=par,
+                priors=pri if with_priors else None,
+                n_starts=settings.n_starts,
+                seed=seed_for(settings.seed, "joint_map", par, objective),
+                n_jobs=settings.n_jobs,
+            )
         parts["joint_maps"] = joint
     if "mcmc" in chosen:
         from workbench.fit import mcmc as mcmc_est
