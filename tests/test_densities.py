@@ -11,7 +11,7 @@ from scipy import stats
 
 from workbench.model import design
 from workbench.model.priors import default_priors
-from workbench.model.pymc import build_model
+from workbench.model.pymc import build_model, oneway_point, oneway_x
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
@@ -21,17 +21,6 @@ def _random_x(rng, m, par, scale=1.0):
     return np.concatenate(
         [[rng.normal() * scale, rng.normal(np.log(scale), 0.5), rng.normal(np.log(scale), 1.0)], u]
     )
-
-
-def _pymc_point(x: np.ndarray, par: str) -> dict[str, np.ndarray]:
-    """The one-way coordinates (mu, log sigma, log tau, u) as a point of the general model:
-    beta = (mu,), sd_0 = tau, and b_0 = u (centered: theta - mu) or z_0 = u (non-centered)."""
-    return {
-        "beta": np.array([x[0]]),
-        "sigma_log__": np.asarray(x[1]),
-        "sd_0_log__": np.asarray(x[2]),
-        f"{'b' if par == 'centered' else 'z'}_0": np.asarray(x[3:])[:, None],
-    }
 
 
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)
@@ -54,7 +43,12 @@ def test_log_joint_equals_pymc_logp(par, with_priors, name):
         x = _random_x(rng, d.n_groups, par, sd)
         x[0] += d.y.mean()
         ours = dens.log_joint(x, d.oneway, par, pri if with_priors else None)
-        assert ours == pytest.approx(float(logp(_pymc_point(x, par))), rel=1e-10, abs=1e-8)
+        point = oneway_point(x, par)
+        assert ours == pytest.approx(float(logp(point)), rel=1e-10, abs=1e-8)
+        np.testing.assert_array_equal(oneway_x(point, par), x)
+        constrained = {k: v for k, v in point.items() if not k.endswith("_log__")}
+        constrained.update(sigma=np.exp(x[1]), sd_0=np.exp(x[2]))  # as pm.find_MAP returns
+        np.testing.assert_allclose(oneway_x(constrained, par), x, rtol=1e-15)
 
 
 @pytest.mark.parametrize("par", dens.PARAMETRIZATIONS)

@@ -79,3 +79,25 @@ def build_model(data: LMMData, priors: Priors, parametrization: str = "noncenter
             mean = pt.dot(data.X, beta) + (data.Z * b[codes]).sum(axis=1)
         pm.Normal("y", mu=mean, sigma=sigma, observed=data.y, dims="obs")
     return model
+
+
+def oneway_point(x: np.ndarray, parametrization: str) -> dict[str, np.ndarray]:
+    """The one-way optimiser coordinates x = (mu, log sigma, log tau, u) of
+    `objectives.oneway` as a point of the one-way model's value variables: beta = (mu,),
+    sd_0 = tau, and b_0 = u (centered: theta - mu) or z_0 = u (non-centered)."""
+    x = np.asarray(x, float)
+    return {
+        "beta": x[:1],
+        "sigma_log__": np.asarray(x[1]),
+        "sd_0_log__": np.asarray(x[2]),
+        f"{'b' if parametrization == 'centered' else 'z'}_0": x[3:, None],
+    }
+
+
+def oneway_x(point: dict, parametrization: str) -> np.ndarray:
+    """Inverse of `oneway_point`; accepts log-scale or constrained sigma / sd_0 keys (a
+    `pm.find_MAP` result)."""
+    ls = point["sigma_log__"] if "sigma_log__" in point else np.log(point["sigma"])
+    lt = point["sd_0_log__"] if "sd_0_log__" in point else np.log(point["sd_0"])
+    u = point["b_0" if parametrization == "centered" else "z_0"]
+    return np.concatenate([[float(np.ravel(point["beta"])[0]), float(ls), float(lt)], np.ravel(u)])
