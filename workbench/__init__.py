@@ -1,5 +1,6 @@
-"""workbench: the one-way hierarchical model fitted by ANOVA, empirical Bayes (ML, REML), joint
-MAP and MCMC, side by side. Start with `workbench.compare`."""
+"""workbench: linear mixed models (lme4 formulas; the one-way model y ~ 1 + (1 | g) as a fast
+path) fitted by empirical Bayes (ML, REML), joint MAP, MCMC and, for the one-way model, ANOVA,
+side by side. Start with `workbench.compare`."""
 
 from workbench.compare import Comparison, Settings, compare
 from workbench.errors import InputError

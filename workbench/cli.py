@@ -254,7 +254,7 @@ def _run_compare(
     """Check the output paths, compare, then write the outputs together. `make_folders` (case
     files): missing output folders are made (when writing) instead of refused."""
     from workbench.compare import compare
-    from workbench.fit.mcmc_oneway import save_netcdf
+    from workbench.fit.mcmc import save_netcdf
 
     if report_path is not None:
         json_path = json_path or report_path.with_suffix(".json")
