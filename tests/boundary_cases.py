@@ -1,14 +1,13 @@
 """Awkward inputs for the tests of what renders a result (JSON, table, report): group labels
 that look like markup, a singular slope fit, and MCMC records from posterior draws made up in
-numpy (no sampler, no compilation) but summarised by the real summary and diagnostic code,
-including what a sampler can give (one chain, chains that never move)."""
+numpy (no sampler, no compilation) but summarised by the real summary and diagnostic code
+(`workbench.fit.mcmc.from_idata`), including what a sampler can give (one chain, chains that
+never move)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from workbench.fit.mcmc_oneway import McmcResult, McmcSettings, diagnose, summarize
 
 LABELS = ["$", "$$", "a_b^c", "{x}", "%", "ünïcødé ✓ 漢字", "L" * 200, r"\alpha", "#&<b>", "x\ny"]
 
@@ -43,55 +42,25 @@ def _stuck(x: np.ndarray, stuck: bool) -> np.ndarray:
     return np.repeat(x[:, :1], x.shape[1], axis=1) if stuck else x
 
 
-def oneway(
-    data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0
-) -> McmcResult:
-    """An MCMC record of the one-way model for `data` (a GroupedData)."""
-    rng = np.random.default_rng(seed)
-    sd = float(np.std(data.y, ddof=1))
-    shape = (chains, draws)
-    mu = _stuck(data.grand_mean + 0.1 * sd * rng.normal(size=shape), stuck)
-    sigma = _stuck(sd * np.exp(0.1 * rng.normal(size=shape)), stuck)
-    tau = _stuck(0.5 * sd * np.exp(0.3 * rng.normal(size=shape)), stuck)
-    z = _stuck(rng.normal(size=(*shape, data.n_groups)), stuck)
-    post = {
-        "mu": mu,
-        "sigma": sigma,
-        "sigma2": sigma**2,
-        "tau": tau,
-        "tau2": tau**2,
-        "z": z,
-        "theta": mu[..., None] + tau[..., None] * z,
-    }
-    idata = _tree(post, {"z": ["group"], "theta": ["group"]}, chains, draws, rng)
-    summary, groups = summarize(idata, data.labels)
-    diag, warns = diagnose(idata)
-    return McmcResult(
-        settings=McmcSettings(chains=chains, draws=draws, tune=0),
-        posterior=idata,
-        summary=summary,
-        group_summary=groups,
-        diagnostics=diag,
-        warnings=warns,
-        sampler="fake",
-    )
-
-
-def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0):
-    """An MCMC record of a formula model for `data` (an LMMData)."""
-    from workbench.fit.mcmc import LMMMcmc
+def posterior(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: int = 0):
+    """An MCMC record (`mcmc.Posterior`) of the model of `data` (an LMMData) from made-up draws
+    of the PyMC model's variables, summarised by the real code (`mcmc.from_idata`)."""
+    from workbench.fit import mcmc
 
     rng = np.random.default_rng(seed)
     shape = (chains, draws)
     sd_y = float(np.std(data.y, ddof=1))
+    beta = rng.normal(size=(*shape, data.p))
+    if "(Intercept)" in data.fixed_names:
+        beta[..., data.fixed_names.index("(Intercept)")] += float(np.mean(data.y))
     post = {
-        "beta": _stuck(rng.normal(size=(*shape, data.p)), stuck),
+        "beta": _stuck(beta, stuck),
         "sigma": _stuck(sd_y * np.exp(0.1 * rng.normal(size=shape)), stuck),
         "sd": _stuck(0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))), stuck),
         "b": _stuck(rng.normal(size=(*shape, data.n_groups, data.q)), stuck),
     }
     post["sigma2"] = post["sigma"] ** 2
-    dims = {"beta": ["fixed"], "sd": ["term"], "b": ["group", "term"]}
+    dims = {"beta": ["fixed"], "sd": ["effect"], "b": ["group", "effect"]}
     for k, block in enumerate(data.blocks):
         n = len(block.cols)
         if n >= 2:
@@ -99,30 +68,25 @@ def lmm(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, seed: in
             corr = np.broadcast_to(np.eye(n), (*shape, n, n)).copy()
             corr[..., 0, 1:] = corr[..., 1:, 0] = _stuck(r, stuck)[..., None]
             post[f"chol_{k}_corr"] = corr
-            dims[f"chol_{k}_corr"] = [f"c{k}a", f"c{k}b"]
+            dims[f"chol_{k}_corr"] = [f"chol_{k}_corr_dim_0", f"chol_{k}_corr_dim_1"]
     idata = _tree(post, dims, chains, draws, rng)
-    diag, warns = diagnose(idata, names=["beta", "sigma", "sd"])
-    return LMMMcmc(
-        settings=McmcSettings(chains=chains, draws=draws, tune=0),
-        posterior=idata,
-        data=data,
-        diagnostics=diag,
-        warnings=warns,
-        sampler="fake",
-    )
+    settings = mcmc.McmcSettings(chains=chains, draws=draws, tune=0)
+    return mcmc.from_idata(data, idata, settings, "fake")
+
+
+oneway = lmm = posterior  # the old names
 
 
 def attach(comparison, mcmc):
-    """`comparison` with `mcmc` as its MCMC record, the settings saying so."""
+    """`comparison` (frozen) with `mcmc` as its MCMC record, the settings saying so."""
     import dataclasses
 
     s = mcmc.settings
-    comparison.mcmc = mcmc
-    comparison.settings = dataclasses.replace(
+    settings = dataclasses.replace(
         comparison.settings,
         methods=(*comparison.settings.methods, "mcmc"),
         chains=s.chains,
         draws=s.draws,
         tune=s.tune,
     )
-    return comparison
+    return dataclasses.replace(comparison, mcmc=mcmc, settings=settings)
