@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from common import command_wall, timed
 
-from workbench.fit import eb_oneway as eb
-from workbench.fit import joint_oneway as joint_map
+from workbench.fit import eb, joint_map
+from workbench.fit.profile import profile
 from workbench.model.data import from_arrays
-from workbench.objectives.oneway import Stats
+from workbench.model.design import from_grouped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +44,11 @@ def main() -> None:
     y, g = simulate()
 
     def fit_ml(intervals=False):
-        d = from_arrays(y, g)
-        return eb.fit(d, "ml", intervals=intervals)
+        d = from_grouped(from_arrays(y, g))  # the one model record (one-way: its kernels)
+        fit = eb.fit(d, "ml")
+        if intervals:
+            profile(fit)
+        return fit
 
     fit_ml()
     t_ml, res = timed(fit_ml, 9)
@@ -70,19 +73,11 @@ def main() -> None:
             f"{'yes' if t_ml <= 0.05 else 'NO'}"
         )
 
-    d = from_arrays(y, g)
-    st = Stats.of(d)
+    d = res.data
 
     def jm():
         return joint_map.fit(
-            st,
-            parametrization="centered",
-            eb_point=(res.mu, res.sigma2, res.tau2),
-            sd_y=float(y.std(ddof=1)),
-            labels=d.labels,
-            n_starts=16,
-            seed=0,
-            n_jobs=-1,
+            d, res, parametrization="centered", priors=None, n_starts=16, seed=0, n_jobs=-1
         )
 
     jm()  # start the worker pool
