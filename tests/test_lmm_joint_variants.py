@@ -13,7 +13,8 @@ from conftest import DATA
 from workbench.fit import eb
 from workbench.fit import joint_map as jv
 from workbench.model import design
-from workbench.model.lmm_priors import build_model, make_priors
+from workbench.model.priors import make_priors
+from workbench.model.pymc import build_model
 from workbench.objectives.deviance import Layout, solve
 
 
