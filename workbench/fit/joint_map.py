@@ -1051,10 +1051,6 @@ class JointMap:
         return out
 
 
-JointVariant = JointMap  # old name (formula models' variants); remove with compare_lmm.py
-LMMJointMap = JointMap
-
-
 # ----------------------------------------------------------------------------------------------
 # The estimator
 

@@ -127,9 +127,6 @@ def make_starts(
     return starts
 
 
-LMMJointMap = JointMap  # old record name
-
-
 def fit(
     data: LMMData, eb: EBFit, *, n_starts: int = 16, seed: int = 0, n_jobs: int = -1
 ) -> JointMap:
