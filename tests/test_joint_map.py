@@ -118,14 +118,14 @@ def test_find_map_same_objective_different_verdict(datasets):
     point and calls it a success, which the workbench classifies as a collapse."""
     import pymc as pm
 
-    from workbench.model.pymc_oneway import build_model, x_from_point
+    from workbench.model.pymc import build_model, oneway_x
 
     d = datasets["dyestuff"]
     pri = default_priors(d)
     st = Stats.of(d)
-    model = build_model(d, pri, "centered")
+    model = build_model(design.from_grouped(d), pri, "centered")
     point = pm.find_MAP(model=model, progressbar=False, jitter=False)
-    x = x_from_point(point, "centered")
+    x = oneway_x(point, "centered")
     logp = model.compile_logp(jacobian=False)
     values = {v.name: point[v.name] for v in model.value_vars}
     assert dens.log_joint(x, st, "centered", pri) == pytest.approx(float(logp(values)), rel=1e-10)
@@ -134,9 +134,9 @@ def test_find_map_same_objective_different_verdict(datasets):
     ours, _ = run(d, priors=pri)
     assert ours.status == "no_interior_mode"
     # non-centered with priors: find_MAP and the workbench land on the same interior point
-    model = build_model(d, pri, "noncentered")
+    model = build_model(design.from_grouped(d), pri, "noncentered")
     point = pm.find_MAP(model=model, progressbar=False, jitter=False)
     nc, _ = run(d, par="noncentered", priors=pri)
     assert nc.status == "interior"
     assert nc.sigma2 == pytest.approx(float(point["sigma"]) ** 2, rel=1e-4)
-    assert nc.tau2 == pytest.approx(float(point["tau"]) ** 2, rel=1e-4)
+    assert nc.tau2 == pytest.approx(float(point["sd_0"]) ** 2, rel=1e-4)
