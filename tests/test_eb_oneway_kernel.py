@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.fit import eb, eb_oneway
+from workbench.fit import eb
 from workbench.fit import profile as prof
 from workbench.model import design
 from workbench.objectives.deviance import Layout, solve
@@ -175,17 +175,6 @@ def test_one_way_record_keys_and_aliases(case):
         np.testing.assert_allclose(means, f.mu + f.re_mode[:, 0], rtol=1e-15)
         if method == "reml":
             assert d["loglik_at_reml"] == pytest.approx(f.pls.loglik(f.sigma2), rel=1e-12)
-
-
-def test_deprecated_record_is_the_same_kernel(datasets):
-    """`eb_oneway.fit` (kept until compare/explain/present/simulate move) gives the numbers of
-    `eb.fit` bit for bit."""
-    d = datasets["hsb82"]
-    old = eb_oneway.fit(d, "reml", intervals=False)
-    new = eb.fit(_oneway(d.y, np.asarray(d.labels)[d.codes]), "reml")
-    assert (old.mu, old.sigma2, old.tau2) == (new.mu, new.sigma2, new.tau2)
-    assert old.reml_criterion == new.objective
-    np.testing.assert_array_equal(old.re_mode, new.re_mode[:, 0])
 
 
 def test_general_models_have_no_one_way_aliases():

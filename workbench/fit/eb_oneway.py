@@ -27,7 +27,6 @@ from scipy import stats as sps
 
 from workbench.fit import optimiser as opt
 from workbench.fit.optimiser import Optimum
-from workbench.model.data import GroupedData
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Stats
 
@@ -473,94 +472,3 @@ def profile_intervals(
     """{"sigma": (lo, hi), "tau": (lo, hi)} of `profile_ends`."""
     ends, _ = profile_ends(st, s_hat, t_hat, reml, level)
     return {k: (e.lower, e.upper) for k, e in ends.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# DEPRECATED: the old one-way record, kept only while compare.py, explain.py, present/* and
-# simulate/* still use it (the lead deletes it at the end). New code: `fit.eb.fit(LMMData)`.
-
-
-@dataclass(frozen=True)
-class EBFit:
-    """Deprecated one-way record (see `fit.eb.EBFit`). `loglik` is the marginal log likelihood
-    at the estimate, `re_mode`/`re_sd` are (m,) vectors, `ci_profile` profiles the likelihood
-    of the method (REML: the restricted one)."""
-
-    method: str
-    mu: float
-    sigma2: float
-    tau2: float
-    loglik: float
-    reml_criterion: float | None
-    se: dict[str, float | None]
-    se_observed: dict[str, float | None]
-    cov: np.ndarray
-    ci_profile: dict[str, tuple[float, float]]
-    boundary: bool
-    labels: tuple[str, ...]
-    re_mode: np.ndarray
-    re_sd: np.ndarray
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def group_means(self) -> np.ndarray:
-        return self.mu + self.re_mode
-
-    def to_dict(self) -> dict:
-        out = {
-            "mu": self.mu,
-            "sigma2": self.sigma2,
-            "tau2": self.tau2,
-            "sigma": float(np.sqrt(self.sigma2)),
-            "tau": float(np.sqrt(self.tau2)),
-        }
-        if self.method == "ml":
-            out["loglik"] = self.loglik
-        else:
-            out["reml_criterion"] = self.reml_criterion
-            out["loglik_at_reml"] = self.loglik
-        out.update(
-            {
-                "se": dict(self.se),
-                "se_observed_information": dict(self.se_observed),
-                "ci_profile": {k: list(v) for k, v in self.ci_profile.items()},
-                "ci_level": 0.95,
-                "boundary": self.boundary,
-                "random_effects": {
-                    lab: {"mode": float(a), "sd": float(s), "group_mean": float(self.mu + a)}
-                    for lab, a, s in zip(self.labels, self.re_mode, self.re_sd, strict=True)
-                },
-                "notes": list(self.notes),
-            }
-        )
-        return out
-
-
-def fit(
-    data: GroupedData | Stats,
-    method: str = "ml",
-    labels: tuple[str, ...] | None = None,
-    intervals: bool = True,
-) -> EBFit:
-    """DEPRECATED (use `fit.eb.fit`): the old one-way record, from the same kernel."""
-    st = data if isinstance(data, Stats) else Stats.of(data)
-    if labels is None:
-        labels = data.labels if isinstance(data, GroupedData) else tuple(map(str, range(st.m)))
-    k = fit_stats(st, method)
-    return EBFit(
-        method=method,
-        mu=k.mu,
-        sigma2=k.sigma2,
-        tau2=k.tau2,
-        loglik=k.loglik_marginal,
-        reml_criterion=k.objective if k.reml else None,
-        se=k.se,
-        se_observed=k.se_observed,
-        cov=k.cov,
-        ci_profile=profile_intervals(st, k.sigma2, k.tau2, k.reml) if intervals else {},
-        boundary=k.boundary,
-        labels=tuple(labels),
-        re_mode=k.re_mode,
-        re_sd=np.sqrt(k.re_var),
-        notes=k.notes,
-    )

@@ -2,27 +2,25 @@
 `y ~ 1 + (1 | g)`): maximise the log joint over (mu, sigma, tau, group effects) in one go from
 K starts, over the per-group sufficient statistics (O(m) per evaluation).
 
-Objective: `densities.log_joint` (h-likelihood without priors, or the PyMC density with priors),
+Objective: `objectives.oneway.log_joint` (h-likelihood without priors, or the PyMC density with priors),
 in the centered or non-centered parametrization. Optimiser, per start: L-BFGS-B on
 x = (mu, log sigma, log tau, u) (diagonally rescaled; log sigma and log tau boxed far from the
 data's scale so that a run toward tau -> 0 or infinity stops at a box edge), then Newton steps
 with the exact arrowhead Hessian where it is negative definite.
 
 Every end point is classified by `joint_map.classify` (interior / collapse / boundary /
-escape / not_converged) and returned as `joint_map.Start` by `as_start`. `fit` here is the old
-entry point over `Stats` (record `JointMapResult`), kept until its callers use
-`joint_map.fit(data, eb, ...)`.
+escape / not_converged) and returned as `joint_map.Start` by `as_start`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
-from workbench.fit.joint_map import DECREMENT_TOL, Start, classify, message, tally
+from workbench.fit.joint_map import DECREMENT_TOL, Start, classify
 from workbench.model.priors import Priors
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Arrowhead, Stats
@@ -80,68 +78,6 @@ class StartResult:
             "iterations": self.iterations,
             "newton_decrement": self.decrement,
         }
-
-
-@dataclass(frozen=True)
-class JointMapResult:
-    parametrization: str
-    with_priors: bool
-    status: str  # interior or no_interior_mode
-    best: StartResult | None
-    starts: tuple[StartResult, ...]
-    labels: tuple[str, ...]
-    message: str
-    intervals: dict = field(default_factory=dict)
-    level: float = 0.95
-
-    @property
-    def mu(self) -> float | None:
-        return self.best.mu if self.best else None
-
-    @property
-    def sigma2(self) -> float | None:
-        return self.best.sigma2 if self.best else None
-
-    @property
-    def tau2(self) -> float | None:
-        return self.best.tau2 if self.best else None
-
-    @property
-    def log_joint(self) -> float | None:
-        return self.best.log_joint if self.best else None
-
-    @property
-    def group_effects(self) -> np.ndarray | None:
-        return dens.group_effects(self.best.x, self.parametrization) if self.best else None
-
-    def counts(self) -> dict[str, int]:
-        return tally(self.starts)
-
-    def to_dict(self) -> dict:
-        out = {
-            "objective": "log joint with priors"
-            if self.with_priors
-            else "log joint without priors (h-likelihood)",
-            "parametrization": self.parametrization,
-            "status": self.status,
-            "message": self.message,
-            "mu": self.mu,
-            "sigma2": self.sigma2,
-            "tau2": self.tau2,
-            "log_joint": self.log_joint,
-            "start_counts": self.counts(),
-            "starts": [s.to_dict() for s in self.starts],
-            "scale": SCALE_NOTE.format(
-                effects="a_j" if self.parametrization == "centered" else "z_j",
-                prior_part=" times the priors of mu, sigma and tau" if self.with_priors else "",
-            ),
-        }
-        if self.with_priors:
-            out["find_map"] = FIND_MAP_NOTE
-        if self.intervals:
-            out["ci_level"] = self.level
-            out["ci_hessian"] = self.intervals
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,55 +343,3 @@ def intervals(
         },
     }
     return out
-
-
-def fit(
-    st: Stats,
-    *,
-    parametrization: str = "centered",
-    priors: Priors | None = None,
-    eb_point: tuple[float, float, float],
-    sd_y: float,
-    labels: tuple[str, ...],
-    n_starts: int = 16,
-    seed: int = 0,
-    n_jobs: int = -1,
-    level: float = 0.95,
-    parallel_threshold: int = 20000,
-) -> JointMapResult:
-    """The old entry point (over Stats; use `joint_map.fit(data, eb, ...)`): multi-start
-    joint MAP with this kernel. Starts run in `n_jobs` processes (joblib/loky; -1 = all cores);
-    when n_starts x m is below `parallel_threshold` they run in this process, because starting
-    workers costs more than the fits. Results do not depend on n_jobs."""
-    starts = make_starts(st, parametrization, eb_point, n_starts, seed, sd_y)
-    log_sd = float(np.log(sd_y))
-    jobs = [
-        (i, kind, x0, st, parametrization, priors, log_sd) for i, (kind, x0) in enumerate(starts)
-    ]
-    if n_jobs == 1 or n_starts * st.m < parallel_threshold:
-        results = [run_start(*job) for job in jobs]
-    else:
-        from joblib import Parallel, delayed
-
-        results = Parallel(n_jobs=n_jobs)(delayed(run_start)(*job) for job in jobs)
-    interior = [r for r in results if r.status == "interior"]
-    best = max(interior, key=lambda r: r.log_joint) if interior else None
-    status = "interior" if best else "no_interior_mode"
-    ci = intervals(best.x, st, parametrization, priors, labels, level) if best else {}
-    return JointMapResult(
-        parametrization=parametrization,
-        with_priors=priors is not None,
-        status=status,
-        best=best,
-        starts=tuple(results),
-        labels=labels,
-        message=message(
-            results,
-            best,
-            parametrization=parametrization,
-            with_priors=priors is not None,
-            oneway=True,
-        ),
-        intervals=ci,
-        level=level,
-    )

@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.optimize
 
-from workbench.fit import joint_map
 from workbench.fit.eb import EBFit
-from workbench.fit.joint_map import DECREMENT_TOL, JointMap, Start, classify
+from workbench.fit.joint_map import DECREMENT_TOL, Start, classify
 from workbench.fit.optimiser import derivatives, serial_blas
 from workbench.model.design import LMMData
 from workbench.objectives.deviance import Layout, solve
@@ -125,20 +124,3 @@ def make_starts(
         phi[~diag] = base[~diag] + rng.normal(0.0, 0.5, (~diag).sum()) * np.exp(base[diag]).mean()
         starts.append(("random", phi))
     return starts
-
-
-def fit(
-    data: LMMData, eb: EBFit, *, n_starts: int = 16, seed: int = 0, n_jobs: int = -1
-) -> JointMap:
-    """Old entry point: `joint_map.fit(data, eb, parametrization="centered", priors=None)`
-    with this kernel."""
-    return joint_map.fit(
-        data,
-        eb,
-        parametrization="centered",
-        priors=None,
-        n_starts=n_starts,
-        seed=seed,
-        n_jobs=n_jobs,
-        _kernel="profiled",
-    )
