@@ -96,6 +96,10 @@ COMPARE_OPTIONS = [
     (["--seed", "-1"], "--seed must be at least 0, got -1."),
     (["--methods", ","], "--methods is empty; choose from anova,"),
     (["--parametrization", "x"], "--parametrization must be 'noncentered' or 'centered'"),
+    (
+        ["--methods", "joint-map:sideways"],
+        "--methods: unknown method 'joint-map:sideways'; did you mean 'joint-map'?",
+    ),
 ]
 
 
@@ -104,6 +108,28 @@ COMPARE_OPTIONS = [
 )
 def test_compare_bad_option(work, capsys, extra, expect):
     _refused([*COMPARE, *extra, "--json", "out.json"], capsys, work, expect)
+
+
+FORMULA_DATA = "g,y,x\na,1,0.1\na,2,0.5\nb,3,0.2\nb,5,0.9\nc,4,0.3\nc,4.5,0.7\n"
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (
+            ["--formula", "y ~ x + (1 | g)", "--methods", "anova"],
+            "method 'anova' (the method of moments) is only for the one-way model",
+        ),
+        (
+            ["--formula", "y ~ 1 + (1 | g)", "--y", "y", "--methods", "eb-ml"],
+            "give either a formula or y/group, not both.",
+        ),
+    ],
+)
+def test_compare_formula_model_refusals(work, capsys, extra, expect):
+    """One model for every route: ANOVA only for the one-way design, and one way to name it."""
+    (work / "f.csv").write_text(FORMULA_DATA)
+    _refused(["compare", "f.csv", *extra, "--quiet", "--json", "out.json"], capsys, work, expect)
 
 
 def test_compare_readonly_folder(work, capsys, readonly_dir):
