@@ -65,7 +65,7 @@ def test_oneway_record_has_the_general_and_the_oneway_summaries(oneway, dyestuff
     # random_effects: today's one-way shape (group means); random_effects_b: the general one
     assert list(out["random_effects"]) == list(dyestuff.labels)
     assert all(_finite_summary(s) for s in out["random_effects"].values())
-    theta, b = oneway.draws("theta"), oneway.draws("b")[:, :, 0]
+    theta, b = oneway.draws("group_mean"), oneway.draws("b")[:, :, 0]
     mu = oneway.draws("mu")
     np.testing.assert_array_equal(mu, oneway.draws("beta")[:, 0])
     np.testing.assert_allclose(theta, mu[:, None] + b)
@@ -103,7 +103,7 @@ def test_slope_model_runs_and_is_summarised(slopes):
     assert np.all(np.abs(r) <= 1)
     assert out["random_effects"] == out["random_effects_b"]
     assert set(out["random_effects"]["s0"]) == {"(Intercept)", "x"}
-    assert "mu" not in out and "tau" not in out and "theta" not in post.idata.posterior
+    assert "mu" not in out and "tau" not in out and "group_mean" not in post.idata.posterior
     assert post.draws("b").shape == (400, 10, 2) and post.draws("beta").shape == (400, 2)
     assert {"b_0", "chol_0_corr", "sd", "sigma2"} <= set(post.idata.posterior.data_vars)
 

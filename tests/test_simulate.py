@@ -154,7 +154,7 @@ def test_summaries_against_direct_computation(serial):
         ok = g.dropna(subset=["estimate"])
         assert row["bias"] == pytest.approx((ok.estimate - ok.truth).mean())
         assert row["rmse"] == pytest.approx(np.sqrt(((ok.estimate - ok.truth) ** 2).mean()))
-        if par != "theta":
+        if par != "group_mean":
             assert row["coverage"] == pytest.approx(g["covered"].dropna().mean())
             truth = g.truth.iloc[0]
             if truth != 0:
@@ -182,7 +182,7 @@ def test_shipped_study_reproduces_the_question_in_small():
     jm = s[(s.method == "joint-map:centered") & (s.parameter == "sigma2")]
     for _, row in jm.iterrows():
         assert row["ratio_to_truth"] == pytest.approx(row["theory_ratio"], abs=0.1)
-    theta = s[s.parameter == "theta"].set_index(["setting", "method"])["coverage"]
+    theta = s[s.parameter == "group_mean"].set_index(["setting", "method"])["coverage"]
     for si in (0, 1):
         assert theta[(si, "joint-map:centered")] < 0.91
         assert theta[(si, "eb-reml")] > 0.91
@@ -199,7 +199,7 @@ def test_mcmc_method_in_a_study(tmp_path):
     )
     run_study(study, tmp_path, n_jobs=1, progress=False)
     t = study_table(study, tmp_path)
-    assert set(t.parameter) == {"mu", "sigma2", "tau2", "theta"}
+    assert set(t.parameter) == {"mu", "sigma2", "tau2", "group_mean"}
     assert t["estimate"].notna().all() and (t["lo"] < t["hi"]).all()
     assert t["covered"].isin([0.0, 1.0]).all()
 

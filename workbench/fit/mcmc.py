@@ -96,11 +96,11 @@ def _first(da):
 
 def _with_oneway_aliases(idata):
     """The DataTree with the one-way model's names added to its posterior: mu (the intercept),
-    tau (its SD), tau2, and theta (group means mu + b_j), as the one-way outputs name them."""
+    tau (its SD), tau2, and group_mean (mu + b_j), as the one-way outputs name them."""
     post = idata.posterior.to_dataset()
     mu, tau = _first(post["beta"]), _first(post["sd"])
     out = idata.copy()
-    out["posterior"] = post.assign(mu=mu, tau=tau, tau2=tau**2, theta=mu + _first(post["b"]))
+    out["posterior"] = post.assign(mu=mu, tau=tau, tau2=tau**2, group_mean=mu + _first(post["b"]))
     return out
 
 
@@ -181,7 +181,7 @@ def _summarise(idata, data: LMMData) -> dict:
     if cor is not None:
         ds = ds.assign(correlation=cor)
     if data.is_oneway:
-        ds = ds.assign({v: post[v] for v in ("mu", "tau", "tau2", "theta")})
+        ds = ds.assign({v: post[v] for v in ("mu", "tau", "tau2", "group_mean")})
     s = _summaries(ds)
     out = {
         "fixed_effects": dict(zip(data.fixed_names, s["beta"], strict=True)),
@@ -204,7 +204,7 @@ def _summarise(idata, data: LMMData) -> dict:
     }
     if data.is_oneway:
         out.update({v: s[v].item() for v in ("mu", "tau", "tau2")})
-        out["theta"] = dict(zip(data.labels, s["theta"], strict=True))
+        out["group_mean"] = dict(zip(data.labels, s["group_mean"], strict=True))
     return out
 
 
@@ -233,13 +233,13 @@ class Posterior:
 
     @property
     def group_summary(self) -> dict:
-        """{label: summary of the group mean theta_j} (one-way model)."""
-        return self.summaries["theta"]
+        """{label: summary of the group mean mu + b_j} (one-way model)."""
+        return self.summaries["group_mean"]
 
     def draws(self, name: str) -> np.ndarray:
         """Draws of a posterior variable, chain and draw stacked into the first axis: flat for
         scalars (sigma, sigma2; one-way mu, tau, tau2), (n, ...) otherwise (beta, sd, b,
-        theta)."""
+        group_mean)."""
         arr = np.asarray(self.idata.posterior[name])
         return arr.reshape(-1, *arr.shape[2:])
 
@@ -280,7 +280,7 @@ class Posterior:
             "warnings": list(self.warnings),
         }
         if self.data.is_oneway:  # today's one-way keys: group means under random_effects
-            out.update({q: s[q] for q in ("mu", "tau", "tau2")}, random_effects=s["theta"])
+            out.update({q: s[q] for q in ("mu", "tau", "tau2")}, random_effects=s["group_mean"])
         return out
 
 

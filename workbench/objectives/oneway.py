@@ -232,12 +232,12 @@ def log_joint_hessian(
 
 
 # ----------------------------------------------------------------------------------------------
-# Marginal log likelihood (group effects integrated out) in theta = (mu, sigma^2, tau^2)
+# Marginal log likelihood (group effects integrated out) in params = (mu, sigma^2, tau^2)
 
 
-def marginal_loglik(theta, stats: Stats) -> float:
+def marginal_loglik(params, stats: Stats) -> float:
     """l(mu, sigma^2, tau^2) from the per-group sufficient statistics, O(m)."""
-    mu, s, t = (float(v) for v in theta)
+    mu, s, t = (float(v) for v in params)
     n = stats.n
     V = s + n * t
     r = stats.ybar - mu
@@ -253,9 +253,9 @@ def marginal_loglik(theta, stats: Stats) -> float:
     )
 
 
-def marginal_grad(theta, stats: Stats) -> np.ndarray:
+def marginal_grad(params, stats: Stats) -> np.ndarray:
     """Gradient of `marginal_loglik` in (mu, sigma^2, tau^2)."""
-    mu, s, t = (float(v) for v in theta)
+    mu, s, t = (float(v) for v in params)
     n = stats.n
     iv = 1.0 / (s + n * t)
     nr_iv = n * (stats.ybar - mu) * iv
@@ -269,9 +269,9 @@ def marginal_grad(theta, stats: Stats) -> np.ndarray:
     )
 
 
-def marginal_hessian(theta, stats: Stats) -> np.ndarray:
+def marginal_hessian(params, stats: Stats) -> np.ndarray:
     """Hessian of `marginal_loglik` in (mu, sigma^2, tau^2) (minus the observed information)."""
-    mu, s, t = (float(v) for v in theta)
+    mu, s, t = (float(v) for v in params)
     n = stats.n
     V = s + n * t
     r = stats.ybar - mu

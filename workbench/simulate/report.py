@@ -28,13 +28,13 @@ SUMMARY_COLUMNS = [
     "ratio_to_truth",
     "theory_ratio",
 ]
-NAMES = {"sigma2": "sigma^2", "tau2": "tau^2", "theta": "group means theta_j"}
+NAMES = {"sigma2": "sigma^2", "tau2": "tau^2", "group_mean": "group means mu_j"}
 
 
 def plot_parameters(summary: pd.DataFrame, study: Study) -> tuple[list[str], list[str]]:
     """(parameters in the coverage panel, variances in the ratio panel)."""
     if study.oneway:
-        return ["sigma2", "tau2", "theta"], ["sigma2", "tau2"]
+        return ["sigma2", "tau2", "group_mean"], ["sigma2", "tau2"]
     params = list(dict.fromkeys(summary["parameter"]))
     return params, [p for p in params if p == "sigma2" or p.startswith("var[")]
 

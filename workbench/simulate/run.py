@@ -71,13 +71,13 @@ def replicate_seed(study_seed: int, setting: int, replicate: int) -> np.random.S
 
 
 def simulate_data(s: Setting, rng: np.random.Generator):
-    """One-way data: sizes, then theta_j = mu + tau z_j, then y (today's draws, in this order)."""
+    """One-way data: sizes, then mu_j = mu + tau z_j, then y (today's draws, in this order)."""
     lo, hi = s.size_range
     n = rng.integers(lo, hi + 1, s.m)
     g = np.repeat(np.arange(s.m), n)
-    theta = s.mu + s.tau * rng.standard_normal(s.m)
-    y = theta[g] + s.sigma * rng.standard_normal(g.size)
-    return y, g, theta
+    means = s.mu + s.tau * rng.standard_normal(s.m)
+    y = means[g] + s.sigma * rng.standard_normal(g.size)
+    return y, g, means
 
 
 def cholesky_factor(s: Setting, block: tuple[str, ...]) -> np.ndarray:
@@ -147,15 +147,16 @@ def method_labels(methods: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def compare_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
-    """compare()'s methods for a study's methods (a variant label asks for "joint-map")."""
-    return tuple(dict.fromkeys("joint-map" if m.startswith("joint-map") else m for m in methods))
+    """compare()'s methods for a study's methods: the same vocabulary (a variant label such as
+    "joint-map:centered" fits that variant only)."""
+    return tuple(dict.fromkeys(methods))
 
 
-def truth_of(study: Study, s: Setting, theta: np.ndarray | None = None) -> dict:
-    """The true values by parameter name (one-way: mu, sigma2, tau2, theta per group)."""
+def truth_of(study: Study, s: Setting, means: np.ndarray | None = None) -> dict:
+    """The true values by parameter name (one-way: mu, sigma2, tau2, group_mean per group)."""
     p = dict(s.params)
     if study.oneway:
-        return {"mu": s.mu, "sigma2": s.sigma**2, "tau2": s.tau**2, "theta": theta}
+        return {"mu": s.mu, "sigma2": s.sigma**2, "tau2": s.tau**2, "group_mean": means}
     out = {k: v for k, v in p.items() if k.startswith("beta[")}
     out["sigma2"] = p["sigma"] ** 2
     out |= {f"var[{k[3:-1]}]": v**2 for k, v in p.items() if k.startswith("sd[")}
@@ -265,7 +266,7 @@ def _mcmc_intervals(block: dict, oneway: bool) -> dict:
 
 
 def _group_means(entries: dict | None, mu: float, kind: str) -> dict[int, tuple]:
-    """One-way group means theta_j (estimate, lo, hi) by group index from `random_effects`:
+    """One-way group means mu_j (estimate, lo, hi) by group index from `random_effects`:
     EB conditional mode +- z sd, joint MAP its `group_mean_ci`, MCMC its HDI."""
     z = 1.959963984540054
     out = {}
@@ -287,36 +288,17 @@ def _group_means(entries: dict | None, mu: float, kind: str) -> dict[int, tuple]
     return out
 
 
-def _rows(method: str, truth: dict, est: dict, ci: dict, theta: dict, status: str) -> list:
-    """Tidy rows: one per parameter (group -1), and per group theta_j for the one-way model."""
+def _rows(method: str, truth: dict, est: dict, ci: dict, means: dict, status: str) -> list:
+    """Tidy rows: one per parameter (group -1), and per group mu_j for the one-way model."""
     out = []
     for p, t in truth.items():
-        if p == "theta":
+        if p == "group_mean":
             for j, tj in enumerate(t):
-                e, lo, hi = theta.get(j, (np.nan, np.nan, np.nan))
-                out.append((method, "theta", j, float(tj), e, lo, hi, status))
+                e, lo, hi = means.get(j, (np.nan, np.nan, np.nan))
+                out.append((method, "group_mean", j, float(tj), e, lo, hi, status))
         else:
             lo, hi = ci.get(p, (np.nan, np.nan))
             out.append((method, p, -1, float(t), est.get(p, np.nan), lo, hi, status))
-    return out
-
-
-def _variant_blocks(c, record: dict) -> dict:
-    """The four joint-MAP variants' full JSON blocks by (parametrization, with priors): each
-    variant record's `to_dict()` (the JSON's `joint_map_all` entries carry no intervals)."""
-    maps = getattr(c, "joint_maps", None)
-    if maps:
-        return {key: r.to_dict() for key, r in maps.items()}
-    out = {
-        (par, kind == "posterior"): dict(e)
-        for par, d in (record.get("joint_map_all") or {}).items()
-        for kind, e in d.items()
-    }
-    if "joint_map_posterior" in record:
-        out[("centered", True)] = record["joint_map_posterior"]
-    jm = record.get("joint_map")
-    if jm is not None and jm.get("parametrization", "centered") == "centered":
-        out[("centered", False)] = jm
     return out
 
 
@@ -328,9 +310,9 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
     seq = replicate_seed(study.seed, s.index, rep)
     rng = np.random.default_rng(seq)
     if study.oneway:
-        y, g, theta = simulate_data(s, rng)
+        y, g, means = simulate_data(s, rng)
         frame = pd.DataFrame({"y": y, "g": [f"{j:06d}" for j in g]})
-        truth, group, levels = truth_of(study, s, theta), "g", None
+        truth, group, levels = truth_of(study, s, means), "g", None
     else:
         frame = simulate_frame(study, s, rng)
         terms = model_terms(study.formula, study.generators)
@@ -349,7 +331,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
     )
     record = c.to_dict()
     oneway = study.oneway
-    variants = _variant_blocks(c, record) if "joint-map" in compare_methods(study.methods) else {}
+    variants = {key: r.to_dict() for key, r in c.joint_maps.items()}
     rows = []
     for meth in method_labels(study.methods):
         if meth.startswith("eb-"):
@@ -358,7 +340,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
                 block = {**block, "ci_profile": (record.get("eb_ml") or {}).get("ci_profile")}
             est = _estimates(block, oneway)
             ci = _profile_intervals(block, oneway, group, est)
-            theta = _group_means(block.get("random_effects"), est.get("mu"), "eb") if oneway else {}
+            means = _group_means(block.get("random_effects"), est.get("mu"), "eb") if oneway else {}
             status = (
                 "boundary"
                 if block.get("boundary")
@@ -370,7 +352,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
             est = _estimates(block, oneway) if interior else {}
             ci_h = block.get("ci_hessian") if interior else None
             ci = _hessian_intervals(ci_h or {}, oneway)
-            theta = (
+            means = (
                 _group_means((ci_h or {}).get("random_effects"), est.get("mu"), "joint")
                 if oneway
                 else {}
@@ -380,11 +362,11 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
             block = record["mcmc"]
             est = _estimates(block, oneway)
             ci = _mcmc_intervals(block, oneway)
-            theta = (
+            means = (
                 _group_means(block.get("random_effects"), est.get("mu"), "mcmc") if oneway else {}
             )
             status = "warning" if block.get("warnings") else ""
-        rows += _rows(meth, truth, est, ci, theta, status)
+        rows += _rows(meth, truth, est, ci, means, status)
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.insert(0, "replicate", rep)
     df.insert(0, "setting", s.index)

@@ -42,7 +42,7 @@ def summarize(table: pd.DataFrame, study: Study) -> pd.DataFrame:
             "parameter": par,
             "replicates": n_rep,
             "replicates_with_estimate": int(ok["replicate"].nunique()),
-            "truth": float(g["truth"].mean()) if par != "theta" else np.nan,
+            "truth": float(g["truth"].mean()) if par != "group_mean" else np.nan,
             "mean_estimate": float(ok["estimate"].mean()) if len(ok) else np.nan,
             "bias": float(err.mean()) if len(ok) else np.nan,
             "bias_mcse": float(err.std(ddof=1) / np.sqrt(len(err))) if len(ok) > 1 else np.nan,
@@ -59,8 +59,9 @@ def summarize(table: pd.DataFrame, study: Study) -> pd.DataFrame:
             ),
         }
         truth = row["truth"]
-        row["relative_bias"] = row["bias"] / truth if par != "theta" and truth else np.nan
-        row["ratio_to_truth"] = row["mean_estimate"] / truth if par != "theta" and truth else np.nan
+        scalar = par != "group_mean" and truth
+        row["relative_bias"] = row["bias"] / truth if scalar else np.nan
+        row["ratio_to_truth"] = row["mean_estimate"] / truth if scalar else np.nan
         row["theory_ratio"] = theory_ratio(study, s, meth, par)
         out.append(row)
     return pd.DataFrame(out)
