@@ -2,8 +2,8 @@
 `y ~ 1 + (1 | g)`): maximise the log joint over (mu, sigma, tau, group effects) in one go from
 K starts, over the per-group sufficient statistics (O(m) per evaluation).
 
-Objective: `objectives.oneway.log_joint` (h-likelihood without priors, or the PyMC density with priors),
-in the centered or non-centered parametrization. Optimiser, per start: L-BFGS-B on
+Objective: `objectives.oneway.log_joint` (h-likelihood without priors, or the PyMC density
+with priors), in the centered or non-centered parametrization. Optimiser, per start: L-BFGS-B on
 x = (mu, log sigma, log tau, u) (diagonally rescaled; log sigma and log tau boxed far from the
 data's scale so that a run toward tau -> 0 or infinity stops at a box edge), then Newton steps
 with the exact arrowhead Hessian where it is negative definite.
