@@ -262,9 +262,13 @@ def test_schema_ties_the_estimates_to_the_joint_status(block, oneway_record, for
         rejected(mutated(oneway_record, (block, key), None))
 
 
-def test_schema_ties_the_short_variants_to_their_status(formula_record):
+def test_schema_ties_the_short_variants_to_their_status(oneway_record, formula_record):
     short = formula_record["joint_map_all"]["centered"]["h_likelihood"]
     assert short["status"] == "interior"
+    assert oneway_record["joint_map_all"]["centered"]["h_likelihood"]["status"] == "interior"
+    for key in ("mu", "tau2", "log_joint"):
+        path = ("joint_map_all", "centered", "h_likelihood", key)
+        rejected(mutated(oneway_record, path, None))
     rejected(mutated(formula_record, ("joint_map_all", "centered", "h_likelihood", "sigma2"), None))
     rejected(
         mutated(
