@@ -188,7 +188,8 @@ def parse_methods(methods, where: str = "--methods") -> tuple[str, ...]:
             close = difflib.get_close_matches(m, METHODS + tuple(JOINT_VARIANTS), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise InputError(
-                f"{where}: unknown method '{m}'; {hint}choose from {','.join(METHODS)}."
+                f"{where}: unknown method '{m}'; {hint}choose from {','.join(METHODS)} "
+                f"(or one joint-MAP variant: joint-map[+priors]:centered|noncentered)."
             )
         if m not in out:
             out.append(m)
