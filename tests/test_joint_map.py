@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import simulate
 
-from workbench.fit import eb, joint_map, joint_oneway
+from workbench.fit import eb, joint_map, joint_oneway, joint_start
 from workbench.model import design
 from workbench.model.priors import default_priors
 from workbench.objectives import oneway as dens
@@ -107,7 +107,7 @@ def test_noncentered_without_priors_escapes(datasets):
 def test_results_do_not_depend_on_the_number_of_processes(datasets, monkeypatch):
     d = datasets["hsb82"]
     one, _ = run(d, n_jobs=1, n_starts=6)
-    monkeypatch.setattr(joint_map, "PARALLEL_THRESHOLD", 0)  # force the worker processes
+    monkeypatch.setattr(joint_start, "PARALLEL_THRESHOLD", 0)  # force the worker processes
     two, _ = run(d, n_jobs=2, n_starts=6)
     for a, b in zip(one.starts, two.starts, strict=True):
         assert a.status == b.status and np.array_equal(a.x, b.x) and a.log_joint == b.log_joint

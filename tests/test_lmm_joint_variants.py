@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from conftest import DATA
 
-from workbench.fit import eb
-from workbench.fit import joint_map as jv
+from workbench.fit import eb, joint_general, joint_map
+from workbench.fit.joint_start import PARAMETRIZATIONS
 from workbench.model import design
 from workbench.model.priors import make_priors
 from workbench.model.pymc import build_model
+from workbench.objectives import log_joint as lj
 from workbench.objectives.deviance import Layout, solve
 
 
@@ -49,33 +50,33 @@ def _random_x(ctx, rng, beta0):
     return x
 
 
-@pytest.mark.parametrize("par", jv.PARAMETRIZATIONS)
+@pytest.mark.parametrize("par", PARAMETRIZATIONS)
 @pytest.mark.parametrize(
     "formula", ["y ~ x + (1 + x | g)", "y ~ x + (1 | g) + (0 + w | g)", "y ~ w + (1 + x + w | g)"]
 )
 def test_log_joint_equals_pymc_logp(par, formula):
     d = design.from_frame(_frame(m=8, n=6), formula)
-    ctx, pri = jv.Context(d), make_priors(d)
+    ctx, pri = lj.Context(d), make_priors(d)
     logp = build_model(d, pri, par).compile_logp(jacobian=False)
     rng = np.random.default_rng(5)
     for _ in range(4):
         x = _random_x(ctx, rng, 5.0)
-        ours = jv.log_joint(x, ctx, par, pri)
-        assert ours == pytest.approx(float(logp(jv.pymc_point(x, ctx, par))), rel=1e-10, abs=1e-8)
+        ours = lj.log_joint(x, ctx, par, pri)
+        assert ours == pytest.approx(float(logp(lj.pymc_point(x, ctx, par))), rel=1e-10, abs=1e-8)
 
 
-@pytest.mark.parametrize("par", jv.PARAMETRIZATIONS)
+@pytest.mark.parametrize("par", PARAMETRIZATIONS)
 @pytest.mark.parametrize("with_priors", [False, True])
 def test_gradient_and_hessian_match_finite_differences(par, with_priors):
     d = design.from_frame(_frame(m=6, n=5), "y ~ x + (1 + x + w | g)")
-    ctx = jv.Context(d)
+    ctx = lj.Context(d)
     pri = make_priors(d) if with_priors else None
     x = _random_x(ctx, np.random.default_rng(7), 5.0)
-    _, g = jv.log_joint_and_grad(x, ctx, par, pri)
+    _, g = lj.log_joint_and_grad(x, ctx, par, pri)
     eye = np.eye(x.size)
     fd = np.array(
         [
-            (jv.log_joint(x + 1e-6 * e, ctx, par, pri) - jv.log_joint(x - 1e-6 * e, ctx, par, pri))
+            (lj.log_joint(x + 1e-6 * e, ctx, par, pri) - lj.log_joint(x - 1e-6 * e, ctx, par, pri))
             / 2e-6
             for e in eye
         ]
@@ -84,15 +85,15 @@ def test_gradient_and_hessian_match_finite_differences(par, with_priors):
     fd_h = np.array(
         [
             (
-                jv.log_joint_and_grad(x + 1e-5 * e, ctx, par, pri)[1]
-                - jv.log_joint_and_grad(x - 1e-5 * e, ctx, par, pri)[1]
+                lj.log_joint_and_grad(x + 1e-5 * e, ctx, par, pri)[1]
+                - lj.log_joint_and_grad(x - 1e-5 * e, ctx, par, pri)[1]
             )
             / 2e-5
             for e in eye
         ]
     )
     np.testing.assert_allclose(
-        jv.hessian(x, ctx, par, pri).dense(), 0.5 * (fd_h + fd_h.T), atol=1e-5
+        lj.hessian(x, ctx, par, pri).dense(), 0.5 * (fd_h + fd_h.T), atol=1e-5
     )
 
 
@@ -100,7 +101,7 @@ def test_h_likelihood_equals_profiled_objective(slopes):
     """Centered, no priors: at (beta_hat, b_hat, sigma^2_joint) of any theta the log joint is
     minus half the profiled objective the existing estimator maximises."""
     d, _ = slopes
-    ctx, layout = jv.Context(d), Layout.of(d.blocks, d.q)
+    ctx, layout = lj.Context(d), Layout.of(d.blocks, d.q)
     for theta in ([1.0, 0.2, 0.8], [2.5, -0.4, 0.3]):
         pls = solve(d.factors, layout, theta)
         s2 = pls.sigma2("joint")
@@ -108,15 +109,15 @@ def test_h_likelihood_equals_profiled_objective(slopes):
         x = np.concatenate(
             [pls.beta, [0.5 * np.log(s2)], ctx.pack(np.linalg.cholesky(G)), pls.b.ravel()]
         )
-        assert jv.log_joint(x, ctx, "centered", None) == pytest.approx(
+        assert lj.log_joint(x, ctx, "centered", None) == pytest.approx(
             -0.5 * pls.objective("joint"), rel=1e-10
         )
 
 
 def test_centered_h_likelihood_variant_equals_profiled_estimator(slopes):
     d, fit = slopes
-    ours = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2, _kernel="general")
-    ref = jv.fit(d, fit, parametrization="centered", n_starts=4, seed=2)  # the profiled kernel
+    ours = joint_map.fit(d, fit, parametrization="centered", n_starts=4, seed=2, _kernel="general")
+    ref = joint_map.fit(d, fit, parametrization="centered", n_starts=4, seed=2)  # profiled kernel
     assert ours.status == ref.status == "interior"
     assert ours.sigma2 == pytest.approx(ref.sigma2, rel=1e-7)
     np.testing.assert_allclose(ours.G, ref.G, rtol=1e-6)
@@ -127,7 +128,7 @@ def test_centered_h_likelihood_variant_equals_profiled_estimator(slopes):
 def test_centered_posterior_mode_with_intervals(slopes):
     d, fit = slopes
     pri = make_priors(d)
-    res = jv.fit(d, fit, parametrization="centered", priors=pri, n_starts=4, seed=1)
+    res = joint_map.fit(d, fit, parametrization="centered", priors=pri, n_starts=4, seed=1)
     assert res.status == "interior" and res.counts() == {"interior": 4}
     assert res.sigma2 < fit.sigma2  # the joint mode's underestimate survives the weak priors
     ci = res.ci_hessian
@@ -144,8 +145,8 @@ def test_centered_posterior_mode_with_intervals(slopes):
     lo, hi = vc["correlations"]["(Intercept):x"]
     assert -1 < lo < res.G[0, 1] / np.sqrt(res.G[0, 0] * res.G[1, 1]) < hi < 1
     # the mode is a stationary point of PyMC's density (value variables, no Jacobian)
-    ctx = jv.Context(d)
-    _, g = jv.log_joint_and_grad(res.best.x, ctx, "centered", pri)
+    ctx = lj.Context(d)
+    _, g = lj.log_joint_and_grad(res.best.x, ctx, "centered", pri)
     assert np.abs(g).max() < 1e-4
     out = res.to_dict()
     assert out["status"] == "interior" and out["sigma2"] == res.sigma2
@@ -160,10 +161,10 @@ def test_statuses_on_dyestuff(dyestuff):
     d, fit = dyestuff
     pri = make_priors(d)
     out = {
-        (par, p is not None): jv.fit(
+        (par, p is not None): joint_map.fit(
             d, fit, parametrization=par, priors=p, n_starts=4, seed=0, _kernel="general"
         )
-        for par in jv.PARAMETRIZATIONS
+        for par in PARAMETRIZATIONS
         for p in (None, pri)
     }
     assert out["centered", False].counts() == {"collapse": 4}
@@ -180,9 +181,9 @@ def test_statuses_on_dyestuff(dyestuff):
 
 def test_seeded_and_deterministic(slopes):
     d, fit = slopes
-    a = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 11)
-    b = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 11)
-    c = jv.make_starts(jv.Context(d), "noncentered", fit, 5, 12)
+    a = joint_general.make_starts(lj.Context(d), "noncentered", fit, 5, 11)
+    b = joint_general.make_starts(lj.Context(d), "noncentered", fit, 5, 11)
+    c = joint_general.make_starts(lj.Context(d), "noncentered", fit, 5, 12)
     assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
     assert not np.array_equal(a[1][1], c[1][1])
     assert a[0][0] == "eb" and all(k == "random" for k, _ in a[1:])
@@ -193,7 +194,7 @@ def test_comparison_json_has_every_variant():
     from workbench.jsonsafe import validate
 
     c = compare(_frame(), formula="y ~ x + (1 + x | g)", methods="eb-ml,joint-map", n_starts=3)
-    assert set(c.joint_maps) == {(par, pri) for par in jv.PARAMETRIZATIONS for pri in (False, True)}
+    assert set(c.joint_maps) == {(par, pri) for par in PARAMETRIZATIONS for pri in (False, True)}
     out = c.to_dict()
     validate(out)
     post = out["joint_map_posterior"]
@@ -226,13 +227,15 @@ def test_random_intercept_variants_equal_the_oneway_kernel(datasets, name):
     assert (pri.beta_loc[0], pri.beta_scale[0], pri.sigma_scale, pri.sd_scale[0]) == pytest.approx(
         (one_pri.mu_loc, one_pri.mu_scale, one_pri.sigma_scale, one_pri.tau_scale)
     )
-    for par in jv.PARAMETRIZATIONS:
+    for par in PARAMETRIZATIONS:
         for with_priors in (False, True):
             if name == "hsb82" and (par, with_priors) == ("noncentered", False):
                 continue  # the one-way escape runs take 7 s there (dyestuff covers escape)
             p = pri if with_priors else None
-            ours = jv.fit(d, fit, parametrization=par, priors=p, n_starts=4, _kernel="general")
-            one = jv.fit(d, fit, parametrization=par, priors=p, n_starts=4)
+            ours = joint_map.fit(
+                d, fit, parametrization=par, priors=p, n_starts=4, _kernel="general"
+            )
+            one = joint_map.fit(d, fit, parametrization=par, priors=p, n_starts=4)
             assert ours.status == one.status, (par, with_priors)
             if one.status == "interior":
                 assert ours.sigma2 == pytest.approx(one.sigma2, rel=1e-6)
@@ -255,7 +258,7 @@ def test_block_arrowhead_factor_equals_dense_algebra():
             if j != k:
                 dense[n_g + j * q : n_g + (j + 1) * q, n_g + k * q : n_g + (k + 1) * q] = 0.0
     dense = dense - 50.0 * np.eye(dense.shape[0])  # keep it negative definite after zeroing
-    H = jv.Arrow(
+    H = lj.Arrow(
         A=dense[:n_g, :n_g],
         B=dense[n_g:, :n_g].reshape(m, q, n_g),
         D=np.stack(
@@ -266,12 +269,12 @@ def test_block_arrowhead_factor_equals_dense_algebra():
         ),
     )
     np.testing.assert_allclose(H.dense(), dense)
-    F = jv.NegFactor.of(H)
+    F = lj.NegFactor.of(H)
     g = rng.normal(size=dense.shape[0])
     np.testing.assert_allclose(F.solve(g), np.linalg.solve(-dense, g), rtol=1e-10)
     np.testing.assert_allclose(F.global_cov(), np.linalg.inv(-dense)[:n_g, :n_g], rtol=1e-10)
-    bad = jv.Arrow(A=-H.A, B=H.B, D=H.D)  # indefinite
-    assert jv.NegFactor.of(bad) is None
+    bad = lj.Arrow(A=-H.A, B=H.B, D=H.D)  # indefinite
+    assert lj.NegFactor.of(bad) is None
     with pytest.raises(np.linalg.LinAlgError):
         np.linalg.cholesky(-bad.dense())
 

@@ -8,8 +8,8 @@ x = (mu, log sigma, log tau, u) (diagonally rescaled; log sigma and log tau boxe
 data's scale so that a run toward tau -> 0 or infinity stops at a box edge), then Newton steps
 with the exact arrowhead Hessian where it is negative definite.
 
-Every end point is classified by `joint_map.classify` (interior / collapse / boundary /
-escape / not_converged) and returned as `joint_map.Start` by `as_start`.
+Every end point is classified by `joint_start.classify` (interior / collapse / boundary /
+escape / not_converged) and returned as `joint_start.Start` by `as_start`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
-from workbench.fit.joint_map import DECREMENT_TOL, Start, classify
+from workbench.fit.joint_start import DECREMENT_TOL, Start, classify
 from workbench.model.priors import Priors
 from workbench.objectives import oneway as dens
 from workbench.objectives.oneway import Arrowhead, Stats

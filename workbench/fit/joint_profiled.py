@@ -4,7 +4,7 @@ priors, maximised in closed form over beta, b and sigma^2 at each theta
 (`deviance.PLS.objective("joint")` is minus twice that profile), so one start is a small
 optimisation over phi = (log of T's diagonal, T's off-diagonal elements). A local maximum of
 this profile is a local maximum of the log joint in all parameters (the inner maximisers are
-unique). End points are classified by `joint_map.classify`: collapse / boundary when a diagonal
+unique). End points are classified by `joint_start.classify`: collapse / boundary when a diagonal
 element of T runs to its floor (a variance -> 0) with the profile still rising / levelling off,
 interior after Newton steps with a positive definite Hessian of the objective and decrement
 < 1e-8, not_converged otherwise.
@@ -16,7 +16,7 @@ import numpy as np
 import scipy.optimize
 
 from workbench.fit.eb import EBFit
-from workbench.fit.joint_map import DECREMENT_TOL, Start, classify
+from workbench.fit.joint_start import DECREMENT_TOL, Start, classify
 from workbench.fit.optimiser import derivatives, serial_blas
 from workbench.model.design import LMMData
 from workbench.objectives.deviance import Layout, solve
