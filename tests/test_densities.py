@@ -10,10 +10,10 @@ from conftest import CASES, DATA
 from scipy import stats
 
 from workbench.model import design
+from workbench.model.data import Stats
 from workbench.model.priors import default_priors
 from workbench.model.pymc import build_model, oneway_point, oneway_x
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Stats
 
 
 def _random_x(rng, m, par, scale=1.0):

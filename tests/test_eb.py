@@ -13,9 +13,8 @@ from scipy import stats as sps
 from workbench.fit import anova, eb
 from workbench.fit.profile import profile
 from workbench.model import design
-from workbench.model.data import GroupedData
+from workbench.model.data import GroupedData, Stats
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Stats
 
 REL = 1e-6
 

@@ -12,9 +12,9 @@ from conftest import simulate
 
 from workbench.fit import eb, joint_map, joint_oneway, joint_start
 from workbench.model import design
+from workbench.model.data import Stats
 from workbench.model.priors import default_priors
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Stats
 
 
 def lmm(gd):

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from workbench.jsonsafe import clean
+from workbench.model.data import Stats
 from workbench.model.design import LMMData
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Stats
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from scipy import stats as sps
 
-from workbench.objectives.oneway import Stats
+from workbench.model.data import Stats
 
 
 @dataclass(frozen=True)

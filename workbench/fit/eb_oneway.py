@@ -1,5 +1,5 @@
 """The one-way kernel of empirical Bayes (`y ~ 1 + (1 | g)`): pure functions of the per-group
-sufficient statistics (`objectives.oneway.Stats`), O(m), no group factors and no O(N) work.
+sufficient statistics (`model.data.Stats`), O(m), no group factors and no O(N) work.
 `fit.eb.fit` calls `fit_stats` when `data.is_oneway`; `fit.profile.profile` calls `profile_ml`.
 
 Objective + optimiser, as lme4 does it: the variances are profiled down to the ratio
@@ -27,8 +27,8 @@ from scipy import stats as sps
 
 from workbench.fit import optimiser as opt
 from workbench.fit.optimiser import Optimum
+from workbench.model.data import Stats
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Stats
 
 CHI2_95 = float(sps.chi2.ppf(0.95, 1))
 GAMMA_RANGE = (1e-10, 1e8)  # the log grid of gamma = tau^2 / sigma^2

@@ -21,9 +21,10 @@ from scipy import optimize
 from scipy import stats as sps
 
 from workbench.fit.joint_start import DECREMENT_TOL, Start, classify
+from workbench.model.data import Stats
 from workbench.model.priors import Priors
 from workbench.objectives import oneway as dens
-from workbench.objectives.oneway import Arrowhead, Stats
+from workbench.objectives.oneway import Arrowhead
 
 BOX = 18.0  # log sigma, log tau boxed to log(sd(y)) +- BOX (a factor of 6.6e7 either way)
 ESCAPE_AT = 8.0  # a run whose tau passes e^8 sd(y) (about 3000 sd(y)) is stopped as escaping

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,35 @@ def load_csv(path: str | Path, y: str, group: str) -> GroupedData:
     """CSV path -> validated `GroupedData` (the file's SHA-256 kept for provenance)."""
     df, digest = read_csv(path)
     return from_frame(df, y, group, source=str(path), sha256=digest)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The sufficient statistics, as plain arrays (cheap to send to worker processes)."""
+
+    n: np.ndarray
+    ybar: np.ndarray
+    wss: np.ndarray
+
+    @classmethod
+    def of(cls, data: GroupedData) -> Stats:
+        return cls(
+            np.asarray(data.n, float), np.asarray(data.ybar, float), np.asarray(data.wss, float)
+        )
+
+    @classmethod
+    def of_arrays(cls, y: np.ndarray, codes: np.ndarray, m: int) -> Stats:
+        return cls(*sufficient_statistics(np.asarray(y, float), np.asarray(codes), m))
+
+    # cached: these sit in every objective's inner loop
+    @cached_property
+    def N(self) -> float:
+        return float(self.n.sum())
+
+    @cached_property
+    def m(self) -> int:
+        return int(self.n.size)
+
+    @cached_property
+    def W(self) -> float:
+        return float(self.wss.sum())

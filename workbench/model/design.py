@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.linalg
 
 from workbench.errors import InputError
-from workbench.model.data import check_y_range
+from workbench.model.data import Stats, check_y_range
 from workbench.model.formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
 
 
@@ -157,9 +157,7 @@ class LMMData:
 
     @cached_property
     def oneway(self):
-        """Per-group sufficient statistics (`objectives.oneway.Stats`) of a one-way model."""
-        from workbench.objectives.oneway import Stats
-
+        """Per-group sufficient statistics (`model.data.Stats`) of a one-way model."""
         if not self.is_oneway:
             raise ValueError("the per-group one-way statistics need the model y ~ 1 + (1 | g)")
         return Stats.of_arrays(self.y, self.codes, self.n_groups)
@@ -529,8 +527,6 @@ def from_grouped(gd, formula: str | None = None) -> LMMData:
         source=gd.source,
         sha256=gd.sha256,
     )
-    from workbench.objectives.oneway import Stats
-
     out.__dict__["oneway"] = Stats.of(gd)  # cached: computed once by the one-way checks
     return out
 

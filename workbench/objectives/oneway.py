@@ -16,50 +16,15 @@ optimiser walks, not where the maximum of this function is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
-from workbench.model.data import GroupedData
+from workbench.model.data import Stats
 from workbench.model.priors import Priors
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_HALFNORMAL_CONST = float(np.log(2.0) - 0.5 * LOG_2PI)
 PARAMETRIZATIONS = ("centered", "noncentered")
-
-
-@dataclass(frozen=True)
-class Stats:
-    """The sufficient statistics, as plain arrays (cheap to send to worker processes)."""
-
-    n: np.ndarray
-    ybar: np.ndarray
-    wss: np.ndarray
-
-    @classmethod
-    def of(cls, data: GroupedData) -> Stats:
-        return cls(
-            np.asarray(data.n, float), np.asarray(data.ybar, float), np.asarray(data.wss, float)
-        )
-
-    @classmethod
-    def of_arrays(cls, y: np.ndarray, codes: np.ndarray, m: int) -> Stats:
-        from workbench.model.data import sufficient_statistics
-
-        return cls(*sufficient_statistics(np.asarray(y, float), np.asarray(codes), m))
-
-    # cached: these sit in every objective's inner loop
-    @cached_property
-    def N(self) -> float:
-        return float(self.n.sum())
-
-    @cached_property
-    def m(self) -> int:
-        return int(self.n.size)
-
-    @cached_property
-    def W(self) -> float:
-        return float(self.wss.sum())
 
 
 # ----------------------------------------------------------------------------------------------

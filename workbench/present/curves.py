@@ -14,9 +14,9 @@ import numpy as np
 
 from workbench.fit.eb import variance_components
 from workbench.fit.eb_oneway import argmax_nonneg
+from workbench.model.data import Stats
 from workbench.objectives import oneway as dens
 from workbench.objectives.deviance import Layout, solve
-from workbench.objectives.oneway import Stats
 
 Z95 = 1.959963984540054
 HDI_PROB = 0.94
