@@ -55,6 +55,7 @@ from workbench.fit.optimiser import serial_blas
 from workbench.objectives.deviance import Layout, lower_factor, solve
 
 CPC_EDGE = 1e-9  # free CPCs of blocks of 3+ terms stay within +-(1 - CPC_EDGE)
+FAR = 1e300  # the objective where it cannot be evaluated (see _Profiler.minimise)
 BRENT_XTOL = 1e-10  # root tolerance, in units of the parameter's standard error
 MAX_STEPS = 60  # steps out from the estimate looking for the cut
 DECREASE_TOL = 1e-6  # a profile below d_min by more than this is reported (a better optimum)
@@ -491,7 +492,12 @@ class _Profiler:
         def fg(x):
             v = base.copy()
             v[free] = base[free] + x * s
-            d, g = self.evaluate(v, sys)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d, g = self.evaluate(v, sys)
+            if not (np.isfinite(d) and np.all(np.isfinite(g))):
+                # far out along a profile (an SD of 1e10 sigma) I + M M' loses its I in
+                # rounding and its Cholesky factor fails: a wall the line search backs off from
+                return FAR, np.zeros(int(free.sum()))
             return d - d0, g[free] * s
 
         bnds = list(zip((lo[free] - base[free]) / s, (hi[free] - base[free]) / s, strict=True))
