@@ -287,8 +287,7 @@ def _fit_oneway(data, eb, par, priors, n_starts, seed, n_jobs, level):
         (i, kind, x0, st, par, priors, log_sd)
         for i, (kind, x0) in enumerate(kernel.make_starts(st, par, eb_point, n_starts, seed, sd_y))
     ]
-    ends = run_all(kernel.run_start, jobs, n_jobs, n_starts * st.m)
-    starts = [kernel.as_start(r) for r in ends]
+    starts = run_all(kernel.run_start, jobs, n_jobs, n_starts * st.m)
 
     def ci(best):
         return kernel.intervals(best.x, st, par, priors, data.labels, level)

@@ -14,8 +14,6 @@ escape / not_converged) and returned as `joint_start.Start` by `as_start`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import optimize
 from scipy import stats as sps
@@ -40,45 +38,6 @@ SCALE_NOTE = (
     "point on the sigma^2 and tau^2 scale, but not a mode of the log sigma scale or of the "
     "other parametrization."
 )
-
-
-@dataclass(frozen=True)
-class StartResult:
-    """One start: where it began (`kind`), where it ended and what that end point is."""
-
-    index: int
-    kind: str  # eb, pooled, no_pooling, random
-    status: str
-    log_joint: float
-    x: np.ndarray
-    iterations: int
-    decrement: float | None
-    parametrization: str
-
-    @property
-    def mu(self) -> float:
-        return float(self.x[0])
-
-    @property
-    def sigma2(self) -> float:
-        return float(np.exp(2.0 * self.x[1]))
-
-    @property
-    def tau2(self) -> float:
-        return float(np.exp(2.0 * self.x[2]))
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "start": self.kind,
-            "status": self.status,
-            "log_joint": self.log_joint,
-            "mu": self.mu,
-            "sigma2": self.sigma2,
-            "tau2": self.tau2,
-            "iterations": self.iterations,
-            "newton_decrement": self.decrement,
-        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +97,7 @@ def _rises_towards_infinity(x, st, par, priors) -> bool:
 
 def run_start(
     index: int, kind: str, x0: np.ndarray, st: Stats, par: str, priors: Priors | None, log_sd: float
-) -> StartResult:
+) -> Start:
     """Maximise the log joint from x0 and classify the end point."""
     lo, hi = log_sd - BOX, log_sd + BOX
     x0 = x0.copy()
@@ -147,16 +106,7 @@ def run_start(
     if H0.is_negative_definite():  # locally concave start: Newton first (a few O(m) steps)
         x_n, dec, its = _newton_polish(x0, st, par, priors, lo, hi)
         if dec is not None and dec < DECREMENT_TOL and lo + 1.0 < x_n[2] < hi - 1.0:
-            return StartResult(
-                index=index,
-                kind=kind,
-                status="interior",
-                log_joint=dens.log_joint(x_n, st, par, priors),
-                x=x_n,
-                iterations=its,
-                decrement=dec,
-                parametrization=par,
-            )
+            return _end(index, kind, "interior", x_n, its, dec, st, par, priors)
     diag = np.concatenate([H0.A.diagonal(), H0.d])
     scale = 1.0 / np.sqrt(np.maximum(-diag, 1e-8 * np.max(np.abs(diag))))
     scale[1:3] = 1.0  # keep log sigma / log tau unscaled so the box stays simple
@@ -212,34 +162,25 @@ def run_start(
         polish=polish,
         rising_to_infinity=lambda: _rises_towards_infinity(end["x"], st, par, priors),
     )
-    return StartResult(
+    return _end(index, kind, status, end["x"], end["iters"], end["dec"], st, par, priors)
+
+
+def _end(index, kind, status, x, iterations, decrement, st, par, priors) -> Start:
+    """The end point x = (mu, log sigma, log tau, u) as the estimator's `Start` (user's scale:
+    beta = (mu,), G = [[tau^2]], re_mode the group effects a_j, lme4's theta = tau / sigma)."""
+    return Start(
         index=index,
         kind=kind,
         status=status,
-        log_joint=dens.log_joint(end["x"], st, par, priors),
-        x=end["x"],
-        iterations=end["iters"],
-        decrement=end["dec"],
-        parametrization=par,
-    )
-
-
-def as_start(r: StartResult) -> Start:
-    """The end point as the estimator's `Start` (user's scale: beta = (mu,), G = [[tau^2]],
-    re_mode the group effects a_j, lme4's theta = tau / sigma)."""
-    return Start(
-        index=r.index,
-        kind=r.kind,
-        status=r.status,
-        log_joint=r.log_joint,
-        beta=np.array([r.mu]),
-        sigma2=r.sigma2,
-        G=np.array([[r.tau2]]),
-        re_mode=dens.group_effects(r.x, r.parametrization)[:, None],
-        theta=np.array([float(np.exp(r.x[2] - r.x[1]))]),
-        iterations=r.iterations,
-        newton_decrement=r.decrement,
-        x=r.x,
+        log_joint=dens.log_joint(x, st, par, priors),
+        beta=np.array([float(x[0])]),
+        sigma2=float(np.exp(2.0 * x[1])),
+        G=np.array([[float(np.exp(2.0 * x[2]))]]),
+        re_mode=dens.group_effects(x, par)[:, None],
+        theta=np.array([float(np.exp(x[2] - x[1]))]),
+        iterations=iterations,
+        newton_decrement=decrement,
+        x=x,
     )
 
 
