@@ -9,7 +9,7 @@ data's scale so that a run toward tau -> 0 or infinity stops at a box edge), the
 with the exact arrowhead Hessian where it is negative definite.
 
 Every end point is classified by `joint_start.classify` (interior / collapse / boundary /
-escape / not_converged) and returned as `joint_start.Start` by `as_start`.
+escape / not_converged) and returned as `joint_start.Start`.
 """
 
 from __future__ import annotations
