@@ -388,11 +388,18 @@ def profile_ends(
         return val(s, t), s
 
     def bounds(prof, v_hat: float, allow_zero: bool) -> End:
+        seen: dict[float, tuple[float, float]] = {}  # the root search's points, reused at the ends
+
+        def at(sd: float) -> tuple[float, float]:
+            if sd not in seen:
+                seen[sd] = prof(sd * sd)
+            return seen[sd]
+
         def excess(sd: float) -> float:
-            return 2.0 * (lmax - prof(sd * sd)[0]) - q
+            return 2.0 * (lmax - at(sd)[0]) - q
 
         def other(sd: float) -> float:
-            return float(np.sqrt(prof(sd * sd)[1]))
+            return float(np.sqrt(at(sd)[1]))
 
         sd_hat = float(np.sqrt(v_hat))
         lo_bound = allow_zero and (sd_hat == 0.0 or excess(0.0) <= 0.0)
