@@ -1,0 +1,469 @@
+"""lme4's penalised least squares for several random-effect terms, by a blocked Cholesky factor.
+
+Model: y = X beta + sum_k Z_k b_k + e, e ~ N(0, sigma^2 I); term k has a grouping factor with
+n_k levels and q_k columns per level (q_k = 1: a random intercept or a single slope), b_kj ~
+N(0, sigma^2 T_k T_k') independently over levels and terms. theta lists, term by term in the
+order the terms were given, the free elements of each lower-triangular T_k column by column (as
+lme4's `getME(fit, "theta")` does within a term). With Lambda = blockdiag_k(I_{n_k} (x) T_k),
+u = Lambda^-1 b and W = [X y], everything comes from the Cholesky factor L of
+
+    [ Lambda'Z'Z Lambda + I   Lambda'Z'W ]
+    [ W'Z Lambda              W'W        ]
+
+split into blocks by term, as MixedModels.jl does (Bates et al.): the terms sorted by dimension
+n_k q_k (descending), so the largest block comes first, where Z_1'Z_1 is block diagonal (q_1 x
+q_1 per level) and stays so in L; the blocks below it (Z_i'Z_1, i > 1) are sparse and keep the
+sparsity pattern of Z_i'Z_1 in L; the later diagonal blocks fill in (a dense Cholesky of the
+Schur complement, of order n_k q_k for k >= 2); the last block (order p + 1) gives R_X (X'V^-1 X
+= R_X'R_X) and the penalised residual r (r^2 = min over beta, u of ||y - X beta - Z Lambda u||^2
++ ||u||^2). Then (lme4's formulas, log|L_theta|^2 = log|Lambda'Z'Z Lambda + I|):
+
+* ML deviance:    log|L_theta|^2 + N [1 + log(2 pi r^2 / N)]
+* REML criterion: log|L_theta|^2 + log|R_X|^2 + (N - p) [1 + log(2 pi r^2 / (N - p))]
+
+`Terms.of` does every theta-free product (Z_i'Z_j, Z'W, W'W) once, in O(N); an evaluation then
+costs a scaling of those products, one sparse matrix-vector product per pair of later blocks
+(their update by the first block, whose sparsity pattern is worked out once), and the dense
+Cholesky factors of the later blocks: nothing of order N. y enters only through its residual
+from the ordinary least-squares fit (the objectives, b and beta - beta_OLS do not change), which
+keeps W'W from dwarfing r^2 (the Schur complement subtracts, as MixedModels.jl does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+METHODS = ("ml", "reml")
+
+
+def _tril(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the free elements of a q x q lower-triangular T, column by column."""
+    rows = [r for c in range(q) for r in range(c, q)]
+    cols = [c for c in range(q) for _ in range(c, q)]
+    return np.array(rows, int), np.array(cols, int)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One random-effect term: level codes (0 .. n - 1) and the q columns of Z per row."""
+
+    codes: np.ndarray = field(repr=False)
+    Z: np.ndarray = field(repr=False)  # (N, q)
+    n: int
+    q: int
+
+    @property
+    def dim(self) -> int:
+        return self.n * self.q
+
+    @property
+    def n_theta(self) -> int:
+        return self.q * (self.q + 1) // 2
+
+    def T(self, theta) -> np.ndarray:
+        rows, cols = _tril(self.q)
+        out = np.zeros((self.q, self.q))
+        out[rows, cols] = theta
+        return out
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The theta-free products of a model with several random-effect terms, computed once.
+
+    Blocks are held in the sorted order (`order[s]` is the user's index of sorted block s; block
+    0 is the first, blocks 1 .. K - 1 the later random blocks, block K is W = [X, y - X
+    beta_ols]): `diag[s]` the (n, q, q) blocks of Z_s'Z_s; `below_first[i - 1]` Z_i'Z_0 (CSR,
+    i >= 1); `dense[(i, j)]` Z_i'Z_j for 1 <= j < i (dense); `fixed[s]` W'Z_s as (p + 1, n_s,
+    q_s); `WtW` W'W; `pairs[(i, j)]` (1 <= j <= i < K) the sparse map from the first block's
+    per-level q_0 x q_0 matrices H to the entries of Z_i'Z_0 blockdiag(H) Z_0'Z_j (for i == j the
+    block-lower triangle only), so that this Schur-complement update is one sparse
+    matrix-vector product per evaluation."""
+
+    terms: tuple[Term, ...]  # the user's order
+    order: tuple[int, ...]  # sorted block s -> the user's term index
+    n_obs: int
+    p: int
+    beta_ols: np.ndarray
+    diag: tuple[np.ndarray, ...] = field(repr=False)
+    below_first: tuple[sp.csr_matrix, ...] = field(repr=False)
+    dense: dict = field(repr=False)
+    fixed: tuple[np.ndarray, ...] = field(repr=False)
+    WtW: np.ndarray = field(repr=False)
+    pairs: dict = field(repr=False)
+
+    @classmethod
+    def of(cls, y, X, terms) -> Terms:
+        """`terms`: a sequence of (codes, Z) with codes integer level codes 0 .. n_k - 1 (n_k is
+        codes.max() + 1) and Z None (a random intercept), a length-N vector (one column) or an
+        (N, q_k) array. O(N sum_k q_k (p + sum_j q_j)) work, done once."""
+        y = np.asarray(y, float)
+        X = np.asarray(X, float)
+        N = y.size
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.shape[0] != N:
+            raise ValueError("X and y have different numbers of rows")
+        built = []
+        for codes, Z in terms:
+            codes = np.asarray(codes)
+            if codes.shape != (N,) or not np.issubdtype(codes.dtype, np.integer):
+                raise ValueError("level codes must be N integers")
+            if codes.min() < 0:
+                raise ValueError("level codes must be non-negative")
+            Z = np.ones((N, 1)) if Z is None else np.asarray(Z, float).reshape(N, -1)
+            built.append(
+                Term(codes=codes.astype(np.intp), Z=Z, n=int(codes.max()) + 1, q=Z.shape[1])
+            )
+        if not built:
+            raise ValueError("at least one random-effect term is needed")
+        p = X.shape[1]
+        beta_ols, *_ = np.linalg.lstsq(X, y, rcond=None)
+        W = np.column_stack([X, y - X @ beta_ols])
+        order = tuple(sorted(range(len(built)), key=lambda k: -built[k].dim))
+        srt = [built[k] for k in order]
+        diag = tuple(_diag_blocks(t) for t in srt)
+        below_first = tuple(_cross_sparse(t, srt[0]) for t in srt[1:])
+        dense = {
+            (i, j): _cross_sparse(srt[i], srt[j]).toarray()
+            for i in range(1, len(srt))
+            for j in range(1, i)
+        }
+        fixed = tuple(_fixed_cross(W, t) for t in srt)
+        pairs = {
+            (i, j): _pair_products(below_first[i - 1], below_first[j - 1], srt, i, j)
+            for i in range(1, len(srt))
+            for j in range(1, i + 1)
+        }
+        return cls(
+            terms=tuple(built),
+            order=order,
+            n_obs=N,
+            p=p,
+            beta_ols=beta_ols,
+            diag=diag,
+            below_first=below_first,
+            dense=dense,
+            fixed=fixed,
+            WtW=W.T @ W,
+            pairs=pairs,
+        )
+
+    @cached_property
+    def theta_slices(self) -> tuple[slice, ...]:
+        """Where each term's elements sit in theta (the user's order of terms)."""
+        out, start = [], 0
+        for t in self.terms:
+            out.append(slice(start, start + t.n_theta))
+            start += t.n_theta
+        return tuple(out)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(t.n_theta for t in self.terms)
+
+    def lme4_theta(self, theta) -> np.ndarray:
+        """theta in the user's order of terms -> lme4's order (terms by number of levels,
+        descending; ties in the given order: what lme4 does with the terms in formula order)."""
+        theta = np.asarray(theta, float)
+        idx = sorted(range(len(self.terms)), key=lambda k: -self.terms[k].n)
+        return np.concatenate([theta[self.theta_slices[k]] for k in idx])
+
+    def from_lme4_theta(self, theta_lme4) -> np.ndarray:
+        """The inverse of `lme4_theta`."""
+        theta_lme4 = np.asarray(theta_lme4, float)
+        idx = sorted(range(len(self.terms)), key=lambda k: -self.terms[k].n)
+        out = np.empty(self.n_theta)
+        start = 0
+        for k in idx:
+            n = self.terms[k].n_theta
+            out[self.theta_slices[k]] = theta_lme4[start : start + n]
+            start += n
+        return out
+
+
+def _diag_blocks(t: Term) -> np.ndarray:
+    """Z_t'Z_t as its (n, q, q) per-level blocks (it is block diagonal)."""
+    out = np.empty((t.n, t.q, t.q))
+    for r in range(t.q):
+        for c in range(t.q):
+            out[:, r, c] = np.bincount(t.codes, weights=t.Z[:, r] * t.Z[:, c], minlength=t.n)
+    return out
+
+
+def _cross_sparse(a: Term, b: Term) -> sp.csr_matrix:
+    """Z_a'Z_b (n_a q_a x n_b q_b) as CSR, duplicates summed, every q_a x q_b block of a
+    touched pair of levels stored (a fixed pattern for the scalings)."""
+    rows = (a.codes[:, None, None] * a.q + np.arange(a.q)[None, :, None]).repeat(b.q, axis=2)
+    cols = (b.codes[:, None, None] * b.q + np.arange(b.q)[None, None, :]).repeat(a.q, axis=1)
+    vals = a.Z[:, :, None] * b.Z[:, None, :]
+    out = sp.coo_matrix((vals.ravel(), (rows.ravel(), cols.ravel())), shape=(a.dim, b.dim)).tocsr()
+    out.sum_duplicates()
+    out.sort_indices()
+    return out
+
+
+def _fixed_cross(W: np.ndarray, t: Term) -> np.ndarray:
+    """W'Z_t as (p + 1, n, q)."""
+    out = np.empty((W.shape[1], t.n, t.q))
+    for c in range(W.shape[1]):
+        for a in range(t.q):
+            out[c, :, a] = np.bincount(t.codes, weights=W[:, c] * t.Z[:, a], minlength=t.n)
+    return out
+
+
+def _pair_products(Ai: sp.csr_matrix, Aj: sp.csr_matrix, srt, i: int, j: int):
+    """The sparse map h -> the entries of Ai blockdiag(H) Aj' (h = H.ravel(), H the (n_0, q_0,
+    q_0) per-level matrices of the first block): every pair of a stored entry of Ai and one of
+    Aj in the same level of the first factor contributes Ai[r, e] Aj[c, e'] H[l, e, e'].
+    Returns (flat indices into the dense m_i x m_j block, CSR matrix of the map); for i == j
+    only the blocks on or below the block diagonal (what the Cholesky factor reads)."""
+    q0, n0 = srt[0].q, srt[0].n
+    qi, qj, mj = srt[i].q, srt[j].q, srt[j].dim
+    ci, cj = Ai.tocsc(), Aj.tocsc()  # entries by column of the first block, so by level
+    ei = np.repeat(np.arange(ci.shape[1]), np.diff(ci.indptr))
+    ej = np.repeat(np.arange(cj.shape[1]), np.diff(cj.indptr))
+    ri, vi, li = ci.indices, ci.data, ei // q0
+    rj, vj, lj = cj.indices, cj.data, ej // q0
+    count_j = np.bincount(lj, minlength=n0)
+    start_j = np.cumsum(count_j) - count_j
+    rep = count_j[li]
+    x = np.repeat(np.arange(li.size), rep)
+    y = start_j[li[x]] + np.arange(x.size) - np.repeat(np.cumsum(rep) - rep, rep)
+    r, c = ri[x], rj[y]
+    if i == j:
+        keep = r // qi >= c // qj
+        x, y, r, c = x[keep], y[keep], r[keep], c[keep]
+    out = r.astype(np.int64) * mj + c
+    col = li[x] * (q0 * q0) + (ei[x] % q0) * q0 + ej[y] % q0
+    seen = np.zeros(srt[i].dim * mj, bool)
+    seen[out] = True
+    flat = np.flatnonzero(seen)
+    row = (np.cumsum(seen) - 1)[out]
+    P = sp.csr_matrix((vi[x] * vj[y], (row, col)), shape=(flat.size, n0 * q0 * q0))
+    return flat, P
+
+
+@dataclass(frozen=True)
+class Factor:
+    """The blocked lower Cholesky factor at one theta (sorted block order; K random blocks,
+    block K is W). The first block column is kept implicit: its diagonal blocks `L00` (n_0, q_0,
+    q_0) and G_j = T_0 L00_j^-T, so that L[i, 0] = blockdiag(T_i') Z_i'Z_0 blockdiag(G) and
+    L[K, 0] = W'Z_0 blockdiag(G); `L[(i, j)]` the dense blocks for j >= 1."""
+
+    T: tuple[np.ndarray, ...]  # T_s in sorted order
+    L00: np.ndarray
+    G: np.ndarray
+    L: dict
+    logdet_L: float
+    logdet_RX: float
+    r: float
+
+
+def _split_theta(terms: Terms, theta) -> tuple[np.ndarray, ...]:
+    theta = np.asarray(theta, float)
+    if theta.shape != (terms.n_theta,):
+        raise ValueError(f"theta has {theta.size} elements, the terms need {terms.n_theta}")
+    return tuple(terms.terms[k].T(theta[terms.theta_slices[k]]) for k in terms.order)
+
+
+def _left_T(T: np.ndarray, A: np.ndarray, q: int) -> np.ndarray:
+    """blockdiag(T') A for a dense A with rows in levels of q."""
+    if q == 1:
+        return T[0, 0] * A
+    n = A.shape[0] // q
+    return np.einsum("ba,jbc->jac", T, A.reshape(n, q, -1)).reshape(A.shape)
+
+
+def _right_T(A: np.ndarray, T: np.ndarray, q: int) -> np.ndarray:
+    """A blockdiag(T) for a dense A with columns in levels of q."""
+    if q == 1:
+        return A * T[0, 0]
+    n = A.shape[1] // q
+    return (A.reshape(A.shape[0], n, q) @ T).reshape(A.shape)
+
+
+def _diag_dense(D: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """blockdiag(T' D_j T) + I as a dense matrix, D (n, q, q)."""
+    n, q, _ = D.shape
+    if q == 1:
+        return np.diag(T[0, 0] ** 2 * D[:, 0, 0] + 1.0)
+    out = np.zeros((n, q, n, q))
+    idx = np.arange(n)
+    out[idx, :, idx, :] = T.T @ D @ T + np.eye(q)
+    return out.reshape(n * q, n * q)
+
+
+def _subtract_pairs(S: np.ndarray, pair, h: np.ndarray, Ti, Tj, qi: int, qj: int) -> None:
+    """S -= blockdiag(T_i') [Z_i'Z_0 blockdiag(H) Z_0'Z_j] blockdiag(T_j), in place, from the
+    precomputed map (only the entries it covers)."""
+    flat, P = pair
+    v = P @ h
+    if qi == 1 and qj == 1:
+        S.reshape(-1)[flat] -= (Ti[0, 0] * Tj[0, 0]) * v
+        return
+    M = np.zeros(S.size)
+    M[flat] = v
+    S -= _right_T(_left_T(Ti, M.reshape(S.shape), qi), Tj, qj)
+
+
+def _cholesky(S: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of S from its lower triangle (LAPACK potrf, no copies)."""
+    c, info = sla.lapack.dpotrf(S.T, lower=0, clean=1, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Schur complement not positive definite (potrf {info})")
+    return c.T
+
+
+def factor(terms: Terms, theta) -> Factor:
+    """The blocked Cholesky factor at `theta` (the user's order of terms)."""
+    Ts = _split_theta(terms, theta)
+    srt = [terms.terms[k] for k in terms.order]
+    K = len(srt)
+    t0, T0 = srt[0], Ts[0]
+    # First block: blockdiag(T0' D_j T0 + I), factored level by level; H_j = G_j G_j'.
+    if t0.q == 1:
+        l0 = np.sqrt(T0[0, 0] ** 2 * terms.diag[0][:, 0, 0] + 1.0)
+        L00 = l0[:, None, None]
+        G = (T0[0, 0] / l0)[:, None, None]
+        logdet = 2.0 * float(np.log(l0).sum())
+    else:
+        L00 = np.linalg.cholesky(T0.T @ terms.diag[0] @ T0 + np.eye(t0.q))
+        G = np.swapaxes(np.linalg.solve(L00, np.broadcast_to(T0.T, L00.shape)), 1, 2)
+        logdet = 2.0 * float(np.log(np.diagonal(L00, axis1=1, axis2=2)).sum())
+    H = G @ np.swapaxes(G, 1, 2)
+    h = H.ravel()
+    F0 = terms.fixed[0]
+    F0H = np.einsum("cja,jab->cjb", F0, H).reshape(F0.shape[0], -1)  # L[K, 0] G'
+    L: dict = {}
+    for j in range(1, K):
+        tj, Tj = srt[j], Ts[j]
+        S = _diag_dense(terms.diag[j], Tj)
+        _subtract_pairs(S, terms.pairs[(j, j)], h, Tj, Tj, tj.q, tj.q)
+        for k in range(1, j):
+            S -= L[(j, k)] @ L[(j, k)].T
+        Ljj = _cholesky(S)
+        L[(j, j)] = Ljj
+        logdet += 2.0 * float(np.log(np.diag(Ljj)).sum())
+        for i in range(j + 1, K):
+            A = _right_T(_left_T(Ts[i], terms.dense[(i, j)], srt[i].q), Tj, tj.q)
+            _subtract_pairs(A, terms.pairs[(i, j)], h, Ts[i], Tj, srt[i].q, tj.q)
+            for k in range(1, j):
+                A -= L[(i, k)] @ L[(j, k)].T
+            L[(i, j)] = sla.solve_triangular(Ljj, A.T, lower=True, check_finite=False).T
+        Fj = terms.fixed[j]
+        A = Fj.reshape(Fj.shape[0], -1) - (terms.below_first[j - 1] @ F0H.T).T
+        A = _right_T(A, Tj, tj.q)
+        for k in range(1, j):
+            A -= L[(K, k)] @ L[(j, k)].T
+        L[(K, j)] = sla.solve_triangular(Ljj, A.T, lower=True, check_finite=False).T
+    S = terms.WtW - F0H @ F0.reshape(F0.shape[0], -1).T
+    for k in range(1, K):
+        S -= L[(K, k)] @ L[(K, k)].T
+    LW = _cholesky(S)
+    L[(K, K)] = LW
+    p = terms.p
+    return Factor(
+        T=Ts,
+        L00=L00,
+        G=G,
+        L=L,
+        logdet_L=logdet,
+        logdet_RX=2.0 * float(np.log(np.abs(np.diag(LW)[:p])).sum()),
+        r=abs(float(LW[p, p])),
+    )
+
+
+def _criterion(method: str, logdet_L: float, logdet_RX: float, r2: float, n: int, p: int):
+    if method == "ml":
+        return logdet_L + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
+    if method == "reml":
+        dof = n - p
+        return logdet_L + logdet_RX + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof))
+    raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+
+
+def objective(terms: Terms, theta, method: str = "reml") -> float:
+    """lme4's ML deviance ('ml') or REML criterion ('reml') at theta (profiled beta, sigma^2):
+    the factor only, no back-substitution."""
+    f = factor(terms, theta)
+    with np.errstate(divide="ignore"):
+        return float(_criterion(method, f.logdet_L, f.logdet_RX, f.r**2, terms.n_obs, terms.p))
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The penalised least-squares solution at one theta."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    u: tuple[np.ndarray, ...]  # spherical effects per term (the user's order), (n_k, q_k)
+    b: tuple[np.ndarray, ...]  # conditional modes per term, (n_k, q_k): b_kj = T_k u_kj
+    r2: float  # penalised residual sum of squares
+    logdet_L: float  # log |Lambda'Z'Z Lambda + I|
+    logdet_RX: float  # log |X'V^-1 X|, V = I + Z Lambda Lambda'Z'
+    n_obs: int
+    factor: Factor = field(repr=False)
+
+    @property
+    def p(self) -> int:
+        return int(self.beta.size)
+
+    def objective(self, method: str = "reml") -> float:
+        with np.errstate(divide="ignore"):
+            return float(
+                _criterion(method, self.logdet_L, self.logdet_RX, self.r2, self.n_obs, self.p)
+            )
+
+    def sigma2(self, method: str = "reml") -> float:
+        """sigma^2 maximising the criterion at this theta: r^2 / N (ML) or r^2 / (N - p)."""
+        return self.r2 / (self.n_obs - (self.p if method == "reml" else 0))
+
+
+def solve(terms: Terms, theta) -> Solution:
+    """Factor at theta, then back-substitute for beta and u (b = Lambda u)."""
+    f = factor(terms, theta)
+    srt = [terms.terms[k] for k in terms.order]
+    K, p = len(srt), terms.p
+    LW = f.L[(K, K)]
+    delta = sla.solve_triangular(LW[:p, :p], LW[p, :p], lower=True, trans="T")
+    us: list[np.ndarray] = [np.empty(0)] * K
+    F0 = terms.fixed[0]
+    LK0 = np.einsum("cja,jab->cjb", F0, f.G).reshape(F0.shape[0], -1)  # L[K, 0]
+    for k in range(K - 1, 0, -1):
+        rhs = f.L[(K, k)][p] - f.L[(K, k)][:p].T @ delta
+        for i in range(k + 1, K):
+            rhs -= f.L[(i, k)].T @ us[i]
+        us[k] = sla.solve_triangular(f.L[(k, k)], rhs, lower=True, trans="T")
+    # First block: L00' u_0 = c_0 - L[K, 0]'delta - sum_i G' Z_0'Z_i blockdiag(T_i) u_i.
+    n0, q0 = srt[0].n, srt[0].q
+    v = np.zeros(n0 * q0)
+    for i in range(1, K):
+        b_i = (us[i].reshape(srt[i].n, srt[i].q) @ f.T[i].T).ravel()  # blockdiag(T_i) u_i
+        v += terms.below_first[i - 1].T @ b_i
+    rhs = LK0[p] - LK0[:p].T @ delta - (np.swapaxes(f.G, 1, 2) @ v.reshape(n0, q0, 1)).ravel()
+    R = np.swapaxes(f.L00, 1, 2)
+    us[0] = np.linalg.solve(R, rhs.reshape(n0, q0, 1))[..., 0].ravel()
+    u_user: list[np.ndarray] = [np.empty(0)] * K
+    b_user: list[np.ndarray] = [np.empty(0)] * K
+    for s, k in enumerate(terms.order):
+        t = srt[s]
+        uk = us[s].reshape(t.n, t.q)
+        u_user[k] = uk
+        b_user[k] = uk @ f.T[s].T
+    return Solution(
+        theta=np.asarray(theta, float),
+        beta=terms.beta_ols + delta,
+        u=tuple(u_user),
+        b=tuple(b_user),
+        r2=f.r**2,
+        logdet_L=f.logdet_L,
+        logdet_RX=f.logdet_RX,
+        n_obs=terms.n_obs,
+        factor=f,
+    )
