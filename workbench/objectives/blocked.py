@@ -232,11 +232,14 @@ def _pair_products(Ai: sp.csr_matrix, Aj: sp.csr_matrix, srt, i: int, j: int):
     rj, vj, lj = cj.indices, cj.data, ej // q0
     count_j = np.bincount(lj, minlength=n0)
     start_j = np.cumsum(count_j) - count_j
-    rep = count_j[li]
-    x = np.repeat(np.arange(li.size), rep)
-    y = start_j[li[x]] + np.arange(x.size) - np.repeat(np.cumsum(rep) - rep, rep)
+    lower = i == j and q0 == 1 and qi == 1
+    # Each entry x of Ai pairs with the entries of Aj in its level (for a scalar i == j, only
+    # those up to itself: the columns are sorted by row, so this is the lower triangle).
+    rep = np.arange(li.size) - start_j[li] + 1 if lower else count_j[li]
+    x = np.repeat(np.arange(li.size, dtype=np.int64), rep)
+    y = np.repeat(start_j[li] - np.cumsum(rep) + rep, rep) + np.arange(x.size)
     r, c = ri[x], rj[y]
-    if i == j:
+    if i == j and not lower:
         keep = r // qi >= c // qj
         x, y, r, c = x[keep], y[keep], r[keep], c[keep]
     out = r.astype(np.int64) * mj + c
@@ -350,18 +353,23 @@ def factor(terms: Terms, theta) -> Factor:
         Ljj = _cholesky(S)
         L[(j, j)] = Ljj
         logdet += 2.0 * float(np.log(np.diag(Ljj)).sum())
+        # The blocks below (i > j, then W), stacked: one triangular solve against L[j, j].
+        stack = []
         for i in range(j + 1, K):
             A = _right_T(_left_T(Ts[i], terms.dense[(i, j)], srt[i].q), Tj, tj.q)
             _subtract_pairs(A, terms.pairs[(i, j)], h, Ts[i], Tj, srt[i].q, tj.q)
-            for k in range(1, j):
-                A -= L[(i, k)] @ L[(j, k)].T
-            L[(i, j)] = sla.solve_triangular(Ljj, A.T, lower=True, check_finite=False).T
+            stack.append(A)
         Fj = terms.fixed[j]
-        A = Fj.reshape(Fj.shape[0], -1) - (terms.below_first[j - 1] @ F0H.T).T
-        A = _right_T(A, Tj, tj.q)
+        stack.append(
+            _right_T(Fj.reshape(Fj.shape[0], -1) - (terms.below_first[j - 1] @ F0H.T).T, Tj, tj.q)
+        )
+        A = np.vstack(stack)
         for k in range(1, j):
-            A -= L[(K, k)] @ L[(j, k)].T
-        L[(K, j)] = sla.solve_triangular(Ljj, A.T, lower=True, check_finite=False).T
+            A -= np.vstack([L[(i, k)] for i in range(j + 1, K + 1)]) @ L[(j, k)].T
+        A = sla.solve_triangular(Ljj, A.T, lower=True, check_finite=False).T
+        ends = np.cumsum([srt[i].dim for i in range(j + 1, K)] + [terms.p + 1])
+        for i, end in zip(range(j + 1, K + 1), ends, strict=True):
+            L[(i, j)] = A[end - (srt[i].dim if i < K else terms.p + 1) : end]
     S = terms.WtW - F0H @ F0.reshape(F0.shape[0], -1).T
     for k in range(1, K):
         S -= L[(K, k)] @ L[(K, k)].T
