@@ -6,7 +6,8 @@
 # data set used is written to tests/reference/crossed_data/NAME.csv (only the columns the models
 # use; factors as strings; a CSV over 1 MB is written gzipped as NAME.csv.gz, which pandas reads
 # as it is), read back, and the fits are made on what was read, so R and Python see the same
-# numbers. Real data only (no made-up factors). Runs in about 10 minutes, most of it InstEval.
+# numbers. Real data only (no made-up factors). Runs in about 4 minutes (2 cores), almost all
+# of it InstEval.
 #
 # Every model (formula x data) is fitted by ML and by REML, each with three controls:
 #   default      lmerControl()                      (nloptwrap BOBYQA, xtol_abs = ftol_abs = 1e-8)
