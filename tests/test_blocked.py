@@ -489,3 +489,78 @@ def test_bad_theta_length():
     t = blocked.Terms.of(y, X, terms)
     with pytest.raises(ValueError, match="theta has"):
         blocked.objective(t, theta[:-1])
+
+
+def _central_difference(t, theta, method, h=1e-5):
+    out = np.empty(theta.size)
+    for i in range(theta.size):
+        e = np.zeros(theta.size)
+        e[i] = h
+        up = blocked.objective(t, theta + e, method)
+        down = blocked.objective(t, theta - e, method)
+        out[i] = (up - down) / (2 * h)
+    return out
+
+
+def _check_gradient(t, theta, method):
+    value, grad = blocked.objective_and_gradient(t, theta, method)
+    assert value == blocked.objective(t, theta, method)
+    fd = _central_difference(t, theta, method)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("name", ["penicillin", "pastes", "machines"])
+def test_gradient_matches_central_differences_reference_models(name, method):
+    y, X, terms, _ = _model(name)
+    t = blocked.Terms.of(y, X, terms)
+    at_lme4 = t.from_lme4_theta(LME4[f"{name}_{method}"]["theta"])
+    for theta in (at_lme4, 1.3 * at_lme4 + 0.1, np.full(t.n_theta, 0.4)):
+        _check_gradient(t, theta, method)
+    # At lme4's optimum (interior) the gradient is about zero on the criterion's scale.
+    _, grad = blocked.objective_and_gradient(t, at_lme4, method)
+    assert np.abs(grad).max() < 1e-3
+
+
+def _scalar_design(seed: int):
+    """A random crossed design of 2 to 4 scalar terms (intercepts and single slopes), some
+    nested, unbalanced, with one theta element zero now and then."""
+    rng = np.random.default_rng(1000 + seed)
+    N = int(rng.integers(60, 200))
+    X = np.column_stack([np.ones(N), rng.normal(size=(N, int(rng.integers(0, 3))))])
+    terms = []
+    for k in range(2 + seed % 3):
+        n = int(rng.integers(2, 25))
+        codes = np.unique(rng.integers(0, n, size=N), return_inverse=True)[1]
+        if k == 2 and seed % 2:  # nested in the first term's levels
+            codes = np.unique(terms[0][0] * n + codes, return_inverse=True)[1]
+        Z = None if rng.random() < 0.7 else rng.normal(size=N)
+        terms.append((codes, Z))
+    y = X @ rng.normal(size=X.shape[1]) + rng.normal(size=N)
+    for codes, Z in terms:
+        z = np.ones(N) if Z is None else Z
+        y += z * rng.normal(size=codes.max() + 1)[codes] * rng.uniform(0.3, 2)
+    theta = rng.uniform(0.05, 2.5, size=len(terms))
+    if seed % 4 == 3:
+        theta[int(rng.integers(len(terms)))] = 0.0
+    return y, X, terms, theta
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("seed", range(12))
+def test_gradient_matches_central_differences_random_designs(seed, method):
+    y, X, terms, theta = _scalar_design(seed)
+    t = blocked.Terms.of(y, X, terms)
+    _check_gradient(t, theta, method)
+    # The criterion is even in each theta_k: the gradient is exactly zero at theta_k = 0.
+    _, grad = blocked.objective_and_gradient(t, theta, method)
+    assert np.all(grad[theta == 0.0] == 0.0)
+
+
+def test_gradient_vector_terms_not_implemented():
+    y, X, terms, _ = _model("machines_slopes")
+    t = blocked.Terms.of(y, X, terms)
+    with pytest.raises(NotImplementedError, match="scalar random-effect terms"):
+        blocked.objective_and_gradient(t, np.array([1.0, 0.1, 1.0, 0.1, 0.1, 1.0]))
+    with pytest.raises(ValueError, match="method"):
+        blocked.objective_and_gradient(blocked.Terms.of(*_model("pastes")[:3]), [1.0, 1.0], "x")

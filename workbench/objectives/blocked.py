@@ -475,3 +475,106 @@ def solve(terms: Terms, theta) -> Solution:
         n_obs=terms.n_obs,
         factor=f,
     )
+
+
+def _lower_dense(f: Factor, srt, K: int) -> np.ndarray:
+    """The later random blocks of the factor (1 .. K - 1) as one dense lower-triangular
+    matrix (the factor of the Schur complement of the first block in Lambda'Z'Z Lambda + I)."""
+    dims = [srt[k].dim for k in range(1, K)]
+    starts = np.concatenate([[0], np.cumsum(dims)]).astype(int)
+    out = np.zeros((starts[-1], starts[-1]))
+    for i in range(1, K):
+        for j in range(1, i + 1):
+            out[starts[i - 1] : starts[i], starts[j - 1] : starts[j]] = f.L[(i, j)]
+    return out
+
+
+def objective_and_gradient(terms: Terms, theta, method: str = "reml") -> tuple[float, np.ndarray]:
+    """The criterion of `objective` and its exact gradient in theta (the user's order), for
+    scalar terms (q_k = 1: Lambda is diagonal, theta_k on term k's block).
+
+    With A = Lambda'Z'Z Lambda + I, M_X and M the matrices of the module docstring with W = X
+    and W = [X y], log|R_X|^2 = log|M_X| - log|A| and log r^2 = log|M| - log|M_X|. For a scalar
+    term k, d Lambda / d theta_k = P_k / theta_k Lambda (P_k the projector on its block), so for
+    any of the three, d log|.| / d theta_k = 2 (n_k - tr_k(.^-1)) / theta_k, tr_k the trace of
+    block k of the inverse. The differences of those traces are rank-one / rank-p downdates:
+    with Y = -L_ZZ^-T L_WZ' L_WW^-T (a back-substitution with p + 1 right-hand sides),
+    tr_k(A^-1) - tr_k(M_X^-1) = ||Y_k[:, :p]||^2 and tr_k(M_X^-1) - tr_k(M^-1) = ||Y_k[:, p]||^2
+    (Y[:, p] = -/+ u / r: d r^2 / d theta_k = -2 ||u_k||^2 / theta_k). tr_k(A^-1) itself: the
+    first block's A_00^-1 is diagonal; with S the Schur complement of the first block (dense,
+    factor L_S) and B = A_10 A_00^-2 A_01 (the factor's pair maps with A_00^-2 for A_00^-1),
+    tr_0(A^-1) = tr(A_00^-1) + <S^-1, B> and tr_k(A^-1) = tr_k(S^-1) for k >= 1; S^-1 from
+    L_S (LAPACK potri). Each criterion is even in each theta_k, so its derivative at theta_k = 0
+    is 0. Cost: the factor, one inverse of the order of the later blocks and a back-substitution
+    with p + 1 columns."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if any(t.q != 1 for t in terms.terms):
+        raise NotImplementedError(
+            "objective_and_gradient: only scalar random-effect terms (one column per level: a "
+            "random intercept or a single slope); vector-valued terms are not supported yet"
+        )
+    f = factor(terms, theta)
+    srt = [terms.terms[k] for k in terms.order]
+    K, p, N = len(srt), terms.p, terms.n_obs
+    th = np.array([T[0, 0] for T in f.T])  # sorted order
+    l0 = f.L00[:, 0, 0]
+    g = f.G[:, 0, 0]  # theta_0 / l0
+    # n_k - tr_k(A^-1), sorted order.
+    resid = np.empty(K)
+    resid[0] = float(np.sum(th[0] ** 2 * terms.diag[0][:, 0, 0] / l0**2))
+    if K > 1:
+        LS = _lower_dense(f, srt, K)
+        Sinv, info = sla.lapack.dpotri(LS, lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"potri failed ({info})")
+        dims = [srt[k].dim for k in range(1, K)]
+        starts = np.concatenate([[0], np.cumsum(dims)]).astype(int)
+        h2 = (g / l0) ** 2  # theta_0^2 / l0^4: Lambda_0 A_00^-2 Lambda_0
+        inner = 0.0
+        for i in range(1, K):
+            si = slice(starts[i - 1], starts[i])
+            d = np.diagonal(Sinv[si, si])
+            resid[i] = srt[i].dim - float(d.sum())
+            for j in range(1, i + 1):
+                flat, P = terms.pairs[(i, j)]
+                v = (P @ h2) * (th[i] * th[j])
+                sj = slice(starts[j - 1], starts[j])
+                # Sinv holds its lower triangle (potri): block (i, j), i >= j, is stored.
+                s = Sinv[si, sj].reshape(-1)[flat]
+                if i == j:
+                    on = flat // dims[i - 1] == flat % dims[i - 1]
+                    inner += float(2.0 * (s @ v) - s[on] @ v[on])
+                else:
+                    inner += float(2.0 * (s @ v))
+        resid[0] -= inner
+    # Y = -L_ZZ^-T L_WZ' L_WW^-T, block by block from the last (as in `solve`).
+    LW = f.L[(K, K)]
+    Winv = sla.solve_triangular(LW, np.eye(p + 1), lower=True, trans="T", check_finite=False)
+    Ys: list[np.ndarray] = [np.empty(0)] * K
+    for k in range(K - 1, 0, -1):
+        rhs = -f.L[(K, k)].T @ Winv
+        for i in range(k + 1, K):
+            rhs -= f.L[(i, k)].T @ Ys[i]
+        Ys[k] = sla.solve_triangular(f.L[(k, k)], rhs, lower=True, trans="T", check_finite=False)
+    F0 = terms.fixed[0][:, :, 0]  # (p + 1, n_0): W'Z_0
+    rhs = -(F0 * g).T @ Winv
+    if K > 1:
+        acc = np.zeros((srt[0].n, p + 1))
+        for i in range(1, K):
+            acc += terms.below_first[i - 1].T @ (th[i] * Ys[i])
+        rhs -= g[:, None] * acc
+    Ys[0] = rhs / l0[:, None]
+    a = np.array([float(np.sum(Y[:, :p] ** 2)) for Y in Ys])  # tr_k(A^-1) - tr_k(M_X^-1)
+    c = np.array([float(Y[:, p] @ Y[:, p]) for Y in Ys])  # tr_k(M_X^-1) - tr_k(M^-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(th != 0.0, 1.0 / th, 0.0)
+    g_A, g_RX, g_r2 = 2.0 * resid * inv, -2.0 * a * inv, -2.0 * c * inv
+    r2 = f.r**2
+    with np.errstate(divide="ignore"):
+        value = float(_criterion(method, f.logdet_L, f.logdet_RX, r2, N, p))
+    grad_sorted = g_A + N * g_r2 if method == "ml" else g_A + g_RX + (N - p) * g_r2
+    grad = np.empty(terms.n_theta)
+    for s, k in enumerate(terms.order):
+        grad[terms.theta_slices[k]] = grad_sorted[s]
+    return value, grad
