@@ -167,6 +167,27 @@ class Terms:
     def n_theta(self) -> int:
         return sum(t.n_theta for t in self.terms)
 
+    @cached_property
+    def later_starts(self) -> np.ndarray:
+        """Where the later random blocks (sorted 1 .. K - 1) start in their Schur complement,
+        and its order last."""
+        dims = [self.terms[k].dim for k in self.order[1:]]
+        return np.concatenate([[0], np.cumsum(dims)]).astype(np.int64)
+
+    @cached_property
+    def pair_positions(self) -> dict:
+        """For each pair map (i, j): the positions of its entries in the transposed, flattened
+        Schur complement of the later blocks (row i, column j in block coordinates) and their
+        weights in <S^-1, B> for a symmetric B of which the map gives the lower part (2 off the
+        diagonal, 1 on it)."""
+        m, starts, out = int(self.later_starts[-1]), self.later_starts, {}
+        for (i, j), (flat, _) in self.pairs.items():
+            mj = self.terms[self.order[j]].dim
+            rows, cols = flat // mj, flat % mj
+            w = np.where((i == j) & (rows == cols), 1.0, 2.0)
+            out[(i, j)] = ((cols + starts[j - 1]) * m + rows + starts[i - 1], w)
+        return out
+
     def lme4_theta(self, theta) -> np.ndarray:
         """theta in the user's order of terms -> lme4's order (terms by number of levels,
         descending; ties in the given order: what lme4 does with the terms in formula order)."""
@@ -477,13 +498,13 @@ def solve(terms: Terms, theta) -> Solution:
     )
 
 
-def _lower_dense(f: Factor, srt, K: int) -> np.ndarray:
+def _lower_dense(f: Factor, terms: Terms) -> np.ndarray:
     """The later random blocks of the factor (1 .. K - 1) as one dense lower-triangular
-    matrix (the factor of the Schur complement of the first block in Lambda'Z'Z Lambda + I)."""
-    dims = [srt[k].dim for k in range(1, K)]
-    starts = np.concatenate([[0], np.cumsum(dims)]).astype(int)
-    out = np.zeros((starts[-1], starts[-1]))
-    for i in range(1, K):
+    matrix in Fortran order (the factor of the Schur complement of the first block in
+    Lambda'Z'Z Lambda + I)."""
+    starts = terms.later_starts
+    out = np.zeros((starts[-1], starts[-1]), order="F")
+    for i in range(1, starts.size):
         for j in range(1, i + 1):
             out[starts[i - 1] : starts[i], starts[j - 1] : starts[j]] = f.L[(i, j)]
     return out
@@ -524,29 +545,20 @@ def objective_and_gradient(terms: Terms, theta, method: str = "reml") -> tuple[f
     resid = np.empty(K)
     resid[0] = float(np.sum(th[0] ** 2 * terms.diag[0][:, 0, 0] / l0**2))
     if K > 1:
-        LS = _lower_dense(f, srt, K)
-        Sinv, info = sla.lapack.dpotri(LS, lower=1)
+        Sinv, info = sla.lapack.dpotri(_lower_dense(f, terms), lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"potri failed ({info})")
-        dims = [srt[k].dim for k in range(1, K)]
-        starts = np.concatenate([[0], np.cumsum(dims)]).astype(int)
+        starts = terms.later_starts
         h2 = (g / l0) ** 2  # theta_0^2 / l0^4: Lambda_0 A_00^-2 Lambda_0
+        flat_sinv = Sinv.T.reshape(-1)  # a view: potri gives Fortran order
         inner = 0.0
         for i in range(1, K):
             si = slice(starts[i - 1], starts[i])
-            d = np.diagonal(Sinv[si, si])
-            resid[i] = srt[i].dim - float(d.sum())
+            resid[i] = srt[i].dim - float(np.diagonal(Sinv[si, si]).sum())
             for j in range(1, i + 1):
-                flat, P = terms.pairs[(i, j)]
-                v = (P @ h2) * (th[i] * th[j])
-                sj = slice(starts[j - 1], starts[j])
-                # Sinv holds its lower triangle (potri): block (i, j), i >= j, is stored.
-                s = Sinv[si, sj].reshape(-1)[flat]
-                if i == j:
-                    on = flat // dims[i - 1] == flat % dims[i - 1]
-                    inner += float(2.0 * (s @ v) - s[on] @ v[on])
-                else:
-                    inner += float(2.0 * (s @ v))
+                idx, w = terms.pair_positions[(i, j)]
+                v = (terms.pairs[(i, j)][1] @ h2) * (th[i] * th[j])
+                inner += float((flat_sinv[idx] * w) @ v)
         resid[0] -= inner
     # Y = -L_ZZ^-T L_WZ' L_WW^-T, block by block from the last (as in `solve`).
     LW = f.L[(K, K)]
