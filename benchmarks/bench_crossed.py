@@ -10,9 +10,12 @@ figures (not a test):
    gets them: rhobeg 0.2 (= 0.2 max |theta0|), rhoend 2e-7 (= 1e-6 rhobeg). That stopping rule
    reaches lme4's criterion (default control, nloptwrap BOBYQA with xtol_abs = ftol_abs = 1e-8)
    to 1e-9 here; the bare fit, without the convergence checks of `workbench.fit.optimiser`.
+   Next to it the same build + an L-BFGS-B fit with the exact gradient
+   (`blocked.objective_and_gradient`, scalar terms), also from theta = 1 with theta >= 0
+   (ftol 1e-12, gtol 1e-6), with its criterion minus Py-BOBYQA's.
    lme4's lmer() time in the same run: `Rscript benchmarks/bench_instEval_lme4.R 3 CSV` (lmer()
-   alone on data in memory, default control, median of 3). Printed: both times, the ratio,
-   both criteria and their difference.
+   alone on data in memory, default control, median of 3). Printed for each fit: both times,
+   the ratio, both criteria and their difference.
 2. A simulated crossed model, N = 1e6 rows, y ~ 1 + (1 | a) + (1 | b) with 1e5 x 1e3 levels,
    REML, from a data frame: our fit time (build + Terms.of + fit, median of 3) with its parts,
    and the peak memory: tracemalloc's peak over one further run (numpy's buffers included) and
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pybobyqa
+import scipy.optimize as so
 
 from workbench.fit.optimiser import serial_blas
 from workbench.model import design
@@ -86,14 +90,30 @@ def fit(terms: blocked.Terms, method: str):
     return res.x, float(res.f), int(res.nf)
 
 
-def run(df, lhs, fixed, factors, method, levels=None):
+def fit_lbfgsb(terms: blocked.Terms, method: str):
+    """L-BFGS-B with the exact gradient (`blocked.objective_and_gradient`) from theta = 1,
+    theta >= 0, ftol 1e-12 (relative reduction of the criterion), gtol 1e-6: (theta, criterion,
+    evaluations, each one criterion and its gradient)."""
+    k = terms.n_theta
+    res = so.minimize(
+        lambda th: blocked.objective_and_gradient(terms, th, method),
+        np.ones(k),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, None)] * k,
+        options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 1000},
+    )
+    return res.x, float(res.fun), int(res.nfev)
+
+
+def run(df, lhs, fixed, factors, method, levels=None, fitter=fit):
     """One timed pass: (build + Terms.of seconds, fit seconds, theta in lme4's order, criterion,
     evaluations)."""
     with serial_blas():
         t0 = time.perf_counter()
         terms = build(df, lhs, fixed, factors, levels)
         t1 = time.perf_counter()
-        theta, crit, nf = fit(terms, method)
+        theta, crit, nf = fitter(terms, method)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t1, terms.lme4_theta(theta), crit, nf
 
@@ -121,27 +141,32 @@ def insteval(args) -> None:
     print(f"InstEval {formula}, N = {len(df)} (CSV read {t_read:.2f} s, not counted)")
     lme4 = {} if args.skip_lme4 else lme4_insteval(args.repeats)
     for method in ("reml", "ml"):
-        runs = [
-            run(df, "y", "1 + service", factors, method, {"service": ["0", "1"]})
-            for _ in range(args.repeats)
-        ]
-        totals = [b + f for b, f, *_ in runs]
-        i = int(np.argsort(totals)[len(totals) // 2])
-        t_build, t_fit, theta, crit, nf = runs[i]
-        total = totals[i]
-        print(
-            f"  {method.upper():4} ours: median {total:.2f} s (build + Terms.of {t_build:.2f} s, "
-            f"fit {t_fit:.2f} s, {nf} evaluations, {t_fit / nf * 1e3:.1f} ms each); "
-            f"criterion {crit:.9f}, theta {np.array2string(theta, precision=6)}"
-        )
-        r = lme4.get(method)
-        if r:
+        bobyqa_crit = None
+        for label, fitter in (("Py-BOBYQA", fit), ("L-BFGS-B + gradient", fit_lbfgsb)):
+            runs = [
+                run(df, "y", "1 + service", factors, method, {"service": ["0", "1"]}, fitter)
+                for _ in range(args.repeats)
+            ]
+            totals = [b + f for b, f, *_ in runs]
+            i = int(np.argsort(totals)[len(totals) // 2])
+            t_build, t_fit, theta, crit, nf = runs[i]
+            total = totals[i]
+            vs = "" if bobyqa_crit is None else f"; minus Py-BOBYQA's {crit - bobyqa_crit:+.2e}"
+            bobyqa_crit = crit if bobyqa_crit is None else bobyqa_crit
             print(
-                f"       lme4 lmer(): median {r['seconds']:.2f} s ({r['feval']} evaluations) "
-                f"-> ours {r['seconds'] / total:.1f}x faster; criterion {r['objective']:.9f}, "
-                f"ours - lme4 {crit - r['objective']:+.2e}, "
-                f"theta {np.array2string(np.array(r['theta']), precision=6)}"
+                f"  {method.upper():4} ours, {label}: median {total:.2f} s (build + Terms.of "
+                f"{t_build:.2f} s, fit {t_fit:.2f} s, {nf} evaluations, "
+                f"{t_fit / nf * 1e3:.1f} ms each); criterion {crit:.9f}{vs}, "
+                f"theta {np.array2string(theta, precision=6)}"
             )
+            r = lme4.get(method)
+            if r:
+                print(
+                    f"       lme4 lmer(): median {r['seconds']:.2f} s ({r['feval']} evaluations) "
+                    f"-> ours {r['seconds'] / total:.1f}x faster; criterion "
+                    f"{r['objective']:.9f}, ours - lme4 {crit - r['objective']:+.2e}, "
+                    f"theta {np.array2string(np.array(r['theta']), precision=6)}"
+                )
 
 
 def big(args) -> None:
