@@ -564,3 +564,14 @@ def test_gradient_vector_terms_not_implemented():
         blocked.objective_and_gradient(t, np.array([1.0, 0.1, 1.0, 0.1, 0.1, 1.0]))
     with pytest.raises(ValueError, match="method"):
         blocked.objective_and_gradient(blocked.Terms.of(*_model("pastes")[:3]), [1.0, 1.0], "x")
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_gradient_term_order_does_not_matter(method):
+    y, X, terms, theta = _scalar_design(7)
+    perm = list(reversed(range(len(terms))))
+    v, g = blocked.objective_and_gradient(blocked.Terms.of(y, X, terms), theta, method)
+    t2 = blocked.Terms.of(y, X, [terms[k] for k in perm])
+    v2, g2 = blocked.objective_and_gradient(t2, theta[perm], method)
+    assert v2 == pytest.approx(v, rel=1e-12)
+    np.testing.assert_allclose(g2, g[perm], rtol=1e-8, atol=1e-10 * np.abs(g).max())
