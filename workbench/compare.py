@@ -234,7 +234,9 @@ def resolve_data(data, y: str | None, group: str | None) -> GroupedData:
     if isinstance(data, GroupedData):
         return data
     if y is None or group is None:
-        raise InputError("name the response and the grouping columns (y=..., group=...).")
+        raise InputError(
+            "name the response and the grouping columns (y=..., group=...), or give a formula."
+        )
     if isinstance(data, pd.DataFrame):
         return from_frame(data, y, group)
     if isinstance(data, str | Path):
@@ -263,12 +265,6 @@ def _model(data, y, group, formula, levels) -> LMMData:
     """The one model record: `y`/`group` are sugar for the formula `y ~ 1 + (1 | group)`.
     One-way data are validated by the one-way checks (their messages name --y/--group)."""
     if formula is None:
-        if isinstance(data, GroupedData):
-            return design.from_grouped(data)
-        if y is None or group is None:
-            raise InputError(
-                "name the response and the grouping columns (y=..., group=...), or give a formula."
-            )
         return design.from_grouped(resolve_data(data, y, group))
     if y is not None or group is not None:
         raise InputError("give either a formula or y/group, not both.")

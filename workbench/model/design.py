@@ -527,7 +527,9 @@ def from_grouped(gd, formula: str | None = None) -> LMMData:
         source=gd.source,
         sha256=gd.sha256,
     )
-    out.__dict__["oneway"] = Stats.of(gd)  # cached: computed once by the one-way checks
+    # cached: known by construction (no scan of the N x 1 columns) and computed by the checks
+    out.__dict__["is_oneway"] = True
+    out.__dict__["oneway"] = Stats.of(gd)
     return out
 
 

@@ -130,13 +130,6 @@ def simulate_frame(study: Study, s: Setting, rng: np.random.Generator) -> pd.Dat
 # ----------------------------------------------------------------------------------------------
 # One replicate (a pure function: runs in any worker)
 
-VARIANT_KEYS = {
-    "joint-map:centered": ("centered", False),
-    "joint-map:noncentered": ("noncentered", False),
-    "joint-map+priors:centered": ("centered", True),
-    "joint-map+priors:noncentered": ("noncentered", True),
-}
-
 
 def method_labels(methods: tuple[str, ...]) -> tuple[str, ...]:
     """The row labels of a study's methods: compare's "joint-map" is its four variants."""
@@ -144,12 +137,6 @@ def method_labels(methods: tuple[str, ...]) -> tuple[str, ...]:
     for m in methods:
         out += list(JOINT_VARIANTS) if m == "joint-map" else [m]
     return tuple(dict.fromkeys(out))
-
-
-def compare_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
-    """compare()'s methods for a study's methods: the same vocabulary (a variant label such as
-    "joint-map:centered" fits that variant only)."""
-    return tuple(dict.fromkeys(methods))
 
 
 def truth_of(study: Study, s: Setting, means: np.ndarray | None = None) -> dict:
@@ -305,6 +292,7 @@ def _rows(method: str, truth: dict, est: dict, ci: dict, means: dict, status: st
 def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
     """Simulate one data set, run `compare` on it and read every method's estimates and
     intervals from its JSON; one tidy row per (method, parameter)."""
+    from workbench.compare import JOINT_VARIANTS as VARIANT_KEYS  # label -> (par, priors)
     from workbench.compare import compare
 
     seq = replicate_seed(study.seed, s.index, rep)
@@ -321,7 +309,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
         frame,
         formula=study.model_formula,
         levels=levels,
-        methods=compare_methods(study.methods),
+        methods=study.methods,  # compare's vocabulary, variant labels included
         seed=int(seq.generate_state(1)[0]),
         n_starts=study.n_starts,
         n_jobs=1,
