@@ -23,7 +23,7 @@ from functools import cached_property
 import numpy as np
 import scipy.stats
 
-from workbench.fit import eb_oneway
+from workbench.fit import eb_blocked, eb_oneway
 from workbench.fit.optimiser import Optimum, minimise, serial_blas
 from workbench.model.design import Block, LMMData
 from workbench.objectives.deviance import PLS, Layout, gradient, solve, to_internal, to_user
@@ -44,7 +44,16 @@ class VarianceComponents:
         return {"variances": dict(self.variances), "correlations": dict(self.correlations)}
 
 
+def components_by_factor(G: np.ndarray, data: LMMData) -> dict[str, VarianceComponents]:
+    """G's variances and correlations for every grouping factor, keyed by lme4's name."""
+    return {
+        g.name: variance_components(G, tuple(b for b in data.blocks if b.factor == k), g.name)
+        for k, g in enumerate(data.groupings)
+    }
+
+
 def variance_components(G: np.ndarray, blocks: tuple[Block, ...], group: str) -> VarianceComponents:
+    """G's variances and correlations over `blocks` (one grouping factor's)."""
     var, cor = {}, {}
     for b in blocks:
         for i, (ni, ci) in enumerate(zip(b.names, b.cols, strict=True)):
@@ -59,8 +68,10 @@ def variance_components(G: np.ndarray, blocks: tuple[Block, ...], group: str) ->
 class EBFit:
     """An ML or REML fit of any model (`fit`), on the user's scale.
 
-    `re_mode` (m, q) and `re_cov` (m, q, q) are lme4's conditional modes and covariances
-    (ranef(condVar = TRUE)); `objective` is lme4's deviance (ML) or REML criterion.
+    `modes[k]` (n_k, q_k) and `mode_covs[k]` (n_k, q_k, q_k) are lme4's conditional modes and
+    covariances (ranef(condVar = TRUE)) of grouping factor k, columns `data.factor_cols(k)`
+    (`re_mode` / `re_cov`: the single factor's); `objective` is lme4's deviance (ML) or REML
+    criterion.
     One-way only: `variance_se` / `variance_se_observed` ({mu, sigma2, tau2}: lme4's SE of mu
     and the observed-information SEs of the variances / all from the inverse observed
     information, whose matrix on (mu, sigma^2, tau^2) is `variance_cov`)."""
@@ -73,13 +84,24 @@ class EBFit:
     G: np.ndarray
     theta: np.ndarray  # lme4's theta
     objective: float  # deviance (ML) or REML criterion
-    re_mode: np.ndarray = field(repr=False)
-    re_cov: np.ndarray = field(repr=False)
+    modes: tuple[np.ndarray, ...] = field(repr=False)
+    mode_covs: tuple[np.ndarray, ...] = field(repr=False)
     optimum: Optimum = field(repr=False)
     notes: tuple[str, ...] = ()
     variance_se: dict[str, float | None] | None = None
     variance_se_observed: dict[str, float | None] | None = None
     variance_cov: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def re_mode(self) -> np.ndarray:
+        """(m, q) conditional modes of the single grouping factor."""
+        self.data.single  # noqa: B018 (raises with several factors)
+        return self.modes[0]
+
+    @property
+    def re_cov(self) -> np.ndarray:
+        self.data.single  # noqa: B018
+        return self.mode_covs[0]
 
     @cached_property
     def pls(self) -> PLS:
@@ -113,11 +135,18 @@ class EBFit:
             return self.loglik
         if self.data.is_oneway:
             return eb_oneway.marginal_loglik(self.data.oneway, self.mu, self.sigma2, self.tau2)
+        if self.data.n_factors > 1:
+            return eb_blocked.marginal_loglik(self.data, self.theta, self.sigma2)
         return self.pls.loglik(self.sigma2)
 
     @property
     def components(self) -> VarianceComponents:
+        """The single grouping factor's variance components."""
         return variance_components(self.G, self.data.blocks, self.data.group_name)
+
+    @property
+    def components_by_factor(self) -> dict[str, VarianceComponents]:
+        return components_by_factor(self.G, self.data)
 
     @property
     def _diagonal(self) -> np.ndarray:
@@ -176,22 +205,27 @@ class EBFit:
         }
 
     def random_effects(self) -> dict[str, dict]:
-        sd = np.sqrt(np.diagonal(self.re_cov, axis1=1, axis2=2))
-        names = self.data.re_names
-        return {
-            lab: {
-                n: {"mode": float(self.re_mode[j, k]), "sd": float(sd[j, k])}
-                for k, n in enumerate(names)
+        """{label: {term: {mode, sd}}} for one grouping factor; {factor: {label: ...}} for
+        several (lme4's ranef, one table per factor)."""
+        out = {}
+        for k, g in enumerate(self.data.groupings):
+            sd = np.sqrt(np.diagonal(self.mode_covs[k], axis1=1, axis2=2))
+            names = [n for b in self.data.blocks if b.factor == k for n in b.names]
+            out[g.name] = {
+                lab: {
+                    n: {"mode": float(self.modes[k][j, i]), "sd": float(sd[j, i])}
+                    for i, n in enumerate(names)
+                }
+                for j, lab in enumerate(g.labels)
             }
-            for j, lab in enumerate(self.data.labels)
-        }
+        return out if self.data.n_factors > 1 else out[self.data.group_name]
 
     def to_dict(self) -> dict:
         ml = self.method == "ml"
         out = {
             "method": self.method,
             "fixed_effects": self.fixed_effects(),
-            "variance_components": {self.data.group_name: self.components.to_dict()},
+            "variance_components": {k: v.to_dict() for k, v in self.components_by_factor.items()},
             "sigma2": self.sigma2,
             "theta": [float(t) for t in self.theta],
             "loglik" if ml else "reml_criterion": self.loglik if ml else self.objective,
@@ -228,13 +262,33 @@ LMMFit = EBFit  # old name, until every caller says EBFit
 
 def fit(data: LMMData, method: str = "ml", x0=None) -> EBFit:
     """Fit by ML or REML: the one-way kernel when `data.is_oneway` (`x0` is then not needed:
-    its 1-D search is global), else the general one from the group factors (`x0`: a start in
-    lme4's theta)."""
+    its 1-D search is global), the blocked kernel (`eb_blocked`) with several grouping factors,
+    else the general one from the group factors (`x0`: a start in lme4's theta)."""
     if method not in METHODS:
         raise ValueError("method must be 'ml' or 'reml'")
     if data.is_oneway:
         return _fit_oneway(data, method)
+    if data.n_factors > 1:
+        return _fit_blocked(data, method, x0)
     return _fit_general(data, method, x0)
+
+
+def _fit_blocked(data: LMMData, method: str, x0=None) -> EBFit:
+    k = eb_blocked.fit(data, method, x0)
+    return EBFit(
+        method=method,
+        data=data,
+        beta=k.beta,
+        beta_cov=k.beta_cov,
+        sigma2=k.sigma2,
+        G=k.G,
+        theta=k.theta,
+        objective=k.objective,
+        modes=k.modes,
+        mode_covs=k.mode_covs,
+        optimum=k.optimum,
+        notes=k.notes,
+    )
 
 
 def _fit_oneway(data: LMMData, method: str) -> EBFit:
@@ -248,8 +302,8 @@ def _fit_oneway(data: LMMData, method: str) -> EBFit:
         G=np.array([[k.tau2]]),
         theta=np.array([math.sqrt(k.gamma)]),
         objective=k.objective,
-        re_mode=k.re_mode[:, None],
-        re_cov=k.re_var[:, None, None],
+        modes=(k.re_mode[:, None],),
+        mode_covs=(k.re_var[:, None, None],),
         optimum=k.optimum,
         notes=k.notes,
         variance_se=k.se,
@@ -291,8 +345,8 @@ def _fit_general(data: LMMData, method: str, x0=None) -> EBFit:
             G=s2 * pls.T @ pls.T.T,
             theta=pls.theta,
             objective=pls.objective(method),
-            re_mode=pls.b,
-            re_cov=pls.cond_cov(s2),
+            modes=(pls.b,),
+            mode_covs=(pls.cond_cov(s2),),
             optimum=opt,
             notes=tuple(notes),
         )

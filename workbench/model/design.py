@@ -25,10 +25,29 @@ from workbench.model.formula import FormulaSpec, RandomTerm, model_matrix, parse
 
 @dataclass(frozen=True)
 class Block:
-    """A correlated block of random effects: lme4 term names and their columns in `Z`."""
+    """A correlated block of random effects: lme4 term names, their columns in `Z` and the
+    index of their grouping factor in `LMMData.groupings`."""
 
     names: tuple[str, ...]
     cols: tuple[int, ...]
+    factor: int = 0
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A grouping factor: lme4's name ("plate", "cask:batch"), level codes 0 .. n - 1 per row
+    and the level labels (an interaction's as "a1:b1", as lme4's ranef names them)."""
+
+    name: str
+    codes: np.ndarray = field(repr=False)
+    labels: tuple[str, ...] = field(repr=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.labels)
+
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=self.n_levels)
 
 
 # |y| range of the formula route: it fits centred/scaled data, so only sigma^2 and sums of
@@ -108,18 +127,57 @@ class GroupFactors:
 
 @dataclass(frozen=True)
 class LMMData:
+    """THE model record: y, X, the random-effect columns Z (all terms, in lme4's order of
+    terms) with their correlated `blocks`, and the grouping factors (`groupings`). G is
+    block diagonal over the blocks; a block's effects are independent across its factor's
+    levels. With one grouping factor (`codes`, `labels`, `group_name` are then its) the
+    objectives work per group; with several, through the blocked factorisation."""
+
     y: np.ndarray
     X: np.ndarray
-    Z: np.ndarray  # (N, q): the random-effect columns, row i belongs to group codes[i]
-    codes: np.ndarray
-    labels: tuple[str, ...]
+    Z: np.ndarray  # (N, q): the random-effect columns of every term
+    groupings: tuple[Grouping, ...]
     fixed_names: tuple[str, ...]
     blocks: tuple[Block, ...]
     y_name: str = "y"
-    group_name: str = "group"
     formula: str = ""
     source: str = "<arrays>"
     sha256: str = field(default="", compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def n_factors(self) -> int:
+        return len(self.groupings)
+
+    @property
+    def single(self) -> Grouping:
+        """The grouping factor of a model with one (the per-group code paths need it)."""
+        if len(self.groupings) != 1:
+            raise ValueError(
+                f"the model has {len(self.groupings)} grouping factors "
+                f"({', '.join(g.name for g in self.groupings)}); this needs one"
+            )
+        return self.groupings[0]
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self.single.codes
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.single.labels
+
+    @property
+    def group_name(self) -> str:
+        return self.single.name
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groupings)
+
+    def factor_cols(self, k: int) -> tuple[int, ...]:
+        """The columns of Z of grouping factor k, in block order."""
+        return tuple(c for b in self.blocks if b.factor == k for c in b.cols)
 
     @property
     def n_obs(self) -> int:
@@ -127,7 +185,7 @@ class LMMData:
 
     @property
     def n_groups(self) -> int:
-        return len(self.labels)
+        return self.single.n_levels
 
     @property
     def q(self) -> int:
@@ -149,7 +207,8 @@ class LMMData:
     def is_oneway(self) -> bool:
         """The one-way model y ~ 1 + (1 | g): the objectives then use its per-group kernels."""
         return (
-            self.fixed_names == ("(Intercept)",)
+            len(self.groupings) == 1
+            and self.fixed_names == ("(Intercept)",)
             and self.re_names == ("(Intercept)",)
             and bool(np.all(self.X == 1.0))
             and bool(np.all(self.Z == 1.0))
@@ -177,23 +236,41 @@ class LMMData:
         )
 
     def summary(self) -> dict:
-        n = np.bincount(self.codes, minlength=self.n_groups)
-        return {
+        factors = []
+        for k, g in enumerate(self.groupings):
+            n = g.sizes()
+            factors.append(
+                {
+                    "name": g.name,
+                    "n_levels": g.n_levels,
+                    "size_min": int(n.min()),
+                    "size_max": int(n.max()),
+                    "random_effects": [nm for b in self.blocks if b.factor == k for nm in b.names],
+                }
+            )
+        out = {
             "source": self.source,
             "sha256": self.sha256,
             "formula": self.formula,
             "y": self.y_name,
-            "group": self.group_name,
             "n_obs": self.n_obs,
-            "n_groups": self.n_groups,
-            "group_size_min": int(n.min()),
-            "group_size_max": int(n.max()),
-            "balanced": bool(np.all(n == n[0])),
+            "grouping_factors": factors,
             "mean": float(self.y.mean()),
             "sd": float(self.y.std(ddof=1)),
             "fixed_effects": list(self.fixed_names),
             "random_effects": list(self.re_names),
+            "notes": list(self.notes),
         }
+        if len(self.groupings) == 1:
+            n = self.groupings[0].sizes()
+            out |= {
+                "group": self.group_name,
+                "n_groups": self.n_groups,
+                "group_size_min": int(n.min()),
+                "group_size_max": int(n.max()),
+                "balanced": bool(np.all(n == n[0])),
+            }
+        return out
 
 
 def _times(M: np.ndarray, A: np.ndarray) -> np.ndarray:
@@ -330,22 +407,21 @@ def _check_rank(X: np.ndarray, names: list[str], source: str) -> None:
 def _check_identified(
     y: np.ndarray,
     X: np.ndarray,
-    Z: np.ndarray,
-    codes: np.ndarray,
-    m: int,
-    terms: list[tuple[RandomTerm, int]],
+    data: LMMData,
+    terms: list[tuple[RandomTerm, int, int]],
     spec: FormulaSpec,
     source: str,
 ) -> None:
     """Refuse data in which sigma^2 is not identified, all relative to y's own scale.
 
     * y constant (to 1e-12 of max |y|);
-    * lme4's check.nobs.vs.nRE: for a term with c columns, N <= m c observations (every group
-      of size 1 in a random-intercept model, say): sigma^2 and the variance of the term are
-      confounded;
-    * y fitted exactly by X and a free set of random effects per group (e.g. y constant within
-      every group): the residual of y on [X, blockdiag(Z_j)], from a per-group projection
-      (y - Z_j c_j computed directly, no cancellation) then least squares on X, is zero.
+    * lme4's check.nobs.vs.nlev / check.nobs.vs.nRE: for a term with c columns on a factor with
+      m levels, N <= m c observations (a factor with one row per level, such as an observation
+      index, say): sigma^2 and the variance of the term are confounded;
+    * y fitted exactly by X and a free set of random effects per level of one factor (e.g. y
+      constant within every group): the residual of y on [X, blockdiag(Z_j)], from a per-group
+      projection (y - Z_j c_j computed directly, no cancellation) then least squares on X, is
+      zero.
     Without these, the optimiser runs sigma^2 to 1e-302 and reports a log likelihood of 1e4."""
     n = y.size
     scale = check_y_range(y, spec.response, source, Y_MIN, Y_MAX)
@@ -357,21 +433,30 @@ def _check_identified(
             f"{y[0]:.6g}), so there is nothing to model: check the response "
             f"column."
         )
-    sizes = np.bincount(codes, minlength=m)
-    for term, ncol in terms:
+    for term, ncol, f in terms:
+        g = data.groupings[f]
+        m = g.n_levels
         if n <= m * ncol:
-            if sizes.max() < 2:
+            if g.sizes().max() < 2:
                 raise InputError(
-                    f"{source}: every group of '{spec.factor}' has one observation, so sigma^2 "
-                    f"and the variance of the group effects are not separately identified (lme4 "
-                    f"refuses this too): use a grouping column with repeated observations."
+                    f"{source}: every level of '{g.name}' has one observation (it indexes the "
+                    f"rows), so sigma^2 and the variance of its effects are not separately "
+                    f"identified (lme4 refuses this too): drop the term {term.text()} or use a "
+                    f"grouping column with repeated observations."
                 )
             raise InputError(
                 f"{source}: {n} observations are not more than the {m * ncol} random effects of "
-                f"{term.text()} ({m} groups x {ncol}), so sigma^2 and the random-effect "
+                f"{term.text()} ({m} levels x {ncol}), so sigma^2 and the random-effect "
                 f"variances are not separately identified (lme4 refuses this too): use fewer "
                 f"random-effect terms or groups with more observations."
             )
+    for f, g in enumerate(data.groupings):
+        _check_exact_fit(ys, X, data.Z[:, list(data.factor_cols(f))], g, spec, source)
+
+
+def _check_exact_fit(ys, X, Z, g: Grouping, spec: FormulaSpec, source: str) -> None:
+    """Refuse y fitted exactly by X and free effects (Z's columns) for every level of `g`."""
+    n, m, codes = ys.size, g.n_levels, g.codes
     q = Z.shape[1]
 
     def per_group(w):
@@ -396,7 +481,7 @@ def _check_identified(
     if np.sqrt(r @ r / n) <= 1e-12:
         raise InputError(
             f"{source}: column '{spec.response}' is fitted exactly by the fixed effects plus "
-            f"free effects for each group of '{spec.factor}' (for example it does not vary "
+            f"free effects for each group of '{g.name}' (for example it does not vary "
             f"within any group), so the residual variance sigma^2 is not identified: check the "
             f"columns."
         )
@@ -453,34 +538,7 @@ def from_frame(
         )
     X, fixed_names = _design(spec.fixed_part, df, source)  # R's order: interactions last
     _check_rank(X, fixed_names, source)
-    zcols, blocks, sizes = [], [], []
-    for term in spec.random:
-        Zt, names = _design(term.part, df, source)
-        groups = [[i] for i in range(len(names))] if not term.correlated else [range(len(names))]
-        for g in groups:
-            start = sum(z.shape[1] for z in zcols)
-            blocks.append(
-                Block(
-                    names=tuple(names[i] for i in g),
-                    cols=tuple(start + k for k in range(len(list(g)))),
-                )
-            )
-            zcols.append(Zt[:, list(g)])
-        sizes.append((term, Zt.shape[1]))
-    Z = np.hstack(zcols)
-    re_names = [n for b in blocks for n in b.names]
-    if len(set(re_names)) < len(re_names):
-        dup = next(n for n in re_names if re_names.count(n) > 1)
-        raise InputError(
-            f"{source}: random effect '{dup}' appears twice for '{spec.factor}'; "
-            f"list each term once."
-        )
-    codes, uniques = pd.factorize(df[spec.factor].astype(str), sort=False)
-    if len(uniques) < 2:
-        raise InputError(
-            f"{source}: column '{spec.factor}' has {len(uniques)} group(s); a "
-            f"mixed model needs at least 2 groups."
-        )
+    groupings, Z, blocks, sizes = _random_terms(spec, df, source)
     if not sha256:
         sha256 = hashlib.sha256(
             pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
@@ -489,23 +547,104 @@ def from_frame(
         y=y,
         X=X,
         Z=Z,
-        codes=codes.astype(np.int64),
-        labels=tuple(uniques),
+        groupings=groupings,
         fixed_names=tuple(fixed_names),
-        blocks=tuple(blocks),
+        blocks=blocks,
         y_name=spec.response,
-        group_name=spec.factor,
         formula=spec.text(),
         source=source,
         sha256=sha256,
+        notes=_crossing_notes(spec, df, groupings),
     )
     if out.n_obs <= out.p + out.q:
         raise InputError(
             f"{source}: {out.n_obs} rows are too few for {out.p} fixed and "
             f"{out.q} random effects per group."
         )
-    _check_identified(y, X, Z, out.codes, out.n_groups, sizes, spec, source)
+    _check_identified(y, X, out, sizes, spec, source)
     return out
+
+
+def _grouping(df: pd.DataFrame, columns: tuple[str, ...], name: str, source: str) -> Grouping:
+    """A grouping factor's codes and labels: its column's values as strings, or for an
+    interaction the observed combinations, labelled "a1:b1" (lme4's names); in order of first
+    appearance."""
+    values = df[columns[0]].astype(str)
+    for c in columns[1:]:
+        values = values + ":" + df[c].astype(str)
+    codes, uniques = pd.factorize(values, sort=False)
+    if len(uniques) < 2:
+        what = f"column '{name}'" if len(columns) == 1 else f"the grouping factor '{name}'"
+        raise InputError(
+            f"{source}: {what} has {len(uniques)} level(s) ({', '.join(map(str, uniques))}); a "
+            f"random-effect term needs a grouping factor with at least 2 levels: drop the term "
+            f"or use another column."
+        )
+    return Grouping(name=name, codes=codes.astype(np.int64), labels=tuple(uniques))
+
+
+def _random_terms(spec: FormulaSpec, df: pd.DataFrame, source: str):
+    """Z, its blocks and the grouping factors, with the terms in lme4's order: by number of
+    levels of their factor, descending (`rev(order(nl))` when the counts are not already
+    non-increasing; formula order otherwise, lme4's mkReTrms), so that theta is lme4's."""
+    by_name = {
+        name: _grouping(df, next(t.columns for t in spec.random if t.factor == name), name, source)
+        for name in spec.factors
+    }
+    nl = [by_name[t.factor].n_levels for t in spec.random]
+    order = list(range(len(nl)))
+    if any(b > a for a, b in zip(nl, nl[1:], strict=False)):
+        order = sorted(order, key=lambda k: nl[k])[::-1]  # R's order() is stable; rev()
+    names = list(dict.fromkeys(spec.random[k].factor for k in order))
+    groupings = tuple(by_name[n] for n in names)
+    zcols, blocks, sizes, start = [], [], [], 0
+    for k in order:
+        term = spec.random[k]
+        Zt, cols = _design(term.part, df, source)
+        f = names.index(term.factor)
+        parts = [[i] for i in range(len(cols))] if not term.correlated else [range(len(cols))]
+        for g in parts:
+            g = list(g)
+            blocks.append(
+                Block(tuple(cols[i] for i in g), tuple(start + j for j in range(len(g))), f)
+            )
+            zcols.append(Zt[:, g])
+            start += len(g)
+        sizes.append((term, Zt.shape[1], f))
+    for f, name in enumerate(names):
+        re = [n for b in blocks if b.factor == f for n in b.names]
+        if len(set(re)) < len(re):
+            dup = next(n for n in re if re.count(n) > 1)
+            raise InputError(
+                f"{source}: random effect '{dup}' appears twice for '{name}'; list each term once."
+            )
+    return groupings, np.hstack(zcols), tuple(blocks), sizes
+
+
+def _crossing_notes(spec: FormulaSpec, df: pd.DataFrame, groupings) -> tuple[str, ...]:
+    """How two single-column factors relate, said once: a factor whose labels recur under
+    several levels of another is fitted as crossed with it (lme4 does the same); if its labels
+    restart within each parent (nested codes, like Pastes' cask a, b, c in every batch), the
+    model wanted is (1 | parent/child)."""
+    single = [g for g in groupings if ":" not in g.name and g.name in df.columns]
+    out = []
+    for a in single:
+        for b in single:
+            if a is b or b.n_levels >= a.n_levels:
+                continue
+            pairs = len(set(zip(a.codes.tolist(), b.codes.tolist(), strict=True)))
+            per_child = pairs / b.n_levels  # parents per level of b
+            nested_ab = pairs == a.n_levels  # a nested in b: each a level under one b level
+            if nested_ab or per_child <= 1:
+                continue
+            out.append(
+                f"'{b.name}' ({b.n_levels} levels) is crossed with '{a.name}' ({a.n_levels} "
+                f"levels): each '{b.name}' label occurs under {per_child:.3g} '{a.name}' levels "
+                f"on average, and is fitted as one level across them (lme4 does the same). If "
+                f"'{b.name}' is nested in '{a.name}' with labels that restart in each, write "
+                f"(1 | {a.name}/{b.name}) for the nested factor {b.name}:{a.name}."
+            )
+    return tuple(out)
 
 
 def from_grouped(gd, formula: str | None = None) -> LMMData:
@@ -517,12 +656,10 @@ def from_grouped(gd, formula: str | None = None) -> LMMData:
         y=gd.y,
         X=ones,
         Z=ones,
-        codes=gd.codes,
-        labels=tuple(gd.labels),
+        groupings=(Grouping(gd.group_name, gd.codes, tuple(gd.labels)),),
         fixed_names=("(Intercept)",),
         blocks=(Block(names=("(Intercept)",), cols=(0,)),),
         y_name=gd.y_name,
-        group_name=gd.group_name,
         formula=formula or f"{gd.y_name} ~ 1 + (1 | {gd.group_name})",
         source=gd.source,
         sha256=gd.sha256,
@@ -562,10 +699,8 @@ def from_arrays(
         y=np.asarray(y, float),
         X=X,
         Z=Z,
-        codes=codes.astype(np.int64),
-        labels=tuple(str(u) for u in uniques),
+        groupings=(Grouping(group_name, codes.astype(np.int64), tuple(str(u) for u in uniques)),),
         fixed_names=fixed_names,
         blocks=blocks,
         y_name=y_name,
-        group_name=group_name,
     )

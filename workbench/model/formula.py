@@ -144,7 +144,7 @@ class _Group:
 @dataclass(frozen=True)
 class _Bar:
     expr: tuple  # sum items: (sign, node)
-    factor: str
+    factors: tuple[tuple[str, ...], ...]  # `a/b` -> (("a",), ("a", "b"))
     double: bool
 
 
@@ -395,6 +395,48 @@ class _Parser:
             elif isinstance(n, _Bar):
                 raise self.refuse("a random-effect term inside an interaction", start)
 
+    def grouping(self, bar: _Tok, open_tok: _Tok) -> tuple[tuple[str, ...], ...]:
+        """The grouping factor after `|`: `g`, an interaction `a:b` (the observed combinations
+        of a and b) or a nesting `a/b` (= `a` and `b:a`, lme4's rule and names; `a/b/c` also
+        gives `c:b:a`). Returns each factor as its tuple of columns."""
+        chains: list[tuple[str, ...]] = []
+        chain: list[str] = []
+        while True:
+            gtok = self.take()
+            if gtok.kind not in ("name", "quoted"):
+                raise self.refuse(
+                    f"'{gtok.text or 'the end'}' after '{bar.text}' (the grouping factor must be "
+                    f"column names joined by ':' (interaction) or '/' (nesting))",
+                    gtok.pos,
+                )
+            name = self.column_name(gtok)
+            if name in chain:
+                raise self.refuse(f"the grouping column '{name}' twice", gtok.pos)
+            chain.append(name)
+            if self.at(":"):
+                self.take()
+                continue
+            chains.append(tuple(chain))
+            if self.at("/"):
+                self.take()
+                continue
+            break
+        if not self.at(")"):
+            tok = self.peek()
+            close = self.text.find(")", tok.pos)
+            inner = self.text[bar.pos + len(bar.text) : close if close >= 0 else None].strip()
+            term = _element(self.formula, open_tok.pos + self.offset)
+            raise InputError(
+                f"formula: grouping factor '{inner}' in '{term}' must be column names joined "
+                f"by ':' (interaction, as in a:b) or '/' (nesting, as in a/b); make a column "
+                f"for anything else."
+            )
+        out, prefix = [], ()
+        for c in chains:
+            prefix = tuple(v for v in c if v not in prefix) + prefix  # lme4: a/b -> b:a
+            out.append(prefix)
+        return tuple(out)
+
     def formula_atom(self, top: bool):
         tok = self.peek()
         if tok.kind == "num":
@@ -418,27 +460,11 @@ class _Parser:
             if self.at("|", "||"):
                 bar = self.take()
                 double = bar.text == "||"
-                gtok = self.take()
-                if gtok.kind not in ("name", "quoted"):
-                    raise self.refuse(
-                        f"'{gtok.text}' after '{bar.text}' (the grouping factor "
-                        f"must be one column name)",
-                        gtok.pos,
-                    )
-                factor = self.column_name(gtok)
-                if not self.at(")"):
-                    close = self.text.find(")", gtok.pos)
-                    inner = self.text[gtok.pos : close if close >= 0 else None].strip()
-                    term = _element(self.formula, tok.pos + self.offset)
-                    raise InputError(
-                        f"formula: grouping factor '{inner}' in '{term}' must be one "
-                        f"column name (nested or interacted factors are not "
-                        f"supported yet); make a column that combines them."
-                    )
+                factors = self.grouping(bar, tok)
                 self.take()
                 if not top:
                     raise self.refuse("a random-effect term inside another term", tok.pos)
-                return _Bar(expr=items, factor=factor, double=double)
+                return _Bar(expr=items, factors=factors, double=double)
             self.expect(")")
             for _, node in items:
                 if isinstance(node, _Intercept):
@@ -677,14 +703,24 @@ def parse_part(text: str) -> Part:
 @dataclass(frozen=True)
 class RandomTerm:
     """One `(expr | factor)` term: `expr` is an R right-hand side ("1 + ses"), one correlated
-    block of random effects. `(expr || g)` is expanded into such terms by `parse`, as lme4 does."""
+    block of random effects; `columns` the grouping factor's columns (one, or several for an
+    interaction: `a:b` has the observed combinations of a and b as levels). `(expr || g)` and
+    `(expr | a/b)` are expanded into such terms by `parse`, as lme4 does."""
 
     expr: str
-    factor: str
+    columns: tuple[str, ...]
     correlated: bool = True
 
+    @property
+    def factor(self) -> str:
+        """lme4's name of the grouping factor ("plate", "cask:batch")."""
+        return ":".join(self.columns)
+
+    def factor_text(self) -> str:
+        return ":".join(_name_text(c) for c in self.columns)
+
     def text(self) -> str:
-        return f"({self.expr} {'|' if self.correlated else '||'} {_name_text(self.factor)})"
+        return f"({self.expr} {'|' if self.correlated else '||'} {self.factor_text()})"
 
     @property
     def part(self) -> Part:
@@ -698,7 +734,13 @@ class FormulaSpec:
     random: tuple[RandomTerm, ...]
 
     @property
+    def factors(self) -> tuple[str, ...]:
+        """The grouping factors, in the order of their first term."""
+        return tuple(dict.fromkeys(t.factor for t in self.random))
+
+    @property
     def factor(self) -> str:
+        """The grouping factor of a model with one (the first one's otherwise)."""
         return self.random[0].factor
 
     @property
@@ -717,6 +759,7 @@ class FormulaSpec:
             fixed.intercept
             and not fixed.terms
             and len(self.random) == 1
+            and len(self.random[0].columns) == 1
             and self.random[0].correlated
             and self.random[0].part.intercept
             and not self.random[0].part.terms
@@ -740,14 +783,14 @@ def _balance(formula: str) -> None:
         raise InputError(f"formula: unbalanced '(' in '{formula}'; check the parentheses.")
 
 
-def _expand_double_bar(bar: _Bar) -> list[RandomTerm]:
+def _expand_double_bar(bar: _Bar, columns: tuple[str, ...]) -> list[RandomTerm]:
     """lme4's expandDoubleVerts: (1 + a + b || g) -> (1 | g) + (0 + a | g) + (0 + b | g), one
     term per *term* of the expression (a factor's dummy columns stay one block)."""
     part = _part(bar.expr)
-    out = [RandomTerm("1", bar.factor)] if part.intercept else []
+    out = [RandomTerm("1", columns)] if part.intercept else []
     variables = dict(part.variables)
     for term in part.terms:
-        out.append(RandomTerm("0 + " + ":".join(deparse(variables[k]) for k in term), bar.factor))
+        out.append(RandomTerm("0 + " + ":".join(deparse(variables[k]) for k in term), columns))
     return out
 
 
@@ -787,24 +830,20 @@ def _parse(formula: str) -> FormulaSpec:
         raise InputError(
             f"formula '{formula}' has no random-effect term; add one like (1 | group)."
         )
-    factors = sorted({b.factor for b in bars})
-    if len(factors) > 1:
-        raise InputError(
-            f"formula '{formula}' has {len(factors)} grouping factors "
-            f"({', '.join(factors)}); only one grouping factor is supported."
-        )
     random: list[RandomTerm] = []
     for bar in bars:
-        if bar.double:
-            random += _expand_double_bar(bar)
-        else:
-            random.append(RandomTerm(_sum_text(bar.expr), bar.factor))
+        # lme4's expandSlash: (e | a/b) -> (e | b:a) + (e | a), the inner factor named first
+        for columns in reversed(bar.factors):
+            if bar.double:
+                random += _expand_double_bar(bar, columns)
+            else:
+                random.append(RandomTerm(_sum_text(bar.expr), columns))
     for term in random:
         part = term.part
         if not part.intercept and not part.terms:
             raise InputError(
                 f"formula '{formula}': the random-effect term {term.text()} has no "
-                f"columns; write e.g. (1 | {_name_text(term.factor)})."
+                f"columns; write e.g. (1 | {term.factor_text()})."
             )
     fixed_text = _sum_text(fixed) if fixed else "1"
     spec = FormulaSpec(response=response, fixed=fixed_text, random=tuple(random))
@@ -817,11 +856,12 @@ def _parse(formula: str) -> FormulaSpec:
 
 
 def variables(spec: FormulaSpec) -> list[str]:
-    """Column names the formula uses (response first, grouping factor last)."""
+    """Column names the formula uses (response first, grouping columns last)."""
     names = [spec.response]
     for part in [spec.fixed_part] + [t.part for t in spec.random]:
         names += [v for v in part.columns() if v not in names]
-    return [v for v in names if v != spec.factor] + [spec.factor]
+    groups = list(dict.fromkeys(c for t in spec.random for c in t.columns))
+    return [v for v in names if v not in groups] + groups
 
 
 # ---------------------------------------------------------------------------------------------

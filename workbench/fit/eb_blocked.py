@@ -1,0 +1,167 @@
+"""The EB kernel for several grouping factors (crossed or nested random effects).
+
+lme4's profiled ML deviance / REML criterion in theta comes from the blocked Cholesky factor of
+`objectives.blocked` (MixedModels.jl's: terms by number of levels, the first block diagonal), one
+blocked term per correlated block of `LMMData` (its factor's level codes and its columns of Z),
+so theta is lme4's. `optimiser.minimise` finds the minimum from lme4's starts (exact-gradient
+L-BFGS-B descents, then the checked end point: gradient, one-sided derivatives at bounds, a
+BOBYQA restart). Every field of `eb.EBFit` follows at the optimum: beta and its covariance
+sigma^2 (X'V^-1X)^-1, sigma^2, G = sigma^2 blockdiag(T T'), the conditional modes b = Lambda u
+and lme4's conditional covariances sigma^2 Lambda A^-1 Lambda' by level (condVar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workbench.fit.optimiser import Optimum, minimise, serial_blas
+from workbench.model.design import LMMData
+from workbench.objectives import blocked
+from workbench.objectives.deviance import Layout
+
+BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
+
+
+def terms(data: LMMData) -> blocked.Terms:
+    """The theta-free products of `data` (one O(N) pass), cached on the record: one blocked
+    term per correlated block, in the record's (lme4's) order."""
+    cached = data.__dict__.get("_blocked_terms")
+    if cached is None:
+        cached = blocked.Terms.of(
+            data.y,
+            data.X,
+            [(data.groupings[b.factor].codes, data.Z[:, list(b.cols)]) for b in data.blocks],
+        )
+        data.__dict__["_blocked_terms"] = cached  # frozen record: a cache, like cached_property
+    return cached
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """An ML or REML fit with several grouping factors (the fields of `eb.EBFit`)."""
+
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    sigma2: float
+    G: np.ndarray
+    theta: np.ndarray
+    objective: float
+    modes: tuple[np.ndarray, ...] = field(repr=False)
+    mode_covs: tuple[np.ndarray, ...] = field(repr=False)
+    optimum: Optimum = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+
+def by_factor(data: LMMData, per_block: tuple[np.ndarray, ...], cov: bool) -> tuple:
+    """Per-block arrays (n_k, q_b[, q_b]) joined per grouping factor (columns in block order;
+    covariances block diagonal: lme4's condVar is per term)."""
+    out = []
+    for k in range(data.n_factors):
+        idx = [i for i, b in enumerate(data.blocks) if b.factor == k]
+        if not cov:
+            out.append(np.concatenate([per_block[i] for i in idx], axis=1))
+            continue
+        n = per_block[idx[0]].shape[0]
+        q = sum(per_block[i].shape[1] for i in idx)
+        full = np.zeros((n, q, q))
+        at = 0
+        for i in idx:
+            w = per_block[i].shape[1]
+            full[:, at : at + w, at : at + w] = per_block[i]
+            at += w
+        out.append(full)
+    return tuple(out)
+
+
+def _beta_cov_unscaled(sol, p: int) -> np.ndarray:
+    """(X'V^-1 X)^-1 with V = I + Z Lambda Lambda'Z': from R_X, the fixed-effect corner of the
+    factor's last block (R_X R_X' = X'V^-1 X)."""
+    if hasattr(sol, "beta_cov_unscaled"):
+        return sol.beta_cov_unscaled
+    K = max(k for k, _ in sol.factor.L)
+    RX = sol.factor.L[(K, K)][:p, :p]
+    inv = np.linalg.inv(RX)
+    return inv.T @ inv
+
+
+def _scalar(data: LMMData) -> bool:
+    return all(len(b.cols) == 1 for b in data.blocks)
+
+
+def fit(data: LMMData, method: str, x0=None) -> Kernel:
+    """Minimise the criterion over theta and read off every field at the optimum."""
+    tm = terms(data)
+    layout = Layout.of(data.blocks, data.q)
+    with serial_blas():
+        opt = minimise(
+            lambda t: blocked.objective(tm, t, method),
+            layout.starts() if x0 is None else [np.asarray(x0, float)],
+            np.where(layout.diagonal, 0.0, -np.inf),
+            mirror=layout.mirror,
+            grad=(lambda t: blocked.objective_and_gradient(tm, t, method))
+            if _scalar(data)
+            else None,
+        )
+        sol = blocked.solve(tm, opt.x)
+        s2 = sol.sigma2(method)
+        covs = _conditional_covariances(tm, sol)
+    T = layout.T(opt.x)
+    notes = []
+    if not opt.converged:
+        notes.append(
+            f"the optimiser did not confirm a minimum ({opt.message}); the estimates may be off"
+        )
+    if np.any(np.abs(opt.x[layout.diagonal]) < BOUNDARY_TOL):
+        notes.append(
+            "boundary (singular) fit: a random-effect variance is 0 or a "
+            "correlation is +-1 (lme4's isSingular)"
+        )
+    return Kernel(
+        beta=sol.beta,
+        beta_cov=s2 * _beta_cov_unscaled(sol, tm.p),
+        sigma2=s2,
+        G=s2 * T @ T.T,
+        theta=np.array(opt.x, float),
+        objective=sol.objective(method),
+        modes=by_factor(data, sol.b, cov=False),
+        mode_covs=by_factor(data, tuple(s2 * c for c in covs), cov=True),
+        optimum=opt,
+        notes=tuple(notes),
+    )
+
+
+def _conditional_covariances(tm: blocked.Terms, sol) -> tuple[np.ndarray, ...]:
+    """Per term, the per-level diagonal blocks of Lambda A^-1 Lambda' (sigma^2-free condVar),
+    A = Lambda'Z'Z Lambda + I. Transitional dense version (small models) until the blocked
+    factor provides them."""
+    if hasattr(sol, "conditional_covariances"):
+        return sol.conditional_covariances()
+    import scipy.sparse as sp
+
+    Ts = [t.T(sol.theta[sl]) for t, sl in zip(tm.terms, tm.theta_slices, strict=True)]
+    mats, N = [], tm.n_obs
+    for t, T in zip(tm.terms, Ts, strict=True):
+        ZL = t.Z @ T
+        rows = np.repeat(np.arange(N), t.q)
+        cols = (t.codes[:, None] * t.q + np.arange(t.q)[None, :]).ravel()
+        mats.append(sp.csr_matrix((ZL.ravel(), (rows, cols)), shape=(N, t.dim)))
+    ZL = sp.hstack(mats).tocsc()
+    A = (ZL.T @ ZL).toarray() + np.eye(ZL.shape[1])
+    Ainv = np.linalg.inv(A)
+    out, at = [], 0
+    for t, T in zip(tm.terms, Ts, strict=True):
+        blk = Ainv[at : at + t.dim, at : at + t.dim].reshape(t.n, t.q, t.n, t.q)
+        per = blk[np.arange(t.n), :, np.arange(t.n), :]  # (n, q, q)
+        out.append(T @ per @ T.T)
+        at += t.dim
+    return tuple(out)
+
+
+def marginal_loglik(data: LMMData, theta, sigma2: float) -> float:
+    """The marginal log likelihood at theta, sigma^2 and the GLS beta at theta (a REML fit's
+    estimates): -1/2 [log|L_theta|^2 + N log(2 pi sigma^2) + r^2(theta) / sigma^2]."""
+    sol = blocked.solve(terms(data), theta)
+    n = data.n_obs
+    return -0.5 * (sol.logdet_L + n * np.log(2 * np.pi * sigma2) + sol.r2 / sigma2)
