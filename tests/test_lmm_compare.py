@@ -176,8 +176,8 @@ def _cli(*args, cwd):
         ("mAch ~ ses + (1 | school", "unbalanced '('"),
         ("mAch ~ ses + sector", "no random-effect term"),
         ("mAch ~ ses + meanses + cses + (1 | school)", "rank deficient"),
-        ("mAch ~ ses + (1 | school) + (1 | sector)", "grouping factors"),
-        ("mAch ~ ses + (1 | school:sector)", "one column name"),
+        ("mAch ~ ses + (1 | school + sector)", "joined by ':' (interaction"),
+        ("mAch ~ ses + (1 | school/school)", "the grouping column 'school' twice"),
     ],
 )
 def test_bad_formulas_exit_2_with_one_line(tmp_path, formula, expect):

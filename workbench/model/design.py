@@ -439,7 +439,7 @@ def _check_identified(
         if n <= m * ncol:
             if g.sizes().max() < 2:
                 raise InputError(
-                    f"{source}: every level of '{g.name}' has one observation (it indexes the "
+                    f"{source}: every group of '{g.name}' has one observation (it indexes the "
                     f"rows), so sigma^2 and the variance of its effects are not separately "
                     f"identified (lme4 refuses this too): drop the term {term.text()} or use a "
                     f"grouping column with repeated observations."
