@@ -557,11 +557,72 @@ def test_gradient_matches_central_differences_random_designs(seed, method):
     assert np.all(grad[theta == 0.0] == 0.0)
 
 
-def test_gradient_vector_terms_not_implemented():
+def _vector_design(seed: int):
+    """A random crossed design with random slopes: (1 + x | a) + (1 | b) (seed % 4 in 0, 1) or
+    (1 + x | a) + (1 + x | b), the slope term the first (largest) block or not (seed % 2), a
+    third scalar term now and then, random T_k (negative off-diagonal elements, one diagonal
+    element 0 in every third seed)."""
+    rng = np.random.default_rng(2000 + seed)
+    N = int(rng.integers(80, 200))
+    x = rng.normal(size=N)
+    X = np.column_stack([np.ones(N), x, rng.normal(size=N)])
+    na, nb = (int(rng.integers(15, 30)), int(rng.integers(3, 8)))
+    if seed % 2:
+        na, nb = nb, na  # the slope term of a is then the smaller block
+    a = np.unique(rng.integers(0, na, size=N), return_inverse=True)[1]
+    b = np.unique(rng.integers(0, nb, size=N), return_inverse=True)[1]
+    slope = np.column_stack([np.ones(N), x])
+    terms = [(a, slope), (b, None if seed % 4 < 2 else slope)]
+    if seed % 3 == 2:
+        terms.append((np.unique(rng.integers(0, 6, size=N), return_inverse=True)[1], None))
+    y = X @ rng.normal(size=3) + rng.normal(size=N)
+    theta = []
+    for codes, Z in terms:
+        Zm = np.ones((N, 1)) if Z is None else Z
+        y += (Zm * rng.normal(size=(codes.max() + 1, Zm.shape[1]))[codes]).sum(axis=1)
+        if Zm.shape[1] == 2:
+            theta += [rng.uniform(0.3, 2), rng.normal(), rng.uniform(0.1, 1.5)]
+        else:
+            theta.append(rng.uniform(0.2, 2))
+    theta = np.array(theta)
+    if seed % 3 == 0:
+        theta[2 if seed % 2 else 0] = 0.0  # a zero diagonal element of a slope term's T
+    return y, X, terms, theta
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+@pytest.mark.parametrize("seed", range(8))
+def test_gradient_vector_terms_central_differences(seed, method):
+    y, X, terms, theta = _vector_design(seed)
+    t = blocked.Terms.of(y, X, terms)
+    assert (t.order[0] == 0) == (seed % 2 == 0)  # the slope term of a first, or not
+    _check_gradient(t, theta, method)
+
+
+def test_gradient_vector_term_alone_lme4():
+    """One vector term alone (Machines, (Machine | Worker), q = 3): the gradient against central
+    differences, and about zero at lme4's optimum."""
     y, X, terms, _ = _model("machines_slopes")
     t = blocked.Terms.of(y, X, terms)
-    with pytest.raises(NotImplementedError, match="scalar random-effect terms"):
-        blocked.objective_and_gradient(t, np.array([1.0, 0.1, 1.0, 0.1, 0.1, 1.0]))
+    for method in ("ml", "reml"):
+        theta = t.from_lme4_theta(LME4[f"machines_slopes_{method}"]["theta"])
+        _check_gradient(t, 1.1 * theta, method)
+        _, grad = blocked.objective_and_gradient(t, theta, method)
+        assert np.abs(grad).max() < 5e-3  # lme4 stops within ~1e-3 here
+
+
+@pytest.mark.parametrize("seed", range(0, 12, 3))
+def test_general_gradient_path_matches_scalar_path(seed):
+    """The inverse-free path for vector terms, run on scalar terms, gives the trace path's
+    numbers (zero elements of theta included)."""
+    y, X, terms, theta = _scalar_design(seed)
+    t = blocked.Terms.of(y, X, terms)
+    f = blocked.factor(t, theta)
+    for got, want in zip(blocked._general_parts(t, f), blocked._scalar_parts(t, f), strict=True):
+        np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=1e-8, atol=1e-10)
+
+
+def test_gradient_bad_method():
     with pytest.raises(ValueError, match="method"):
         blocked.objective_and_gradient(blocked.Terms.of(*_model("pastes")[:3]), [1.0, 1.0], "x")
 

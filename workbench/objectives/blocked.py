@@ -38,7 +38,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-METHODS = ("ml", "reml")
+METHODS = ("ml", "reml", "joint")
 
 
 def _tril(q: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,6 +167,11 @@ class Terms:
     def n_theta(self) -> int:
         return sum(t.n_theta for t in self.terms)
 
+    @property
+    def n_re(self) -> int:
+        """Q = sum_k n_k q_k, the number of random effects."""
+        return sum(t.dim for t in self.terms)
+
     @cached_property
     def later_starts(self) -> np.ndarray:
         """Where the later random blocks (sorted 1 .. K - 1) start in their Schur complement,
@@ -178,13 +183,14 @@ class Terms:
     def pair_positions(self) -> dict:
         """For each pair map (i, j): the positions of its entries in the transposed, flattened
         Schur complement of the later blocks (row i, column j in block coordinates) and their
-        weights in <S^-1, B> for a symmetric B of which the map gives the lower part (2 off the
-        diagonal, 1 on it)."""
+        weights in <S^-1, B> for a symmetric B of which the map gives the lower part (1 in a
+        diagonal q x q block of a level, where the map holds all of it; 2 elsewhere)."""
         m, starts, out = int(self.later_starts[-1]), self.later_starts, {}
         for (i, j), (flat, _) in self.pairs.items():
             mj = self.terms[self.order[j]].dim
             rows, cols = flat // mj, flat % mj
-            w = np.where((i == j) & (rows == cols), 1.0, 2.0)
+            qj = self.terms[self.order[j]].q
+            w = np.where((i == j) & (rows // qj == cols // qj), 1.0, 2.0)
             out[(i, j)] = ((cols + starts[j - 1]) * m + rows + starts[i - 1], w)
         return out
 
@@ -408,21 +414,113 @@ def factor(terms: Terms, theta) -> Factor:
     )
 
 
-def _criterion(method: str, logdet_L: float, logdet_RX: float, r2: float, n: int, p: int):
-    if method == "ml":
-        return logdet_L + n * (1.0 + np.log(2.0 * np.pi * r2 / n))
-    if method == "reml":
-        dof = n - p
-        return logdet_L + logdet_RX + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof))
+def _logdet_T(terms: Terms, Ts) -> float:
+    """sum_k 2 n_k log|det T_k|, the joint's volume term (-inf at a zero diagonal element)."""
+    out = 0.0
+    with np.errstate(divide="ignore"):
+        for s, k in enumerate(terms.order):
+            out += 2.0 * terms.terms[k].n * float(np.log(np.abs(np.diag(Ts[s]))).sum())
+    return out
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+
+
+def _criterion(method: str, f: Factor, terms: Terms) -> float:
+    """The criterion `method` from the factor (see `objective`)."""
+    n, p, r2 = terms.n_obs, terms.p, f.r**2
+    with np.errstate(divide="ignore"):
+        if method == "ml":
+            return float(f.logdet_L + n * (1.0 + np.log(2.0 * np.pi * r2 / n)))
+        if method == "reml":
+            dof = n - p
+            return float(f.logdet_L + f.logdet_RX + dof * (1.0 + np.log(2.0 * np.pi * r2 / dof)))
+        if method == "joint":
+            dof = n + terms.n_re
+            return float(dof * (1.0 + np.log(2.0 * np.pi * r2 / dof)) + _logdet_T(terms, f.T))
     raise ValueError(f"method must be one of {METHODS}, not {method!r}")
 
 
 def objective(terms: Terms, theta, method: str = "reml") -> float:
-    """lme4's ML deviance ('ml') or REML criterion ('reml') at theta (profiled beta, sigma^2):
-    the factor only, no back-substitution."""
-    f = factor(terms, theta)
-    with np.errstate(divide="ignore"):
-        return float(_criterion(method, f.logdet_L, f.logdet_RX, f.r**2, terms.n_obs, terms.p))
+    """At theta (beta, sigma^2 and, for the joint, b profiled out), from the factor only:
+    lme4's ML deviance ('ml'), its REML criterion ('reml'), or minus twice the profiled log
+    joint density of y and the random effects ('joint', the h-likelihood with centred b:
+    (N + Q) [1 + log(2 pi r^2 / (N + Q))] + sum_k 2 n_k log|det T_k|, Q = sum_k n_k q_k; -inf
+    where a diagonal element of a T_k is 0)."""
+    _check_method(method)
+    return _criterion(method, factor(terms, theta), terms)
+
+
+def _blockdiag(D: np.ndarray) -> np.ndarray:
+    """blockdiag(D_j) as a dense matrix, D (n, q, q)."""
+    n, q, _ = D.shape
+    out = np.zeros((n, q, n, q))
+    idx = np.arange(n)
+    out[idx, :, idx, :] = D
+    return out.reshape(n * q, n * q)
+
+
+def _schur_inverse(terms: Terms, f: Factor) -> np.ndarray:
+    """S^-1, S the Schur complement of the first block in A = Lambda'Z'Z Lambda + I (the later
+    random blocks): its lower triangle in Fortran order, from L_S (LAPACK potri)."""
+    Sinv, info = sla.lapack.dpotri(_lower_dense(f, terms), lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"potri failed ({info})")
+    return Sinv
+
+
+def _scaled_inverse(terms: Terms, f: Factor) -> tuple[np.ndarray, np.ndarray]:
+    """R = Lambda_L S^-1 and Shat = Lambda_L S^-1 Lambda_L' (full, C order), Lambda_L the later
+    blocks' part of Lambda: Shat is the later blocks' part of Lambda A^-1 Lambda'."""
+    Sinv = _schur_inverse(terms, f)
+    Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
+    starts = terms.later_starts
+    R, Shat = np.empty_like(Sinv), np.empty_like(Sinv)
+    blocks = [
+        (slice(starts[s - 1], starts[s]), f.T[s], terms.terms[terms.order[s]].q)
+        for s in range(1, starts.size)
+    ]
+    for sl, T, q in blocks:
+        R[sl] = _left_T(T.T, Sinv[sl], q)
+    for sl, T, q in blocks:
+        Shat[:, sl] = _right_T(R[:, sl], T.T, q)
+    return R, Shat
+
+
+def _first_gamma(terms: Terms, Shat: np.ndarray) -> np.ndarray:
+    """Gamma_j = (Z_0'Z_L Shat Z_L'Z_0)_jj, the q_0 x q_0 diagonal blocks by level of the first
+    block, (n_0, q_0, q_0): the gradient in H of <Shat, Z_L'Z_0 blockdiag(H) Z_0'Z_L>, so one
+    transposed pair map per pair of later blocks (nothing of order n_0^2)."""
+    t0 = terms.terms[terms.order[0]]
+    flat = np.ascontiguousarray(Shat).reshape(-1)  # symmetric: (col, row) reads (row, col)
+    g = np.zeros(t0.n * t0.q * t0.q)
+    for key, (idx, w) in terms.pair_positions.items():
+        g += terms.pairs[key][1].T @ (flat[idx] * w)
+    g = g.reshape(t0.n, t0.q, t0.q)
+    return 0.5 * (g + np.swapaxes(g, 1, 2))  # the weights fold (i, j) and (j, i) together
+
+
+def _schur_unscaled(terms: Terms, f: Factor) -> np.ndarray:
+    """C = Z_L'Z_L - Z_L'Z_0 blockdiag(H) Z_0'Z_L (full), so that S = Lambda_L'C Lambda_L + I."""
+    h = (f.G @ np.swapaxes(f.G, 1, 2)).ravel()
+    starts = terms.later_starts
+    m = int(starts[-1])
+    C = np.empty((m, m))
+    for i in range(1, starts.size):
+        si = slice(starts[i - 1], starts[i])
+        for j in range(1, i + 1):
+            sj = slice(starts[j - 1], starts[j])
+            B = _blockdiag(terms.diag[i]) if i == j else terms.dense[(i, j)].copy()
+            flat, P = terms.pairs[(i, j)]
+            B.reshape(-1)[flat] -= P @ h
+            if i == j:
+                C[si, si] = np.tril(B) + np.tril(B, -1).T  # the map holds the lower part
+            else:
+                C[si, sj] = B
+                C[sj, si] = B.T
+    return C
 
 
 @dataclass(frozen=True)
@@ -438,20 +536,53 @@ class Solution:
     logdet_RX: float  # log |X'V^-1 X|, V = I + Z Lambda Lambda'Z'
     n_obs: int
     factor: Factor = field(repr=False)
+    terms: Terms = field(repr=False)
 
     @property
     def p(self) -> int:
         return int(self.beta.size)
 
     def objective(self, method: str = "reml") -> float:
-        with np.errstate(divide="ignore"):
-            return float(
-                _criterion(method, self.logdet_L, self.logdet_RX, self.r2, self.n_obs, self.p)
-            )
+        return _criterion(method, self.factor, self.terms)
 
     def sigma2(self, method: str = "reml") -> float:
-        """sigma^2 maximising the criterion at this theta: r^2 / N (ML) or r^2 / (N - p)."""
-        return self.r2 / (self.n_obs - (self.p if method == "reml" else 0))
+        """sigma^2 maximising the criterion at this theta: r^2 / N (ML), r^2 / (N - p) (REML),
+        r^2 / (N + Q) (joint)."""
+        _check_method(method)
+        dof = {"ml": 0, "reml": -self.p, "joint": self.terms.n_re}[method]
+        return self.r2 / (self.n_obs + dof)
+
+    @cached_property
+    def beta_cov_unscaled(self) -> np.ndarray:
+        """(X'V^-1 X)^-1 = (R_X'R_X)^-1, p x p, V = I + Z Lambda Lambda'Z' (sigma^2-free:
+        lme4's vcov() is sigma^2 times this)."""
+        p = self.p
+        LX = self.factor.L[(len(self.terms.terms), len(self.terms.terms))][:p, :p]
+        Li = sla.solve_triangular(LX, np.eye(p), lower=True, check_finite=False)
+        return Li.T @ Li
+
+    def conditional_covariances(self) -> tuple[np.ndarray, ...]:
+        """Per term (the user's order), the (n_k, q_k, q_k) diagonal blocks by level of Lambda
+        A^-1 Lambda' restricted to term k, A = Lambda'Z'Z Lambda + I: the covariance of b_kj
+        given y in units of sigma^2 (lme4's condVar is sigma^2 times this). First block:
+        T_0 A^-1_jj T_0' = H_j + H_j Gamma_j H_j (H_j = T_0 A00_j^-1 T_0', Gamma from the
+        transposed pair maps); later blocks: the diagonal blocks of Lambda_L S^-1 Lambda_L'."""
+        terms, f = self.terms, self.factor
+        H = f.G @ np.swapaxes(f.G, 1, 2)
+        out = [H]
+        if len(terms.terms) > 1:
+            _, Shat = _scaled_inverse(terms, f)
+            out = [H + H @ _first_gamma(terms, Shat) @ H]
+            starts = terms.later_starts
+            for s in range(1, starts.size):
+                t = terms.terms[terms.order[s]]
+                blk = Shat[starts[s - 1] : starts[s], starts[s - 1] : starts[s]]
+                idx = np.arange(t.n)
+                out.append(blk.reshape(t.n, t.q, t.n, t.q)[idx, :, idx, :])
+        user: list[np.ndarray] = [np.empty(0)] * len(out)
+        for s, k in enumerate(terms.order):
+            user[k] = out[s]
+        return tuple(user)
 
 
 def solve(terms: Terms, theta) -> Solution:
@@ -495,6 +626,7 @@ def solve(terms: Terms, theta) -> Solution:
         logdet_RX=f.logdet_RX,
         n_obs=terms.n_obs,
         factor=f,
+        terms=terms,
     )
 
 
@@ -510,46 +642,59 @@ def _lower_dense(f: Factor, terms: Terms) -> np.ndarray:
     return out
 
 
-def objective_and_gradient(terms: Terms, theta, method: str = "reml") -> tuple[float, np.ndarray]:
-    """The criterion of `objective` and its exact gradient in theta (the user's order), for
-    scalar terms (q_k = 1: Lambda is diagonal, theta_k on term k's block).
-
-    With A = Lambda'Z'Z Lambda + I, M_X and M the matrices of the module docstring with W = X
-    and W = [X y], log|R_X|^2 = log|M_X| - log|A| and log r^2 = log|M| - log|M_X|. For a scalar
-    term k, d Lambda / d theta_k = P_k / theta_k Lambda (P_k the projector on its block), so for
-    any of the three, d log|.| / d theta_k = 2 (n_k - tr_k(.^-1)) / theta_k, tr_k the trace of
-    block k of the inverse. The differences of those traces are rank-one / rank-p downdates:
-    with Y = -L_ZZ^-T L_WZ' L_WW^-T (a back-substitution with p + 1 right-hand sides),
-    tr_k(A^-1) - tr_k(M_X^-1) = ||Y_k[:, :p]||^2 and tr_k(M_X^-1) - tr_k(M^-1) = ||Y_k[:, p]||^2
-    (Y[:, p] = -/+ u / r: d r^2 / d theta_k = -2 ||u_k||^2 / theta_k). tr_k(A^-1) itself: the
-    first block's A_00^-1 is diagonal; with S the Schur complement of the first block (dense,
-    factor L_S) and B = A_10 A_00^-2 A_01 (the factor's pair maps with A_00^-2 for A_00^-1),
-    tr_0(A^-1) = tr(A_00^-1) + <S^-1, B> and tr_k(A^-1) = tr_k(S^-1) for k >= 1; S^-1 from
-    L_S (LAPACK potri). Each criterion is even in each theta_k, so its derivative at theta_k = 0
-    is 0. Cost: the factor, one inverse of the order of the later blocks and a back-substitution
-    with p + 1 columns."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    if any(t.q != 1 for t in terms.terms):
-        raise NotImplementedError(
-            "objective_and_gradient: only scalar random-effect terms (one column per level: a "
-            "random intercept or a single slope); vector-valued terms are not supported yet"
-        )
-    f = factor(terms, theta)
+def _y_blocks(terms: Terms, f: Factor):
+    """Y = -A^-1 Lambda'Z'W L_WW^-T = -L_ZZ^-T L_WZ' L_WW^-T by sorted block ((n_s q_s, p + 1)
+    each; a back-substitution with p + 1 columns, as in `solve`), L_WW^-T, and for the first
+    block Z_0'(W L_WW^-T + sum_{i >= 1} Z_i Lambda_i Y_i) (n_0, q_0, p + 1)."""
     srt = [terms.terms[k] for k in terms.order]
-    K, p, N = len(srt), terms.p, terms.n_obs
-    th = np.array([T[0, 0] for T in f.T])  # sorted order
+    K, p = len(srt), terms.p
+    Winv = sla.solve_triangular(
+        f.L[(K, K)], np.eye(p + 1), lower=True, trans="T", check_finite=False
+    )
+    Ys: list[np.ndarray] = [np.empty(0)] * K
+    for k in range(K - 1, 0, -1):
+        rhs = -f.L[(K, k)].T @ Winv
+        for i in range(k + 1, K):
+            rhs -= f.L[(i, k)].T @ Ys[i]
+        Ys[k] = sla.solve_triangular(f.L[(k, k)], rhs, lower=True, trans="T", check_finite=False)
+    n0, q0 = srt[0].n, srt[0].q
+    first = np.einsum("cja,cd->jad", terms.fixed[0], Winv)  # Z_0'W L_WW^-T
+    if K > 1:
+        acc = np.zeros((n0 * q0, p + 1))
+        for i in range(1, K):
+            acc += terms.below_first[i - 1].T @ _left_T(f.T[i].T, Ys[i], srt[i].q)
+        first += acc.reshape(n0, q0, p + 1)
+    # L00_j' Y_0j = -G_j' first_j
+    if q0 == 1:
+        Y0 = first * -(f.G[:, 0, 0] / f.L00[:, 0, 0])[:, None, None]
+    else:
+        Y0 = -np.linalg.solve(np.swapaxes(f.L00, 1, 2), np.swapaxes(f.G, 1, 2) @ first)
+    Ys[0] = Y0.reshape(n0 * q0, p + 1)
+    return Ys, Winv, first
+
+
+def _scalar_parts(terms: Terms, f: Factor):
+    """(d log|A|, d log|R_X|^2, d log r^2) / d theta_s by sorted block, all terms scalar.
+
+    For a scalar term k, d Lambda / d theta_k = P_k / theta_k Lambda (P_k the projector on its
+    block), so for M in A, M_X, M (the matrix of the module docstring with W = X, W = [X y]),
+    d log|M| / d theta_k = 2 (n_k - tr_k(M^-1)) / theta_k, tr_k the trace of block k of the
+    inverse. The differences of those traces are rank-p and rank-one downdates from Y of
+    `_y_blocks`: tr_k(M_X^-1) - tr_k(A^-1) = ||Y_k[:, :p]||^2, tr_k(M^-1) - tr_k(M_X^-1) =
+    ||Y_k[:, p]||^2 (Y[:, p] = -/+ u / r). tr_k(A^-1): A_00^-1 is diagonal; with S the Schur
+    complement of the first block and B = A_10 A_00^-2 A_01 (the pair maps with A_00^-2 for
+    A_00^-1), tr_0(A^-1) = tr(A_00^-1) + <S^-1, B> and tr_k(A^-1) = tr_k(S^-1) for k >= 1.
+    Each is even in each theta_k: its derivative at theta_k = 0 is 0."""
+    srt = [terms.terms[k] for k in terms.order]
+    K, p = len(srt), terms.p
+    th = np.array([T[0, 0] for T in f.T])
     l0 = f.L00[:, 0, 0]
-    g = f.G[:, 0, 0]  # theta_0 / l0
-    # n_k - tr_k(A^-1), sorted order.
-    resid = np.empty(K)
+    resid = np.empty(K)  # n_k - tr_k(A^-1)
     resid[0] = float(np.sum(th[0] ** 2 * terms.diag[0][:, 0, 0] / l0**2))
     if K > 1:
-        Sinv, info = sla.lapack.dpotri(_lower_dense(f, terms), lower=1, overwrite_c=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"potri failed ({info})")
+        Sinv = _schur_inverse(terms, f)
         starts = terms.later_starts
-        h2 = (g / l0) ** 2  # theta_0^2 / l0^4: Lambda_0 A_00^-2 Lambda_0
+        h2 = (f.G[:, 0, 0] / l0) ** 2  # theta_0^2 / l0^4: Lambda_0 A_00^-2 Lambda_0
         flat_sinv = Sinv.T.reshape(-1)  # a view: potri gives Fortran order
         inner = 0.0
         for i in range(1, K):
@@ -560,33 +705,101 @@ def objective_and_gradient(terms: Terms, theta, method: str = "reml") -> tuple[f
                 v = (terms.pairs[(i, j)][1] @ h2) * (th[i] * th[j])
                 inner += float((flat_sinv[idx] * w) @ v)
         resid[0] -= inner
-    # Y = -L_ZZ^-T L_WZ' L_WW^-T, block by block from the last (as in `solve`).
-    LW = f.L[(K, K)]
-    Winv = sla.solve_triangular(LW, np.eye(p + 1), lower=True, trans="T", check_finite=False)
-    Ys: list[np.ndarray] = [np.empty(0)] * K
-    for k in range(K - 1, 0, -1):
-        rhs = -f.L[(K, k)].T @ Winv
-        for i in range(k + 1, K):
-            rhs -= f.L[(i, k)].T @ Ys[i]
-        Ys[k] = sla.solve_triangular(f.L[(k, k)], rhs, lower=True, trans="T", check_finite=False)
-    F0 = terms.fixed[0][:, :, 0]  # (p + 1, n_0): W'Z_0
-    rhs = -(F0 * g).T @ Winv
-    if K > 1:
-        acc = np.zeros((srt[0].n, p + 1))
-        for i in range(1, K):
-            acc += terms.below_first[i - 1].T @ (th[i] * Ys[i])
-        rhs -= g[:, None] * acc
-    Ys[0] = rhs / l0[:, None]
-    a = np.array([float(np.sum(Y[:, :p] ** 2)) for Y in Ys])  # tr_k(A^-1) - tr_k(M_X^-1)
-    c = np.array([float(Y[:, p] @ Y[:, p]) for Y in Ys])  # tr_k(M_X^-1) - tr_k(M^-1)
+    Ys, _, _ = _y_blocks(terms, f)
+    a = np.array([float(np.sum(Y[:, :p] ** 2)) for Y in Ys])
+    c = np.array([float(Y[:, p] @ Y[:, p]) for Y in Ys])
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(th != 0.0, 1.0 / th, 0.0)
-    g_A, g_RX, g_r2 = 2.0 * resid * inv, -2.0 * a * inv, -2.0 * c * inv
-    r2 = f.r**2
-    with np.errstate(divide="ignore"):
-        value = float(_criterion(method, f.logdet_L, f.logdet_RX, r2, N, p))
-    grad_sorted = g_A + N * g_r2 if method == "ml" else g_A + g_RX + (N - p) * g_r2
+    return [
+        (
+            np.array([2.0 * resid[s] * inv[s]]),
+            np.array([-2.0 * a[s] * inv[s]]),
+            np.array([-2.0 * c[s] * inv[s]]),
+        )
+        for s in range(K)
+    ]
+
+
+def _general_parts(terms: Terms, f: Factor):
+    """(d log|A|, d log|R_X|^2, d log r^2) / d theta_s by sorted block, any q_k, with no
+    inverse of T (exact where a diagonal element of T is 0).
+
+    With Omega = Lambda~'C Lambda~ + E (C = [Z W]'[Z W], Lambda~ = blockdiag(Lambda, I), E the
+    identity on the random part), d log|Omega| / d T_k[r, c] = 2 sum_j (Omega^-1 Lambda~'C)
+    _jj[c, r] over the levels j of term k. For Omega = A: first block, with B_j = A00_j^-1 T_0'
+    and Gamma of `_first_gamma`, sum_j B_j [D_j + Gamma_j (H_j D_j - I)] (D_j = Z_0j'Z_0j);
+    later block k: sum_j (S^-1 Lambda_L' C_Lk)_jj, C the unscaled Schur complement
+    (`_schur_unscaled`). log|R_X|^2 and log r^2 are log-determinants of W'V^-1W (its first p
+    columns, and the rest): by the envelope theorem d (W'V^-1W) = -2 sym(U'dLambda'Z'(W - Z
+    Lambda U)), U = A^-1 Lambda'Z'W, so with Y of `_y_blocks` and V_k = Z_k'(W L_WW^-T + Z
+    Lambda Y), d log|W'V^-1W| / d T_k[r, c] = 2 sum_j (V_kj Y_kj')[r, c], split by columns."""
+    srt = [terms.terms[k] for k in terms.order]
+    K, p = len(srt), terms.p
+    n0, q0 = srt[0].n, srt[0].q
+    H = f.G @ np.swapaxes(f.G, 1, 2)
+    Gam = np.zeros((n0, q0, q0))
+    starts = terms.later_starts
+    m = int(starts[-1])
+    if K > 1:
+        R, Shat = _scaled_inverse(terms, f)
+        Gam = _first_gamma(terms, Shat)
+        C = _schur_unscaled(terms, f)
+    B = np.linalg.solve(np.swapaxes(f.L00, 1, 2), np.swapaxes(f.G, 1, 2))  # A00^-1 T_0'
+    D0 = terms.diag[0]
+    F = [np.einsum("jab,jbc->ac", B, D0 + Gam @ (H @ D0 - np.eye(q0)))]
+    for s in range(1, K):
+        n, q, sl = srt[s].n, srt[s].q, slice(starts[s - 1], starts[s])
+        F.append(np.einsum("rje,rjf->ef", R[:, sl].reshape(m, n, q), C[:, sl].reshape(m, n, q)))
+    Ys, Winv, first = _y_blocks(terms, f)
+    LY = [_left_T(f.T[s].T, Ys[s], srt[s].q) for s in range(K)]  # Lambda_s Y_s
+    V = [first + D0 @ LY[0].reshape(n0, q0, p + 1)]
+    for k in range(1, K):
+        n, q = srt[k].n, srt[k].q
+        v = terms.fixed[k].reshape(p + 1, -1).T @ Winv
+        v += (terms.diag[k] @ LY[k].reshape(n, q, p + 1)).reshape(n * q, p + 1)
+        v += terms.below_first[k - 1] @ LY[0]
+        for i in range(1, K):
+            if i != k:
+                v += (terms.dense[(k, i)] if k > i else terms.dense[(i, k)].T) @ LY[i]
+        V.append(v.reshape(n, q, p + 1))
+    out = []
+    for s in range(K):
+        n, q = srt[s].n, srt[s].q
+        rows, cols = _tril(q)
+        Y = Ys[s].reshape(n, q, p + 1)
+        gX = 2.0 * np.einsum("jrd,jcd->rc", V[s][..., :p], Y[..., :p])
+        gR = 2.0 * np.einsum("jr,jc->rc", V[s][..., p], Y[..., p])
+        gA = 2.0 * F[s].T
+        out.append((gA[rows, cols], gX[rows, cols], gR[rows, cols]))
+    return out
+
+
+def objective_and_gradient(terms: Terms, theta, method: str = "reml") -> tuple[float, np.ndarray]:
+    """The criterion of `objective` and its exact gradient in theta (the user's order).
+
+    From d log|A|, d log|R_X|^2 and d log r^2 (A = Lambda'Z'Z Lambda + I): all terms scalar,
+    by trace identities (`_scalar_parts`: one inverse of the order of the later blocks, a
+    back-substitution with p + 1 columns); otherwise with no inverse of T (`_general_parts`:
+    also the unscaled Schur complement and a product with it). The joint's gradient is
+    (N + Q) d log r^2 plus 2 n_k / T_k[c, c] on the diagonal elements; where one of those is 0
+    the joint is -inf and that element's entry holds the finite part only."""
+    _check_method(method)
+    f = factor(terms, theta)
+    scalar = all(t.q == 1 for t in terms.terms)
+    parts = _scalar_parts(terms, f) if scalar else _general_parts(terms, f)
+    N, p = terms.n_obs, terms.p
     grad = np.empty(terms.n_theta)
     for s, k in enumerate(terms.order):
-        grad[terms.theta_slices[k]] = grad_sorted[s]
-    return value, grad
+        gA, gX, gR = parts[s]
+        if method == "ml":
+            g = gA + N * gR
+        elif method == "reml":
+            g = gA + gX + (N - p) * gR
+        else:
+            g = (N + terms.n_re) * gR
+            rows, cols = _tril(terms.terms[k].q)
+            d = np.diag(f.T[s])[cols]
+            on = (rows == cols) & (d != 0.0)
+            g[on] += 2.0 * terms.terms[k].n / d[on]
+        grad[terms.theta_slices[k]] = g
+    return _criterion(method, f, terms), grad
