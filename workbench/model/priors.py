@@ -11,7 +11,8 @@ sigma, tau ~ HalfNormal(2.5 sd(y)), and `mu_loc`, `mu_scale`, `tau_scale` name t
 
 Settings come as statements, parsed (never evaluated) by `parse_statement`:
 `sigma ~ HalfNormal(5)`, `sd ~ HalfNormal(2)` (every SD), `sd[x] ~ HalfNormal(1)`,
-`beta[x] ~ Normal(0, 1)`, `(Intercept) ~ Normal(50, 10)`, `cor ~ LKJ(4)`, and for the one-way
+`beta[x] ~ Normal(0, 1)`, `(Intercept) ~ Normal(50, 10)`, `cor ~ LKJ(4)` (with several
+grouping factors a column is named with its factor: `sd[(Intercept)|plate]`), and for the one-way
 model `mu ~ Normal(0, 100)`, `tau ~ HalfNormal(3)`. Numeric keys are accepted too (a case
 file's `[priors]` table): `mu_loc`, `mu_scale`, `sigma_scale`, `tau_scale`, `lkj_eta`, and
 `beta_scale` / `sd_scale` as factors on every default slope / SD scale.
@@ -114,6 +115,9 @@ def default_priors(data) -> Priors:
     sd_y = float(y.std(ddof=1))
     names = tuple(getattr(data, "fixed_names", (INTERCEPT,)))
     re_names = tuple(getattr(data, "re_names", (INTERCEPT,)))
+    if getattr(data, "n_factors", 1) > 1:  # lme4's names qualified by factor: sd[(Intercept)|plate]
+        factor = {c: data.groupings[b.factor].name for b in data.blocks for c in b.cols}
+        re_names = tuple(f"{n}|{factor[k]}" for k, n in enumerate(re_names))
     X = getattr(data, "X", None)
     Z = getattr(data, "Z", None)
     loc, scale = [], []
