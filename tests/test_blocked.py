@@ -636,3 +636,108 @@ def test_gradient_term_order_does_not_matter(method):
     v2, g2 = blocked.objective_and_gradient(t2, theta[perm], method)
     assert v2 == pytest.approx(v, rel=1e-12)
     np.testing.assert_allclose(g2, g[perm], rtol=1e-8, atol=1e-10 * np.abs(g).max())
+
+
+def test_joint_matches_one_factor_deviance():
+    """One factor with a slope term: the joint criterion and its sigma^2 equal
+    `deviance.solve`'s (the per-group closed forms)."""
+    from workbench.model.design import Block, group_factors
+    from workbench.objectives import deviance
+
+    y, X, terms, theta = _vector_design(4)
+    codes, Z = terms[0]
+    m = int(codes.max()) + 1
+    blocks = (Block(names=("(Intercept)", "x"), cols=(0, 1)),)
+    gf = group_factors(y, X, Z, codes, m, intercept=0, blocks=blocks)
+    layout = deviance.Layout.of(blocks, 2)
+    t = blocked.Terms.of(y, X, [(codes, Z)])
+    for th in (theta[:3], np.array([0.7, -0.4, 0.2])):
+        pls = deviance.solve(gf, layout, th)
+        assert blocked.objective(t, th, "joint") == pytest.approx(pls.objective("joint"), rel=1e-10)
+        sol = blocked.solve(t, th)
+        assert sol.objective("joint") == blocked.objective(t, th, "joint")
+        assert sol.sigma2("joint") == pytest.approx(pls.sigma2("joint"), rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_joint_gradient_central_differences(seed):
+    """Several terms, scalar and vector: the joint's gradient against central differences;
+    at a zero diagonal element of T the joint is -inf and the gradient finite."""
+    for y, X, terms, theta in (_scalar_design(seed), _vector_design(seed + 1)):
+        t = blocked.Terms.of(y, X, terms)
+        theta = np.where(theta == 0.0, 0.3, theta)
+        _check_gradient(t, theta, "joint")
+        zero = theta.copy()
+        zero[0] = 0.0
+        value, grad = blocked.objective_and_gradient(t, zero, "joint")
+        assert value == -np.inf == blocked.objective(t, zero, "joint")
+        assert np.all(np.isfinite(grad))
+
+
+def _dense_A(X, terms, theta):
+    """Lambda, Z and A = Lambda'Z'Z Lambda + I as dense matrices (small designs)."""
+    N = X.shape[0]
+    Zs, Lams, start = [], [], 0
+    for codes, Z in terms:
+        Z = np.ones((N, 1)) if Z is None else Z.reshape(N, -1)
+        n, q = codes.max() + 1, Z.shape[1]
+        Zk = np.zeros((N, n * q))
+        for a in range(q):
+            Zk[np.arange(N), codes * q + a] = Z[:, a]
+        T = blocked.Term(codes=codes, Z=Z, n=n, q=q).T(theta[start : start + q * (q + 1) // 2])
+        start += q * (q + 1) // 2
+        Zs.append(Zk)
+        Lams.append(np.kron(np.eye(n), T))
+    Z = np.hstack(Zs)
+    from scipy.linalg import block_diag
+
+    Lam = block_diag(*Lams)
+    A = Lam.T @ Z.T @ Z @ Lam + np.eye(Z.shape[1])
+    return Z, Lam, A
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conditional_covariances_and_beta_cov_dense(seed):
+    """Lambda A^-1 Lambda' by level and term, and (X'V^-1X)^-1, against dense inverses."""
+    for y, X, terms, theta in (_scalar_design(seed), _vector_design(seed)):
+        t = blocked.Terms.of(y, X, terms)
+        sol = blocked.solve(t, theta)
+        Z, Lam, A = _dense_A(X, terms, theta)
+        full = Lam @ np.linalg.solve(A, Lam.T)
+        covs = sol.conditional_covariances()
+        at = 0
+        for (codes, _), cov in zip(terms, covs, strict=True):
+            n, q = codes.max() + 1, cov.shape[1]
+            assert cov.shape == (n, q, q)
+            for j in range(n):
+                s = at + j * q
+                np.testing.assert_allclose(
+                    cov[j], full[s : s + q, s : s + q], rtol=1e-9, atol=1e-12
+                )
+            at += n * q
+        V = np.eye(X.shape[0]) + Z @ Lam @ Lam.T @ Z.T
+        want = np.linalg.inv(X.T @ np.linalg.solve(V, X))
+        np.testing.assert_allclose(sol.beta_cov_unscaled, want, rtol=1e-9)
+
+
+def test_conditional_covariances_lme4():
+    """lme4 1.1-31's condVar (attr(ranef(fit, condVar = TRUE)$g, "postVar")) and vcov() at
+    its REML fits of Penicillin and of (Machine | Worker), our sigma^2 times ours."""
+    y, X, terms, _ = _model("penicillin")
+    t = blocked.Terms.of(y, X, terms)
+    sol = blocked.solve(t, t.from_lme4_theta(LME4["penicillin_reml"]["theta"]))
+    s2 = sol.sigma2("reml")
+    assert s2 == pytest.approx(0.302414956255594, rel=1e-8)
+    plate, sample = sol.conditional_covariances()
+    np.testing.assert_allclose(s2 * plate[:, 0, 0], 0.073635871101407, rtol=1e-7)
+    np.testing.assert_allclose(s2 * sample[:, 0, 0], 0.040872985912025, rtol=1e-7)
+    assert s2 * sol.beta_cov_unscaled[0, 0] == pytest.approx(0.653826458510993, rel=1e-7)
+    y, X, terms, _ = _model("machines_slopes")
+    t = blocked.Terms.of(y, X, terms)
+    sol = blocked.solve(t, t.from_lme4_theta(LME4["machines_slopes_reml"]["theta"]))
+    want = [0.293049343417252, -0.287402881824985, -0.292841933102039, -0.287402881824985]
+    want += [0.584808282882888, 0.291656178889064, -0.292841933102039, 0.291656178889064]
+    want += [0.589211609529576]
+    (worker,) = sol.conditional_covariances()
+    got = sol.sigma2("reml") * worker[0]
+    np.testing.assert_allclose(got, np.reshape(want, (3, 3)), rtol=1e-6)

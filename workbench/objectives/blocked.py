@@ -20,6 +20,12 @@ Schur complement, of order n_k q_k for k >= 2); the last block (order p + 1) giv
 
 * ML deviance:    log|L_theta|^2 + N [1 + log(2 pi r^2 / N)]
 * REML criterion: log|L_theta|^2 + log|R_X|^2 + (N - p) [1 + log(2 pi r^2 / (N - p))]
+* joint:          (N + Q) [1 + log(2 pi r^2 / (N + Q))] + sum_k 2 n_k log|det T_k|
+                  (minus twice the log joint density of y and b, maximised over beta, b and
+                  sigma^2; Q = sum_k n_k q_k; `deviance`'s one-factor formula term by term)
+
+`objective_and_gradient` adds the exact gradient in theta; `Solution` the conditional
+covariances of b (lme4's condVar / sigma^2) by level and (X'V^-1X)^-1, from the same factor.
 
 `Terms.of` does every theta-free product (Z_i'Z_j, Z'W, W'W) once, in O(N); an evaluation then
 costs a scaling of those products, one sparse matrix-vector product per pair of later blocks
