@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.fit.eb import variance_components
+from workbench.fit.eb import components_by_factor
 from workbench.fit.eb_oneway import argmax_nonneg
 from workbench.model.data import Stats
+from workbench.objectives import blocked
 from workbench.objectives import oneway as dens
 from workbench.objectives.deviance import Layout, solve
 
@@ -75,11 +76,87 @@ class Marginal:
     lower: float
 
 
+@dataclass(frozen=True)
+class Component:
+    """One variance component of one grouping factor: `key` indexes the value dicts of the
+    table, the report and the figures ("var:<term>", "cor:<a>:<b>"; with several factors
+    "|<factor>" appended, as a term name recurs across factors)."""
+
+    key: str
+    kind: str  # "var" or "cor"
+    name: str  # the term, or "<a>:<b>" for a correlation
+    factor: str
+    col: int | None = None  # a variance's column of Z (and of the posterior's `sd`)
+
+
+def components(data) -> tuple[Component, ...]:
+    """Every variance and correlation, factor by factor (lme4's order): variances, then
+    correlations of each factor."""
+    out = []
+    for k, g in enumerate(data.groupings):
+        tail = "" if data.n_factors == 1 else f"|{g.name}"
+        blocks = [b for b in data.blocks if b.factor == k]
+        out += [
+            Component(f"var:{n}{tail}", "var", n, g.name, c)
+            for b in blocks
+            for n, c in zip(b.names, b.cols, strict=True)
+        ]
+        out += [
+            Component(f"cor:{a}:{b.names[j]}{tail}", "cor", f"{a}:{b.names[j]}", g.name)
+            for b in blocks
+            for i, a in enumerate(b.names)
+            for j in range(i + 1, len(b.names))
+        ]
+    return tuple(out)
+
+
+def component_values(G, data) -> dict[str, float]:
+    """G's variances and correlations by `Component.key`."""
+    by = components_by_factor(np.asarray(G, float), data)
+    out = {}
+    for comp in components(data):
+        vc = by[comp.factor]
+        out[comp.key] = float((vc.variances if comp.kind == "var" else vc.correlations)[comp.name])
+    return out
+
+
+def summary_values(data, variance_components: dict, stat: str) -> dict:
+    """One statistic of every component from a posterior summary keyed like the JSON
+    (`{factor: {variances: {term: summary}, correlations: {...}}}`); missing ones left out."""
+    out = {}
+    for comp in components(data):
+        part = (variance_components.get(comp.factor) or {}).get(
+            "variances" if comp.kind == "var" else "correlations", {}
+        )
+        if comp.name in part:
+            out[comp.key] = part[comp.name].get(stat)
+    return out
+
+
+def component_draws(post, data) -> dict[str, np.ndarray]:
+    """Posterior draws of every component by key: variances from `sd` (Z's columns), the
+    correlations of each correlated block from its `chol_<k>_corr` (model/pymc.py's names)."""
+    sd = post.draws("sd")
+    out = {p.key: sd[:, p.col] ** 2 for p in components(data) if p.kind == "var"}
+    if data.n_factors == 1:
+        out.update({f"cor:{n}": v for n, v in post.correlation_draws().items()})
+        return out
+    tree = post.idata.posterior
+    for k, block in enumerate(data.blocks):
+        if len(block.cols) < 2 or f"chol_{k}_corr" not in tree:
+            continue
+        arr = np.asarray(tree[f"chol_{k}_corr"])
+        arr = arr.reshape(-1, *arr.shape[2:])
+        factor = data.groupings[block.factor].name
+        for i, a in enumerate(block.names):
+            for j in range(i + 1, len(block.names)):
+                out[f"cor:{a}:{block.names[j]}|{factor}"] = arr[:, i, j]
+    return out
+
+
 def _values(beta, sigma2, G, data) -> dict[str, float]:
-    comps = variance_components(G, data.blocks, data.group_name)
     out = {"sigma2": float(sigma2)}
-    out.update({f"var:{n}": float(v) for n, v in comps.variances.items()})
-    out.update({f"cor:{n}": float(v) for n, v in comps.correlations.items()})
+    out.update(component_values(G, data))
     out.update({f"beta:{n}": float(b) for n, b in zip(data.fixed_names, beta, strict=True)})
     return out
 
@@ -95,12 +172,13 @@ def _truth(truth: dict | None, data) -> dict[str, float]:
 def marginals(c, truth: dict | None = None) -> tuple[Marginal, ...]:
     """sigma^2, every random-effect variance and correlation, and (one-way) the overall mean."""
     d = c.data
-    names = list(variance_components(c.eb_ml.G, d.blocks, d.group_name).correlations)
     panels = [("sigma2", f"sigma² (residual variance, {d.y_name}²)", 0.0)]
-    panels += [
-        (f"var:{n}", f"variance of the {n} effects ({d.group_name})", 0.0) for n in d.re_names
-    ]
-    panels += [(f"cor:{n}", f"correlation {n} ({d.group_name})", -1.0) for n in names]
+    for comp in components(d):
+        if comp.kind == "var":
+            title = f"variance of the {comp.name} effects ({comp.factor})"
+        else:
+            title = f"correlation {comp.name} ({comp.factor})"
+        panels.append((comp.key, title, 0.0 if comp.kind == "var" else -1.0))
     if d.is_oneway:
         panels.append(("beta:(Intercept)", f"overall mean ({d.y_name})", -np.inf))
     fits = [(n, f) for n, f in (("EB-ML", c.eb_ml), ("EB-REML", c.eb_reml)) if f is not None]
@@ -112,9 +190,7 @@ def marginals(c, truth: dict | None = None) -> tuple[Marginal, ...]:
     if c.mcmc is not None:
         post = c.mcmc
         draws["sigma2"] = post.draws("sigma2").reshape(-1)
-        sd = post.draws("sd")
-        draws.update({f"var:{n}": sd[:, k] ** 2 for k, n in enumerate(d.re_names)})
-        draws.update({f"cor:{n}": v for n, v in post.correlation_draws().items()})
+        draws.update(component_draws(post, d))
         beta = post.draws("beta")
         draws.update({f"beta:{n}": beta[:, k] for k, n in enumerate(d.fixed_names)})
     true = _truth(truth, d)
@@ -156,11 +232,25 @@ class Caterpillar:
 
 
 def conditional_cov(data, sigma2: float, G: np.ndarray) -> np.ndarray:
-    """Conditional covariances (m, q, q) of b_j given y at (sigma^2, G): lme4's condVar at
-    the relative covariance factor of G (block Cholesky of G / sigma^2)."""
+    """Conditional covariances (m, q, q) of b_j given y at (sigma^2, G), one grouping factor:
+    lme4's condVar at the relative covariance factor of G (block Cholesky of G / sigma^2)."""
     lay = Layout.of(data.blocks, data.q)
     T = np.linalg.cholesky(G / sigma2)  # block lower-triangular, as G is block diagonal
     return solve(data.factors, lay, lay.theta(T)).cond_cov(sigma2)
+
+
+def conditional_covs(data, sigma2: float, G: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per grouping factor, (n_k, q_k, q_k) conditional covariances of its effects given y at
+    (sigma^2, G) (lme4's condVar; zero between blocks of a factor), columns in
+    `data.factor_cols(k)` order (those of `EBFit.modes`)."""
+    if data.n_factors == 1:
+        return (conditional_cov(data, sigma2, G),)
+    from workbench.fit import eb_blocked
+
+    lay = Layout.of(data.blocks, data.q)
+    theta = lay.theta(np.linalg.cholesky(G / sigma2))
+    per_block = blocked.solve(eb_blocked.terms(data), theta).conditional_covariances()
+    return eb_blocked.by_factor(data, tuple(sigma2 * v for v in per_block), cov=True)
 
 
 def _hdi(draws: np.ndarray) -> np.ndarray:
@@ -170,24 +260,52 @@ def _hdi(draws: np.ndarray) -> np.ndarray:
     return np.array([np.asarray(az.hdi(draws[:, i], prob=HDI_PROB)) for i in range(draws.shape[1])])
 
 
-def caterpillars(c, max_groups: int = 30) -> tuple[Caterpillar, ...]:
-    """One record per random-effect term: EB-ML conditional 95% intervals, the headline joint
-    MAP's conditional 95% intervals (variances fixed at its mode), the MCMC 94% HDI. Groups
-    sorted by their EB-ML mode of the first term, thinned evenly to `max_groups`."""
+def factor_terms(data, k: int) -> tuple[str, ...]:
+    """The term names of grouping factor k, in `data.factor_cols(k)` order."""
+    return tuple(n for b in data.blocks if b.factor == k for n in b.names)
+
+
+def _modes(fit, data, k: int):
+    """(modes, covariances) of factor k of an EB fit or an interior joint MAP: the record's
+    per-factor `modes` / `mode_covs` (one factor: `re_mode` / `re_cov`), the covariances
+    computed at its (sigma^2, G) when the record has none."""
+    if data.n_factors == 1:
+        modes, covs = fit.re_mode, getattr(fit, "re_cov", None)
+        return modes, covs if covs is not None else conditional_cov(data, fit.sigma2, fit.G)
+    modes, covs = getattr(fit, "modes", None), getattr(fit, "mode_covs", None)
+    if modes is None:
+        raise ValueError(f"{type(fit).__name__} has no per-factor modes")
+    if covs is None:
+        covs = conditional_covs(data, fit.sigma2, fit.G)
+    return modes[k], covs[k]
+
+
+def effect_draws(post, data, k: int) -> np.ndarray:
+    """(S, n_k, q_k) posterior draws of grouping factor k's effects (model/pymc.py's names)."""
+    from workbench.model.pymc import effects_name
+
+    return post.draws(effects_name(data, k))
+
+
+def caterpillars(c, max_groups: int = 30, factor: int = 0) -> tuple[Caterpillar, ...]:
+    """One record per random-effect term of grouping factor `factor`: EB-ML conditional 95%
+    intervals, the headline joint MAP's conditional 95% intervals (variances fixed at its
+    mode), the MCMC 94% HDI. Levels sorted by their EB-ML mode of the factor's first term,
+    thinned evenly to `max_groups`."""
     d = c.data
-    eb = c.eb_ml
-    order = np.argsort(eb.re_mode[:, 0], kind="stable")
-    if d.n_groups > max_groups:
-        order = order[np.linspace(0, d.n_groups - 1, max_groups).round().astype(int)]
+    g = d.groupings[factor]
+    eb_modes, eb_covs = _modes(c.eb_ml, d, factor)
+    order = np.argsort(eb_modes[:, 0], kind="stable")
+    if g.n_levels > max_groups:
+        order = order[np.linspace(0, g.n_levels - 1, max_groups).round().astype(int)]
     jm = c.joint_maps.get(("centered", False))
-    b = c.mcmc.draws("b") if c.mcmc is not None else None
+    b = effect_draws(c.mcmc, d, factor) if c.mcmc is not None else None
     out = []
-    fits = [("EB-ML", "EB-ML conditional 95%", eb.re_mode, eb.re_cov)]
+    fits = [("EB-ML", "EB-ML conditional 95%", eb_modes, eb_covs)]
     if interior(jm):
-        cov = conditional_cov(d, jm.sigma2, jm.G)
         label = "joint MAP conditional 95% (centered, variances fixed)"
-        fits.append((JOINT_LABELS[("centered", False)], label, jm.re_mode, cov))
-    for k, term in enumerate(d.re_names):
+        fits.append((JOINT_LABELS[("centered", False)], label, *_modes(jm, d, factor)))
+    for k, term in enumerate(factor_terms(d, factor)):
         series = []
         for method, label, modes, cov in fits:
             centre = modes[order, k]
@@ -198,8 +316,8 @@ def caterpillars(c, max_groups: int = 30) -> tuple[Caterpillar, ...]:
             hdi = _hdi(draws)
             label = "MCMC 94% HDI (dash: mean)"
             series.append(Series("MCMC mean", label, hdi[:, 0], hdi[:, 1], draws.mean(axis=0)))
-        labels = tuple(d.labels[j] for j in order)
-        out.append(Caterpillar(term, labels, d.n_groups, tuple(series)))
+        labels = tuple(g.labels[j] for j in order)
+        out.append(Caterpillar(term, labels, g.n_levels, tuple(series)))
     return tuple(out)
 
 
@@ -217,30 +335,42 @@ class Funnel:
     joint: tuple[np.ndarray, float] | None  # the same at the headline joint MAP
 
 
-def funnel(c) -> Funnel:
-    """Draws of log sd_(Intercept) against the intercept effects of three groups (the lowest,
-    middle and highest EB-ML mode). Needs MCMC and a random intercept."""
+def has_intercept(data, k: int) -> bool:
+    return "(Intercept)" in factor_terms(data, k)
+
+
+def funnel(c, factor: int = 0) -> Funnel:
+    """Draws of log sd_(Intercept) of grouping factor `factor` against the intercept effects
+    of three of its levels (the lowest, middle and highest EB-ML mode). Needs MCMC and a
+    random intercept of that factor."""
     d = c.data
-    k = d.re_names.index("(Intercept)")
-    order = np.argsort(c.eb_ml.re_mode[:, k], kind="stable")
+    k = factor_terms(d, factor).index("(Intercept)")
+    col = d.factor_cols(factor)[k]  # its column of Z (and of `sd`)
+    eb_modes = _modes(c.eb_ml, d, factor)[0]
+    order = np.argsort(eb_modes[:, k], kind="stable")
     groups = sorted({int(order[0]), int(order[len(order) // 2]), int(order[-1])})
-    sd = c.mcmc.draws("sd")[:, k]
+    sd = c.mcmc.draws("sd")[:, col]
     with np.errstate(divide="ignore"):
         log_sd = np.log(sd)
-    effects = c.mcmc.draws("b")[:, groups, k]
+    effects = effect_draws(c.mcmc, d, factor)[:, groups, k]
 
     def at(modes, G):
-        v = float(G[k, k])
+        v = float(G[col, col])
         return (modes[groups, k], 0.5 * float(np.log(v))) if v > 0 else None
 
     jm = c.joint_maps.get(("centered", False))
+    joint = None
+    if interior(jm):
+        jm_modes = jm.re_mode if d.n_factors == 1 else getattr(jm, "modes", None)
+        if jm_modes is not None:
+            joint = at(jm_modes if d.n_factors == 1 else jm_modes[factor], jm.G)
     return Funnel(
         term="(Intercept)",
-        labels=tuple(d.labels[j] for j in groups),
+        labels=tuple(d.groupings[factor].labels[j] for j in groups),
         effects=effects,
         log_sd=log_sd,
-        eb=at(c.eb_ml.re_mode, c.eb_ml.G),
-        joint=at(jm.re_mode, jm.G) if interior(jm) else None,
+        eb=at(eb_modes, c.eb_ml.G),
+        joint=joint,
     )
 
 
@@ -267,6 +397,15 @@ def scale_path(fit, npts: int = 80) -> ScalePath:
     theta[lay.diagonal] = np.maximum(theta[lay.diagonal], 0.05)
     grid = np.geomspace(1e-4, 4.0, npts)
     lm, lj = [], []
+    if d.n_factors > 1:  # the blocked factorisation (several grouping factors)
+        from workbench.fit import eb_blocked
+
+        tm = eb_blocked.terms(d)
+        for s in grid:
+            sol = blocked.solve(tm, s * theta)
+            lm.append(-0.5 * sol.objective("ml"))
+            lj.append(-0.5 * sol.objective("joint"))
+        return ScalePath(grid, np.array(lm), np.array(lj))
     for s in grid:
         pls = solve(d.factors, lay, s * theta)
         lm.append(-0.5 * pls.objective("ml"))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.fit.eb import variance_components
 from workbench.present import curves, plots
 from workbench.provenance import lock_sha256
 
@@ -168,6 +167,36 @@ def _rhat_bad(diag: dict) -> bool:
     return r is None or not np.isfinite(r) or r > 1.01
 
 
+MAX_FACTOR_FIGURES = 4  # caterpillars (and funnels) drawn for at most this many factors
+
+
+def _factor_figures(c) -> list[tuple[str, str, object]]:
+    """The funnel (with MCMC, for a factor with a random intercept) and the caterpillar of
+    every grouping factor, up to `MAX_FACTOR_FIGURES` factors (levels thinned in each). One
+    factor keeps the ids "funnel" and "caterpillar"; several number them by factor."""
+    d = c.data
+    out = []
+    for k, g in enumerate(d.groupings[:MAX_FACTOR_FIGURES]):
+        tag = "" if d.n_factors == 1 else f"-{k + 1}"
+        by = "" if d.n_factors == 1 else f" ({g.name})"
+        if c.mcmc is not None and curves.has_intercept(d, k):
+            out.append(
+                (
+                    f"funnel{tag}",
+                    f"The funnel{by}: the intercept SD against group effects (MCMC draws)",
+                    lambda k=k, g=g: plots.plot_funnel(curves.funnel(c, k), g.name),
+                )
+            )
+        out.append(
+            (
+                f"caterpillar{tag}",
+                f"Random-effect intervals by method{by}",
+                lambda k=k, g=g: plots.plot_caterpillars(curves.caterpillars(c, factor=k), g.name),
+            )
+        )
+    return out
+
+
 def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
     """(id, caption, build) of every figure that applies to this comparison: the design gates
     the one-way figures, what was run gates the rest. Each build computes its curves
@@ -214,21 +243,7 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
                 lambda: plots.plot_scale_path(curves.scale_path(c.eb_ml)),
             )
         )
-    if c.mcmc is not None and "(Intercept)" in d.re_names:
-        out.append(
-            (
-                "funnel",
-                "The funnel: the intercept SD against group effects (MCMC draws)",
-                lambda: plots.plot_funnel(curves.funnel(c), d.group_name),
-            )
-        )
-    out.append(
-        (
-            "caterpillar",
-            "Random-effect intervals by method",
-            lambda: plots.plot_caterpillars(curves.caterpillars(c), d.group_name),
-        )
-    )
+    out += _factor_figures(c)
     if c.mcmc is not None:
         out.append(
             (
@@ -242,15 +257,14 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
 
 def estimates(c) -> tuple[list[str], list[list[str]]]:
     """The estimates table: one column per method (ANOVA for the one-way model, EB-ML,
-    EB-REML, the four joint MAP variants, MCMC mean/median/mode), one row per quantity."""
+    EB-REML, the four joint MAP variants, MCMC mean/median/mode), one row per quantity (every
+    grouping factor's variances and correlations)."""
     d = c.data
     cols: list[tuple[str, dict]] = []
 
     def point(beta, sigma2, G) -> dict:
-        comps = variance_components(G, d.blocks, d.group_name)
         out = {f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)}
-        out.update({f"var:{n}": v for n, v in comps.variances.items()})
-        out.update({f"cor:{n}": v for n, v in comps.correlations.items()})
+        out.update(curves.component_values(G, d))
         out["sigma2"] = sigma2
         return out
 
@@ -279,25 +293,24 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
         cols.append((curves.JOINT_LABELS[key], vals))
     if c.mcmc is not None:
         o = c.mcmc.to_dict()
-        vc = o["variance_components"][d.group_name]
         for stat in ("mean", "median", "mode"):
             vals = {f"beta:{n}": v[stat] for n, v in o["fixed_effects"].items()}
-            vals.update({f"var:{n}": v[stat] for n, v in vc["variances"].items()})
-            vals.update({f"cor:{n}": v[stat] for n, v in vc["correlations"].items()})
+            vals.update(curves.summary_values(d, o["variance_components"], stat))
             vals["sigma2"] = o["sigma2"][stat]
             if stat == "mean":
                 vals.update({f"se:{n}": v["sd"] for n, v in o["fixed_effects"].items()})
             cols.append((f"MCMC {stat}", vals))
-    corr = (
-        list(variance_components(c.eb_ml.G, d.blocks, d.group_name).correlations)
-        if (c.eb_ml is not None)
-        else []
-    )
     spec = []
     for n in d.fixed_names:
         spec += [(f"β {n}", f"beta:{n}"), (f"SE / posterior sd of β {n}", f"se:{n}")]
-    spec += [(f"variance of {n} ({d.group_name})", f"var:{n}") for n in d.re_names]
-    spec += [(f"correlation {n}", f"cor:{n}") for n in corr]
+    comps = curves.components(d)
+    spec += [(f"variance of {p.name} ({p.factor})", p.key) for p in comps if p.kind == "var"]
+    several = d.n_factors > 1
+    spec += [
+        (f"correlation {p.name}" + (f" ({p.factor})" if several else ""), p.key)
+        for p in comps
+        if p.kind == "cor"
+    ]
     spec += [
         ("σ² (residual)", "sigma2"),
         ("log lik (EB-ML) / restricted log lik (EB-REML) / log joint", "objective"),
@@ -320,26 +333,38 @@ def formula_of(d) -> str:
     return d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
 
 
+def groups_text(d) -> str:
+    """lme4's "groups:" list: "plate, 24; sample, 6"."""
+    return "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)
+
+
 def lme4_text(fit) -> str:
-    """An lme4-like printout of an EB-ML fit."""
+    """An lme4-like printout of an EB-ML fit: one row group per grouping factor."""
     d = fit.data
-    comps = fit.components
+    comps = fit.components_by_factor
+    width = max(8, *(len(g) for g in comps))
     lines = [
         "Linear mixed model fit by maximum likelihood (workbench EB-ML)",
         f"Formula: {formula_of(d)}",
         "     logLik  deviance",
         f"  {fit.loglik:9.4f}  {fit.objective:8.4f}",
         "Random effects:",
-        " Groups   Name          Variance  Std.Dev.",
+        f" {'Groups':<{width}} Name          Variance  Std.Dev.",
     ]
-    for k, (name, v) in enumerate(comps.variances.items()):
-        grp = d.group_name[:8] if k == 0 else ""
-        lines.append(f" {grp:<8} {name:<13} {_fmt(v):<9} {_fmt(_sqrt(v), 5)}")
-    lines.append(f" Residual               {_fmt(fit.sigma2):<9} {_fmt(_sqrt(fit.sigma2), 5)}")
-    for name, r in comps.correlations.items():  # 0/0 at a singular fit: "–"
-        lines.append(f" Corr({name}) = {_fmt(r, 4) if not np.isfinite(r) else f'{r:.4f}'}")
+    for group, vc in comps.items():
+        for k, (name, v) in enumerate(vc.variances.items()):
+            grp = group if k == 0 else ""
+            lines.append(f" {grp:<{width}} {name:<13} {_fmt(v):<9} {_fmt(_sqrt(v), 5)}")
+    lines.append(
+        f" {'Residual':<{width}} {'':<13} {_fmt(fit.sigma2):<9} {_fmt(_sqrt(fit.sigma2), 5)}"
+    )
+    for group, vc in comps.items():
+        for name, r in vc.correlations.items():  # 0/0 at a singular fit: "–"
+            where = "" if d.n_factors == 1 else f" | {group}"
+            text = f"{r:.4f}" if np.isfinite(r) else _fmt(r, 4)
+            lines.append(f" Corr({name}{where}) = {text}")
     lines += [
-        f"Number of obs: {d.n_obs}, groups:  {d.group_name}, {d.n_groups}",
+        f"Number of obs: {d.n_obs}, groups:  {groups_text(d)}",
         "Fixed effects:",
         "                   Estimate Std. Error",
     ]
@@ -350,13 +375,60 @@ def lme4_text(fit) -> str:
     return "\n".join(lines)
 
 
-def _explanation(c) -> dict | None:
-    """explain(c) as JSON-ready numbers (non-finite terms null), or None without EB-ML."""
+def _explanation(c) -> tuple[dict | None, str | None]:
+    """explain(c) as JSON-ready numbers (non-finite terms null), or None without EB-ML; with
+    several grouping factors a failure becomes a note in place of the section."""
     if c.eb_ml is None:
-        return None
+        return None, None
     from workbench.explain import explain
 
-    return explain(c).to_dict()
+    if c.data.n_factors == 1:
+        return explain(c).to_dict(), None
+    try:
+        return explain(c).to_dict(), None
+    except Exception as exc:  # noqa: BLE001 - the estimates stand; say what is missing
+        warnings.warn(f"report: no explanation ({exc!r})", stacklevel=2)
+        return None, f"The explanation could not be computed ({type(exc).__name__}: {exc})."
+
+
+def _flat_variances(vs: dict | None) -> dict[str, object]:
+    """An explanation's variances by label: {term: v}, or {factor: {term: v}} flattened to
+    "term (factor)"."""
+    out: dict[str, object] = {}
+    for name, v in (vs or {}).items():
+        if isinstance(v, dict):
+            out.update({f"{t} ({name})": x for t, x in v.items()})
+        else:
+            out[name] = v
+    return out
+
+
+def explanation_variances(ex: dict | None) -> list[tuple[str, object, object]]:
+    """(label, EB-ML value, joint-mode value or None) of every variance in the explanation."""
+    if not ex:
+        return []
+    eb = _flat_variances(ex["eb_ml"].get("variances"))
+    jm = _flat_variances((ex.get("joint_map") or {}).get("variances"))
+    return [(k, v, jm.get(k)) for k, v in eb.items()]
+
+
+def grouping_factors(d) -> list[dict]:
+    """Per grouping factor: name, levels, level sizes (min / median / max), its terms."""
+    out = []
+    for k, g in enumerate(d.groupings):
+        n = g.sizes()
+        out.append(
+            {
+                "name": g.name,
+                "n_levels": g.n_levels,
+                "size_min": int(n.min()),
+                "size_median": float(np.median(n)),
+                "size_max": int(n.max()),
+                "balanced": bool(np.all(n == n[0])),
+                "random_effects": curves.factor_terms(d, k),
+            }
+        )
+    return out
 
 
 def build_context(
@@ -371,8 +443,13 @@ def build_context(
     t0 = time.perf_counter()
     d = c.data
     oneway = d.is_oneway
-    ex = _explanation(c)
+    ex, ex_failure = _explanation(c)
     images, figure_notes = _draw([] if fragment else figures(c, truth))
+    if not fragment and d.n_factors > MAX_FACTOR_FIGURES and c.eb_ml is not None:
+        figure_notes.append(
+            f"Random-effect intervals are drawn for the first {MAX_FACTOR_FIGURES} of the "
+            f"{d.n_factors} grouping factors; the JSON output has every factor's."
+        )
     diag = c.mcmc.diagnostics if c.mcmc is not None else None
     banner = list(c.mcmc.warnings) if diag and (_rhat_bad(diag) or diag["divergences"]) else []
     timings = dict(c.timings)
@@ -391,7 +468,9 @@ def build_context(
         "title": f"{formula_of(d)}: joint MAP vs empirical Bayes vs posterior",
         "formula": formula_of(d),
         "data": d.summary(),
-        "size_median": float(np.median(np.bincount(d.codes, minlength=d.n_groups))),
+        "factors": grouping_factors(d),
+        "several": d.n_factors > 1,
+        "groups_text": groups_text(d),
         "priors": c.priors.describe(),
         "settings": c.settings.to_dict(),
         "formulas": formulas,
@@ -408,6 +487,8 @@ def build_context(
         "profile_failure": c.profile_failure,
         "jm": [(curves.JOINT_LABELS[k], r) for k, r in c.joint_maps.items()],
         "ex": ex,
+        "ex_failure": ex_failure,
+        "ex_variances": explanation_variances(ex),
         "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
         "diag": diag,

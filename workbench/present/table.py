@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 
-from workbench.fit.eb import variance_components
+from workbench.present import curves
 
 DASH = "–"  # a missing or non-finite number (null in the JSON)
 WIDTH = 80
@@ -40,8 +40,10 @@ def _sqrt(v):
     return math.sqrt(v) if v is not None and math.isfinite(v) and v >= 0 else None
 
 
-def _rows(d) -> list[tuple[str, str]]:
-    """(key, label) of every row; keys index the per-method value dicts."""
+def _rows(d) -> list[tuple[str | None, str]]:
+    """(key, label) of every row; keys index the per-method value dicts, a None key is a
+    heading line without cells. Several grouping factors: lme4's "Random effects:" layout,
+    one row group per factor (Groups, Name, then Variance, Std.Dev. and Corr rows)."""
     if d.is_oneway:
         return [
             ("beta:(Intercept)", "mu"),
@@ -51,18 +53,36 @@ def _rows(d) -> list[tuple[str, str]]:
             ("tau", "tau"),
             ("objective", "objective"),
         ]
-    cors = [
-        f"{a}:{b.names[j]}"
-        for b in d.blocks
-        for i, a in enumerate(b.names)
-        for j in range(i + 1, len(b.names))
-    ]
-    return (
-        [(f"beta:{n}", f"beta: {n}") for n in d.fixed_names]
-        + [(f"var:{n}", f"var: {n}") for n in d.re_names]
-        + [(f"cor:{n}", f"cor: {n}") for n in cors]
-        + [("sigma2", "sigma²"), ("objective", "objective")]
-    )
+    comps = curves.components(d)
+    fixed = [(f"beta:{n}", f"beta: {n}") for n in d.fixed_names]
+    if d.n_factors == 1:
+        return (
+            fixed
+            + [(p.key, f"var: {p.name}") for p in comps if p.kind == "var"]
+            + [(p.key, f"cor: {p.name}") for p in comps if p.kind == "cor"]
+            + [("sigma2", "sigma²"), ("objective", "objective")]
+        )
+    gw = max(len("Residual"), *(len(g.name) for g in d.groupings))
+    nw = max(len("Name"), *(len(n) for b in d.blocks for n in b.names))
+
+    def label(group: str, name: str, stat: str) -> str:
+        return f" {group:<{gw}} {name:<{nw}} {stat}"
+
+    rows: list[tuple[str | None, str]] = [*fixed, (None, "Random effects:")]
+    rows.append((None, label("Groups", "Name", "")))
+    for g in d.groupings:
+        first = True
+        for p in (p for p in comps if p.factor == g.name and p.kind == "var"):
+            rows.append((p.key, label(g.name if first else "", p.name, "Variance")))
+            rows.append(("sd" + p.key[3:], label("", "", "Std.Dev.")))
+            first = False
+            # lme4's Corr column: on a term's rows, its correlations with the terms before it
+            for c in comps:
+                if c.kind == "cor" and c.factor == g.name and c.name.endswith(f":{p.name}"):
+                    before = c.name[: -len(p.name) - 1]
+                    rows.append((c.key, label("", "", f"Corr {before}")))
+    rows += [("sigma2", label("Residual", "", "Variance")), ("sigma", label("", "", "Std.Dev."))]
+    return [*rows, ("objective", "objective")]
 
 
 def _point(d, beta, G, sigma2, objective) -> dict:
@@ -71,22 +91,24 @@ def _point(d, beta, G, sigma2, objective) -> dict:
     if beta is not None:
         out.update({f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)})
     if G is not None:
-        vc = variance_components(np.asarray(G, float), d.blocks, d.group_name)
-        out.update({f"var:{n}": v for n, v in vc.variances.items()})
-        out.update({f"cor:{n}": r for n, r in vc.correlations.items()})
+        out.update(curves.component_values(G, d))
+        out.update(_sds(out))
         out["tau"] = _sqrt(out.get("var:(Intercept)"))
     return out
 
 
+def _sds(vals: dict) -> dict:
+    """The standard deviation of every variance in `vals` ("sd:..." for "var:...")."""
+    return {"sd" + k[3:]: _sqrt(v) for k, v in vals.items() if k.startswith("var:")}
+
+
 def _mcmc(d, summary: dict, stat: str) -> dict:
     """One posterior summary (mean or mode) of every quantity, from `Posterior.to_dict()`."""
-    vc = summary["variance_components"][d.group_name]
     out = {f"beta:{n}": v.get(stat) for n, v in summary["fixed_effects"].items()}
-    out.update({f"var:{n}": v.get(stat) for n, v in vc["variances"].items()})
-    out.update({f"cor:{n}": v.get(stat) for n, v in vc["correlations"].items()})
+    out.update(curves.summary_values(d, summary.get("variance_components") or {}, stat))
     out["sigma2"] = summary["sigma2"].get(stat)
+    out["sigma"] = (summary.get("sigma") or {}).get(stat)
     if d.is_oneway:  # the posterior's own summaries of sigma and tau, when it has them
-        out["sigma"] = (summary.get("sigma") or {}).get(stat)
         out["tau"] = (summary.get("tau") or {}).get(stat)
     return out
 
@@ -108,12 +130,23 @@ def _columns(c) -> list[tuple[str, dict]]:
         cols.append((name, _point(d, r.beta, r.G, r.sigma2, r.log_joint)))
     if c.mcmc is not None:
         s = c.mcmc.to_dict()
-        cols += [(f"MCMC {stat}", _mcmc(d, s, stat)) for stat in ("mean", "mode")]
+        sds = _sd_draws(c.mcmc, d) if d.n_factors > 1 else {}
+        for stat, of in (("mean", np.nanmean), ("mode", curves.mode)):
+            vals = _mcmc(d, s, stat)
+            vals.update({k: float(of(v)) for k, v in sds.items()})
+            cols.append((f"MCMC {stat}", vals))
     return cols
 
 
+def _sd_draws(post, d) -> dict[str, np.ndarray]:
+    """Posterior draws of every random-effect SD ("sd:..." keys), from `sd` (Z's columns)."""
+    sd = post.draws("sd")
+    return {"sd" + p.key[3:]: sd[:, p.col] for p in curves.components(d) if p.kind == "var"}
+
+
 def _blocks(rows, cols, width: int) -> list[str]:
-    """The table, wrapped into blocks of columns that fit in `width` characters."""
+    """The table, wrapped into blocks of columns that fit in `width` characters (a row with
+    key None is a heading: its label alone)."""
     labels = [lab for _, lab in rows]
     lw = max(map(len, labels))
     cells = [(name, [fmt(vals.get(key)) for key, _ in rows]) for name, vals in cols]
@@ -128,7 +161,10 @@ def _blocks(rows, cols, width: int) -> list[str]:
         if out:
             out.append("")
         out.append(" " * lw + "".join(" " * GAP + cells[i][0].rjust(widths[i]) for i in part))
-        for r, lab in enumerate(labels):
+        for r, (key, lab) in enumerate(rows):
+            if key is None:
+                out.append(lab.rstrip())
+                continue
             out.append(
                 lab.ljust(lw) + "".join(" " * GAP + cells[i][1][r].rjust(widths[i]) for i in part)
             )
@@ -145,7 +181,13 @@ def _notes(c) -> list[str]:
         out.append(f"ANOVA: F = {fmt(a.f_statistic, '.4g')}, p = {fmt(a.p_value, '.3g')}")
     for name, f in (("EB-ML", c.eb_ml), ("EB-REML", c.eb_reml)):
         if f is not None and f.singular:
-            zero = [n for n, v in f.components.variances.items() if v <= 0]
+            several = c.data.n_factors > 1
+            zero = [
+                f"{n} | {g}" if several else n
+                for g, vc in f.components_by_factor.items()
+                for n, v in vc.variances.items()
+                if v <= 0
+            ]
             what = (
                 "tau² = 0"
                 if c.data.is_oneway
@@ -175,17 +217,27 @@ def _notes(c) -> list[str]:
     return out + [f"WARNING {w}" for w in c.warnings()]
 
 
-def comparison_table(c, width: int = WIDTH) -> str:
-    """The head line (model, N, groups), the estimates (methods as columns, wrapped to
-    `width`), the objective's meaning, then the verdicts and warnings."""
-    d = c.data
+def head_lines(d, width: int = WIDTH) -> list[str]:
+    """The model and its size: one line for one grouping factor; lme4's "Number of obs: N,
+    groups: plate, 24; sample, 6" under the formula for several."""
     formula = d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
-    head = f"{formula}   N = {d.n_obs}, groups = {d.n_groups} ({d.group_name})"
+    if d.n_factors == 1:
+        return [f"{formula}   N = {d.n_obs}, groups = {d.n_groups} ({d.group_name})"]
+    groups = "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)
+    size = f"Number of obs: {d.n_obs}, groups: {groups}"
+    return [formula, *textwrap.wrap(size, width, subsequent_indent="  ")]
+
+
+def comparison_table(c, width: int = WIDTH) -> str:
+    """The head (model, N, groups), the estimates (methods as columns, wrapped to `width`),
+    the objective's meaning, then the data's notes, the verdicts and warnings."""
+    d = c.data
     cols = _columns(c)
     body = _blocks(_rows(d), cols, width) if cols else ["(no estimates)"]
     legend = (
         "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), log joint "
         "density (joint MAP; with the priors for +pri)"
     )
-    text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *_notes(c))]
-    return "\n".join([head, "", *body, "", *text])
+    notes = [f"NOTE {n}" for n in d.notes]
+    text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *notes, *_notes(c))]
+    return "\n".join([*head_lines(d, width), "", *body, "", *text])
