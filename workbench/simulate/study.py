@@ -318,8 +318,11 @@ def model_terms(formula: str, generators: tuple[Covariate, ...]) -> ModelTerms:
     from workbench.model.formula import parse, variables
 
     spec = parse(formula)
-    if len({t.factor for t in spec.random}) != 1:
-        raise InputError(f"formula '{formula}': a study has one grouping factor.")
+    if len(spec.factors) != 1 or len(spec.random[0].columns) != 1:
+        raise InputError(
+            f"formula '{formula}': a simulation study has one grouping factor, one column "
+            f"(crossed or nested models are fitted by `workbench compare`)."
+        )
     known = {c.name for c in generators}
     for v in variables(spec)[1:-1]:
         if v not in known:
