@@ -1,7 +1,9 @@
 """The full posterior by NUTS for every model: PyMC's model from `workbench.model.pymc`, sampled
 by nutpie when installed (PyMC's NUTS otherwise), kept as an ArviZ DataTree, with diagnostics
 and summaries in the JSON contract's terms (fixed effects, variance components, sigma^2, random
-effects; for the one-way model also today's mu, sigma, sigma2, tau, tau2 and group means)."""
+effects; for the one-way model also today's mu, sigma, sigma2, tau, tau2 and group means).
+With several grouping factors the variance components and random effects are keyed by factor
+(lme4's names, "plate", "cask:batch"), as `EBFit.to_dict` keys them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
+from workbench.model.pymc import effect_names, effects_name
 from workbench.seeds import int_seed_for
 
 HDI_PROB = 0.94
@@ -65,7 +68,8 @@ def _summaries(ds) -> dict:
 
 
 def _correlation_pairs(data: LMMData) -> list[tuple[int, int, int, str]]:
-    """(block k, i, j, "term_i:term_j") for every correlation of a correlated block."""
+    """(block k, i, j, "term_i:term_j") for every correlation of a correlated block (the name
+    is unique within the block's grouping factor)."""
     return [
         (k, i, j, f"{block.names[i]}:{block.names[j]}")
         for k, block in enumerate(data.blocks)
@@ -74,8 +78,17 @@ def _correlation_pairs(data: LMMData) -> list[tuple[int, int, int, str]]:
     ]
 
 
+def _qualified(data: LMMData, k: int, name: str) -> str:
+    """A parameter name of block k unique across the model: `name` with one grouping factor,
+    lme4's `name|factor` with several."""
+    if data.n_factors == 1:
+        return name
+    return f"{name}|{data.groupings[data.blocks[k].factor].name}"
+
+
 def _correlations(post, data: LMMData):
-    """The correlations as one DataArray (chain, draw, pair) from `chol_k_corr`, or None."""
+    """The correlations as one DataArray (chain, draw, pair) from `chol_k_corr`, or None; pair
+    labels by `_qualified`."""
     import xarray as xr
 
     pairs = _correlation_pairs(data)
@@ -85,8 +98,35 @@ def _correlations(post, data: LMMData):
     return xr.DataArray(
         np.stack(vals, axis=-1),
         dims=(*SAMPLE_DIMS, "pair"),
-        coords={"pair": [n for *_, n in pairs]},
+        coords={"pair": [_qualified(data, k, n) for k, _, _, n in pairs]},
     )
+
+
+def _components(data: LMMData, variances, correlations) -> dict[str, dict]:
+    """{factor: {"variances": {term: v}, "correlations": {"a:b": v}}} from per-column variances
+    (Z's order) and per-pair correlations (`_correlation_pairs` order)."""
+    re_names, pairs = data.re_names, _correlation_pairs(data)
+    return {
+        g.name: {
+            "variances": {re_names[c]: variances[c] for c in data.factor_cols(f)},
+            "correlations": {
+                n: r
+                for (k, *_, n), r in zip(pairs, correlations, strict=True)
+                if data.blocks[k].factor == f
+            },
+        }
+        for f, g in enumerate(data.groupings)
+    }
+
+
+def _effect_summaries(b: np.ndarray, labels, terms) -> dict:
+    """{label: {term: {mean, sd}}} of draws b (chain, draw, level, term)."""
+    b = b.reshape(-1, *b.shape[2:])
+    mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
+    return {
+        lab: {n: {"mean": float(mean[j, t]), "sd": float(sd[j, t])} for t, n in enumerate(terms)}
+        for j, lab in enumerate(labels)
+    }
 
 
 def _first(da):
@@ -174,7 +214,9 @@ def diagnose(
 
 
 def _summarise(idata, data: LMMData) -> dict:
-    """Every summary of the record, computed once (see `Posterior.summaries`)."""
+    """Every summary of the record, computed once (see `Posterior.summaries`): fixed_effects,
+    components ({factor: {variances, correlations}}), sigma, sigma2, random_effects_b (keyed by
+    factor with several; with one, {label: ...} plus its variances and correlations)."""
     post = idata.posterior.to_dataset()
     ds = post[["beta", "sigma", "sigma2"]].assign(variance=post["sd"] ** 2)
     cor = _correlations(post, data)
@@ -185,23 +227,23 @@ def _summarise(idata, data: LMMData) -> dict:
     s = _summaries(ds)
     out = {
         "fixed_effects": dict(zip(data.fixed_names, s["beta"], strict=True)),
-        "variances": dict(zip(data.re_names, s["variance"], strict=True)),
-        "correlations": dict(
-            zip((n for *_, n in _correlation_pairs(data)), s.get("correlation", ()), strict=True)
-        ),
+        "components": _components(data, s["variance"], s.get("correlation", ())),
         "sigma": s["sigma"].item(),
         "sigma2": s["sigma2"].item(),
     }
-    b = np.asarray(post["b"])
-    b = b.reshape(-1, *b.shape[2:])
-    mean, sd = b.mean(axis=0), b.std(axis=0, ddof=1)
-    out["random_effects_b"] = {
-        lab: {
-            n: {"mean": float(mean[j, k]), "sd": float(sd[j, k])}
-            for k, n in enumerate(data.re_names)
-        }
-        for j, lab in enumerate(data.labels)
+    effects = {
+        g.name: _effect_summaries(
+            np.asarray(post[effects_name(data, f)]),
+            g.labels,
+            [data.re_names[c] for c in data.factor_cols(f)],
+        )
+        for f, g in enumerate(data.groupings)
     }
+    if data.n_factors == 1:  # the one-factor record's keys, unchanged
+        out.update(out["components"][data.group_name])
+        out["random_effects_b"] = effects[data.group_name]
+    else:
+        out["random_effects_b"] = effects
     if data.is_oneway:
         out.update({v: s[v].item() for v in ("mu", "tau", "tau2")})
         out["group_mean"] = dict(zip(data.labels, s["group_mean"], strict=True))
@@ -239,15 +281,23 @@ class Posterior:
     def draws(self, name: str) -> np.ndarray:
         """Draws of a posterior variable, chain and draw stacked into the first axis: flat for
         scalars (sigma, sigma2; one-way mu, tau, tau2), (n, ...) otherwise (beta, sd, b,
-        group_mean)."""
+        group_mean; `b[<factor>]` with several factors)."""
         arr = np.asarray(self.idata.posterior[name])
         return arr.reshape(-1, *arr.shape[2:])
 
+    def effect_draws(self, factor: int | str = 0) -> np.ndarray:
+        """Draws (n, levels, terms) of the random effects of one grouping factor (index or
+        name), its terms in `data.factor_cols(k)` order (as `EBFit.modes`)."""
+        k = self.data.factor_names.index(factor) if isinstance(factor, str) else factor
+        return self.draws(effects_name(self.data, k))
+
     def variance_draws(self) -> dict[str, np.ndarray]:
+        """{term: draws} of every variance; with several factors keyed `term|factor`."""
         sd = self.draws("sd")
-        return {n: sd[:, k] ** 2 for k, n in enumerate(self.data.re_names)}
+        return {n: sd[:, c] ** 2 for c, n in enumerate(effect_names(self.data))}
 
     def correlation_draws(self) -> dict[str, np.ndarray]:
+        """{"a:b": draws} of every correlation; with several factors keyed `a:b|factor`."""
         cor = _correlations(self.idata.posterior, self.data)
         if cor is None:
             return {}
@@ -263,12 +313,7 @@ class Posterior:
                 n: {**v, "estimate": v["mean"], "se": v["sd"]}
                 for n, v in s["fixed_effects"].items()
             },
-            "variance_components": {
-                self.data.group_name: {
-                    "variances": s["variances"],
-                    "correlations": s["correlations"],
-                }
-            },
+            "variance_components": s["components"],
             "sigma": s["sigma"],
             "sigma2": s["sigma2"],
             "random_effects": s["random_effects_b"],
@@ -285,8 +330,9 @@ class Posterior:
 
 
 def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str) -> Posterior:
-    """The record of draws of `build_model(data, ...)`'s variables (beta, sigma, sd, b,
-    sigma2, chol_k_corr; any sampler, or made up for tests): diagnostics and summaries."""
+    """The record of draws of `build_model(data, ...)`'s variables (beta, sigma, sd, sigma2,
+    chol_k_corr, and b or b[<factor>]; any sampler, or made up for tests): diagnostics and
+    summaries."""
     if data.is_oneway:
         idata = _with_oneway_aliases(idata)
     diag, warns = diagnose(idata, settings.parametrization, data=data)
