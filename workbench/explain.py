@@ -15,7 +15,9 @@ modes) and conditional covariances V_bj = (Z_j'Z_j / sigma^2 + G^-1)^-1:
 Computed at the EB-ML point and at the centered joint mode (h-likelihood). The one-way model
 y ~ 1 + (1 | g) uses the per-group closed forms over its sufficient statistics (and, for
 balanced data, DESIGN.md's closed form of the joint mode); every other model the general
-per-group matrices. `sentences` turns the numbers into plain words.
+per-group matrices; a model with several grouping factors (crossed or nested) a sparse kernel
+(`sparse_terms`) that also splits the missing trace and the volume term by factor.
+`sentences` turns the numbers into plain words.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
 
 from workbench.jsonsafe import clean
 from workbench.model.data import Stats
@@ -33,10 +37,53 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True)
+class FactorTerms:
+    """One grouping factor's share of the decomposition (several factors): its block G_k of G
+    (columns `data.factor_cols(k)`), its parts of the missing trace tr(Z V_b Z') and of the
+    volume term, and its EM updates (sum_j b_kj b_kj' (+ sum_j V_kj)) / n_k, entries between
+    different blocks of G set to 0 (the M-step of a block-diagonal G).
+
+    Two splits of the missing trace: `missing` = sum_j tr(V_kj Z_kj'Z_kj), the diagonal blocks
+    (they add up with `PointTerms.missing_cross`, the covariances between factors, often
+    negative: crossed or nested effects compete for the same observations); and `p_d` =
+    n_k q_k - tr (A^-1)_kk, the factor's hidden degrees of freedom, its diagonal part plus half
+    of its covariances with the other factors over sigma^2, between 0 and n_k q_k, adding up to
+    p_D with no remainder (`share` = sigma^2 p_d)."""
+
+    name: str
+    n_levels: int
+    G: np.ndarray  # (q_k, q_k)
+    variances: dict[str, float]  # G_k's diagonal by random-effect term
+    missing: float  # sum_j tr(V_kj Z_kj'Z_kj)
+    p_d: float  # n_k q_k - tr (A^-1)_kk
+    share: float  # sigma^2 p_d
+    volume: float  # n_k / 2 log det G_k (-inf for a singular G_k)
+    G_em_with: np.ndarray
+    G_em_without: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "n_levels": self.n_levels,
+            "G": self.G.tolist(),
+            "variances": dict(self.variances),
+            "missing": self.missing,
+            "p_d": self.p_d,
+            "share": self.share,
+            "volume": self.volume,
+            "G_em_with": self.G_em_with.tolist(),
+            "G_em_without": self.G_em_without.tolist(),
+        }
+
+
+@dataclass(frozen=True)
 class PointTerms:
     """The decomposition at one parameter point. `mu`, `tau2`, `tau2_em_with` and
     `tau2_em_without` are the one-way names of beta[0], G[0, 0] and the EM updates of G[0, 0]
-    (None for other models)."""
+    (None for other models). With several grouping factors (`sparse_terms`): `by_factor`
+    (FactorTerms by lme4's factor name), `missing_cross` = missing - sum of the factors' parts
+    (the conditional covariances between effects of different factors) and `volume_shared` =
+    -1/2 log det A, so that volume = sum_k by_factor[k].volume + volume_shared; `variances`
+    are then keyed "term|factor" (lme4's names)."""
 
     label: str
     sigma2: float
@@ -56,6 +103,9 @@ class PointTerms:
     tau2: float | None = None
     tau2_em_with: float | None = None
     tau2_em_without: float | None = None
+    by_factor: dict[str, FactorTerms] | None = None
+    missing_cross: float | None = None
+    volume_shared: float | None = None
 
     @property
     def is_oneway(self) -> bool:
@@ -84,6 +134,12 @@ class PointTerms:
                 tau2=self.tau2,
                 tau2_em_with=self.tau2_em_with,
                 tau2_em_without=self.tau2_em_without,
+            )
+        if self.by_factor is not None:
+            out.update(
+                by_factor={k: f.to_dict() for k, f in self.by_factor.items()},
+                missing_cross=self.missing_cross,
+                volume_shared=self.volume_shared,
             )
         return out
 
@@ -135,7 +191,10 @@ def general_terms(
     """The general kernel: the decomposition at (beta, sigma^2, G) from per-group q x q
     matrices. With G = sigma^2 T T' (T from G's eigendecomposition, so a singular G is fine)
     and A_j = I + T'Z_j'Z_j T: V_bj = sigma^2 T A_j^-1 T', b_hat_j = T A_j^-1 T'Z_j'r_j and
-    y_j ~ N(X_j beta, sigma^2 (I + Z_j T T'Z_j')) (determinant lemma, Woodbury)."""
+    y_j ~ N(X_j beta, sigma^2 (I + Z_j T T'Z_j')) (determinant lemma, Woodbury). With several
+    grouping factors: `sparse_terms`."""
+    if data.n_factors > 1:
+        return sparse_terms(label, data, beta, sigma2, G, effects)
     G = np.asarray(G, float)
     beta = np.asarray(beta, float)
     N, m, q = data.n_obs, data.n_groups, data.q
@@ -185,18 +244,267 @@ def general_terms(
     )
 
 
+CHUNK_DOUBLES = 1 << 22  # dense work arrays of the selected inversion: at most ~32 MB each
+
+
+@dataclass(frozen=True)
+class _Factor:
+    """Grouping factor k at a point: its columns of Z, G_k and a square root T_k
+    (G_k / sigma^2 = T_k T_k', from the eigendecomposition, so a singular G_k is fine) and the
+    per-level cross products Z_kj'Z_kj."""
+
+    name: str
+    names: tuple[str, ...]  # term names, columns `cols`
+    cols: tuple[int, ...]
+    codes: np.ndarray  # (N,)
+    n: int  # levels
+    Zk: np.ndarray  # (N, q_k)
+    G: np.ndarray  # (q_k, q_k)
+    T: np.ndarray  # (q_k, q_k)
+    singular: bool
+    ztz: np.ndarray  # (n, q_k, q_k)
+    same_block: np.ndarray  # (q_k, q_k) bool: both columns in one block of G
+
+    @property
+    def q(self) -> int:
+        return len(self.cols)
+
+    @classmethod
+    def of(cls, data: LMMData, k: int, G: np.ndarray, sigma2: float) -> _Factor:
+        g = data.groupings[k]
+        cols = data.factor_cols(k)
+        Zk = data.Z[:, cols]
+        Gk = G[np.ix_(cols, cols)]
+        w, U = np.linalg.eigh(Gk / sigma2)
+        sign = np.linalg.slogdet(Gk)[0]
+        q = len(cols)
+        ztz = np.empty((g.n_levels, q, q))
+        for a in range(q):
+            for b in range(a, q):
+                ztz[:, a, b] = ztz[:, b, a] = np.bincount(
+                    g.codes, Zk[:, a] * Zk[:, b], minlength=g.n_levels
+                )
+        block = {c: i for i, b in enumerate(data.blocks) for c in b.cols}
+        names = data.re_names
+        return cls(
+            name=g.name,
+            names=tuple(names[c] for c in cols),
+            cols=cols,
+            codes=g.codes,
+            n=g.n_levels,
+            Zk=Zk,
+            G=Gk,
+            T=U * np.sqrt(np.clip(w, 0.0, None)),
+            singular=bool(sign <= 0 or np.min(w) <= 0),
+            ztz=ztz,
+            same_block=np.array([[block[a] == block[b] for b in cols] for a in cols]),
+        )
+
+    def z_lambda(self) -> sp.csr_matrix:
+        """Z_k Lambda_k, sparse N x n q_k (level-major columns: level j's effects j q_k ..)."""
+        N, q = self.Zk.shape[0], self.q
+        rows = np.repeat(np.arange(N), q)
+        cols = (self.codes[:, None] * q + np.arange(q)).ravel()
+        return sp.csr_matrix(((self.Zk @ self.T).ravel(), (rows, cols)), shape=(N, self.n * q))
+
+
+def _blocks_inv_diag(
+    A11: np.ndarray, W: sp.csr_matrix, lu, pairs: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The level blocks on the diagonal of A^-1 for A = [[A11, A12], [A21, A22]] with A11
+    block diagonal ((n, q, q)), W = A11^-1 A12 and `lu` the factorisation of the Schur
+    complement S = A22 - A21 W: (A^-1)_11 = A11^-1 + W S^-1 W' (its level blocks) and
+    (A^-1)_22 = S^-1 (its entries at `pairs` (rows, cols)), from S^-1 one chunk of columns at a
+    time, never the whole inverse."""
+    n, q = A11.shape[0], A11.shape[1]
+    out11 = np.linalg.inv(A11)
+    rows, cols = pairs
+    out22 = np.zeros(rows.size)
+    Q2 = W.shape[1]
+    if Q2 == 0:
+        return out11, out22
+    Wc = W.tocsc()
+    step = max(1, min(Q2, CHUNK_DOUBLES // max(W.shape[0], Q2)))
+    for c0 in range(0, Q2, step):
+        c1 = min(Q2, c0 + step)
+        E = np.zeros((Q2, c1 - c0))
+        E[np.arange(c0, c1), np.arange(c1 - c0)] = 1.0
+        X = lu.solve(E)  # S^-1[:, c0:c1]
+        sel = (cols >= c0) & (cols < c1)
+        out22[sel] = X[rows[sel], cols[sel] - c0]
+        Y = W @ X  # (W S^-1)[:, c0:c1]
+        Wk = Wc[:, c0:c1].tocsr()
+        s = np.repeat(np.arange(Wk.shape[0]), np.diff(Wk.indptr))  # the row of each entry
+        for b in range(q):  # (W S^-1 W')[j q + a, j q + b] += sum_d Y[j q + a, d] W[j q + b, d]
+            keep = s % q == b
+            level, d, w = s[keep] // q, Wk.indices[keep], Wk.data[keep]
+            for a in range(q):
+                out11[:, a, b] += np.bincount(level, Y[level * q + a, d] * w, minlength=n)
+    return out11, out22
+
+
+def sparse_terms(
+    label: str,
+    data: LMMData,
+    beta: np.ndarray,
+    sigma2: float,
+    G: np.ndarray,
+    effects=None,
+) -> PointTerms:
+    """The decomposition for any number of grouping factors, by sparse matrices.
+
+    With u the random effects of all factors stacked (factor after factor, level-major),
+    Lambda = blockdiag(I_nk (x) T_k) and the sparse Z (N x Q, Q = sum_k n_k q_k):
+    A = Lambda'Z'Z Lambda + I, V_b = sigma^2 Lambda A^-1 Lambda', b_hat = Lambda A^-1
+    Lambda'Z'r and y ~ N(X beta, sigma^2 (I + Z Lambda Lambda'Z')). A is factorised by block
+    elimination: the factor with the most effects first (its block of A is block diagonal over
+    its levels, inverted exactly per level), then SuperLU (`scipy.sparse.linalg.splu`, symmetric
+    mode, no pivoting: S is positive definite) of the Schur complement S on the other factors;
+    log det A = sum_j log det A_11,j + log det S. The diagonal level blocks of A^-1 (for
+    tr(Z V_b Z') by factor and the EM updates) come from S^-1 a chunk of columns at a time.
+
+    tr(Z V_b Z') = sigma^2 (Q - tr A^-1); factor k's part is sum_j tr(V_kj Z_kj'Z_kj) (the
+    diagonal blocks), the rest (`missing_cross`) the conditional covariances between factors.
+    `effects`: per factor (n_k, q_k) arrays (a single array for one factor); by default the
+    conditional modes."""
+    G, beta, sigma2 = np.asarray(G, float), np.asarray(beta, float), float(sigma2)
+    N = data.n_obs
+    facs = [_Factor.of(data, k, G, sigma2) for k in range(data.n_factors)]
+    first = int(np.argmax([f.n * f.q for f in facs]))
+    order = [first] + [k for k in range(len(facs)) if k != first]
+    sizes = [facs[k].n * facs[k].q for k in order]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    Q, Q1 = int(offsets[-1]), sizes[0]
+    ZL = sp.hstack([facs[k].z_lambda() for k in order], format="csr")
+    r0 = data.y - data.X @ beta
+    A = (ZL.T @ ZL + sp.identity(Q)).tocsr()
+    f1 = facs[first]
+    A11 = np.einsum("ba,jbc,cd->jad", f1.T, f1.ztz, f1.T) + np.eye(f1.q)
+    A11inv = np.linalg.inv(A11)
+    A12 = A[:Q1, Q1:]
+    W = (
+        sp.bsr_matrix((A11inv, np.arange(f1.n), np.arange(f1.n + 1)), shape=(Q1, Q1)) @ A12
+    ).tocsr()
+    S = (A[Q1:, Q1:] - A12.T @ W).tocsc()
+    c = ZL.T @ r0
+    c1, c2 = c[:Q1], c[Q1:]
+    logdet_a = float(np.linalg.slogdet(A11)[1].sum())
+    lu = None
+    u2 = np.zeros(Q - Q1)
+    if Q > Q1:
+        lu = splu(
+            S,
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
+        logdet_a += float(np.log(np.abs(lu.U.diagonal())).sum())
+        u2 = lu.solve(c2 - W.T @ c1)
+    u1 = np.einsum("jab,jb->ja", A11inv, c1.reshape(f1.n, f1.q)).ravel() - W @ u2
+    u = np.concatenate([u1, u2])
+    # selected inversion: the level blocks on the diagonal of A^-1, factor by factor
+    pair_rows, pair_cols = [np.zeros(0, int)], [np.zeros(0, int)]
+    for i, k in enumerate(order[1:], start=1):
+        f = facs[k]
+        start = offsets[i] - Q1 + f.q * np.arange(f.n)[:, None, None]
+        shape = (f.n, f.q, f.q)
+        pair_rows.append(np.broadcast_to(start + np.arange(f.q)[:, None], shape).ravel())
+        pair_cols.append(np.broadcast_to(start + np.arange(f.q), shape).ravel())
+    pairs = (np.concatenate(pair_rows), np.concatenate(pair_cols))
+    inv11, inv22 = _blocks_inv_diag(A11, W, lu, pairs)
+    ainv, at = {first: inv11}, 0
+    for k in order[1:]:
+        f = facs[k]
+        ainv[k] = inv22[at : at + f.n * f.q * f.q].reshape(f.n, f.q, f.q)
+        at += f.n * f.q * f.q
+    trace_ainv = sum(float(np.trace(ainv[k], axis1=1, axis2=2).sum()) for k in order)
+    missing = sigma2 * (Q - trace_ainv)
+    # effects, residuals, per-factor terms
+    if effects is None:  # b_kj = T_k u_kj
+        b = {
+            k: u[offsets[i] : offsets[i + 1]].reshape(facs[k].n, facs[k].q) @ facs[k].T.T
+            for i, k in enumerate(order)
+        }
+    else:
+        given = (effects,) if isinstance(effects, np.ndarray) else tuple(effects)
+        b = {k: np.asarray(given[k], float).reshape(facs[k].n, facs[k].q) for k in order}
+    resid = r0.copy()
+    for k, f in enumerate(facs):
+        resid -= np.einsum("ik,ik->i", f.Zk, b[k][f.codes])
+    rss = float(resid @ resid)
+    by_factor, penalty, logdet_g = {}, 0.0, 0.0  # penalty: sum_kj b'G_k^-1 b + log 2 pi terms
+    G_em_with, G_em_without = np.zeros_like(G), np.zeros_like(G)
+    singular = any(f.singular for f in facs)
+    for k, f in enumerate(facs):
+        V = sigma2 * np.einsum("ab,jbc,dc->jad", f.T, ainv[k], f.T)  # V_kj
+        bb = np.where(f.same_block, b[k].T @ b[k] / f.n, 0.0)
+        with_v = bb + np.where(f.same_block, V.sum(axis=0) / f.n, 0.0)
+        ix = np.ix_(f.cols, f.cols)
+        G_em_with[ix], G_em_without[ix] = with_v, bb
+        ld = float(np.linalg.slogdet(f.G)[1]) if not f.singular else -np.inf
+        logdet_g += f.n * ld if not f.singular else 0.0
+        if not f.singular:
+            penalty += float(np.einsum("ja,ja->", b[k], np.linalg.solve(f.G, b[k].T).T))
+            penalty += f.n * f.q * LOG_2PI
+        m_k = float(np.einsum("jab,jba->", V, f.ztz))
+        p_k = f.n * f.q - float(np.trace(ainv[k], axis1=1, axis2=2).sum())
+        by_factor[f.name] = FactorTerms(
+            name=f.name,
+            n_levels=f.n,
+            G=f.G,
+            variances={n: float(f.G[i, i]) for i, n in enumerate(f.names)},
+            missing=m_k,
+            p_d=p_k,
+            share=sigma2 * p_k,
+            volume=0.5 * f.n * ld,
+            G_em_with=with_v,
+            G_em_without=bb,
+        )
+    if singular:
+        volume, log_joint = -np.inf, np.inf
+    else:
+        volume = 0.5 * (logdet_g - logdet_a)
+        log_joint = -0.5 * (N * (LOG_2PI + np.log(sigma2)) + rss / sigma2 + logdet_g + penalty)
+    log_marginal = -0.5 * (N * (LOG_2PI + np.log(sigma2)) + logdet_a + (r0 @ r0 - c @ u) / sigma2)
+    return PointTerms(
+        label=label,
+        sigma2=sigma2,
+        G=G,
+        variances={f"{n}|{f.name}": float(f.G[i, i]) for f in facs for i, n in enumerate(f.names)},
+        rss=rss,
+        missing=missing,
+        p_d=missing / sigma2,
+        volume=float(volume),
+        log_joint=float(log_joint),
+        log_marginal=float(log_marginal),
+        sigma2_em_with=(rss + missing) / N,
+        sigma2_em_without=rss / N,
+        G_em_with=G_em_with,
+        G_em_without=G_em_without,
+        by_factor=by_factor,
+        missing_cross=missing - sum(f.missing for f in by_factor.values()),
+        volume_shared=-0.5 * logdet_a,
+    )
+
+
 def point_terms(
     label: str,
     data: LMMData,
     beta,
     sigma2: float,
     G,
-    effects: np.ndarray | None = None,
+    effects=None,
     kernel: str = "auto",
 ) -> PointTerms:
-    """The decomposition at (beta, sigma^2, G) with random effects `effects` ((m, q); by
-    default the conditional modes). kernel "auto" takes the one-way closed forms when
-    `data.is_oneway`, else the general matrices; "general" forces the latter."""
+    """The decomposition at (beta, sigma^2, G) with random effects `effects` ((m, q), or per
+    grouping factor a tuple of (n_k, q_k) as `EBFit.modes`; by default the conditional modes).
+    kernel "auto" takes the one-way closed forms when `data.is_oneway`, the per-group matrices
+    for any other model with one grouping factor and the sparse kernel with several; "general"
+    forces the per-group matrices (one factor), "sparse" the sparse kernel."""
+    if kernel not in ("auto", "general", "sparse"):
+        raise ValueError("kernel must be 'auto', 'general' or 'sparse'")
+    if kernel == "sparse" or data.n_factors > 1:
+        return sparse_terms(label, data, beta, sigma2, G, effects)
     if kernel == "auto" and data.is_oneway:
         a = None if effects is None else np.asarray(effects, float).reshape(-1)
         G = np.asarray(G, float)
