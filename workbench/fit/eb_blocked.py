@@ -75,21 +75,6 @@ def by_factor(data: LMMData, per_block: tuple[np.ndarray, ...], cov: bool) -> tu
     return tuple(out)
 
 
-def _beta_cov_unscaled(sol, p: int) -> np.ndarray:
-    """(X'V^-1 X)^-1 with V = I + Z Lambda Lambda'Z': from R_X, the fixed-effect corner of the
-    factor's last block (R_X R_X' = X'V^-1 X)."""
-    if hasattr(sol, "beta_cov_unscaled"):
-        return sol.beta_cov_unscaled
-    K = max(k for k, _ in sol.factor.L)
-    RX = sol.factor.L[(K, K)][:p, :p]
-    inv = np.linalg.inv(RX)
-    return inv.T @ inv
-
-
-def _scalar(data: LMMData) -> bool:
-    return all(len(b.cols) == 1 for b in data.blocks)
-
-
 def fit(data: LMMData, method: str, x0=None) -> Kernel:
     """Minimise the criterion over theta and read off every field at the optimum."""
     tm = terms(data)
@@ -100,13 +85,11 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
             layout.starts() if x0 is None else [np.asarray(x0, float)],
             np.where(layout.diagonal, 0.0, -np.inf),
             mirror=layout.mirror,
-            grad=(lambda t: blocked.objective_and_gradient(tm, t, method))
-            if _scalar(data)
-            else None,
+            grad=lambda t: blocked.objective_and_gradient(tm, t, method),
         )
         sol = blocked.solve(tm, opt.x)
         s2 = sol.sigma2(method)
-        covs = _conditional_covariances(tm, sol)
+        covs = sol.conditional_covariances()
     T = layout.T(opt.x)
     notes = []
     if not opt.converged:
@@ -120,7 +103,7 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
         )
     return Kernel(
         beta=sol.beta,
-        beta_cov=s2 * _beta_cov_unscaled(sol, tm.p),
+        beta_cov=s2 * sol.beta_cov_unscaled,
         sigma2=s2,
         G=s2 * T @ T.T,
         theta=np.array(opt.x, float),
@@ -130,33 +113,6 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
         optimum=opt,
         notes=tuple(notes),
     )
-
-
-def _conditional_covariances(tm: blocked.Terms, sol) -> tuple[np.ndarray, ...]:
-    """Per term, the per-level diagonal blocks of Lambda A^-1 Lambda' (sigma^2-free condVar),
-    A = Lambda'Z'Z Lambda + I. Transitional dense version (small models) until the blocked
-    factor provides them."""
-    if hasattr(sol, "conditional_covariances"):
-        return sol.conditional_covariances()
-    import scipy.sparse as sp
-
-    Ts = [t.T(sol.theta[sl]) for t, sl in zip(tm.terms, tm.theta_slices, strict=True)]
-    mats, N = [], tm.n_obs
-    for t, T in zip(tm.terms, Ts, strict=True):
-        ZL = t.Z @ T
-        rows = np.repeat(np.arange(N), t.q)
-        cols = (t.codes[:, None] * t.q + np.arange(t.q)[None, :]).ravel()
-        mats.append(sp.csr_matrix((ZL.ravel(), (rows, cols)), shape=(N, t.dim)))
-    ZL = sp.hstack(mats).tocsc()
-    A = (ZL.T @ ZL).toarray() + np.eye(ZL.shape[1])
-    Ainv = np.linalg.inv(A)
-    out, at = [], 0
-    for t, T in zip(tm.terms, Ts, strict=True):
-        blk = Ainv[at : at + t.dim, at : at + t.dim].reshape(t.n, t.q, t.n, t.q)
-        per = blk[np.arange(t.n), :, np.arange(t.n), :]  # (n, q, q)
-        out.append(T @ per @ T.T)
-        at += t.dim
-    return tuple(out)
 
 
 def marginal_loglik(data: LMMData, theta, sigma2: float) -> float:
