@@ -585,8 +585,9 @@ class Explanation:
     balanced: BalancedForm | None
     balanced_note: str | None
     n_obs: int
-    n_groups: int
+    n_groups: int | None  # one grouping factor's levels (None with several: `n_levels`)
     sentences: tuple[str, ...]
+    n_levels: dict[str, int] | None = None  # levels by grouping factor
 
     def to_dict(self) -> dict:
         """JSON-ready: non-finite terms (a zero variance: volume -inf, log joint +inf) become
@@ -618,27 +619,38 @@ def _pct(x: float) -> str:
     return f"{abs(100 * x):.0f}%"
 
 
-def _zero_terms(p: PointTerms) -> list[str]:
-    return [n for n, v in p.variances.items() if v <= 0.0]
+def _singular_words(names: list[str], G: np.ndarray, by: str = "") -> str | None:
+    """How one (block-diagonal) G is singular, in words (None when it is not): its zero
+    variances, else its correlations of +-1, else its rank. `by`: " by <factor>" to name it."""
+    zero = [f"{n}{by}" for i, n in enumerate(names) if G[i, i] <= 0.0]
+    if zero:
+        return "the variance of " + _join(zero) + " is 0"
+    pairs = [
+        f"{names[i]} and {names[j]}{by} correlated {G[i, j] / np.sqrt(G[i, i] * G[j, j]):+.0f}"
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if abs(G[i, j]) >= (1 - 1e-6) * np.sqrt(G[i, i] * G[j, j])
+    ]
+    if pairs:
+        return ("G is singular: " if not by else "") + _join(pairs)
+    w = np.linalg.eigvalsh(G)
+    if np.min(w) > 0:
+        return None
+    rank = np.linalg.matrix_rank(G)
+    return f"G{by} is singular: rank {rank} of {len(names)}"
 
 
 def _var_words(p: PointTerms) -> str:
     """How the singular G of a boundary point is singular, in words."""
     if p.is_oneway:
         return "tau^2 = 0"
-    zero = _zero_terms(p)
-    if zero:
-        return "the variance of " + _join(zero) + " is 0"
-    names, G = list(p.variances), p.G
-    pairs = [
-        f"{names[i]} and {names[j]} correlated {G[i, j] / np.sqrt(G[i, i] * G[j, j]):+.0f}"
-        for i in range(len(names))
-        for j in range(i + 1, len(names))
-        if abs(G[i, j]) >= (1 - 1e-6) * np.sqrt(G[i, i] * G[j, j])
-    ]
-    if pairs:
-        return "G is singular: " + _join(pairs)
-    return f"G is singular: rank {np.linalg.matrix_rank(G)} of {len(names)}"
+    if p.by_factor is not None:
+        parts = [
+            _singular_words(list(f.variances), f.G, f" by {name}")
+            for name, f in p.by_factor.items()
+        ]
+        return "; ".join(w for w in parts if w) or "G is singular"
+    return _singular_words(list(p.variances), p.G) or "G is singular"
 
 
 def _join(names: list[str]) -> str:
@@ -653,6 +665,34 @@ def _g(v: float, spec: str = ".5g") -> str:
     return format(v, spec) if np.isfinite(v) else ("+infinity" if v > 0 else "-infinity")
 
 
+def _terms_by_factor(p: PointTerms) -> dict[str, float]:
+    """The variances named "term by factor" (several factors) or by term (one)."""
+    if p.by_factor is None:
+        return dict(p.variances)
+    return {f"{t} by {k}": v for k, f in p.by_factor.items() for t, v in f.variances.items()}
+
+
+def _factor_split(eb: PointTerms) -> str:
+    """The missing trace by grouping factor, in words (several factors)."""
+    parts = [
+        f"{k}'s {f.n_levels * len(f.variances)} effects hide p_D = {f.p_d:.3g} "
+        f"({f.share:.4g} of the trace)"
+        for k, f in eb.by_factor.items()
+    ]
+    diag = ", ".join(f"{k} {f.missing:.4g}" for k, f in eb.by_factor.items())
+    cross = eb.missing_cross
+    cov = (
+        f"take back {-cross:.4g} (the factors' effects compete for the same observations)"
+        if cross < 0
+        else f"add {cross:.4g}"
+    )
+    return (
+        f"By grouping factor, {_join(parts)}: each share is the factor's diagonal blocks "
+        f"sum_j tr(V_kj Z_kj'Z_kj) ({diag}) plus half its conditional covariances with the other "
+        f"factors' effects, which in all {cov}."
+    )
+
+
 def sentences(
     eb: PointTerms,
     joint: PointTerms | None,
@@ -661,15 +701,28 @@ def sentences(
     data: LMMData,
 ) -> tuple[str, ...]:
     """Plain words generated from the numbers, true for every model: the one-way model in its
-    own names (group effects, tau^2, sum n_j v_j), any other with the terms named."""
-    N, m, q = data.n_obs, data.n_groups, data.q
-    ow = eb.is_oneway
-    effects = "group effects" if ow else f"random effects (by {data.group_name})"
+    own names (group effects, tau^2, sum n_j v_j), any other with the terms named, and with
+    several grouping factors each factor's variance components and share of the missing
+    trace named."""
+    N, q = data.n_obs, data.q
+    ow, several = eb.is_oneway, eb.by_factor is not None
+    if several:
+        effects = f"random effects (of {_join(list(data.factor_names))})"
+        n_eff = f"Q = {sum(f.n_levels * len(f.variances) for f in eb.by_factor.values())} "
+        n_eff += "random effects"
+        volume = "1/2 log det V_b"
+    else:
+        m = data.n_groups
+        effects = "group effects" if ow else f"random effects (by {data.group_name})"
+        n_eff = f"m = {m} groups" if ow else f"m q = {m * q} random effects"
+        volume = "1/2 sum log det V_bj"
     miss = "sum n_j v_j" if ow else "tr(Z V_b Z')"
-    n_eff = f"m = {m} groups" if ow else f"m q = {m * q} random effects"
     out = []
     if ow:
         est = f"EB-ML estimates sigma^2 = {eb.sigma2:.5g} and tau^2 = {eb.tau2:.5g}."
+    elif several:
+        vs = ", ".join(f"{n} {v:.5g}" for n, v in _terms_by_factor(eb).items())
+        est = f"EB-ML estimates sigma^2 = {eb.sigma2:.5g} and the variances {vs}."
     else:
         vs = ", ".join(f"{n} {v:.5g}" for n, v in eb.variances.items())
         est = (
@@ -701,15 +754,18 @@ def sentences(
             + f"so sigma^2 = (RSS + {eb.missing:.4g}) / N = {eb.sigma2_em_with:.5g}, {em}; "
             f"there the volume term is -infinity and the log joint +infinity."
         )
+    if several and eb.missing > 0:
+        out.append(_factor_split(eb))
     if joint is not None:
         low_s = 1.0 - joint.sigma2 / eb.sigma2
         solved = abs(joint.sigma2_em_without - joint.sigma2) <= 1e-4 * joint.sigma2
         if ow:
             var_parts = [_change("tau^2", joint.tau2, eb.tau2)]
         else:
+            at_joint = _terms_by_factor(joint)
             var_parts = [
-                _change(f"the variance of {n}", joint.variances[n], v)
-                for n, v in eb.variances.items()
+                _change(f"the variance of {n}", at_joint[n], v)
+                for n, v in _terms_by_factor(eb).items()
             ]
         out.append(
             "The joint mode maximises the log joint, which leaves that term out: "
@@ -723,6 +779,13 @@ def sentences(
             + f", and sigma^2 comes out {_pct(low_s)} {'low' if low_s > 0 else 'high'} "
             f"({joint.sigma2:.5g} against {eb.sigma2:.5g}); {'; '.join(var_parts)}."
         )
+        parts = ""
+        if several and np.isfinite(eb.volume):
+            logdet = ", ".join(f"{k} {_g(f.volume)}" for k, f in eb.by_factor.items())
+            parts = (
+                f"; at the EB point its parts n_k/2 log det G_k are {logdet} and the shared "
+                f"-1/2 log det A is {_g(eb.volume_shared)}"
+            )
         out.append(
             f"Its log joint is {_cmp(joint.log_joint, eb.log_joint, 'higher', 'lower')} "
             f"({_g(joint.log_joint, '.6g')} against {_g(eb.log_joint, '.6g')} at the EB point "
@@ -730,7 +793,7 @@ def sentences(
             f"{'yet' if joint.log_joint > eb.log_joint else 'and'} its marginal likelihood is "
             f"{_cmp(joint.log_marginal, eb.log_marginal, 'higher', 'lower')} "
             f"({joint.log_marginal:.6g} against {eb.log_marginal:.6g}): the difference is the "
-            f"volume term 1/2 sum log det V_bj ({_g(joint.volume)} against {_g(eb.volume)}), "
+            f"volume term {volume} ({_g(joint.volume)} against {_g(eb.volume)}{parts}), "
             f"which grows with sigma^2 and the random-effect variances and which the joint mode "
             f"ignores."
         )
@@ -745,14 +808,18 @@ def sentences(
                 "tau -> 0."
             )
         else:
-            terms = _join(list(data.re_names))
+            terms = (
+                _join(list(_terms_by_factor(eb)))
+                if several
+                else f"{_join(list(data.re_names))} by {data.group_name}"
+            )
             out.append(
                 f"The log joint has no interior maximum here (none of the starts found one): "
                 f"with the random effects at 0 it rises without bound as G -> 0 (the variance "
-                f"of {terms} by {data.group_name} going to 0, a funnel), so an optimiser of "
+                f"of {terms} going to 0, a funnel), so an optimiser of "
                 f"the joint density collapses onto the boundary. The EB and posterior answers "
                 f"exist because they integrate the random effects out and keep the volume term "
-                f"1/2 sum log det V_bj, which falls to -infinity as G -> 0."
+                f"{volume}, which falls to -infinity as G -> 0."
             )
     else:
         out.append("The joint mode was not computed (method joint-map not run).")
@@ -791,12 +858,14 @@ def explain(comparison) -> Explanation:
     c = comparison
     d: LMMData = c.data
     ml = c.eb_ml
+    several = d.n_factors > 1
     eb = point_terms("EB-ML", d, ml.beta, ml.sigma2, ml.G)
     jm = c.joint_map
     status = jm.status if jm is not None else "not_run"
     joint = None
     if jm is not None and jm.status == "interior" and jm.sigma2 is not None:
-        joint = point_terms("joint MAP", d, jm.beta, jm.sigma2, jm.G, effects=jm.re_mode)
+        effects = jm.modes if several else jm.re_mode
+        joint = point_terms("joint MAP", d, jm.beta, jm.sigma2, jm.G, effects=effects)
     bal = balanced_form(d.oneway, ml.sigma2) if d.is_oneway else None
     return Explanation(
         eb=eb,
@@ -805,6 +874,7 @@ def explain(comparison) -> Explanation:
         balanced=bal,
         balanced_note=balanced_note(d),
         n_obs=d.n_obs,
-        n_groups=d.n_groups,
+        n_groups=None if several else d.n_groups,
         sentences=sentences(eb, joint, status, bal, d),
+        n_levels={g.name: g.n_levels for g in d.groupings},
     )
