@@ -51,7 +51,10 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
+from workbench.fit import eb_blocked
 from workbench.fit.optimiser import serial_blas
+from workbench.model.design import Scaling
+from workbench.objectives import blocked
 from workbench.objectives.deviance import Layout, lower_factor, solve
 
 CPC_EDGE = 1e-9  # free CPCs of blocks of 3+ terms stay within +-(1 - CPC_EDGE)
@@ -159,17 +162,27 @@ def _profile_oneway(fit, level: float) -> Profile:
 
 def _profile_general(fit, level: float) -> Profile:
     """The general profiler (any model; the tests run it on one-way data too)."""
-    scale = 10.0 ** round(math.log10(fit.data.factors.scaling.y_scale))
+    scale = 10.0 ** round(math.log10(_y_scale(fit.data)))
     with serial_blas():
         if scale == 1.0:
-            return _Profiler(fit).run(level)
+            return _profiler(fit).run(level)
         # profile on y / 10^k (exact in floating point) and scale back: the profiler's steps,
         # tolerances and sums of squares are then those of data of unit size (y ~ 1e-90, 1e60)
         from workbench.fit import eb
 
         data = dataclasses.replace(fit.data, y=fit.data.y / scale)
         scaled = eb.fit(data, fit.method, x0=fit.theta)
-        return _rescale(_Profiler(scaled).run(level), scale, fit.data.n_obs)
+        return _rescale(_profiler(scaled).run(level), scale, fit.data.n_obs)
+
+
+def _y_scale(data) -> float:
+    """The spread of y (the group factors' scaling with one grouping factor; the same rule,
+    `Scaling.of`, from y and X directly with several)."""
+    if data.n_factors == 1:
+        return data.factors.scaling.y_scale
+    names = data.fixed_names
+    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
+    return Scaling.of(data.X, data.y, intercept).y_scale
 
 
 def _rescale(p: Profile, scale: float, n_obs: int) -> Profile:
@@ -206,10 +219,12 @@ def profile_intervals(fit, level: float = 0.95) -> dict[str, list[float]]:
 
 
 def parameter_names(data) -> list[str]:
-    """lme4's profile names (`oldNames = FALSE`) of a formula model's variance parameters."""
-    g = data.group_name
+    """lme4's profile names (`oldNames = FALSE`) of a formula model's variance parameters: per
+    block (lme4's order of terms) its sd's and correlations with the block's grouping factor
+    (`sd_(Intercept)|plate`, `cor_x.(Intercept)|g`), then `sigma`."""
     out = []
     for b in data.blocks:
+        g = data.groupings[b.factor].name
         k = len(b.names)
         for c in range(k):
             for r in range(c, k):
@@ -264,6 +279,11 @@ def theta_of(psi, data) -> tuple[np.ndarray, float]:
 def ml_deviance(psi, data) -> float:
     """d(theta, sigma) at psi: -2 x the marginal log likelihood, beta at its optimum."""
     theta, sigma = theta_of(psi, data)
+    if data.n_factors > 1:
+        sol = blocked.solve(eb_blocked.terms(data), theta)
+        return float(
+            sol.logdet_L + data.n_obs * math.log(2.0 * math.pi * sigma**2) + sol.r2 / sigma**2
+        )
     return -2.0 * solve(data.factors, Layout.of(data.blocks, data.q), theta).loglik(sigma**2)
 
 
@@ -322,6 +342,8 @@ class _System:
 
 
 class _Profiler:
+    lbfgs_options = {"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000}  # inner minimisations
+
     def __init__(self, fit):
         from workbench.fit import eb  # a REML fit is refitted by ML (lme4's refitML
 
@@ -330,7 +352,6 @@ class _Profiler:
             fit = eb.fit(fit.data, "ml", x0=fit.theta)
         self.fit = fit
         self.data = data = fit.data
-        self.gf = data.factors
         self.layout = Layout.of(data.blocks, data.q)
         self.names = parameter_names(data)
         self.n = len(self.names)
@@ -353,12 +374,17 @@ class _Profiler:
         for blk in self.blocks:
             self.kind[blk.cor_pos] = 1
         self.kind[self.sigma_pos] = 2
-        self.Binv = np.linalg.inv(self.gf.B)
-        self.n_obs = int(self.gf.n.sum())
+        self.n_obs = data.n_obs
+        self.setup()
         self.n_evals = 0
         self.notes: list[str] = []
         self.psi_hat = psi_of(fit.theta, math.sqrt(fit.sigma2), data)
         self.natural = self.system(None)
+
+    def setup(self) -> None:
+        """The evaluation's fixed parts: the per-group factors of one grouping factor."""
+        self.gf = self.data.factors
+        self.Binv = np.linalg.inv(self.gf.B)
 
     # ---- coordinate systems -----------------------------------------------------------------
 
@@ -508,7 +534,7 @@ class _Profiler:
             jac=True,
             method="L-BFGS-B",
             bounds=bnds,
-            options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000},
+            options=self.lbfgs_options,
         )
         v = base.copy()
         v[free] = base[free] + res.x * s
@@ -596,6 +622,11 @@ class _Profiler:
                 psi[p] = R[r, c]
         return psi
 
+    def warm_start(self, trace: dict, c: float) -> np.ndarray:
+        """The start of the minimisation at psi_k = c: the solution at the nearest profiled
+        value."""
+        return trace[min(trace, key=lambda x: abs(x - c))][1].copy()
+
     def end(self, k: int, sys: _System, side: int, cut: float, scale: np.ndarray, se: float):
         """One end of psi_k's interval: (value, at boundary, coordinates there, excess)."""
         lo, hi = self.bounds(sys)
@@ -612,8 +643,7 @@ class _Profiler:
         def prof(c: float) -> tuple[float, np.ndarray]:
             if c in trace:
                 return trace[c]
-            near = min(trace, key=lambda x: abs(x - c))
-            v0 = trace[near][1].copy()
+            v0 = self.warm_start(trace, c)
             v0[k] = c
             out = self.minimise(v0, sys, free, scale, self.d_min)
             if out[0] < self.d_min - DECREASE_TOL:
@@ -658,3 +688,127 @@ class _Profiler:
         root = scipy.optimize.brentq(g, a, b, xtol=tol, rtol=4 * np.finfo(float).eps)
         d_r, v_r = prof(root)
         return float(root), False, v_r, float(d_r - self.d_min - cut)
+
+
+def _profiler(fit) -> _Profiler:
+    """The profiler of a fit: per-group factors with one grouping factor, the blocked factor
+    with several."""
+    return _BlockedProfiler(fit) if fit.data.n_factors > 1 else _Profiler(fit)
+
+
+class _BlockedProfiler(_Profiler):
+    """Several grouping factors: d and its gradient from the blocked factor (`blocked.solve`,
+    `blocked.objective_and_gradient`).
+
+    In a coordinate system whose block orders are the identity, T_b = diag(sd) L(z) / sigma is
+    lower triangular (L the Cholesky factor of R from the CPCs z), so theta is explicit in v;
+    a reordered system (profiling a correlation of a block of 3+ terms) gets blocked terms
+    with that block's columns of Z in its order, where the same holds. The chain rule needs
+    d d / d theta = d log|L|^2 / d theta + (d r^2 / d theta) / sigma^2: r^2 is min over beta, u
+    of ||y - X beta - Z Lambda u||^2 + ||u||^2, so (envelope theorem) d r^2 / d T_b[r, c] =
+    -2 sum_i res_i Z_b[i, r] u_b[level_i, c] (res the penalised fit's residual), and d log|L|^2
+    / d theta is the ML gradient minus N (d r^2 / d theta) / r^2. Free CPCs stay within
+    +-(1 - CPC_EDGE) for blocks of 2 terms too (d L / d z is infinite at +-1)."""
+
+    # The blocked d (sums of terms of order N) is good to ~1e-13, so a gradient below ~1e-7 in
+    # the curvature-scaled coordinates (d changes by ~1 per unit) is noise: stop there (the
+    # profile is then off its minimum by ~1e-14) rather than in failed line searches.
+    lbfgs_options = {"ftol": 1e-14, "gtol": 1e-6, "maxiter": 1000}
+
+    def setup(self) -> None:
+        self._terms: dict[tuple[tuple[int, ...], ...], tuple] = {}
+        self._w = self.data.y - self.data.X @ eb_blocked.terms(self.data).beta_ols
+
+    def block_terms(self, sys: _System) -> tuple:
+        """(blocked terms with each block's columns of Z in the system's order, their Z's)."""
+        if sys.orders not in self._terms:
+            data = self.data
+            parts = [
+                (data.groupings[b.factor].codes, data.Z[:, [b.cols[i] for i in order]])
+                for b, order in zip(data.blocks, sys.orders, strict=True)
+            ]
+            natural = all(o == tuple(range(len(o))) for o in sys.orders)
+            tm = eb_blocked.terms(data) if natural else blocked.Terms.of(data.y, data.X, parts)
+            self._terms[sys.orders] = (tm, parts)
+        return self._terms[sys.orders]
+
+    def warm_start(self, trace: dict, c: float) -> np.ndarray:
+        """The start at psi_k = c: the line through the solutions at the two nearest profiled
+        values (the profile trace is smooth, so the inner minimisation starts close; each
+        evaluation here costs two factorisations)."""
+        if len(trace) < 2:
+            return super().warm_start(trace, c)
+        a, b = sorted(trace, key=lambda x: abs(x - c))[:2]
+        va, vb = trace[a][1], trace[b][1]
+        return va + (c - a) / (b - a) * (vb - va)
+
+    def bounds(self, sys: _System) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = super().bounds(sys)
+        for blk in self.blocks:
+            lo[blk.cor_pos], hi[blk.cor_pos] = -(1.0 - CPC_EDGE), 1.0 - CPC_EDGE
+        return lo, hi
+
+    def evaluate(self, v: np.ndarray, sys: _System, derivs: bool = True):
+        """d at coordinates v and (with `derivs`) its gradient in v."""
+        self.n_evals += 1
+        tm, parts = self.block_terms(sys)
+        sigma = float(v[self.sigma_pos])
+        N = self.n_obs
+        thetas, Ls = [], []
+        for blk, order, slot in zip(self.blocks, sys.orders, sys.slots, strict=True):
+            k = len(blk.cols)
+            z = np.zeros((k, k))
+            for p, (r, c) in zip(slot, _pairs(k), strict=True):
+                z[r, c] = v[p]
+            L = _cpc_chol(z)
+            sd = v[[blk.sd_pos[i] for i in order]]
+            rows, cols = _theta_index(k)
+            thetas.append((sd[:, None] * L / sigma)[rows, cols])  # lme4's order
+            Ls.append((z, L, sd))
+        theta = np.concatenate(thetas)
+        sol = blocked.solve(tm, theta)
+        r2 = sol.r2
+        d = sol.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + r2 / sigma**2
+        if not derivs:
+            return d, None
+        _, g_ml = blocked.objective_and_gradient(tm, theta, "ml")
+        dr2 = np.empty_like(theta)
+        res = self._w - self.data.X @ (sol.beta - tm.beta_ols)
+        for (codes, Z), b in zip(parts, sol.b, strict=True):
+            res -= np.einsum("ia,ia->i", Z, b[codes])
+        for (codes, Z), u, sl in zip(parts, sol.u, tm.theta_slices, strict=True):
+            rows, cols = _theta_index(Z.shape[1])
+            full = -2.0 * (Z * res[:, None]).T @ u[codes]  # [r, c]: sum_i res_i Z_ir u_ic
+            dr2[sl] = full[rows, cols]
+        g_theta = g_ml + dr2 * (1.0 / sigma**2 - N / r2)
+        g = np.zeros(self.n)
+        for blk, order, slot, sl, (z, L, sd) in zip(
+            self.blocks, sys.orders, sys.slots, tm.theta_slices, Ls, strict=True
+        ):
+            k = len(blk.cols)
+            rows, cols = _theta_index(k)
+            GT = np.zeros((k, k))
+            GT[rows, cols] = g_theta[sl]
+            for i in range(k):
+                g[blk.sd_pos[order[i]]] = float(GT[i] @ L[i]) / sigma
+            for p, (r, c) in zip(slot, _pairs(k), strict=True):
+                if abs(z[r, c]) >= 1.0:  # a correlation held on its bound (never free there)
+                    continue
+                zc = z.astype(complex)
+                zc[r, c] += 1e-20j
+                dL = np.imag(_cpc_chol(zc)) / 1e-20
+                g[p] = float((GT * sd[:, None] * dL).sum()) / sigma
+        g[self.sigma_pos] = 2.0 * N / sigma - 2.0 * r2 / sigma**3 - float(g_theta @ theta) / sigma
+        return d, g
+
+
+def _pairs(k: int) -> list[tuple[int, int]]:
+    """The strictly lower (r, c) of a k x k matrix, column by column (the CPC slots' order)."""
+    return [(r, c) for c in range(k) for r in range(c + 1, k)]
+
+
+def _theta_index(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of theta's elements of a q x q lower-triangular T, column by column."""
+    rows = [r for c in range(q) for r in range(c, q)]
+    cols = [c for c in range(q) for _ in range(c, q)]
+    return np.array(rows, int), np.array(cols, int)
