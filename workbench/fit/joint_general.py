@@ -12,6 +12,7 @@ import scipy.optimize
 import scipy.sparse
 from scipy import stats as sps
 
+from workbench.fit import eb_blocked
 from workbench.fit.eb import EBFit
 from workbench.fit.joint_start import (
     BOX,
@@ -21,21 +22,24 @@ from workbench.fit.joint_start import (
     classify,
 )
 from workbench.fit.optimiser import serial_blas
+from workbench.objectives import blocked
 from workbench.objectives.deviance import Layout, solve
 from workbench.objectives.log_joint import (
-    Arrow,
     Context,
+    Crossed,
     NegFactor,
     hessian,
     log_joint,
     log_joint_and_grad,
 )
 
+Ctx = Context | Crossed
+
 # ----------------------------------------------------------------------------------------------
 # The all-parameter kernel: one start
 
 
-def lme4_theta(x: np.ndarray, ctx: Context) -> np.ndarray:
+def lme4_theta(x: np.ndarray, ctx: Ctx) -> np.ndarray:
     """lme4's theta (T column by column, G = sigma^2 T T') at x."""
     sigma = float(np.exp(x[ctx.p]))
     T = np.zeros((ctx.q, ctx.q))
@@ -44,28 +48,28 @@ def lme4_theta(x: np.ndarray, ctx: Context) -> np.ndarray:
     return Layout.of(ctx.data.blocks, ctx.q).theta(T)
 
 
-def _scale(x, ctx: Context, par: str) -> np.ndarray:
+def _scale(x, ctx: Ctx, par: str) -> np.ndarray:
     """Rough inverse square roots of the curvatures, to condition L-BFGS-B."""
     d = ctx.data
     sigma2 = float(np.exp(2.0 * x[ctx.p]))
     out = np.ones_like(x)
     out[: ctx.p] = 1.0 / np.sqrt((d.X**2).sum(axis=0) / sigma2 + 1e-12)
-    ztz = np.asarray(ctx.indicator @ (d.Z**2))  # (m, q) diagonal of Z_j'Z_j
-    G = ctx.G(x)
+    ztz = ctx.ztz_diag()  # the diagonal of Z'Z in the layout of U
+    g = np.diag(ctx.G(x))[ctx.u_column()]
     if par == "centered":
-        curv = ztz / sigma2 + 1.0 / np.maximum(np.diag(G), 1e-300)[None, :]
+        curv = ztz / sigma2 + 1.0 / np.maximum(g, 1e-300)
     else:
-        curv = ztz * np.diag(G)[None, :] / sigma2 + 1.0
+        curv = ztz * g / sigma2 + 1.0
     out[ctx.u_start :] = (1.0 / np.sqrt(curv)).ravel()
     out[ctx.p : ctx.u_start] = 1.0
     return out
 
 
-def _shift(x, ctx: Context, par: str, idx: np.ndarray, by: float) -> np.ndarray:
+def _shift(x, ctx: Ctx, par: str, idx: np.ndarray, by: float) -> np.ndarray:
     """x with the rows of L for the log-diagonal positions `idx` scaled by e^by (by < 0: the
     effects of those columns shrink with them, z held in the non-centered form)."""
     out = x.copy()
-    for k, blk in enumerate(ctx.data.blocks):
+    for k in range(len(ctx.sizes)):
         sl, n = ctx.theta_slices[k], ctx.sizes[k]
         r, c = np.tril_indices(n)
         for i in range(n):
@@ -76,11 +80,11 @@ def _shift(x, ctx: Context, par: str, idx: np.ndarray, by: float) -> np.ndarray:
             out[pos] += by
             out[row] *= np.exp(by)
             if par == "centered":
-                out[ctx.u_start + blk.cols[i] :: ctx.q] *= np.exp(by)
+                out[ctx.u_index(k, i)] *= np.exp(by)
     return out
 
 
-def _grow(x, ctx: Context, par: str, by: float = 5.0) -> np.ndarray:
+def _grow(x, ctx: Ctx, par: str, by: float = 5.0) -> np.ndarray:
     """x with every L_k scaled by e^by and the random effects b held fixed (z scaled by
     e^-by in the non-centered form): the ray along which the variances run to infinity."""
     out = x.copy()
@@ -126,39 +130,38 @@ def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
     return x, float(g @ F.solve(g)), it
 
 
-def _same(x, ctx: Context) -> np.ndarray:
+def _same(x, ctx: Ctx) -> np.ndarray:
     return x
 
 
-def _centered_u(x, ctx: Context) -> np.ndarray:
+def _centered_u(x, ctx: Ctx) -> np.ndarray:
     """x with the non-centered z replaced by b = z L' (block by block)."""
     out = x.copy()
     out[ctx.u_start :] = ctx.effects(x, "noncentered").ravel()
     return out
 
 
-def _noncentered_u(x, ctx: Context) -> np.ndarray:
+def _noncentered_u(x, ctx: Ctx) -> np.ndarray:
     """x with b replaced by z = L^-1 b (block by block)."""
     out = x.copy()
     U = ctx.U(x).copy()
-    for k, blk in enumerate(ctx.data.blocks):
-        cols = list(blk.cols)
-        U[:, cols] = U[:, cols] @ np.linalg.inv(ctx.chol(x, k)).T
+    for k in range(len(ctx.sizes)):
+        ctx.put(U, k, ctx.block(U, k) @ np.linalg.inv(ctx.chol(x, k)).T)
     out[ctx.u_start :] = U.ravel()
     return out
 
 
-def _negative_definite(H: Arrow) -> bool:
+def _negative_definite(H) -> bool:
     return NegFactor.of(H) is not None
 
 
-def run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
+def run_start(index, kind, x0, ctx: Ctx, par: str, priors, log_sd: float) -> Start:
     """Maximise the log joint from x0 and classify the end point (one BLAS thread)."""
     with serial_blas():
         return _run_start(index, kind, x0, ctx, par, priors, log_sd)
 
 
-def _end(index, kind, status, x, ctx: Context, par, priors, iterations, dec) -> Start:
+def _end(index, kind, status, x, ctx: Ctx, par, priors, iterations, dec) -> Start:
     return Start(
         index=index,
         kind=kind,
@@ -167,7 +170,7 @@ def _end(index, kind, status, x, ctx: Context, par, priors, iterations, dec) -> 
         beta=x[: ctx.p].copy(),
         sigma2=float(np.exp(2.0 * x[ctx.p])),
         G=ctx.G(x),
-        re_mode=ctx.effects(x, par),
+        re_mode=ctx.re_mode(ctx.effects(x, par)),
         theta=lme4_theta(x, ctx),
         iterations=iterations,
         newton_decrement=dec,
@@ -175,7 +178,7 @@ def _end(index, kind, status, x, ctx: Context, par, priors, iterations, dec) -> 
     )
 
 
-def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -> Start:
+def _run_start(index, kind, x0, ctx: Ctx, par: str, priors, log_sd: float) -> Start:
     lo, hi = log_sd - BOX, log_sd + BOX
     ld = ctx.log_diag
     x0 = x0.copy()
@@ -196,8 +199,8 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
         xb = y * scale
         v, g = log_joint_and_grad(xb, ctx, "centered", priors)
         if par == "noncentered":
-            v += ctx.m * float(xb[ld[1:]].sum())
-            g[ld[1:]] += ctx.m
+            v += float(ctx.diag_levels @ xb[ld[1:]])
+            g[ld[1:]] += ctx.diag_levels
         if not np.isfinite(v):
             return np.inf, np.zeros_like(y)
         return -v, -g * scale
@@ -271,10 +274,10 @@ def _run_start(index, kind, x0, ctx: Context, par: str, priors, log_sd: float) -
 
 
 def point(
-    ctx: Context, par: str, beta, sigma2: float, G: np.ndarray, b: np.ndarray, floor: float
+    ctx: Ctx, par: str, beta, sigma2: float, G: np.ndarray, b: np.ndarray, floor: float
 ) -> np.ndarray:
-    """x at (beta, sigma^2, G, b), as a start: the diagonal of each L_k floored at `floor`,
-    correlations clipped to +-0.95."""
+    """x at (beta, sigma^2, G, b) (b in the layout of U), as a start: the diagonal of each L_k
+    floored at `floor`, correlations clipped to +-0.95."""
     x = np.zeros(ctx.size)
     x[: ctx.p] = beta
     x[ctx.p] = 0.5 * np.log(sigma2)
@@ -292,29 +295,44 @@ def point(
             L = np.linalg.cholesky(sd[:, None] * C * sd[None, :])
         x[ctx.theta_slices[k]] = ctx.pack(L)
         if par == "noncentered":
-            U[:, list(blk.cols)] = U[:, list(blk.cols)] @ np.linalg.inv(L).T
+            ctx.put(U, k, ctx.block(U, k) @ np.linalg.inv(L).T)
     x[ctx.u_start :] = U.ravel()
     return x
 
 
-def exact_point(ctx: Context, par: str, s: Start) -> np.ndarray:
+def exact_point(ctx: Ctx, par: str, s: Start) -> np.ndarray:
     """x of an end point given on the user's scale (G positive definite), without the
     flooring and clipping of `point`: the profiled kernel's mode in this kernel's coordinates."""
     x = np.zeros(ctx.size)
     x[: ctx.p] = s.beta
     x[ctx.p] = 0.5 * np.log(s.sigma2)
-    U = np.array(s.re_mode, float)
+    U = ctx.from_modes(s.re_mode)
     for k, blk in enumerate(ctx.data.blocks):
         L = np.linalg.cholesky(s.G[np.ix_(blk.cols, blk.cols)])
         x[ctx.theta_slices[k]] = ctx.pack(L)
         if par == "noncentered":
-            U[:, list(blk.cols)] = U[:, list(blk.cols)] @ np.linalg.inv(L).T
+            ctx.put(U, k, ctx.block(U, k) @ np.linalg.inv(L).T)
     x[ctx.u_start :] = U.ravel()
     return x
 
 
+def pls_at(ctx: Ctx, theta: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """lme4's penalised least squares at theta: beta, the ML sigma^2, T and b (the layout of
+    U): per group for one grouping factor, by the blocked factor for several."""
+    d = ctx.data
+    layout = Layout.of(d.blocks, d.q)
+    if isinstance(ctx, Context):
+        pls = solve(d.factors, layout, theta)
+        return pls.beta, pls.sigma2("ml"), pls.T, pls.b
+    sol = blocked.solve(eb_blocked.terms(d), theta)
+    U = np.empty(ctx.n_re)
+    for k, bk in enumerate(sol.b):  # blocked terms are data.blocks in order
+        ctx.put(U, k, bk)
+    return sol.beta, sol.sigma2("ml"), layout.T(theta), U
+
+
 def make_starts(
-    ctx: Context, par: str, eb: EBFit, k: int, seed: np.random.SeedSequence | int
+    ctx: Ctx, par: str, eb: EBFit, k: int, seed: np.random.SeedSequence | int
 ) -> list[tuple[str, np.ndarray]]:
     """The EB-ML point with its conditional modes, then random relative covariance factors
     around it (beta, b re-solved by penalised least squares there, sigma^2 perturbed), drawn
@@ -322,24 +340,24 @@ def make_starts(
     d = ctx.data
     sd_y = float(d.y.std(ddof=1))
     floor = 0.05 * sd_y
-    starts = [("eb", point(ctx, par, eb.beta, eb.sigma2, eb.G, eb.re_mode, floor))]
+    b_eb = ctx.from_modes(eb.modes if isinstance(ctx, Crossed) else eb.re_mode)
+    starts = [("eb", point(ctx, par, eb.beta, eb.sigma2, eb.G, b_eb, floor))]
     rng = np.random.default_rng(seed)
-    layout = Layout.of(d.blocks, d.q)
-    diag = layout.diagonal
+    diag = Layout.of(d.blocks, d.q).diagonal
     base = np.array(eb.theta, float)
     base[diag] = np.maximum(base[diag], 0.05)
     while len(starts) < k:
         th = base.copy()
         th[diag] *= np.exp(rng.normal(0.0, 1.0, diag.sum()))
         th[~diag] += rng.normal(0.0, 0.3, (~diag).sum()) * base[diag].mean()
-        pls = solve(d.factors, layout, th)
-        s2 = pls.sigma2("ml") * float(np.exp(rng.normal(0.0, 0.3)))
-        G = s2 * pls.T @ pls.T.T
-        starts.append(("random", point(ctx, par, pls.beta, s2, G, pls.b, floor)))
+        beta, s2_ml, T, b = pls_at(ctx, th)
+        s2 = s2_ml * float(np.exp(rng.normal(0.0, 0.3)))
+        G = s2 * T @ T.T
+        starts.append(("random", point(ctx, par, beta, s2, G, b, floor)))
     return starts
 
 
-def intervals(x: np.ndarray, ctx: Context, par: str, priors, level: float) -> dict:
+def intervals(x: np.ndarray, ctx: Ctx, par: str, priors, level: float) -> dict:
     """Wald intervals from the inverse negative Hessian at the mode x: fixed effects directly,
     sigma^2 and the variances through their logs, correlations through atanh."""
     F = NegFactor.of(hessian(x, ctx, par, priors, _scale(x, ctx, par)))
@@ -356,9 +374,11 @@ def intervals(x: np.ndarray, ctx: Context, par: str, priors, level: float) -> di
     ls, se_ls = float(x[p]), float(np.sqrt(cov[p, p]))
     with np.errstate(over="ignore"):
         out["sigma2"] = [float(np.exp(2 * (ls - z * se_ls))), float(np.exp(2 * (ls + z * se_ls)))]
-    var, cor = {}, {}
+    comps = {g.name: {"variances": {}, "correlations": {}} for g in d.groupings}
     for k, blk in enumerate(d.blocks):
         sl = ctx.theta_slices[k]
+        var = comps[d.groupings[blk.factor].name]["variances"]
+        cor = comps[d.groupings[blk.factor].name]["correlations"]
 
         def trans(t, k=k, sl=sl):
             y = x.copy()
@@ -387,6 +407,6 @@ def intervals(x: np.ndarray, ctx: Context, par: str, priors, level: float) -> di
                 float(np.tanh(f - z * s)),
                 float(np.tanh(f + z * s)),
             ]
-    out["variance_components"] = {d.group_name: {"variances": var, "correlations": cor}}
+    out["variance_components"] = comps
     out["se"] = {"log_sigma": se_ls}
     return out

@@ -38,7 +38,8 @@ from functools import cached_property
 
 import numpy as np
 
-from workbench.fit.eb import EBFit, variance_components
+from workbench.fit import eb_blocked
+from workbench.fit.eb import EBFit, VarianceComponents, components_by_factor, variance_components
 from workbench.fit.joint_general import (
     exact_point,
     intervals,
@@ -57,10 +58,9 @@ from workbench.fit.joint_start import (
 )
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
+from workbench.objectives import blocked
 from workbench.objectives.deviance import PLS, Layout, solve
-from workbench.objectives.log_joint import (
-    Context,
-)
+from workbench.objectives.log_joint import context
 
 # ----------------------------------------------------------------------------------------------
 # The record
@@ -106,7 +106,32 @@ class JointMap:
 
     @property
     def re_mode(self) -> np.ndarray | None:
+        """(m, q) random effects b at the mode, for ONE grouping factor (`modes` in general)."""
+        self.data.single  # noqa: B018 (raises with several factors)
         return self.best.re_mode if self.best else None
+
+    @property
+    def modes(self) -> tuple[np.ndarray, ...] | None:
+        """Per grouping factor k, the random effects b at the mode, (n_k, q_k), columns
+        `data.factor_cols(k)` (None without an interior mode)."""
+        if self.best is None:
+            return None
+        b = self.best.re_mode
+        return tuple(b) if self.data.n_factors > 1 else (b,)
+
+    @cached_property
+    def mode_covs(self) -> tuple[np.ndarray, ...] | None:
+        """Per grouping factor, (n_k, q_k, q_k): the diagonal blocks by level of the inverse
+        negative Hessian of the log joint in b at the mode with the parameters fixed,
+        (Z'Z / sigma^2 + G^-1)^-1 = sigma^2 Lambda (Lambda'Z'Z Lambda + I)^-1 Lambda' (as
+        lme4's condVar: zero between different blocks of a factor); None without a mode."""
+        if self.best is None:
+            return None
+        if self.data.n_factors == 1:
+            return (self.re_cov,)
+        sol = blocked.solve(eb_blocked.terms(self.data), self.best.theta)
+        covs = tuple(self.sigma2 * c for c in sol.conditional_covariances())
+        return eb_blocked.by_factor(self.data, covs, cov=True)
 
     @property
     def theta(self) -> np.ndarray | None:
@@ -117,16 +142,41 @@ class JointMap:
         return self.best.log_joint if self.best else None
 
     @property
-    def components(self):
+    def components(self) -> VarianceComponents | None:
+        """The single grouping factor's variance components (`components_by_factor`)."""
         d = self.data
         return variance_components(self.G, d.blocks, d.group_name) if self.best else None
 
+    @property
+    def components_by_factor(self) -> dict[str, VarianceComponents] | None:
+        return components_by_factor(self.G, self.data) if self.best else None
+
+    def random_effects(self) -> dict[str, dict] | None:
+        """{factor: {label: {term: {mode, sd}}}} (sd from `mode_covs`), like EBFit's for
+        several factors; None without an interior mode."""
+        if self.best is None:
+            return None
+        out = {}
+        for k, g in enumerate(self.data.groupings):
+            sd = np.sqrt(np.diagonal(self.mode_covs[k], axis1=1, axis2=2))
+            names = [n for b in self.data.blocks if b.factor == k for n in b.names]
+            out[g.name] = {
+                lab: {
+                    n: {"mode": float(self.modes[k][j, i]), "sd": float(sd[j, i])}
+                    for i, n in enumerate(names)
+                }
+                for j, lab in enumerate(g.labels)
+            }
+        return out
+
     @cached_property
     def pls(self) -> PLS | None:
-        """lme4's penalised least squares at the mode's theta (for the general explanation)."""
+        """lme4's penalised least squares at the mode's theta (for the general explanation;
+        one grouping factor)."""
         if self.best is None:
             return None
         d = self.data
+        d.single  # noqa: B018
         return solve(d.factors, Layout.of(d.blocks, d.q), self.best.theta)
 
     @property
@@ -170,7 +220,7 @@ class JointMap:
                 n: {"estimate": float(b), "se": s}
                 for n, b, s in zip(d.fixed_names, self.best.beta, se, strict=True)
             },
-            "variance_components": {d.group_name: self.components.to_dict()},
+            "variance_components": {k: v.to_dict() for k, v in self.components_by_factor.items()},
             "sigma2": self.sigma2,
         }
 
@@ -214,6 +264,8 @@ class JointMap:
             out["theta"] = [float(t) for t in self.best.theta]
             out["loglik"] = self.loglik
             out["se_note"] = SE_NOTE
+            if self.data.n_factors > 1:
+                out["random_effects"] = self.random_effects()
         if self.ci_hessian:
             out["ci_level"] = self.ci_level
             out["ci_hessian"] = self.ci_hessian
@@ -303,6 +355,12 @@ def _general_loglik(data: LMMData):
     minus the quadratic form of beta - beta_hat in X'V^-1 X / sigma^2."""
 
     def loglik(best: Start) -> float:
+        if data.n_factors > 1:
+            sol = blocked.solve(eb_blocked.terms(data), best.theta)
+            d = best.beta - sol.beta
+            quad = float(d @ np.linalg.solve(sol.beta_cov_unscaled, d)) / best.sigma2
+            at = eb_blocked.marginal_loglik(data, best.theta, best.sigma2)
+            return float(at - 0.5 * quad)
         pls = solve(data.factors, Layout.of(data.blocks, data.q), best.theta)
         d = best.beta - pls.beta
         quad = float(d @ np.linalg.solve(pls.beta_cov(best.sigma2), d))
@@ -320,8 +378,8 @@ def _fit_profiled(data, eb, par, priors, n_starts, seed, n_jobs, level):
         (i, kind, phi, data)
         for i, (kind, phi) in enumerate(kernel.make_starts(data, eb, n_starts, seed))
     ]
-    starts = run_all(kernel.run_start, jobs, n_jobs, n_starts * data.n_groups)
-    ctx = Context(data)
+    ctx = context(data)
+    starts = run_all(kernel.run_start, jobs, n_jobs, n_starts * ctx.n_levels)
 
     def ci(best):
         return intervals(exact_point(ctx, "centered", best), ctx, "centered", None, level)
@@ -331,13 +389,13 @@ def _fit_profiled(data, eb, par, priors, n_starts, seed, n_jobs, level):
 
 def _fit_general(data, eb, par, priors, n_starts, seed, n_jobs, level):
     """The all-parameter kernel of this module."""
-    ctx = Context(data)
+    ctx = context(data)
     log_sd = float(np.log(data.y.std(ddof=1)))
     jobs = [
         (i, kind, x0, ctx, par, priors, log_sd)
         for i, (kind, x0) in enumerate(make_starts(ctx, par, eb, n_starts, seed))
     ]
-    starts = run_all(run_start, jobs, n_jobs, n_starts * ctx.m)
+    starts = run_all(run_start, jobs, n_jobs, n_starts * ctx.n_levels)
 
     def ci(best):
         return intervals(best.x, ctx, par, priors, level)

@@ -1,24 +1,31 @@
-"""The profiled kernel of the joint MAP (`workbench.fit.joint_map.fit` chooses it for the
-centered h-likelihood of a model other than the one-way one): the log joint of (y, b) without
-priors, maximised in closed form over beta, b and sigma^2 at each theta
-(`deviance.PLS.objective("joint")` is minus twice that profile), so one start is a small
-optimisation over phi = (log of T's diagonal, T's off-diagonal elements). A local maximum of
-this profile is a local maximum of the log joint in all parameters (the inner maximisers are
-unique). End points are classified by `joint_start.classify`: collapse / boundary when a diagonal
-element of T runs to its floor (a variance -> 0) with the profile still rising / levelling off,
-interior after Newton steps with a positive definite Hessian of the objective and decrement
-< 1e-8, not_converged otherwise.
+"""The profiled kernel of the joint MAP (`workbench.fit.joint_map.fit` chooses it for the centered
+h-likelihood of a model other than the one-way one): the log joint of (y, b) without priors,
+maximised in closed form over beta, b and sigma^2 at each theta, so one start is a small
+optimisation over phi = (log of T's diagonal, T's off-diagonal elements). Minus twice that
+profile is (N + Q) [1 + log(2 pi r^2 / (N + Q))] + sum_k 2 n_k log|det T_k| (Q random effects,
+r^2 lme4's penalised residual sum of squares at theta): `deviance.PLS.objective("joint")` for
+one grouping factor, `blocked.objective(..., "joint")` with its exact gradient for several. A
+local maximum of this profile is a local maximum of the log joint in all parameters (the inner
+maximisers are unique). End points are classified by `joint_start.classify`: collapse / boundary
+when a diagonal element of T runs to its floor (a variance -> 0) with the profile still rising /
+levelling off, interior after Newton steps with a positive definite Hessian of the objective and
+decrement < 1e-8, not_converged otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.optimize
 
+from workbench.fit import eb_blocked
 from workbench.fit.eb import EBFit
 from workbench.fit.joint_start import DECREMENT_TOL, Start, classify
 from workbench.fit.optimiser import derivatives, serial_blas
 from workbench.model.design import LMMData
+from workbench.objectives import blocked
 from workbench.objectives.deviance import Layout, solve
 
 LOG_FLOOR = np.log(1e-9)  # a diagonal element of T below 1e-9 x sigma has collapsed
@@ -31,6 +38,68 @@ def _theta(phi: np.ndarray, diag: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Point:
+    """The inner maximisers at one theta: beta, sigma^2, G and the random effects b (one
+    factor: (m, q); several: a tuple of per-factor (n_k, q_k) arrays)."""
+
+    beta: np.ndarray
+    sigma2: float
+    G: np.ndarray
+    re_mode: np.ndarray | tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Minus twice the profiled centered log joint in phi (`f`), its gradient in phi where the
+    kernel has an exact one (`grad`, else None: central differences), and the inner
+    maximisers (`point`)."""
+
+    f: Callable[[np.ndarray], float]
+    grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None
+    point: Callable[[np.ndarray], Point]
+    diag: np.ndarray
+
+    @classmethod
+    def of(cls, data: LMMData) -> Profile:
+        layout = Layout.of(data.blocks, data.q)
+        diag = layout.diagonal
+        if data.n_factors == 1:
+            cp = data.factors
+
+            def point1(theta):
+                pls = solve(cp, layout, theta)
+                s2 = pls.sigma2("joint")
+                return Point(pls.beta.copy(), s2, s2 * pls.T @ pls.T.T, pls.b)
+
+            return cls(
+                f=lambda phi: solve(cp, layout, _theta(phi, diag)).objective("joint"),
+                grad=None,
+                point=point1,
+                diag=diag,
+            )
+        tm = eb_blocked.terms(data)  # blocked theta == data (lme4) theta
+
+        def grad(phi):
+            theta = _theta(phi, diag)
+            v, g = blocked.objective_and_gradient(tm, theta, "joint")
+            return v, np.where(diag, g * theta, g)
+
+        def point(theta):
+            sol = blocked.solve(tm, theta)
+            s2 = sol.sigma2("joint")
+            T = layout.T(theta)
+            modes = eb_blocked.by_factor(data, sol.b, cov=False)
+            return Point(sol.beta.copy(), s2, s2 * T @ T.T, modes)
+
+        return cls(
+            f=lambda phi: blocked.objective(tm, _theta(phi, diag), "joint"),
+            grad=grad,
+            point=point,
+            diag=diag,
+        )
+
+
 def run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     """One start: L-BFGS-B on phi inside a wide box, Newton polish, then classification."""
     with serial_blas():
@@ -38,19 +107,14 @@ def run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
 
 
 def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
-    layout = Layout.of(data.blocks, data.q)
-    diag = layout.diagonal
-    cp = data.factors
-
-    def f(phi):
-        return solve(cp, layout, _theta(phi, diag)).objective("joint")
-
+    prof = Profile.of(data)
+    diag, f = prof.diag, prof.f
     bounds = [(LOG_FLOOR, LOG_CEIL) if d else (None, None) for d in diag]
     res = scipy.optimize.minimize(
-        f,
+        f if prof.grad is None else prof.grad,
         phi0,
         method="L-BFGS-B",
-        jac="3-point",
+        jac="3-point" if prof.grad is None else True,
         bounds=bounds,
         options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 2000},
     )
@@ -90,17 +154,16 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
 
     status = classify(to_zero=bool(low.any()), rising_to_zero=rising_to_zero, polish=polish)
     theta = _theta(end["phi"], diag)
-    pls = solve(cp, layout, theta)
-    s2 = pls.sigma2("joint")
+    pt = prof.point(theta)
     return Start(
         index=index,
         kind=kind,
         status=status,
         log_joint=-0.5 * f(end["phi"]),
-        beta=pls.beta.copy(),
-        sigma2=s2,
-        G=s2 * pls.T @ pls.T.T,
-        re_mode=pls.b,
+        beta=pt.beta,
+        sigma2=pt.sigma2,
+        G=pt.G,
+        re_mode=pt.re_mode,
         theta=theta,
         iterations=int(res.nit),
         newton_decrement=end["dec"] if status == "interior" else None,
