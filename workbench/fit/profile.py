@@ -171,8 +171,22 @@ def _profile_general(fit, level: float) -> Profile:
         from workbench.fit import eb
 
         data = dataclasses.replace(fit.data, y=fit.data.y / scale)
-        scaled = eb.fit(data, fit.method, x0=fit.theta)
+        if data.n_factors > 1:  # theta is scale-free: the optimum of y / scale is the fit's
+            scaled = _Start(fit.method, data, fit.theta, fit.sigma2 / scale**2)
+        else:
+            scaled = eb.fit(data, fit.method, x0=fit.theta)
         return _rescale(_profiler(scaled).run(level), scale, fit.data.n_obs)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What the profiler reads of a fit: the fit of y / scale, known without refitting (theta
+    does not depend on the scale of y, sigma^2 scales with its square)."""
+
+    method: str
+    data: object
+    theta: np.ndarray
+    sigma2: float
 
 
 def _y_scale(data) -> float:
