@@ -254,7 +254,7 @@ def _pair_products(Ai: sp.csr_matrix, Aj: sp.csr_matrix, srt, i: int, j: int):
     """The sparse map h -> the entries of Ai blockdiag(H) Aj' (h = H.ravel(), H the (n_0, q_0,
     q_0) per-level matrices of the first block): every pair of a stored entry of Ai and one of
     Aj in the same level of the first factor contributes Ai[r, e] Aj[c, e'] H[l, e, e'].
-    Returns (flat indices into the dense m_i x m_j block, CSR matrix of the map); for i == j
+    Returns (flat indices into the dense m_i x m_j block, CSC matrix of the map); for i == j
     only the blocks on or below the block diagonal (what the Cholesky factor reads)."""
     q0, n0 = srt[0].q, srt[0].n
     qi, qj, mj = srt[i].q, srt[j].q, srt[j].dim
@@ -281,8 +281,11 @@ def _pair_products(Ai: sp.csr_matrix, Aj: sp.csr_matrix, srt, i: int, j: int):
     seen[out] = True
     flat = np.flatnonzero(seen)
     row = (np.cumsum(seen) - 1)[out]
-    P = sp.csr_matrix((vi[x] * vj[y], (row, col)), shape=(flat.size, n0 * q0 * q0))
-    return flat, P
+    shape = (flat.size, n0 * q0 * q0)
+    if q0 == 1:  # the pairs come level by level: CSC as is (no sort)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=n0))])
+        return flat, sp.csc_matrix((vi[x] * vj[y], row, indptr), shape=shape)
+    return flat, sp.csc_matrix((vi[x] * vj[y], (row, col)), shape=shape)
 
 
 @dataclass(frozen=True)
