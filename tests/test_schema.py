@@ -33,6 +33,7 @@ CASES = sorted(
     p for p in (ROOT / "models").glob("*.toml") if "simulation" not in tomllib.loads(p.read_text())
 )
 MCMC_CASE = "small_groups"  # the shipped case given (made-up) MCMC draws
+CROSSED = ROOT / "tests" / "reference" / "crossed_data"
 
 
 def check(c, **render_kwargs) -> dict:
@@ -326,3 +327,80 @@ def formula_record():
     out = check(attach(c, posterior(c.data)))
     assert out["model"]["oneway"] is False
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Several grouping factors (crossed and nested random effects)
+
+
+@pytest.fixture(scope="module")
+def crossed_record():
+    """Penicillin, (1 | plate) + (1 | sample) crossed: EB-ML, EB-REML and the joint MAP."""
+    c = workbench.compare(
+        pd.read_csv(CROSSED / "penicillin.csv"),
+        formula="diameter ~ 1 + (1 | plate) + (1 | sample)",
+        methods=["eb-ml", "eb-reml", "joint-map"],
+        n_starts=2,
+        n_jobs=1,
+    )
+    return c, check(c)
+
+
+def test_several_factor_records_match_schema(crossed_record):
+    c, out = crossed_record
+    d = c.data
+    factors = out["data"]["grouping_factors"]
+    assert [f["name"] for f in factors] == ["plate", "sample"]
+    assert [f["n_levels"] for f in factors] == [24, 6]
+    assert not {"group", "n_groups", "balanced"} & set(out["data"])
+    assert out["data"]["notes"] == list(d.notes) and d.notes  # 'sample' crossed with 'plate'
+    for block in ("eb_ml", "eb_reml", "joint_map"):
+        assert set(out[block]["variance_components"]) == {"plate", "sample"}, block
+    for block in ("eb_ml", "eb_reml"):
+        re_ = out[block]["random_effects"]
+        assert set(re_) == {"plate", "sample"}
+        assert set(re_["sample"]) == set(d.groupings[1].labels)
+        assert set(re_["plate"]["a"]) == {"(Intercept)"}
+
+
+def test_nested_and_slope_records_match_schema():
+    """Pastes, (1 | batch/cask) = (1 | cask:batch) + (1 | batch); a correlated slope of one
+    factor beside another factor's intercept, with made-up MCMC draws."""
+    from test_crossed_report import crossed_slope_frame, several_factor_posterior
+
+    c = workbench.compare(
+        pd.read_csv(CROSSED / "pastes.csv"),
+        formula="strength ~ 1 + (1 | batch/cask)",
+        methods=["eb-ml", "eb-reml"],
+    )
+    out = check(c)
+    assert [f["name"] for f in out["data"]["grouping_factors"]] == ["cask:batch", "batch"]
+    assert "a:A" in out["eb_ml"]["random_effects"]["cask:batch"]  # lme4: cask:batch
+    c = workbench.compare(
+        crossed_slope_frame(),
+        formula="y ~ x + (1 + x | a) + (1 | b)",
+        methods=["eb-ml", "eb-reml"],
+    )
+    out = check(attach(c, several_factor_posterior(c.data)))
+    vc = out["mcmc"]["variance_components"]
+    assert set(vc) == {"a", "b"} and set(vc["a"]["correlations"]) == {"(Intercept):x"}
+    assert set(out["mcmc"]["random_effects_b"]) == {"a", "b"}
+    assert out["eb_ml"]["variance_components"]["a"]["correlations"]["(Intercept):x"] is not None
+
+
+def test_schema_ties_the_data_summary_to_the_number_of_factors(crossed_record, oneway_record):
+    _, crossed = crossed_record
+    rejected(mutated(crossed, ("data", "group"), "plate"))  # one factor's keys with two
+    rejected(mutated(crossed, ("data", "grouping_factors"), drop=True))
+    rejected(mutated(crossed, ("data", "notes"), drop=True))
+    rejected(mutated(oneway_record, ("data", "n_groups"), drop=True))  # needed with one
+    rejected(mutated(oneway_record, ("data", "grouping_factors"), []))
+    rejected(mutated(crossed, ("data", "grouping_factors", 0, "n_levels"), 0))
+
+
+def test_schema_keys_random_effects_by_factor_with_several(crossed_record, formula_record):
+    _, crossed = crossed_record
+    flat = crossed["eb_ml"]["random_effects"]["plate"]  # one factor's {label: {term: ...}}
+    rejected(mutated(crossed, ("eb_ml", "random_effects"), flat))
+    nested = {"g": formula_record["eb_ml"]["random_effects"], "h": {}}
+    rejected(mutated(formula_record, ("eb_ml", "random_effects"), nested))
