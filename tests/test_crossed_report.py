@@ -193,6 +193,10 @@ def test_report_shows_every_factor(name, request):
             assert f"<th>correlation {pair} ({group})</th>" in html
     groups = "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)
     assert f"Number of obs: {d.n_obs}, groups:  {groups}" in html
+    # the explanation by factor: one row per factor and point
+    by_factor = re.findall(r"<tr><th><code>([^<]+)</code></th><td>(EB-ML|joint mode)</td>", html)
+    points = ["EB-ML"] + (["joint mode"] if curves.interior(c.joint_map) else [])
+    assert by_factor == [(g.name, p) for g in d.groupings for p in points]
     # every factor's figures, no figure failed
     ids = re.findall(r'<figure id="fig-([\w-]+)">', html)
     assert {f"caterpillar-{k + 1}" for k in range(d.n_factors)} <= set(ids)

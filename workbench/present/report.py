@@ -412,6 +412,22 @@ def explanation_variances(ex: dict | None) -> list[tuple[str, object, object]]:
     return [(k, v, jm.get(k)) for k, v in eb.items()]
 
 
+def explanation_by_factor(ex: dict | None) -> list[dict]:
+    """Several grouping factors: each factor's part of the explanation at the EB-ML point and
+    the joint mode (`explain.FactorTerms`), one row per (factor, point)."""
+    if not ex or not ex["eb_ml"].get("by_factor"):
+        return []
+    points = [("EB-ML", ex["eb_ml"])]
+    if ex.get("joint_map") and ex["joint_map"].get("by_factor"):
+        points.append(("joint mode", ex["joint_map"]))
+    return [
+        {"factor": name, "point": label, **p["by_factor"][name]}
+        for name in ex["eb_ml"]["by_factor"]
+        for label, p in points
+        if name in p["by_factor"]
+    ]
+
+
 def grouping_factors(d) -> list[dict]:
     """Per grouping factor: name, levels, level sizes (min / median / max), its terms."""
     out = []
@@ -489,6 +505,7 @@ def build_context(
         "ex": ex,
         "ex_failure": ex_failure,
         "ex_variances": explanation_variances(ex),
+        "ex_by_factor": explanation_by_factor(ex),
         "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
         "diag": diag,
