@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
@@ -245,6 +246,8 @@ def general_terms(
 
 
 CHUNK_DOUBLES = 1 << 22  # dense work arrays of the selected inversion: at most ~32 MB each
+DENSE_SOLVE_MAX = 4096  # up to this size, S^-1's columns by BLAS triangular solves with the
+# SuperLU factors as dense arrays (SuperLU's own solve goes one right-hand side at a time)
 
 
 @dataclass(frozen=True)
@@ -315,7 +318,7 @@ def _blocks_inv_diag(
     block diagonal ((n, q, q)), W = A11^-1 A12 and `lu` the factorisation of the Schur
     complement S = A22 - A21 W: (A^-1)_11 = A11^-1 + W S^-1 W' (its level blocks) and
     (A^-1)_22 = S^-1 (its entries at `pairs` (rows, cols)), from S^-1 one chunk of columns at a
-    time, never the whole inverse."""
+    time, never the whole inverse. With Pr S Pc = L U (SuperLU), S^-1 = Pc U^-1 L^-1 Pr."""
     n, q = A11.shape[0], A11.shape[1]
     out11 = np.linalg.inv(A11)
     rows, cols = pairs
@@ -325,11 +328,19 @@ def _blocks_inv_diag(
         return out11, out22
     Wc = W.tocsc()
     step = max(1, min(Q2, CHUNK_DOUBLES // max(W.shape[0], Q2)))
+    dense = Q2 <= DENSE_SOLVE_MAX
+    if dense:
+        L, U = lu.L.toarray(), lu.U.toarray()
     for c0 in range(0, Q2, step):
         c1 = min(Q2, c0 + step)
         E = np.zeros((Q2, c1 - c0))
-        E[np.arange(c0, c1), np.arange(c1 - c0)] = 1.0
-        X = lu.solve(E)  # S^-1[:, c0:c1]
+        if dense:  # S^-1 E = Pc U^-1 L^-1 Pr E: (Pr E)[perm_r[i]] = E[i], (Pc x)[i] = x[perm_c[i]]
+            E[lu.perm_r[c0:c1], np.arange(c1 - c0)] = 1.0
+            Y = scipy.linalg.solve_triangular(L, E, lower=True, unit_diagonal=True)
+            X = scipy.linalg.solve_triangular(U, Y, overwrite_b=True)[lu.perm_c]
+        else:
+            E[np.arange(c0, c1), np.arange(c1 - c0)] = 1.0
+            X = lu.solve(E)  # S^-1[:, c0:c1]
         sel = (cols >= c0) & (cols < c1)
         out22[sel] = X[rows[sel], cols[sel] - c0]
         Y = W @ X  # (W S^-1)[:, c0:c1]
