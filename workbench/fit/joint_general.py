@@ -1,7 +1,10 @@
 """The all-parameter kernel of the joint MAP (`joint_map.fit` chooses it for models other
 than the one-way model, except the centered h-likelihood): per start L-BFGS-B on the log joint
 of `objectives.log_joint` with its exact gradient (log sigma and the log-diagonal of every
-L_k boxed to log sd(y) +- BOX), then Newton steps with the block-arrowhead Hessian.
+L_k boxed to log sd(y) +- BOX), then Newton steps with the Hessian (block-arrowhead for one
+grouping factor, `Context`; sparse random-effect block for several, `Crossed`). The code here
+reaches the random effects only through the context's layout methods (`block`, `put`,
+`u_index`, `re_mode`, `from_modes`), so it serves both.
 """
 
 from __future__ import annotations

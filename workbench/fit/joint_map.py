@@ -10,25 +10,32 @@ every end point. Three kernels do the maximisation, chosen by the design:
 * one-way data (`data.is_oneway`): `joint_oneway`, closed forms over the per-group sufficient
   statistics (`data.oneway`), in x = (mu, log sigma, log tau, u), O(m) per evaluation;
 * other models, centered h-likelihood: `joint_profiled`, the log joint maximised in closed form
-  over beta, b and sigma^2 at each theta (lme4's PLS), a small optimisation over theta;
-* other models, the other variants: the all-parameter code of this module, in
+  over beta, b and sigma^2 at each theta (lme4's PLS: per group for one grouping factor, the
+  blocked factor of `objectives.blocked` with its exact gradient for several), a small
+  optimisation over theta;
+* other models, the other variants: `joint_general`, the log joint of `objectives.log_joint`
+  in all parameters,
 
     x = (beta, log sigma, per block k the packed lower Cholesky factor L_k of G_k (row by row,
          its diagonal on the log scale: PyMC's CholeskyCovPacked value), U)
 
-  with U (m, q) the random effects b (centered) or z (non-centered, b_k = z_k L_k'). The density
-  on L_k includes the LKJ/HalfNormal priors with the change of variables from (sd,
-  correlations) to L_k that PyMC's LKJCholeskyCov carries. Per start: L-BFGS-B with the exact
-  gradient (log sigma and the log-diagonal of every L_k boxed to log sd(y) +- BOX), then Newton
-  steps with a finite-difference block-arrowhead Hessian of the exact gradient.
+  with U the random effects b (centered) or z (non-centered, b_kj = L_k z_kj): (m, q) group by
+  group for one grouping factor, lme4's vector b for several. The density on L_k includes the
+  LKJ/HalfNormal priors with the change of variables from (sd, correlations) to L_k that PyMC's
+  LKJCholeskyCov carries. Per start: L-BFGS-B with the exact gradient (log sigma and the
+  log-diagonal of every L_k boxed to log sd(y) +- BOX), then Newton steps with the Hessian:
+  block-arrowhead for one factor; for several, its random-effect block Z'Z / sigma^2 + G^-1
+  (exact, sparse, not block diagonal) eliminated by a dense Cholesky factor up to
+  `log_joint.DENSE_MAX` random effects, else SuperLU, the global block by differences of the
+  exact gradient.
 
 Every kernel returns its end points as `Start` records on the user's scale (beta, sigma^2, G,
-random-effect modes b), and `classify` decides each status from what the kernel saw:
-interior (Newton decrement < 1e-8 and Hessian negative definite), collapse (a variance runs to
-0 with the log joint still rising: the funnel), boundary (the same, levelling off), escape (a
-variance runs to infinity, e.g. the non-centered h-likelihood, whose supremum is the
-no-pooling fit), not_converged. The headline is the best interior local maximum; with none, the
-result says so and reports no point.
+random-effect modes b; per grouping factor with several: `JointMap.modes`), and `classify`
+decides each status from what the kernel saw: interior (Newton decrement < 1e-8 and Hessian
+negative definite), collapse (a variance runs to 0 with the log joint still rising: the funnel),
+boundary (the same, levelling off), escape (a variance runs to infinity, e.g. the non-centered
+h-likelihood, whose supremum is the no-pooling fit), not_converged. The headline is the best
+interior local maximum; with none, the result says so and reports no point.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ class Start:
     beta: np.ndarray  # (p,)
     sigma2: float
     G: np.ndarray  # (q, q)
-    re_mode: np.ndarray = field(repr=False)  # (m, q) the random effects b at the end point
+    # the random effects b at the end point: (m, q) for one grouping factor; for several, a
+    # tuple of (n_k, q_k) per factor (columns data.factor_cols(k))
+    re_mode: np.ndarray | tuple[np.ndarray, ...] = field(repr=False)
     theta: np.ndarray  # lme4's theta at the end point
     iterations: int
     newton_decrement: float | None
