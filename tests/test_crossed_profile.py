@@ -258,3 +258,30 @@ def test_effort(case_id):
     factorisations, ~1-3 ms on these models)."""
     _, _, _, P = _case(case_id)
     assert P.n_evals < 1200
+
+
+def test_singular_fit():
+    """Wafer (a slope on Wafer whose correlation sits on -1 at the ML optimum; lme4's profile
+    stops with 'profiling detected new, lower deviance'): the correlation's interval is its
+    whole range, the Wafer sd's reaches 0, and every other end is on the cut and a minimum."""
+    e = next(
+        x
+        for x in json.loads((REF / "lme4_crossed.json").read_text())
+        if x["model"] == "wafer_nested_slope" and x["method"] == "ml"
+    )
+    data = from_frame(_frame(e), e["formula"], levels=e["levels"] or None)
+    P = prof.profile(eb.fit(data, "ml"))
+    assert P.deviance_min <= e["objective"] + 1e-9
+    cor = P.names.index("cor_voltage.(Intercept)|Wafer")
+    assert P.estimate[cor] == pytest.approx(-1.0, abs=1e-6)
+    assert P.to_dict()["cor_voltage.(Intercept)|Wafer"] == [-1.0, 1.0]
+    assert P.to_dict()["sd_(Intercept)|Wafer"][0] == 0.0
+    for k, iv in enumerate(P.intervals):
+        for side in (0, 1):
+            point = (iv.lower_point, iv.upper_point)[side]
+            d = prof.ml_deviance(point, data) - P.deviance_min
+            if (iv.lower_at_bound, iv.upper_at_bound)[side]:
+                assert d < CUT
+            else:
+                assert d == pytest.approx(CUT, abs=END_TOL)
+                assert _quadratic_gain(data, P.names, k, point) <= END_TOL
