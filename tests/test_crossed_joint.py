@@ -262,6 +262,30 @@ def test_interior_mode_with_several_factors(penicillin_fits):
         np.testing.assert_allclose(jm.mode_covs[k][:, 0, 0], np.diag(full[sl, sl]), rtol=1e-9)
 
 
+def test_kernels_agree_on_a_slope_model():
+    """Random slopes on one factor and a nested factor (lme4's Pixel): the profiled and the
+    all-parameter kernels find the same centered h-likelihood mode."""
+    d = design.from_frame(
+        pd.read_csv(CROSSED / "pixel.csv"),
+        "pixel ~ day + day2 + Side + (1 + day | Dog) + (1 | Dog:Side)",
+    )
+    e = eb.fit(d, "ml")
+    prof = joint_map.fit(d, e, n_starts=2, seed=3)
+    gen = joint_map.fit(d, e, n_starts=1, seed=3, _kernel="general")
+    assert prof.status == gen.status == "interior"
+    assert gen.log_joint == pytest.approx(prof.log_joint, rel=1e-10)
+    np.testing.assert_allclose(gen.theta, prof.theta, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gen.beta, prof.beta, rtol=1e-6)
+    for a, b in zip(gen.modes, prof.modes, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+    assert prof.log_joint == pytest.approx(
+        dense_log_joint(d, prof.beta, prof.sigma2, prof.G, prof.modes), rel=1e-12
+    )
+    assert d.factor_names == ("Dog:Side", "Dog")  # lme4's order: by number of levels
+    assert [m.shape for m in prof.modes] == [(20, 1), (10, 2)]
+    assert set(prof.to_dict()["variance_components"]["Dog"]["correlations"]) == {"(Intercept):day"}
+
+
 def test_collapse_with_several_factors(models):
     d = models["pastes"]
     e = eb.fit(d, "ml")

@@ -121,6 +121,21 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
     end = {"phi": res.x, "dec": None}
     low = diag & (res.x < LOG_FLOOR + 4.0)
 
+    def curvature(phi):
+        """The gradient and Hessian of f: central differences of f, or with an exact gradient
+        that gradient and the symmetrised central differences of it."""
+        if prof.grad is None:
+            return derivatives(f, phi, step=1e-5)
+        g = prof.grad(phi)[1]
+        h = 1e-6 * np.maximum(1.0, np.abs(phi))
+        cols = []
+        for i in range(phi.size):
+            e = np.zeros_like(phi)
+            e[i] = h[i]
+            cols.append((prof.grad(phi + e)[1] - prof.grad(phi - e)[1]) / (2.0 * h[i]))
+        H = np.array(cols)
+        return g, 0.5 * (H + H.T)
+
     def rising_to_zero() -> bool:
         phi = end["phi"]
         return f(phi) - f(np.maximum(phi + np.where(low, -2.0, 0.0), LOG_FLOOR - 4.0)) > 1e-6
@@ -132,7 +147,7 @@ def _run_start(index: int, kind: str, phi0: np.ndarray, data: LMMData) -> Start:
         if np.any(diag & (phi > LOG_CEIL - 1.0)):
             return False
         for _ in range(5):
-            g, H = derivatives(f, phi, step=1e-5)
+            g, H = curvature(phi)
             try:
                 positive = bool(np.all(np.linalg.eigvalsh(H) > 0))
                 step = np.linalg.solve(H, g)
