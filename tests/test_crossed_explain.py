@@ -20,6 +20,7 @@ from scipy.stats import multivariate_normal
 from workbench import explain as explain_module
 from workbench.explain import explain, point_terms
 from workbench.fit import eb, joint_map
+from workbench.jsonsafe import schema
 from workbench.model.design import from_frame
 
 CROSSED = Path(__file__).parent / "reference" / "crossed_data"
@@ -226,10 +227,19 @@ def test_explain_names_every_factor_and_the_joint_mode_drops_the_v_terms(fits):
     assert f"the shared -1/2 log det A is {e.volume_shared:.5g}" in text
     out = ex.to_dict()
     json.dumps(out, allow_nan=False)
+    _valid_explanation(out)
     assert set(out["eb_ml"]["by_factor"]) == {"plate", "sample"}
     variances = {"(Intercept)|plate": ml.G[0, 0], "(Intercept)|sample": ml.G[1, 1]}
     assert out["eb_ml"]["variances"] == variances
     assert out["balanced"] is None and "one-way model" in out["balanced_note"]
+
+
+def _valid_explanation(out: dict) -> None:
+    """The published JSON Schema's explanation block (workbench/schema)."""
+    import jsonschema
+
+    defs = schema()["$defs"]
+    jsonschema.Draft202012Validator({"$defs": defs, "$ref": "#/$defs/explanation"}).validate(out)
 
 
 def test_boundary_fit_with_three_factors_names_the_zero_variance(fits):
@@ -244,3 +254,4 @@ def test_boundary_fit_with_three_factors_names_the_zero_variance(fits):
     out = ex.to_dict()
     assert out["eb_ml"]["volume"] is None and out["eb_ml"]["by_factor"]["Block"]["volume"] is None
     assert any("(Intercept) by Block is 0" in n for n in out["notes"])
+    _valid_explanation(out)
