@@ -1,7 +1,8 @@
 """The report opened in headless Chromium (Debian's chromium, driven by Playwright): no console
-errors, every image decoded, every section present, no request leaving the machine. Two reports
-from the one template: a one-way case run through the CLI (real MCMC), and a formula model with
-a correlated random slope (made-up MCMC draws). Saves screenshots (tests/artifacts/*.png)."""
+errors, every image decoded, every section present, no request leaving the machine. Three
+reports from the one template: a one-way case run through the CLI (real MCMC), a formula model
+with a correlated random slope, and Penicillin's crossed factors (made-up MCMC draws in both).
+Saves screenshots (tests/artifacts/*.png)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,32 @@ def formula_report(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def crossed_report(tmp_path_factory) -> Path:
+    """Penicillin's crossed factors (1 | plate) + (1 | sample) with made-up MCMC draws: every
+    factor's figures (funnel and caterpillar per factor)."""
+    import pandas as pd
+    from test_crossed_report import several_factor_posterior
+
+    c = workbench.compare(
+        pd.read_csv(ROOT / "tests" / "reference" / "crossed_data" / "penicillin.csv"),
+        formula="diameter ~ 1 + (1 | plate) + (1 | sample)",
+        methods=["eb-ml", "eb-reml", "joint-map"],
+        n_starts=2,
+        n_jobs=1,
+    )
+    c = dataclasses.replace(
+        c,
+        mcmc=several_factor_posterior(c.data),
+        settings=dataclasses.replace(
+            c.settings, methods=(*c.settings.methods, "mcmc"), chains=2, draws=40, tune=0
+        ),
+    )
+    out = tmp_path_factory.mktemp("report") / "crossed.html"
+    out.write_text(render(c, command="test"))
+    return out
+
+
 def test_report_files_written_side_by_side(oneway_report):
     report = oneway_report
     assert report.is_file() and report.with_suffix(".json").is_file()
@@ -79,7 +106,7 @@ def test_report_files_written_side_by_side(oneway_report):
 
 
 # (report fixture, images at least: figures + formula images)
-REPORTS = [("oneway_report", 12), ("formula_report", 8)]
+REPORTS = [("oneway_report", 12), ("formula_report", 8), ("crossed_report", 10)]
 
 
 @pytest.mark.parametrize(("which", "min_images"), REPORTS, ids=[r[0] for r in REPORTS])
