@@ -307,9 +307,9 @@ def ml_deviance(psi, data) -> float:
     """d(theta, sigma) at psi: -2 x the marginal log likelihood, beta at its optimum."""
     theta, sigma = theta_of(psi, data)
     if data.n_factors > 1:
-        sol = blocked.solve(eb_blocked.terms(data), theta)
+        f = blocked.factor(eb_blocked.terms(data), theta)
         return float(
-            sol.logdet_L + data.n_obs * math.log(2.0 * math.pi * sigma**2) + sol.r2 / sigma**2
+            f.logdet_L + data.n_obs * math.log(2.0 * math.pi * sigma**2) + f.r**2 / sigma**2
         )
     return -2.0 * solve(data.factors, Layout.of(data.blocks, data.q), theta).loglik(sigma**2)
 
@@ -793,11 +793,12 @@ class _BlockedProfiler(_Profiler):
             thetas.append((sd[:, None] * L / sigma)[rows, cols])  # lme4's order
             Ls.append((z, L, sd))
         theta = np.concatenate(thetas)
+        if not derivs:
+            f = blocked.factor(tm, theta)
+            return f.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + f.r**2 / sigma**2, None
         sol = blocked.solve(tm, theta)
         r2 = sol.r2
         d = sol.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + r2 / sigma**2
-        if not derivs:
-            return d, None
         _, g_ml = blocked.objective_and_gradient(tm, theta, "ml")
         dr2 = np.empty_like(theta)
         res = self._w - self.data.X @ (sol.beta - tm.beta_ols)
