@@ -238,6 +238,8 @@ def comparison_table(c, width: int = WIDTH) -> str:
         "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), log joint "
         "density (joint MAP; with the priors for +pri)"
     )
+    if d.n_factors > 1 and c.mcmc is not None:
+        legend += "; MCMC Std.Dev.: the posterior mean / mode of the SD itself"
     notes = [f"NOTE {n}" for n in d.notes]
     text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *notes, *_notes(c))]
     return "\n".join([*head_lines(d, width), "", *body, "", *text])
