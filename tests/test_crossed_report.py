@@ -221,3 +221,11 @@ def test_marginal_panels_and_caterpillars_per_factor(slopes):
         assert [cat.term for cat in cats] == list(curves.factor_terms(d, k))
         assert all(cat.n_groups == g.n_levels for cat in cats)
         assert {s.method for s in cats[0].series} == {"EB-ML", "MCMC mean"}
+
+
+def test_jupyter_fragment(pastes):
+    """Comparison._repr_html_: the numbers without figures, every factor's variances."""
+    html = pastes._repr_html_()
+    assert '<section id="plots">' not in html and 'id="grouping-factors"' in html
+    for group, vc in pastes.eb_ml.components_by_factor.items():
+        assert f"<th>variance of (Intercept) ({group})</th>" in html
