@@ -227,5 +227,5 @@ def test_jupyter_fragment(pastes):
     """Comparison._repr_html_: the numbers without figures, every factor's variances."""
     html = pastes._repr_html_()
     assert '<section id="plots">' not in html and 'id="grouping-factors"' in html
-    for group, vc in pastes.eb_ml.components_by_factor.items():
+    for group in pastes.data.factor_names:
         assert f"<th>variance of (Intercept) ({group})</th>" in html
