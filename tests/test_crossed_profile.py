@@ -299,3 +299,17 @@ def test_names_of_two_terms_on_one_factor():
         "sd_(Intercept)|second",
         "sigma",
     ]
+
+
+def test_far_out_is_a_wall():
+    """Far out along a profile (sd's 1e9 times the fit's) the blocked factor's Schur
+    complement is no longer positive definite in rounding: the profiler's evaluation is then
+    +inf (a wall for the line search), not an exception."""
+    _, data, fit, P = _case("penicillin_crossed.ml")
+    pr = prof._profiler(fit)
+    for big in (1e6, 1e9, 1e12):
+        v = pr.to_v(pr.psi_hat, pr.natural)
+        v[:2] *= big
+        d, g = pr.evaluate(v, pr.natural)
+        assert d > P.deviance_min + CUT
+        assert np.all(np.isfinite(g)) == math.isfinite(d)

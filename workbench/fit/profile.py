@@ -66,7 +66,7 @@ import scipy.stats
 
 from workbench.fit import eb_blocked
 from workbench.fit.optimiser import serial_blas
-from workbench.model.design import Scaling
+from workbench.model.design import LMMData, Scaling
 from workbench.objectives import blocked
 from workbench.objectives.deviance import Layout, lower_factor, solve
 
@@ -197,7 +197,7 @@ class _Start:
     does not depend on the scale of y, sigma^2 scales with its square)."""
 
     method: str
-    data: object
+    data: LMMData
     theta: np.ndarray
     sigma2: float
 
@@ -793,13 +793,19 @@ class _BlockedProfiler(_Profiler):
             thetas.append((sd[:, None] * L / sigma)[rows, cols])  # lme4's order
             Ls.append((z, L, sd))
         theta = np.concatenate(thetas)
-        if not derivs:
-            f = blocked.factor(tm, theta)
-            return f.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + f.r**2 / sigma**2, None
-        sol = blocked.solve(tm, theta)
+        try:
+            if not derivs:
+                f = blocked.factor(tm, theta)
+                d = f.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + f.r**2 / sigma**2
+                return d, None
+            sol = blocked.solve(tm, theta)
+            _, g_ml = blocked.objective_and_gradient(tm, theta, "ml")
+        except np.linalg.LinAlgError:
+            # far out along a profile a Schur complement loses its I in rounding: as the
+            # one-factor path's non-finite values, a wall the line search backs off from
+            return math.inf, (np.full(self.n, np.nan) if derivs else None)
         r2 = sol.r2
         d = sol.logdet_L + N * math.log(2.0 * math.pi * sigma**2) + r2 / sigma**2
-        _, g_ml = blocked.objective_and_gradient(tm, theta, "ml")
         dr2 = np.empty_like(theta)
         res = self._w - self.data.X @ (sol.beta - tm.beta_ols)
         for (codes, Z), b in zip(parts, sol.b, strict=True):
