@@ -87,6 +87,7 @@ class Component:
     name: str  # the term, or "<a>:<b>" for a correlation
     factor: str
     col: int | None = None  # a variance's column of Z (and of the posterior's `sd`)
+    pair: tuple[str, str] | None = None  # a correlation's two terms
 
 
 def components(data) -> tuple[Component, ...]:
@@ -102,7 +103,14 @@ def components(data) -> tuple[Component, ...]:
             for n, c in zip(b.names, b.cols, strict=True)
         ]
         out += [
-            Component(f"cor:{a}:{b.names[j]}{tail}", "cor", f"{a}:{b.names[j]}", g.name)
+            Component(
+                f"cor:{a}:{b.names[j]}{tail}",
+                "cor",
+                f"{a}:{b.names[j]}",
+                g.name,
+                None,
+                (a, b.names[j]),
+            )
             for b in blocks
             for i, a in enumerate(b.names)
             for j in range(i + 1, len(b.names))

@@ -78,9 +78,8 @@ def _rows(d) -> list[tuple[str | None, str]]:
             first = False
             # lme4's Corr column: on a term's rows, its correlations with the terms before it
             for c in comps:
-                if c.kind == "cor" and c.factor == g.name and c.name.endswith(f":{p.name}"):
-                    before = c.name[: -len(p.name) - 1]
-                    rows.append((c.key, label("", "", f"Corr {before}")))
+                if c.kind == "cor" and c.factor == g.name and c.pair[1] == p.name:
+                    rows.append((c.key, label("", "", f"Corr {c.pair[0]}")))
     rows += [("sigma2", label("Residual", "", "Variance")), ("sigma", label("", "", "Std.Dev."))]
     return [*rows, ("objective", "objective")]
 
