@@ -33,6 +33,7 @@ import pytest
 
 from workbench.fit import eb
 from workbench.fit import profile as prof
+from workbench.fit.optimiser import serial_blas
 from workbench.model.design import from_frame
 
 REF = Path(__file__).resolve().parent / "reference"
@@ -313,3 +314,32 @@ def test_far_out_is_a_wall():
         d, g = pr.evaluate(v, pr.natural)
         assert d > P.deviance_min + CUT
         assert np.all(np.isfinite(g)) == math.isfinite(d)
+
+
+def _one_factor_fit(formula: str):
+    df = pd.read_csv(REF / "battery_data" / "sleepstudy.csv", dtype={"Subject": str})
+    return eb.fit(from_frame(df, formula), "ml")
+
+
+def test_agrees_with_the_one_factor_profiler():
+    """The blocked profiler also runs on one grouping factor, where the per-group profiler
+    (checked against lme4 in tests/test_lmm_profile.py) is independent of it: sleepstudy's
+    (Days | Subject) intervals agree to 1e-9 relative; for (Days + Days2 | Subject) the
+    deviance and its gradient agree at the same coordinates in every coordinate system
+    (natural, and each correlation's reordering)."""
+    fit = _one_factor_fit("Reaction ~ Days + (Days | Subject)")
+    with serial_blas():
+        A = prof._Profiler(fit).run(0.95)
+        B = prof._BlockedProfiler(fit).run(0.95)
+    assert B.deviance_min == pytest.approx(A.deviance_min, abs=1e-9)
+    for a, b in zip(A.intervals, B.intervals, strict=True):
+        assert [b.lower, b.upper] == pytest.approx([a.lower, a.upper], rel=1e-9)
+    fit = _one_factor_fit("Reaction ~ Days + (Days + Days2 | Subject)")
+    one, blk = prof._Profiler(fit), prof._BlockedProfiler(fit)
+    psi = one.psi_hat * np.where(one.kind == 1, 0.8, 1.2)
+    for target in (None, 1, 2, 4):
+        sys = one.system(target)
+        v = one.to_v(psi, sys)
+        (da, ga), (db, gb) = one.evaluate(v, sys), blk.evaluate(v, sys)
+        assert db == pytest.approx(da, abs=1e-9)
+        assert gb == pytest.approx(ga, rel=1e-7, abs=1e-8)
