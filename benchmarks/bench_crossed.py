@@ -1,28 +1,28 @@
 """Benchmarks of issue 11 (several grouping factors, `workbench.objectives.blocked`), printing
-figures (not a test):
+figures (not a test). Every time is given as wall-clock and as CPU time of the process (the
+machine is shared: CPU time is the steadier of the two); ours and lme4's come from the same run.
 
-1. InstEval (73,421 rows), y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service), REML and
-   ML, from the data frame read from tests/reference/crossed_data/insteval.csv.gz (the read is
-   timed apart): our time = data build (X by `design.from_frame`, level codes of s, d and the
-   interaction dept:service) + `blocked.Terms.of` + a Py-BOBYQA fit of theta, median of 3, BLAS
-   on one thread (`serial_blas`, as the product's optimiser runs). The fit starts where lme4's
-   does (theta = 1, lower bounds 0) with minqa's bobyqa settings as lme4's `bobyqa` optimiser
-   gets them: rhobeg 0.2 (= 0.2 max |theta0|), rhoend 2e-7 (= 1e-6 rhobeg). That stopping rule
-   reaches lme4's criterion (default control, nloptwrap BOBYQA with xtol_abs = ftol_abs = 1e-8)
-   to 1e-9 here; the bare fit, without the convergence checks of `workbench.fit.optimiser`.
-   Next to it the same build + an L-BFGS-B fit with the exact gradient
-   (`blocked.objective_and_gradient`, scalar terms), also from theta = 1 with theta >= 0
-   (ftol 1e-12, gtol 1e-6), with its criterion minus Py-BOBYQA's.
-   lme4's lmer() time in the same run: `Rscript benchmarks/bench_instEval_lme4.R 3 CSV` (lmer()
-   alone on data in memory, default control, median of 3). Printed for each fit: both times,
-   the ratio, both criteria and their difference.
-2. A simulated crossed model, N = 1e6 rows, y ~ 1 + (1 | a) + (1 | b) with 1e5 x 1e3 levels,
-   REML, from a data frame: our fit time (build + Terms.of + fit, median of 3) with its parts,
-   and the peak memory: tracemalloc's peak over one further run (numpy's buffers included) and
-   the process's maximum resident set size. lme4 on the same data (a temporary CSV, one
-   lmer() run, 10-minute limit) only with --lme4-big.
+1. A simulated crossed model, N = 1e6 rows, y ~ 1 + (1 | a) + (1 | b) with 1e5 x 1e3 levels,
+   REML, run first so that the process's peak resident set size (resource.getrusage) is its
+   own: the EB fit = data build (X by `design.from_frame`, level codes) + `blocked.Terms.of` +
+   the L-BFGS-B fit below + `blocked.solve` + the conditional covariances (everything the EB
+   record needs), median of --repeats-big runs. lme4's lmer() on the same data (a temporary
+   CSV, one run), stopped at 10 minutes.
+2. InstEval (73,421 rows), y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service), REML (and
+   ML with --ml), from tests/reference/crossed_data/insteval.csv.gz (the read is not counted):
+   ours = data build + `blocked.Terms.of` + L-BFGS-B with the exact gradient
+   (`blocked.objective_and_gradient`) from theta = 1 (lme4's start), theta >= 0, ftol 1e-12,
+   gtol 1e-6, then a check (one more evaluation at the end point: its projected gradient),
+   median of --repeats, BLAS on one thread (`serial_blas`, as the product's optimiser runs).
+   lme4: `Rscript benchmarks/bench_instEval_lme4.R REPEATS CSV METHOD` (lmer() alone on data in
+   memory, default control). Printed: both times, the ratio, both criteria, their difference
+   relative to lme4's and whether ours is within 1e-6 of it and not worse. Then, for reference,
+   the product route (`design.from_frame` + `eb.fit`: lme4's starts, L-BFGS-B descents and the
+   convergence checks of `workbench.fit.optimiser`), one run; with --bobyqa also a Py-BOBYQA
+   fit of the criterion (rhobeg 0.2, rhoend 2e-7: minqa's bobyqa defaults from theta = 1).
 
-Run: .venv/bin/python benchmarks/bench_crossed.py [--skip-lme4] [--lme4-big] [--repeats N]
+Run: .venv/bin/python benchmarks/bench_crossed.py [--skip-lme4] [--ml] [--bobyqa]
+     [--repeats N] [--repeats-big N] [--skip-big]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ import pandas as pd
 import pybobyqa
 import scipy.optimize as so
 
+from workbench.fit import eb
 from workbench.fit.optimiser import serial_blas
 from workbench.model import design
 from workbench.objectives import blocked
@@ -50,12 +51,32 @@ from workbench.objectives import blocked
 ROOT = Path(__file__).resolve().parents[1]
 INSTEVAL = ROOT / "tests" / "reference" / "crossed_data" / "insteval.csv.gz"
 R_INSTEVAL = ROOT / "benchmarks" / "bench_instEval_lme4.R"
+INSTEVAL_FORMULA = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)"
 RHOBEG, RHOEND = 0.2, 2e-7  # minqa's bobyqa defaults from theta0 = 1 (lme4's "bobyqa")
+LME4_LIMIT_S = 600
 R_BIG = """suppressMessages(library(lme4))
 d <- read.csv("{csv}", colClasses = c("numeric", "character", "character"))
 d$a <- factor(d$a); d$b <- factor(d$b)
-t <- system.time(f <- lmer(y ~ 1 + (1 | a) + (1 | b), d))[["elapsed"]]
-cat(t, format(REMLcrit(f), digits = 15), "\\n")"""
+st <- system.time(f <- lmer(y ~ 1 + (1 | a) + (1 | b), d))
+cat(st[["elapsed"]], st[["user.self"]] + st[["sys.self"]], format(REMLcrit(f), digits = 15),
+    "\\n")"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed pass of ours."""
+
+    build_s: float  # data build + Terms.of, wall
+    fit_s: float  # the fit and its check (and, for the EB fit, solve + covariances), wall
+    cpu_s: float  # the whole pass, CPU time of the process
+    theta: np.ndarray  # lme4's order
+    criterion: float
+    n_evals: int
+    projected_gradient: float
+
+    @property
+    def total_s(self) -> float:
+        return self.build_s + self.fit_s
 
 
 def codes_of(df: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
@@ -68,15 +89,40 @@ def codes_of(df: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
     return pd.factorize(codes, sort=False)[0].astype(np.int64)
 
 
-def build(df: pd.DataFrame, lhs: str, fixed: str, factors, levels=None) -> blocked.Terms:
+def build(df: pd.DataFrame, lhs: str, fixed: str, factors) -> blocked.Terms:
     """The data build and the theta-free products: X from `design.from_frame` on
-    `lhs ~ fixed + (1 | first factor's column)`, random intercepts for `factors`."""
-    d = design.from_frame(df, f"{lhs} ~ {fixed} + (1 | {factors[0][0]})", levels=levels)
+    `lhs ~ fixed + (1 | first factor's column)` (sorted levels: service's reference is "0", as
+    in lme4's fit), random intercepts for `factors`."""
+    d = design.from_frame(df, f"{lhs} ~ {fixed} + (1 | {factors[0][0]})")
     return blocked.Terms.of(d.y, d.X, [(codes_of(df, f), None) for f in factors])
 
 
-def fit(terms: blocked.Terms, method: str):
-    """Py-BOBYQA from theta = 1, theta >= 0 (random intercepts only): (theta, criterion, nf)."""
+def check(terms: blocked.Terms, theta: np.ndarray, method: str) -> tuple[float, float]:
+    """The criterion at the end point and its largest projected gradient element (|g_i| where
+    theta_i > 0, max(-g_i, 0) on the bound theta_i = 0)."""
+    value, grad = blocked.objective_and_gradient(terms, theta, method)
+    return value, float(np.where(theta > 0, np.abs(grad), np.maximum(-grad, 0.0)).max())
+
+
+def fit_lbfgsb(terms: blocked.Terms, method: str):
+    """L-BFGS-B with the exact gradient from theta = 1, theta >= 0, ftol 1e-12 (relative
+    reduction of the criterion), gtol 1e-6, then `check`: (theta, criterion, evaluations with
+    the check's, projected gradient)."""
+    k = terms.n_theta
+    res = so.minimize(
+        lambda th: blocked.objective_and_gradient(terms, th, method),
+        np.ones(k),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, None)] * k,
+        options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 1000},
+    )
+    value, pg = check(terms, res.x, method)
+    return res.x, value, int(res.nfev) + 1, pg
+
+
+def fit_bobyqa(terms: blocked.Terms, method: str):
+    """Py-BOBYQA from theta = 1, theta >= 0, then `check` (as `fit_lbfgsb`)."""
     k = terms.n_theta
     res = pybobyqa.solve(
         lambda th: blocked.objective(terms, th, method),
@@ -87,49 +133,51 @@ def fit(terms: blocked.Terms, method: str):
         maxfun=10_000,
         do_logging=False,
     )
-    return res.x, float(res.f), int(res.nf)
+    value, pg = check(terms, res.x, method)
+    return res.x, value, int(res.nf) + 1, pg
 
 
-def fit_lbfgsb(terms: blocked.Terms, method: str):
-    """L-BFGS-B with the exact gradient (`blocked.objective_and_gradient`) from theta = 1,
-    theta >= 0, ftol 1e-12 (relative reduction of the criterion), gtol 1e-6: (theta, criterion,
-    evaluations, each one criterion and its gradient)."""
-    k = terms.n_theta
-    res = so.minimize(
-        lambda th: blocked.objective_and_gradient(terms, th, method),
-        np.ones(k),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=[(0.0, None)] * k,
-        options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 1000},
-    )
-    return res.x, float(res.fun), int(res.nfev)
-
-
-def run(df, lhs, fixed, factors, method, levels=None, fitter=fit):
-    """One timed pass: (build + Terms.of seconds, fit seconds, theta in lme4's order, criterion,
-    evaluations)."""
+def run(df, lhs, fixed, factors, method, fitter=fit_lbfgsb, eb_record=False) -> Run:
+    """One timed pass; with `eb_record` also `solve` and the conditional covariances."""
     with serial_blas():
-        t0 = time.perf_counter()
-        terms = build(df, lhs, fixed, factors, levels)
+        c0, t0 = time.process_time(), time.perf_counter()
+        terms = build(df, lhs, fixed, factors)
         t1 = time.perf_counter()
-        theta, crit, nf = fitter(terms, method)
-        t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, terms.lme4_theta(theta), crit, nf
+        theta, crit, nf, pg = fitter(terms, method)
+        if eb_record:
+            sol = blocked.solve(terms, theta)
+            covs = sol.conditional_covariances()
+            assert all(np.all(np.isfinite(c)) for c in covs) and np.isfinite(sol.beta).all()
+        t2, c2 = time.perf_counter(), time.process_time()
+    return Run(t1 - t0, t2 - t1, c2 - c0, terms.lme4_theta(theta), crit, nf, pg)
 
 
-def lme4_insteval(reps: int) -> dict[str, dict]:
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.total_s)[len(runs) // 2]
+
+
+def describe(r: Run) -> str:
+    return (
+        f"{r.total_s:.2f} s wall, {r.cpu_s:.2f} s CPU (build + Terms.of {r.build_s:.2f} s, fit "
+        f"{r.fit_s:.2f} s: {r.n_evals} evaluations, {r.fit_s / r.n_evals * 1e3:.0f} ms each); "
+        f"criterion {r.criterion:.9f}, projected gradient {r.projected_gradient:.1e}, "
+        f"theta {np.array2string(r.theta, precision=6)}"
+    )
+
+
+def lme4_insteval(reps: int, method: str) -> dict | None:
     if shutil.which("Rscript") is None:
         print("  lme4: no Rscript", file=sys.stderr)
-        return {}
+        return None
     out = subprocess.run(
-        ["Rscript", str(R_INSTEVAL), str(reps), str(INSTEVAL)], capture_output=True, text=True
+        ["Rscript", str(R_INSTEVAL), str(reps), str(INSTEVAL), method],
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         print("  lme4 failed:", out.stderr.strip().splitlines()[-1:], file=sys.stderr)
-        return {}
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    return {r["method"]: r for r in rows}
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def insteval(args) -> None:
@@ -137,36 +185,44 @@ def insteval(args) -> None:
     df = pd.read_csv(INSTEVAL, dtype={c: str for c in ("service", "s", "d", "dept")})
     t_read = time.perf_counter() - t0
     factors = [("s",), ("d",), ("dept", "service")]
-    formula = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)"
-    print(f"InstEval {formula}, N = {len(df)} (CSV read {t_read:.2f} s, not counted)")
-    lme4 = {} if args.skip_lme4 else lme4_insteval(args.repeats)
-    for method in ("reml", "ml"):
-        bobyqa_crit = None
-        for label, fitter in (("Py-BOBYQA", fit), ("L-BFGS-B + gradient", fit_lbfgsb)):
-            runs = [
-                run(df, "y", "1 + service", factors, method, {"service": ["0", "1"]}, fitter)
-                for _ in range(args.repeats)
-            ]
-            totals = [b + f for b, f, *_ in runs]
-            i = int(np.argsort(totals)[len(totals) // 2])
-            t_build, t_fit, theta, crit, nf = runs[i]
-            total = totals[i]
-            vs = "" if bobyqa_crit is None else f"; minus Py-BOBYQA's {crit - bobyqa_crit:+.2e}"
-            bobyqa_crit = crit if bobyqa_crit is None else bobyqa_crit
+    print(f"InstEval {INSTEVAL_FORMULA}, N = {len(df)} (CSV read {t_read:.2f} s, not counted)")
+    for method in ("reml", "ml") if args.ml else ("reml",):
+        name = method.upper()
+        runs = [run(df, "y", "1 + service", factors, method) for _ in range(args.repeats)]
+        ours = median_run(runs)
+        print(f"  {name} ours, L-BFGS-B + gradient, median of {len(runs)}: {describe(ours)}")
+        r = None if args.skip_lme4 else lme4_insteval(args.repeats, method)
+        if r:
+            diff = ours.criterion - r["objective"]
+            rel = diff / abs(r["objective"])
+            verdict = "ok" if abs(rel) <= 1e-6 and diff <= 0.0 else "NOT ok"
             print(
-                f"  {method.upper():4} ours, {label}: median {total:.2f} s (build + Terms.of "
-                f"{t_build:.2f} s, fit {t_fit:.2f} s, {nf} evaluations, "
-                f"{t_fit / nf * 1e3:.1f} ms each); criterion {crit:.9f}{vs}, "
-                f"theta {np.array2string(theta, precision=6)}"
+                f"  {name} lme4 lmer(), median of {len(r['runs'])}: {r['seconds']:.2f} s wall, "
+                f"{r['cpu']:.2f} s CPU ({r['feval']} evaluations); criterion "
+                f"{r['objective']:.9f}, theta {np.array2string(np.array(r['theta']), precision=6)}"
             )
-            r = lme4.get(method)
-            if r:
-                print(
-                    f"       lme4 lmer(): median {r['seconds']:.2f} s ({r['feval']} evaluations) "
-                    f"-> ours {r['seconds'] / total:.1f}x faster; criterion "
-                    f"{r['objective']:.9f}, ours - lme4 {crit - r['objective']:+.2e}, "
-                    f"theta {np.array2string(np.array(r['theta']), precision=6)}"
-                )
+            print(
+                f"  {name} ours {r['seconds'] / ours.total_s:.1f}x faster (wall), "
+                f"{r['cpu'] / ours.cpu_s:.1f}x (CPU); ours - lme4 = {diff:+.2e} "
+                f"({rel:+.1e} relative): {verdict} (within 1e-6 relative, not worse)"
+            )
+        if args.bobyqa:
+            b = median_run(
+                [
+                    run(df, "y", "1 + service", factors, method, fit_bobyqa)
+                    for _ in range(args.repeats)
+                ]
+            )
+            print(f"  {name} ours, Py-BOBYQA (no gradient): {describe(b)}")
+        with serial_blas():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fit = eb.fit(design.from_frame(df, INSTEVAL_FORMULA), method)
+            t1, c1 = time.perf_counter(), time.process_time()
+        print(
+            f"  {name} product route (from_frame + eb.fit, lme4's starts and the checks), one "
+            f"run: {t1 - t0:.2f} s wall, {c1 - c0:.2f} s CPU ({fit.optimum.n_evals} "
+            f"evaluations, converged {fit.optimum.converged}); criterion {fit.objective:.9f}"
+        )
 
 
 def big(args) -> None:
@@ -179,25 +235,22 @@ def big(args) -> None:
     df = pd.DataFrame({"y": y, "a": a, "b": b})
     factors = [("a",), ("b",)]
     formula = "y ~ 1 + (1 | a) + (1 | b)"
-    runs = [run(df, "y", "1", factors, "reml") for _ in range(args.repeats)]
-    totals = [bb + f for bb, f, *_ in runs]
-    i = int(np.argsort(totals)[len(totals) // 2])
-    t_build, t_fit, theta, crit, nf = runs[i]
-    tracemalloc.start()
-    run(df, "y", "1", factors, "reml")
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    runs = [run(df, "y", "1", factors, "reml", eb_record=True) for _ in range(args.repeats_big)]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r = median_run(runs)
+    verdict = "within" if r.total_s <= 30.0 else "OVER"
     print(
         f"Simulated {formula}, N = {N:.0e}, {len(np.unique(a))} x {len(np.unique(b))} levels, "
-        f"REML: median {totals[i]:.2f} s (build + Terms.of {t_build:.2f} s, fit {t_fit:.2f} s, "
-        f"{nf} evaluations); criterion {crit:.6f}, theta {np.array2string(theta, precision=6)}"
+        f"REML EB fit (+ solve + conditional covariances), median of {len(runs)}: "
+        f"{describe(r)}; {verdict} the 30 s target"
     )
     print(
-        f"  peak memory: tracemalloc {peak / 2**20:.0f} MiB over build + fit (data frame "
-        f"{df.memory_usage().sum() / 2**20:.0f} MiB not counted); process max RSS {rss:.0f} MiB"
+        f"  peak memory (getrusage max RSS of this process): {rss:.0f} MiB; before the fits "
+        f"{rss0:.0f} MiB (Python, libraries and the {df.memory_usage().sum() / 2**20:.0f} MiB "
+        f"data frame)"
     )
-    if not args.lme4_big or shutil.which("Rscript") is None:
+    if args.skip_lme4 or shutil.which("Rscript") is None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.csv"
@@ -207,29 +260,35 @@ def big(args) -> None:
                 ["Rscript", "-e", R_BIG.format(csv=path)],
                 capture_output=True,
                 text=True,
-                timeout=600,
+                timeout=LME4_LIMIT_S,
             )
         except subprocess.TimeoutExpired:
-            print("  lme4 lmer(): no result in 10 minutes")
+            print(f"  lme4 lmer(): stopped at {LME4_LIMIT_S // 60} minutes, no result")
             return
     if out.returncode != 0:
         print("  lme4 failed:", out.stderr.strip().splitlines()[-1:], file=sys.stderr)
         return
-    secs, lcrit = map(float, out.stdout.split())
+    secs, cpu, lcrit = map(float, out.stdout.split())
+    diff = r.criterion - lcrit
     print(
-        f"  lme4 lmer(): {secs:.1f} s -> ours {secs / totals[i]:.1f}x faster; criterion "
-        f"{lcrit:.6f}, ours - lme4 {crit - lcrit:+.2e}"
+        f"  lme4 lmer(): {secs:.1f} s wall, {cpu:.1f} s CPU -> ours {secs / r.total_s:.1f}x "
+        f"faster (wall), {cpu / r.cpu_s:.1f}x (CPU); criterion {lcrit:.6f}, ours - lme4 "
+        f"{diff:+.2e} ({diff / abs(lcrit):+.1e} relative)"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--skip-lme4", action="store_true", help="no lme4 run on InstEval")
-    ap.add_argument("--lme4-big", action="store_true", help="lme4 on the 1e6-row model too")
+    ap.add_argument("--skip-lme4", action="store_true", help="no lme4 runs")
+    ap.add_argument("--skip-big", action="store_true", help="no 1e6-row model")
+    ap.add_argument("--ml", action="store_true", help="InstEval by ML too")
+    ap.add_argument("--bobyqa", action="store_true", help="InstEval by Py-BOBYQA too")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats-big", type=int, default=1)
     args = ap.parse_args()
+    if not args.skip_big:
+        big(args)
     insteval(args)
-    big(args)
 
 
 if __name__ == "__main__":
