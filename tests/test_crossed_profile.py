@@ -55,6 +55,13 @@ LME4_OFF = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The checks evaluate many tiny factorisations: one BLAS thread, as the profiler uses."""
+    with serial_blas():
+        yield
+
+
 def _frame(e: dict) -> pd.DataFrame:
     cols = tuple(e["factor_columns"]) + tuple(e["levels"])
     return pd.read_csv(DATA / e["data"], dtype={c: str for c in cols}, keep_default_na=False)
@@ -328,9 +335,8 @@ def test_agrees_with_the_one_factor_profiler():
     deviance and its gradient agree at the same coordinates in every coordinate system
     (natural, and each correlation's reordering)."""
     fit = _one_factor_fit("Reaction ~ Days + (Days | Subject)")
-    with serial_blas():
-        A = prof._Profiler(fit).run(0.95)
-        B = prof._BlockedProfiler(fit).run(0.95)
+    A = prof._Profiler(fit).run(0.95)
+    B = prof._BlockedProfiler(fit).run(0.95)
     assert B.deviance_min == pytest.approx(A.deviance_min, abs=1e-9)
     for a, b in zip(A.intervals, B.intervals, strict=True):
         assert [b.lower, b.upper] == pytest.approx([a.lower, a.upper], rel=1e-9)
