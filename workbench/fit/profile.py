@@ -737,9 +737,10 @@ class _BlockedProfiler(_Profiler):
     / d theta is the ML gradient minus N (d r^2 / d theta) / r^2. Free CPCs stay within
     +-(1 - CPC_EDGE) for blocks of 2 terms too (d L / d z is infinite at +-1)."""
 
-    # The blocked d (sums of terms of order N) is good to ~1e-13, so a gradient below ~1e-7 in
-    # the curvature-scaled coordinates (d changes by ~1 per unit) is noise: stop there (the
-    # profile is then off its minimum by ~1e-14) rather than in failed line searches.
+    # The blocked d (sums of terms of order N) is good to ~1e-13 only: at gtol 1e-9 L-BFGS-B
+    # ends in failed line searches (tens of evaluations each). In the curvature-scaled
+    # coordinates (d changes by ~1 per unit) a projected gradient of 1e-6 leaves the profile
+    # ~g^2 / 2 = 5e-13 above its minimum: stop there.
     lbfgs_options = {"ftol": 1e-14, "gtol": 1e-6, "maxiter": 1000}
 
     def setup(self) -> None:
