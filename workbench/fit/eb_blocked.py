@@ -75,17 +75,58 @@ def by_factor(data: LMMData, per_block: tuple[np.ndarray, ...], cov: bool) -> tu
     return tuple(out)
 
 
+SMALL = 2000  # random effects up to which lme4's starts are run too
+
+
+def moment_start(data: LMMData, layout: Layout) -> np.ndarray:
+    """lme4's start T = I, with each random intercept's element set from the method of moments
+    on the OLS residuals r: for its factor, tau^2 = (weighted variance of the level means of r)
+    - (within-level variance) m / N, sigma^2 = var(r) - sum tau^2, theta = tau / sigma (at least
+    0.01). O(N); it halves the descent on InstEval (12 gradients instead of 25)."""
+    beta, *_ = np.linalg.lstsq(data.X, data.y, rcond=None)
+    r = data.y - data.X @ beta
+    N = r.size
+    total = float(r @ r) / max(N - data.p, 1)
+    theta = layout.start()
+    taus, at, where = [], 0, []
+    for b in data.blocks:
+        k = len(b.cols)
+        z = data.Z[:, b.cols[0]]
+        if k == 1 and np.ptp(z) == 0:
+            g = data.groupings[b.factor]
+            n = np.maximum(g.sizes(), 1).astype(float)
+            means = np.bincount(g.codes, r, minlength=g.n_levels) / n
+            w = r - means[g.codes]
+            within = float(w @ w) / max(N - g.n_levels, 1)
+            taus.append(max(float(n @ (means * means)) / N - within * g.n_levels / N, 0.0))
+            where.append(at)
+        at += k * (k + 1) // 2
+    sigma2 = max(total - sum(taus), 0.05 * total)
+    if sigma2 > 0:
+        theta[where] = np.sqrt(np.maximum(np.array(taus) / sigma2, 1e-4))
+    return theta
+
+
 def fit(data: LMMData, method: str, x0=None) -> Kernel:
-    """Minimise the criterion over theta and read off every field at the optimum."""
+    """Minimise the criterion over theta and read off every field at the optimum: from the
+    moment start (`moment_start`), and for models of up to `SMALL` random effects from lme4's
+    starts too (`Layout.starts`); the checks use the exact gradient (`check="gradient"`)."""
     tm = terms(data)
     layout = Layout.of(data.blocks, data.q)
+    if x0 is not None:
+        starts = [np.asarray(x0, float)]
+    else:
+        starts = [moment_start(data, layout)]
+        if sum(t.dim for t in tm.terms) <= SMALL:
+            starts += layout.starts()
     with serial_blas():
         opt = minimise(
             lambda t: blocked.objective(tm, t, method),
-            layout.starts() if x0 is None else [np.asarray(x0, float)],
+            starts,
             np.where(layout.diagonal, 0.0, -np.inf),
             mirror=layout.mirror,
             grad=lambda t: blocked.objective_and_gradient(tm, t, method),
+            check="gradient",
         )
         sol = blocked.solve(tm, opt.x)
         s2 = sol.sigma2(method)
