@@ -39,6 +39,7 @@ JOINT_VARIANTS = {
     for par in PARAMETRIZATIONS
     for pri in (False, True)
 }
+PROFILE_MAX_EFFECTS = 2000  # several factors: profile intervals up to this many random effects
 MODEL_TEXT = "y_ij ~ N(mu + a_j, sigma^2), a_j ~ N(0, tau^2)  [lme4: y ~ 1 + (1 | group)]"
 
 
@@ -350,7 +351,15 @@ def compare(
         say("empirical Bayes (REML)")
         parts["eb_reml"] = eb_est.fit(d, "reml")
     base = parts.get("eb_ml") or parts.get("eb_reml")
-    if base is not None:
+    n_effects = sum(g.n_levels * len(d.factor_cols(k)) for k, g in enumerate(d.groupings))
+    if base is not None and d.n_factors > 1 and n_effects > PROFILE_MAX_EFFECTS:
+        parts["profile_failure"] = (
+            f"profile-likelihood intervals skipped: {n_effects} random effects in "
+            f"{d.n_factors} grouping factors (over {PROFILE_MAX_EFFECTS}), where each of the "
+            f"thousands of profile evaluations factors the whole model; the fixed-effect Wald "
+            f"intervals and the conditional sds are reported"
+        )
+    elif base is not None:
         say("profile-likelihood intervals (ML deviance)")
         try:
             parts["profile"] = profile(base)
