@@ -185,10 +185,10 @@ def test_report_shows_every_factor(name, request):
         assert f"<th><code>{g.name}</code></th><td>{g.n_levels}</td>" in html
     for note in d.notes:
         assert f"<li>{note.replace(chr(39), '&#39;')}</li>" in html
-    # the estimates table and the lme4 printout: every factor's variance
+    # the estimates and explanation tables and the lme4 printout: every factor's variance
     for group, vc in c.eb_ml.components_by_factor.items():
         for term, v in vc.variances.items():
-            assert f"<th>variance of {term} ({group})</th><td>{_fmt(v)}</td>" in html
+            assert html.count(f"<th>variance of {term} ({group})</th><td>{_fmt(v)}</td>") == 2
         for pair in vc.correlations:
             assert f"<th>correlation {pair} ({group})</th>" in html
     groups = "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)

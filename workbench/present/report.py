@@ -391,25 +391,15 @@ def _explanation(c) -> tuple[dict | None, str | None]:
         return None, f"The explanation could not be computed ({type(exc).__name__}: {exc})."
 
 
-def _flat_variances(vs: dict | None) -> dict[str, object]:
-    """An explanation's variances by label: {term: v}, or {factor: {term: v}} flattened to
-    "term (factor)"."""
-    out: dict[str, object] = {}
-    for name, v in (vs or {}).items():
-        if isinstance(v, dict):
-            out.update({f"{t} ({name})": x for t, x in v.items()})
-        else:
-            out[name] = v
-    return out
-
-
-def explanation_variances(ex: dict | None) -> list[tuple[str, object, object]]:
-    """(label, EB-ML value, joint-mode value or None) of every variance in the explanation."""
+def explanation_variances(ex: dict | None, d) -> list[tuple[str, object, object]]:
+    """(label, EB-ML value, joint-mode value or None) of every variance in the explanation:
+    keyed by term (one factor) or lme4's "term|factor" (several), labelled "term (factor)"
+    as in the estimates table."""
     if not ex:
         return []
-    eb = _flat_variances(ex["eb_ml"].get("variances"))
-    jm = _flat_variances((ex.get("joint_map") or {}).get("variances"))
-    return [(k, v, jm.get(k)) for k, v in eb.items()]
+    labels = {f"{p.name}|{p.factor}": f"{p.name} ({p.factor})" for p in curves.components(d)}
+    jm = (ex.get("joint_map") or {}).get("variances") or {}
+    return [(labels.get(k, k), v, jm.get(k)) for k, v in ex["eb_ml"]["variances"].items()]
 
 
 def explanation_by_factor(ex: dict | None) -> list[dict]:
@@ -504,7 +494,7 @@ def build_context(
         "jm": [(curves.JOINT_LABELS[k], r) for k, r in c.joint_maps.items()],
         "ex": ex,
         "ex_failure": ex_failure,
-        "ex_variances": explanation_variances(ex),
+        "ex_variances": explanation_variances(ex, d),
         "ex_by_factor": explanation_by_factor(ex),
         "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
