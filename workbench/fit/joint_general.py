@@ -9,6 +9,8 @@ reaches the random effects only through the context's layout methods (`block`, `
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import scipy.linalg
 import scipy.optimize
@@ -104,16 +106,38 @@ def _rises_to_infinity(x, ctx, par, priors) -> bool:
     return log_joint(_grow(x, ctx, par), ctx, par, priors) > log_joint(x, ctx, par, priors)
 
 
+def _factor(H, damp: bool):
+    """The factor of -H, and whether its global block had to be shifted: with `damp` (several
+    grouping factors), where -H is not positive definite, -H plus mu |diag A| on the global
+    block for the smallest mu in 1e-4 .. 1e2 that makes it so (a Levenberg-Marquardt step:
+    the random-effect block is negative definite by construction, so only the Schur complement
+    of the global parameters can fail, on the flat ridges where a variance and its effects
+    trade off). Returns (None, False) when no factor is found."""
+    F = NegFactor.of(H)
+    if F is not None or not damp:
+        return F, False
+    shift = np.diag(np.abs(np.diag(H.A)))
+    for mu in 10.0 ** np.arange(-4, 3):
+        F = NegFactor.of(dataclasses.replace(H, A=H.A - mu * shift))
+        if F is not None:
+            return F, True
+    return None, False
+
+
 def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
+    """Newton steps with a backtracking line search; with several grouping factors, damped
+    steps where the Hessian is not negative definite (`_factor`). Returns the end point, its
+    Newton decrement (None where the Hessian there is not negative definite) and the steps."""
     value, g = log_joint_and_grad(x, ctx, par, priors)
     dec, it = None, 0
+    damp = isinstance(ctx, Crossed)
     for it in range(1, max_iter + 1):
-        F = NegFactor.of(hessian(x, ctx, par, priors, scale))
+        F, damped = _factor(hessian(x, ctx, par, priors, scale), damp)
         if F is None:
             return x, None, it
         step = F.solve(g)
-        dec = float(g @ step)
-        if dec < DECREMENT_TOL:
+        dec = None if damped else float(g @ step)
+        if dec is not None and dec < DECREMENT_TOL:
             return x, dec, it
         t = 1.0
         while t > 1e-8:
@@ -253,7 +277,10 @@ def _run_start(index, kind, x0, ctx: Ctx, par: str, priors, log_sd: float) -> St
     low = ld[1:][end["x"][ld[1:]] < lo + 1.0]
 
     def polish() -> bool:
-        x, dec, its = _newton(end["x"], ctx, par, priors, lo, hi, _scale(end["x"], ctx, par))
+        steps = 30 if isinstance(ctx, Crossed) else 8  # damped steps need more
+        x, dec, its = _newton(
+            end["x"], ctx, par, priors, lo, hi, _scale(end["x"], ctx, par), max_iter=steps
+        )
         end.update(x=x, dec=dec, iters=end["iters"] + its)
         return dec is not None and dec < DECREMENT_TOL
 

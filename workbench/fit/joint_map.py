@@ -25,9 +25,8 @@ every end point. Three kernels do the maximisation, chosen by the design:
   LKJCholeskyCov carries. Per start: L-BFGS-B with the exact gradient (log sigma and the
   log-diagonal of every L_k boxed to log sd(y) +- BOX), then Newton steps with the Hessian:
   block-arrowhead for one factor; for several, its random-effect block Z'Z / sigma^2 + G^-1
-  (exact, sparse, not block diagonal) eliminated by a dense Cholesky factor up to
-  `log_joint.DENSE_MAX` random effects, else SuperLU, the global block by differences of the
-  exact gradient.
+  (exact, sparse, not block diagonal) eliminated by a sparse factor (SuperLU, symmetric
+  ordering), the global block by differences of the exact gradient.
 
 Every kernel returns its end points as `Start` records on the user's scale (beta, sigma^2, G,
 random-effect modes b; per grouping factor with several: `JointMap.modes`), and `classify`
