@@ -229,3 +229,21 @@ def test_jupyter_fragment(pastes):
     assert '<section id="plots">' not in html and 'id="grouping-factors"' in html
     for group in pastes.data.factor_names:
         assert f"<th>variance of (Intercept) ({group})</th>" in html
+
+
+def test_scale_path_matches_the_blocked_objectives(pastes):
+    """The scale path from one factorisation per point equals the blocked kernel's ML
+    deviance and profiled joint at s x theta."""
+    from workbench.fit import eb_blocked
+    from workbench.objectives import blocked
+
+    ml = pastes.eb_ml
+    path = curves.scale_path(ml)
+    tm = eb_blocked.terms(pastes.data)
+    for i in (0, len(path.scale) // 2, len(path.scale) - 1):
+        sol = blocked.solve(tm, path.scale[i] * np.asarray(ml.theta))
+        assert path.log_marginal[i] == pytest.approx(-0.5 * sol.objective("ml"), rel=1e-12)
+        assert path.log_joint[i] == pytest.approx(-0.5 * sol.objective("joint"), rel=1e-12)
+    assert path.log_marginal[np.argmin(np.abs(np.log(path.scale)))] == pytest.approx(
+        ml.loglik, rel=1e-3
+    )

@@ -398,26 +398,44 @@ class ScalePath:
 
 def scale_path(fit, npts: int = 80) -> ScalePath:
     """The path for the EB fit `fit` (diagonal theta floored at 0.05 so that a singular fit
-    still has a path)."""
+    still has a path); `npts` / 2 points with several grouping factors (one sparse
+    factorisation each)."""
     d = fit.data
     lay = Layout.of(d.blocks, d.q)
     theta = np.array(fit.theta, float)
     theta[lay.diagonal] = np.maximum(theta[lay.diagonal], 0.05)
+    if d.n_factors > 1:
+        return _blocked_scale_path(d, theta, np.geomspace(1e-4, 4.0, npts // 2))
     grid = np.geomspace(1e-4, 4.0, npts)
     lm, lj = [], []
-    if d.n_factors > 1:  # the blocked factorisation (several grouping factors)
-        from workbench.fit import eb_blocked
-
-        tm = eb_blocked.terms(d)
-        for s in grid:
-            sol = blocked.solve(tm, s * theta)
-            lm.append(-0.5 * sol.objective("ml"))
-            lj.append(-0.5 * sol.objective("joint"))
-        return ScalePath(grid, np.array(lm), np.array(lj))
     for s in grid:
         pls = solve(d.factors, lay, s * theta)
         lm.append(-0.5 * pls.objective("ml"))
         lj.append(-0.5 * pls.objective("joint"))
+    return ScalePath(grid, np.array(lm), np.array(lj))
+
+
+def _blocked_scale_path(d, theta: np.ndarray, grid: np.ndarray) -> ScalePath:
+    """Several grouping factors: one blocked factorisation per point gives log|L|^2 and the
+    penalised RSS r^2, hence lme4's profiled ML deviance log|L|^2 + N [1 + log(2 pi r^2 / N)]
+    and the profiled joint (N + Q)[1 + log(2 pi r^2 / (N + Q))] + sum_k 2 n_k log|det s T_k|,
+    whose last term is its value at s = 1 (from `blocked.objective`) plus 2 Q log s."""
+    from workbench.fit import eb_blocked
+
+    tm = eb_blocked.terms(d)
+    n, dof = tm.n_obs, tm.n_obs + tm.n_re
+
+    def rss_part(r2: float, k: int) -> float:
+        return k * (1.0 + np.log(2.0 * np.pi * r2 / k))
+
+    logdet_t = blocked.objective(tm, theta, "joint") - rss_part(
+        blocked.factor(tm, theta).r ** 2, dof
+    )
+    lm, lj = [], []
+    for s in grid:
+        f = blocked.factor(tm, s * theta)
+        lm.append(-0.5 * (f.logdet_L + rss_part(f.r**2, n)))
+        lj.append(-0.5 * (rss_part(f.r**2, dof) + logdet_t + 2.0 * tm.n_re * np.log(s)))
     return ScalePath(grid, np.array(lm), np.array(lj))
 
 
