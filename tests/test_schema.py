@@ -356,7 +356,7 @@ def test_several_factor_records_match_schema(crossed_record):
     assert out["data"]["notes"] == list(d.notes) and d.notes  # 'sample' crossed with 'plate'
     for block in ("eb_ml", "eb_reml", "joint_map"):
         assert set(out[block]["variance_components"]) == {"plate", "sample"}, block
-    for block in ("eb_ml", "eb_reml"):
+    for block in ("eb_ml", "eb_reml", "joint_map"):  # the contract: keyed by factor, then level
         re_ = out[block]["random_effects"]
         assert set(re_) == {"plate", "sample"}
         assert set(re_["sample"]) == set(d.groupings[1].labels)
