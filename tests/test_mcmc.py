@@ -105,6 +105,8 @@ def test_slope_model_runs_and_is_summarised(slopes):
     assert set(out["random_effects"]["s0"]) == {"(Intercept)", "x"}
     assert "mu" not in out and "tau" not in out and "group_mean" not in post.idata.posterior
     assert post.draws("b").shape == (400, 10, 2) and post.draws("beta").shape == (400, 2)
+    np.testing.assert_array_equal(post.effect_draws("g"), post.draws("b"))
+    assert set(post.variance_draws()) == {"(Intercept)", "x"}
     assert {"b_0", "chol_0_corr", "sd", "sigma2"} <= set(post.idata.posterior.data_vars)
 
 
