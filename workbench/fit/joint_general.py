@@ -124,13 +124,12 @@ def _factor(H, damp: bool):
     return None, False
 
 
-def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8):
-    """Newton steps with a backtracking line search; with several grouping factors, damped
-    steps where the Hessian is not negative definite (`_factor`). Returns the end point, its
-    Newton decrement (None where the Hessian there is not negative definite) and the steps."""
+def _newton(x, ctx, par, priors, lo, hi, scale, max_iter=8, damp=False):
+    """Newton steps with a backtracking line search; with `damp`, damped steps where the
+    Hessian is not negative definite (`_factor`). Returns the end point, its Newton decrement
+    (None where the Hessian there is not negative definite) and the steps."""
     value, g = log_joint_and_grad(x, ctx, par, priors)
     dec, it = None, 0
-    damp = isinstance(ctx, Crossed)
     for it in range(1, max_iter + 1):
         F, damped = _factor(hessian(x, ctx, par, priors, scale), damp)
         if F is None:
@@ -277,9 +276,18 @@ def _run_start(index, kind, x0, ctx: Ctx, par: str, priors, log_sd: float) -> St
     low = ld[1:][end["x"][ld[1:]] < lo + 1.0]
 
     def polish() -> bool:
-        steps = 30 if isinstance(ctx, Crossed) else 8  # damped steps need more
+        # several grouping factors: damped steps (they need more) across flat ridges
+        crossed = isinstance(ctx, Crossed)
         x, dec, its = _newton(
-            end["x"], ctx, par, priors, lo, hi, _scale(end["x"], ctx, par), max_iter=steps
+            end["x"],
+            ctx,
+            par,
+            priors,
+            lo,
+            hi,
+            _scale(end["x"], ctx, par),
+            max_iter=30 if crossed else 8,
+            damp=crossed,
         )
         end.update(x=x, dec=dec, iters=end["iters"] + its)
         return dec is not None and dec < DECREMENT_TOL
