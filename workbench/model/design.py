@@ -527,7 +527,7 @@ def from_frame(
     for name, order in (levels or {}).items():
         if name not in df.columns:
             continue
-        unknown = sorted(set(df[name].astype(str)) - set(map(str, order)))
+        unknown = sorted(set(pd.unique(df[name].astype(str))) - set(map(str, order)))
         if unknown:
             raise InputError(
                 f"{source}: column '{name}' has level(s) {', '.join(unknown)} "
