@@ -320,3 +320,18 @@ def test_json_keyed_by_every_factor(penicillin_fits):
     assert set(jm.components_by_factor) == {"plate", "sample"}
     with pytest.raises(ValueError):
         jm.re_mode  # noqa: B018 (one grouping factor only)
+
+
+def test_one_factor_record_keeps_its_shape():
+    """One grouping factor: `modes` / `mode_covs` are the one-tuples of re_mode / re_cov and
+    the JSON has no per-factor random effects (unchanged)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(20), 10)
+    y = rng.normal(0, 3, 20)[g] + rng.normal(size=200)
+    d = design.from_frame(pd.DataFrame({"y": y, "g": [f"g{i}" for i in g]}), "y ~ 1 + (1 | g)")
+    jm = joint_map.fit(d, eb.fit(d, "ml"), n_starts=2)
+    assert jm.status == "interior"
+    np.testing.assert_array_equal(jm.modes[0], jm.re_mode)
+    np.testing.assert_array_equal(jm.mode_covs[0], jm.re_cov)
+    out = jm.to_dict()
+    assert "random_effects" not in out and list(out["variance_components"]) == ["g"]
