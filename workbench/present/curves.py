@@ -399,13 +399,20 @@ class ScalePath:
 def scale_path(fit, npts: int = 80) -> ScalePath:
     """The path for the EB fit `fit` (diagonal theta floored at 0.05 so that a singular fit
     still has a path); `npts` / 2 points with several grouping factors (one sparse
-    factorisation each)."""
+    factorisation each), most of them on [0.05, 4] where the curves bend."""
     d = fit.data
     lay = Layout.of(d.blocks, d.q)
     theta = np.array(fit.theta, float)
     theta[lay.diagonal] = np.maximum(theta[lay.diagonal], 0.05)
     if d.n_factors > 1:
-        return _blocked_scale_path(d, theta, np.geomspace(1e-4, 4.0, npts // 2))
+        left = npts // 6
+        grid = np.concatenate(
+            [
+                np.geomspace(1e-4, 0.05, left, endpoint=False),
+                np.geomspace(0.05, 4.0, npts // 2 - left),
+            ]
+        )
+        return _blocked_scale_path(d, theta, grid)
     grid = np.geomspace(1e-4, 4.0, npts)
     lm, lj = [], []
     for s in grid:
