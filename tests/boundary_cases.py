@@ -46,6 +46,7 @@ def posterior(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, se
     """An MCMC record (`mcmc.Posterior`) of the model of `data` (an LMMData) from made-up draws
     of the PyMC model's variables, summarised by the real code (`mcmc.from_idata`)."""
     from workbench.fit import mcmc
+    from workbench.model.pymc import effects_name
 
     rng = np.random.default_rng(seed)
     shape = (chains, draws)
@@ -57,10 +58,15 @@ def posterior(data, *, chains: int = 2, draws: int = 60, stuck: bool = False, se
         "beta": _stuck(beta, stuck),
         "sigma": _stuck(sd_y * np.exp(0.1 * rng.normal(size=shape)), stuck),
         "sd": _stuck(0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))), stuck),
-        "b": _stuck(rng.normal(size=(*shape, data.n_groups, data.q)), stuck),
     }
     post["sigma2"] = post["sigma"] ** 2
-    dims = {"beta": ["fixed"], "sd": ["effect"], "b": ["group", "effect"]}
+    dims = {"beta": ["fixed"], "sd": ["effect"]}
+    for k, g in enumerate(data.groupings):  # model/pymc.py's names: b, or b[<factor>] per factor
+        name = effects_name(data, k)
+        size = (*shape, g.n_levels, len(data.factor_cols(k)))
+        post[name] = _stuck(rng.normal(size=size), stuck)
+        several = [f"level[{g.name}]", f"effect[{g.name}]"]
+        dims[name] = ["group", "effect"] if data.n_factors == 1 else several
     for k, block in enumerate(data.blocks):
         n = len(block.cols)
         if n >= 2:

@@ -64,7 +64,7 @@ def report(c, **kwargs) -> tuple[str, list[str], list[str]]:
     notes = re.findall(r'<ul class="figure-notes">(.*?)</ul>', html, re.S)
     return (
         html,
-        re.findall(r'<figure id="fig-(\w+)">', html),
+        re.findall(r'<figure id="fig-([\w-]+)">', html),
         re.findall(r"<li>(.*?)</li>", notes[0]) if notes else [],
     )
 
@@ -347,5 +347,11 @@ def test_every_shipped_case_renders(path):
     c = with_mcmc(workbench.compare(case.data_path, case.y, case.group, **kwargs))
     strict(c.to_dict())
     _, ids, notes = report(c, truth=case.truth or None, case_text=case.text)
-    assert ids == (ONEWAY_FIGURES if c.data.is_oneway else FORMULA_FIGURES)
+    if c.data.n_factors > 1:  # funnel and caterpillar per factor, numbered
+        per = [
+            f"{f}-{k}" for k in range(1, c.data.n_factors + 1) for f in ("funnel", "caterpillar")
+        ]
+        assert ids == ["marginals", "scalepath", *per, "rank"]
+    else:
+        assert ids == (ONEWAY_FIGURES if c.data.is_oneway else FORMULA_FIGURES)
     assert notes == []
