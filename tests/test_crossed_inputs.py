@@ -94,3 +94,11 @@ def test_cli_bad_grouping_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "'row'" in r.stderr and not out.exists()
+
+
+def test_interaction_levels_are_the_combinations_not_joined_strings():
+    """a = "1:2", b = "3" and a = "1", b = "2:3" are two combinations with one joined label:
+    refused by name (lme4 would merge them into one level), never silently merged."""
+    df = _frame().assign(p=["1:2", "1"] * 48, q=["3", "2:3"] * 48)
+    with pytest.raises(InputError, match="two different combinations both labelled '1:2:3'"):
+        from_frame(df, "y ~ 1 + (1 | a) + (1 | p:q)")

@@ -569,10 +569,19 @@ def _grouping(df: pd.DataFrame, columns: tuple[str, ...], name: str, source: str
     """A grouping factor's codes and labels: its column's values as strings, or for an
     interaction the observed combinations, labelled "a1:b1" (lme4's names); in order of first
     appearance."""
-    values = df[columns[0]].astype(str)
-    for c in columns[1:]:
-        values = values + ":" + df[c].astype(str)
-    codes, uniques = pd.factorize(values, sort=False)
+    if len(columns) == 1:
+        codes, uniques = pd.factorize(df[columns[0]].astype(str), sort=False)
+    else:  # the combinations present, by their columns' codes (labels joined only to name them)
+        parts = [pd.factorize(df[c].astype(str), sort=False) for c in columns]
+        codes, combos = pd.factorize(pd.MultiIndex.from_arrays([p[0] for p in parts]), sort=False)
+        uniques = [":".join(str(parts[i][1][j]) for i, j in enumerate(combo)) for combo in combos]
+        if len(set(uniques)) < len(uniques):
+            dup = pd.Series(uniques)[pd.Series(uniques).duplicated()].iloc[0]
+            raise InputError(
+                f"{source}: the grouping factor '{name}' has two different combinations both "
+                f"labelled '{dup}' (a label of {', '.join(repr(c) for c in columns)} contains "
+                f"':'); recode those columns without ':' in their values."
+            )
     if len(uniques) < 2:
         what = f"column '{name}'" if len(columns) == 1 else f"the grouping factor '{name}'"
         raise InputError(
