@@ -1,18 +1,18 @@
 """The text table and the HTML report of models with several grouping factors: crossed
 (Penicillin: (1 | plate) + (1 | sample)), nested (Pastes: (1 | batch/cask)) and a correlated
 slope beside an intercept ((1 + x | a) + (1 | b), with made-up MCMC draws summarised by the real
-code). Every factor's variance components appear in the table (lme4's "Random effects:" rows,
-its "Number of obs ..., groups: ..." line), in every section of the report, and every factor
-gets its figures."""
+code: boundary_cases.posterior). Every factor's variance components appear in the table
+(lme4's "Random effects:" rows, its "Number of obs ..., groups: ..." line), in every section
+of the report, and every factor gets its figures."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from boundary_cases import attach, posterior
 from conftest import ROOT
 
 import workbench
@@ -58,45 +58,6 @@ def crossed_slope_frame(seed: int = 4) -> pd.DataFrame:
     return pd.DataFrame({"a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b], "x": x, "y": y})
 
 
-def several_factor_posterior(data, *, chains: int = 2, draws: int = 40, seed: int = 0):
-    """An MCMC record of `data` (several grouping factors) from made-up draws of the PyMC
-    model's variables (model/pymc.py: `sd` over Z's columns, `b[<factor>]` per factor,
-    `chol_<k>_corr` per correlated block), summarised by the real code."""
-    import arviz as az
-
-    from workbench.fit import mcmc
-    from workbench.model.pymc import effects_name
-
-    rng = np.random.default_rng(seed)
-    shape = (chains, draws)
-    sd_y = float(np.std(data.y, ddof=1))
-    beta = rng.normal(size=(*shape, data.p)) + np.where(
-        np.array(data.fixed_names) == "(Intercept)", float(np.mean(data.y)), 0.0
-    )
-    post = {
-        "beta": beta,
-        "sigma": sd_y * np.exp(0.1 * rng.normal(size=shape)),
-        "sd": 0.3 * sd_y * np.exp(0.3 * rng.normal(size=(*shape, data.q))),
-    }
-    post["sigma2"] = post["sigma"] ** 2
-    dims = {"beta": ["fixed"], "sd": ["effect"]}
-    for k, g in enumerate(data.groupings):
-        name = effects_name(data, k)
-        post[name] = rng.normal(size=(*shape, g.n_levels, len(data.factor_cols(k))))
-        dims[name] = [f"level[{g.name}]", f"effect[{g.name}]"]
-    for k, block in enumerate(data.blocks):
-        n = len(block.cols)
-        if n >= 2:
-            corr = np.broadcast_to(np.eye(n), (*shape, n, n)).copy()
-            corr[..., 0, 1:] = corr[..., 1:, 0] = np.tanh(0.5 * rng.normal(size=shape))[..., None]
-            post[f"chol_{k}_corr"] = corr
-            dims[f"chol_{k}_corr"] = [f"chol_{k}_corr_dim_0", f"chol_{k}_corr_dim_1"]
-    stats = {"diverging": np.zeros(shape, bool), "energy": rng.normal(size=shape)}
-    idata = az.from_dict({"posterior": post, "sample_stats": stats}, dims=dims)
-    settings = mcmc.McmcSettings(chains=chains, draws=draws, tune=0)
-    return mcmc.from_idata(data, idata, settings, "fake")
-
-
 @pytest.fixture(scope="module")
 def slopes():
     c = workbench.compare(
@@ -105,13 +66,7 @@ def slopes():
         methods=("eb-ml", "eb-reml"),
         **FAST,
     )
-    return dataclasses.replace(
-        c,
-        mcmc=several_factor_posterior(c.data),
-        settings=dataclasses.replace(
-            c.settings, methods=(*c.settings.methods, "mcmc"), chains=2, draws=40, tune=0
-        ),
-    )
+    return attach(c, posterior(c.data, draws=40))
 
 
 def _row(text: str, start: str) -> list[str]:

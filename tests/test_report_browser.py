@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from boundary_cases import lmm, singular_slope_frame
+from boundary_cases import attach, lmm, singular_slope_frame
 from conftest import ONEWAY_REPORT_SECTIONS, REPORT_SECTIONS, ROOT
 
 import workbench
@@ -73,7 +73,7 @@ def crossed_report(tmp_path_factory) -> Path:
     """Penicillin's crossed factors (1 | plate) + (1 | sample) with made-up MCMC draws: every
     factor's figures (funnel and caterpillar per factor)."""
     import pandas as pd
-    from test_crossed_report import several_factor_posterior
+    from boundary_cases import posterior
 
     c = workbench.compare(
         pd.read_csv(ROOT / "tests" / "reference" / "crossed_data" / "penicillin.csv"),
@@ -82,13 +82,7 @@ def crossed_report(tmp_path_factory) -> Path:
         n_starts=2,
         n_jobs=1,
     )
-    c = dataclasses.replace(
-        c,
-        mcmc=several_factor_posterior(c.data),
-        settings=dataclasses.replace(
-            c.settings, methods=(*c.settings.methods, "mcmc"), chains=2, draws=40, tune=0
-        ),
-    )
+    c = attach(c, posterior(c.data, draws=40))
     out = tmp_path_factory.mktemp("report") / "crossed.html"
     out.write_text(render(c, command="test"))
     return out

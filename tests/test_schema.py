@@ -366,7 +366,7 @@ def test_several_factor_records_match_schema(crossed_record):
 def test_nested_and_slope_records_match_schema():
     """Pastes, (1 | batch/cask) = (1 | cask:batch) + (1 | batch); a correlated slope of one
     factor beside another factor's intercept, with made-up MCMC draws."""
-    from test_crossed_report import crossed_slope_frame, several_factor_posterior
+    from test_crossed_report import crossed_slope_frame
 
     c = workbench.compare(
         pd.read_csv(CROSSED / "pastes.csv"),
@@ -381,7 +381,7 @@ def test_nested_and_slope_records_match_schema():
         formula="y ~ x + (1 + x | a) + (1 | b)",
         methods=["eb-ml", "eb-reml"],
     )
-    out = check(attach(c, several_factor_posterior(c.data)))
+    out = check(attach(c, posterior(c.data)))
     vc = out["mcmc"]["variance_components"]
     assert set(vc) == {"a", "b"} and set(vc["a"]["correlations"]) == {"(Intercept):x"}
     assert set(out["mcmc"]["random_effects_b"]) == {"a", "b"}
