@@ -361,3 +361,40 @@ def test_pymc_model_builds_with_a_slash_in_a_factor_name():
 
     data = from_frame(_odd_labels(), "y ~ 1 + (1|`my group`) + (1|`b/c`)")
     assert build_model(data, make_priors(data), "noncentered") is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="blocked EB does not centre random-effect columns: (1 + x | a) + (1 | b) with x = "
+    "offset + N(0, 1) has the same ML deviance for every offset (lme4 251.611862 at 0 and 1000), "
+    "ours is 8e-3 higher at 100, 1.93 higher at 1000 (converged=False) and raises LinAlgError at "
+    "1e4; the one-factor path gives the tidy fit at every offset",
+)
+@pytest.mark.parametrize("offset", [100.0, 1000.0, 1e4])
+def test_random_slope_on_an_uncentred_covariate(offset):
+    d = _crossed(8, 6, reps=2, seed=5)
+    u = np.random.default_rng(0).standard_normal(8)[pd.factorize(d.a)[0]]
+    d = d.assign(y=d.y + u * d.x * 0.5)
+    f = "y ~ x + (1+x|a) + (1|b)"
+    tidy = eb.fit(from_frame(d, f), "ml")
+    assert tidy.objective == pytest.approx(251.611862165439, abs=1e-6)
+    far = eb.fit(from_frame(d.assign(x=offset + d.x), f), "ml")
+    assert far.converged and far.objective == pytest.approx(tidy.objective, abs=1e-6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="(1 + x || a/c): lme4 expands || first, (1 | a/c) + (0 + x | a/c), then sorts by "
+    "levels, so its theta is c:a.x, c:a.(Intercept), a.x, a.(Intercept); ours orders the "
+    "blocks (Intercept), x within each factor: the same fit, theta permuted against lme4's",
+)
+def test_double_bar_with_nesting_orders_theta_as_lme4():
+    d = _crossed(6, 4, reps=4, seed=31)
+    data = from_frame(d.assign(c=np.tile(["u", "v"], len(d) // 2)), "y ~ x + (1+x||a/c)")
+    names = [(data.groupings[b.factor].name, b.names) for b in data.blocks]
+    assert names == [
+        ("c:a", ("x",)),
+        ("c:a", ("(Intercept)",)),
+        ("a", ("x",)),
+        ("a", ("(Intercept)",)),
+    ]
