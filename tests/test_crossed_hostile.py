@@ -398,3 +398,21 @@ def test_double_bar_with_nesting_orders_theta_as_lme4():
         ("a", ("x",)),
         ("a", ("(Intercept)",)),
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a column named 'a:b' and the interaction a:b are two grouping factors with one "
+    "name: design._random_terms keys factors by name, so (0 + x | a:b) is silently fitted on "
+    "the column `a:b` (3 levels) instead of the 30 combinations (and (1|`a:b`) + (1|a:b) is "
+    "refused as a term 'listed twice'); it should refuse the clash by name",
+)
+def test_a_column_named_like_an_interaction_is_not_merged_with_it():
+    d = _crossed(6, 5, reps=3, seed=50)
+    d["a:b"] = np.random.default_rng(1).choice(["p", "q", "r"], len(d))
+    try:
+        data = from_frame(d, "y ~ x + (1|`a:b`) + (0+x|a:b)")
+    except InputError as e:  # refused by name: fine
+        assert "a:b" in str(e) and "twice" not in str(e)
+        return
+    assert sorted(g.n_levels for g in data.groupings) == [3, 30]  # or two factors
