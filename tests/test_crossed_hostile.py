@@ -108,6 +108,19 @@ def _xconst() -> pd.DataFrame:
     return d.assign(xa=d.a.map({f"a{i}": float(i) for i in range(6)}))  # x constant within a
 
 
+def _tiny3() -> pd.DataFrame:
+    """N = 10 rows, three crossed factors (12 random effects > N; every term < N)."""
+    r = np.random.default_rng(60)
+    d = pd.DataFrame(
+        {
+            "a": r.choice(["p", "q", "r", "s"], 10),
+            "b": r.choice(list("ABCDE"), 10),
+            "c": r.choice(["u", "v", "w"], 10),
+        }
+    )
+    return d.assign(y=r.standard_normal(10) + (d.a == "p") * 2 + (d.b == "A") * 1.5)
+
+
 FRAMES = {
     "sparse": _sparse_interaction,
     "ident": _identical,
@@ -126,6 +139,9 @@ FRAMES = {
     "xconst": _xconst,
     "catslope": _catslope,
     "numlabels": _numlabels,
+    "tiny3": _tiny3,
+    "fixgrp": lambda: _crossed(6, 5, reps=3, seed=61),
+    "twolev": lambda: _crossed(2, 12, reps=3, seed=62, sd=(3, 0.7)),
     "pairs": lambda: (lambda d: d.assign(p=np.arange(len(d)) // 2))(_crossed(6, 10, seed=23)),
 }
 
@@ -163,6 +179,10 @@ LME4 = [
     ("numlabels", "y ~ 1 + (1|a) + (1|b)", 161.788056966932, 162.430487667139),
     ("numlabels", "y ~ 1 + (1|a:b)", 165.288966002352, 166.959884529567),
     ("numlabels", "y ~ x + (1|a/b)", 144.072954639575, 147.773683034393),
+    ("tiny3", "y ~ 1 + (1|a) + (1|b) + (1|c)", 33.857989059891, 31.4882893387432),
+    ("fixgrp", "y ~ a + (1|a) + (1|b)", 261.259658495749, 264.29848155179),
+    ("twolev", "y ~ 1 + (1|a) + (1|b)", 200.139567903635, 199.794308042382),
+    ("twolev", "y ~ x + (1+x|a) + (1|b)", 183.045940880586, 185.182424054285),
     ("pairs", "y ~ 1 + (1|a) + (1|p)", 224.060817006781, 224.69823701676),
     ("pairs", "y ~ 1 + (1|a) + (1|b) + (1|p)", 200.203602394736, 199.902634740168),
 ]
@@ -416,3 +436,17 @@ def test_a_column_named_like_an_interaction_is_not_merged_with_it():
         assert "a:b" in str(e) and "twice" not in str(e)
         return
     assert sorted(g.n_levels for g in data.groupings) == [3, 30]  # or two factors
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=np.linalg.LinAlgError,
+    reason="a grouping factor also among the fixed effects, y ~ x + a + (1 + x | a) + (1 | b): "
+    "ML matches lme4 but REML raises LinAlgError 'Schur complement not positive definite' in "
+    "blocked.factor (CLI: traceback, exit 1); lme4's REML criterion is 240.152918177949",
+)
+def test_factor_also_fixed_with_a_random_slope_reml():
+    data = from_frame(_crossed(6, 5, reps=3, seed=61), "y ~ x + a + (1+x|a) + (1|b)")
+    _check_objective(data, "ml", 233.080503746234)
+    fit = eb.fit(data, "reml")
+    assert np.isfinite(fit.objective) and fit.objective <= 240.152918177949 + 1e-6
