@@ -450,3 +450,21 @@ def test_factor_also_fixed_with_a_random_slope_reml():
     _check_objective(data, "ml", 233.080503746234)
     fit = eb.fit(data, "reml")
     assert np.isfinite(fit.objective) and fit.objective <= 240.152918177949 + 1e-6
+
+
+def test_five_factors_with_tied_level_counts_order_theta_as_lme4():
+    """Level counts 3, 5, 5, 3, 4 (ties, not sorted): lme4's rev(order(nl)) reverses the ties
+    too; theta and the deviance are lme4's (lme4 1.1, ML)."""
+    r = np.random.default_rng(90)
+    nl = {"f1": 3, "f2": 5, "f3": 5, "f4": 3, "f5": 4}
+    d = pd.DataFrame({k: [f"{k}_{i}" for i in r.integers(0, n, 120)] for k, n in nl.items()})
+    d["x"] = r.standard_normal(120)
+    d["y"] = sum(
+        r.standard_normal(n)[d[k].str.split("_").str[1].astype(int)] * (0.5 + i * 0.3)
+        for i, (k, n) in enumerate(nl.items())
+    ) + r.standard_normal(120)
+    f = "y ~ x + (1+x||f1) + (1|f2) + (1|f3) + (1|f4) + (1|f5)"
+    fit = _check_objective(from_frame(d, f), "ml", 384.710188649628)
+    assert fit.theta == pytest.approx(
+        [0.84483, 1.3992, 1.47474, 0.90619, 0.24382, 0.7092], abs=2e-5
+    )
