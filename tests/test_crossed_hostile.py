@@ -302,12 +302,6 @@ def test_cli_refuses_bad_terms_in_one_line(tmp_path, formula, message):
 # --- bugs found here (strict xfail: they turn into failures once fixed, to be unmarked) ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="blocked EB: every theta on its bound 0 -> optimiser._newton_restart takes max of an "
-    "empty eigenvalue array (ValueError 'zero-size array'); CLI exits 1 with a traceback",
-)
 @pytest.mark.parametrize(
     ("frame", "formula", "ml", "reml"),
     [
@@ -406,12 +400,6 @@ def test_random_slope_on_an_uncentred_covariate(offset):
     assert far.converged and far.objective == pytest.approx(tidy.objective, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="(1 + x || a/c): lme4 expands || first, (1 | a/c) + (0 + x | a/c), then sorts by "
-    "levels, so its theta is c:a.x, c:a.(Intercept), a.x, a.(Intercept); ours orders the "
-    "blocks (Intercept), x within each factor: the same fit, theta permuted against lme4's",
-)
 def test_double_bar_with_nesting_orders_theta_as_lme4():
     d = _crossed(6, 4, reps=4, seed=31)
     data = from_frame(d.assign(c=np.tile(["u", "v"], len(d) // 2)), "y ~ x + (1+x||a/c)")

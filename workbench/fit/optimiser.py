@@ -360,7 +360,11 @@ def minimise(
             if edge or not stationary:
                 x_new = _screen(f, y if edge else _displaced(x, lower), lower, grad)
             else:  # the final check: Newton from a displaced point finds nothing lower
-                x_new = _newton_restart(f, grad, _displaced(x, lower), H, free, lower)
+                x_new = (
+                    _newton_restart(f, grad, _displaced(x, lower), H, free, lower)
+                    if free.any()
+                    else _screen(f, _displaced(x, lower), lower, grad)
+                )
             if f(x_new) > f(x):
                 x_new = x
             if stationary and not edge and f(x_new) >= f(x) - DECREASE_TOL:

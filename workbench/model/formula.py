@@ -833,11 +833,13 @@ def _parse(formula: str) -> FormulaSpec:
     random: list[RandomTerm] = []
     for bar in bars:
         # lme4's expandSlash: (e | a/b) -> (e | b:a) + (e | a), the inner factor named first
-        for columns in reversed(bar.factors):
-            if bar.double:
-                random += _expand_double_bar(bar, columns)
-            else:
-                random.append(RandomTerm(_sum_text(bar.expr), columns))
+        # lme4 expands || before /: (1 + x || a/b) -> (1 | b:a) + (1 | a) + (0 + x | b:a) + ...
+        chains = list(reversed(bar.factors))
+        if bar.double:
+            per = [_expand_double_bar(bar, columns) for columns in chains]
+            random += [terms[k] for k in range(len(per[0])) for terms in per]
+        else:
+            random += [RandomTerm(_sum_text(bar.expr), columns) for columns in chains]
     for term in random:
         part = term.part
         if not part.intercept and not part.terms:
