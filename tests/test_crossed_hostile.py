@@ -317,11 +317,6 @@ def test_null_crossed_fit_is_lme4s_zero_variance_fit(frame, formula, ml, reml):
         assert np.all(fit.theta == 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocked EB does not centre X: a covariate 1e6 + x0 gives a deviance 4.6e-4 below the "
-    "true minimum (lme4: 226.1572, the tidy fit's) and converged=False",
-)
 def test_covariate_offset_1e6_gives_the_tidy_fit():
     d = _crossed(6, 5, reps=3, seed=24)
     f = "y ~ x + (1|a) + (1|b)"
@@ -331,12 +326,6 @@ def test_covariate_offset_1e6_gives_the_tidy_fit():
     assert far.objective == pytest.approx(tidy.objective, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=np.linalg.LinAlgError,
-    reason="blocked EB: a covariate 1e8 + x0 -> LinAlgError 'Schur complement not positive "
-    "definite' (a traceback in the CLI) instead of the tidy fit or a one-line InputError",
-)
 def test_covariate_offset_1e8_fits_or_is_refused():
     d = _crossed(6, 5, reps=3, seed=24)
     f = "y ~ x + (1|a) + (1|b)"
@@ -381,13 +370,6 @@ def test_pymc_model_builds_with_a_slash_in_a_factor_name():
     assert build_model(data, make_priors(data), "noncentered") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocked EB does not centre random-effect columns: (1 + x | a) + (1 | b) with x = "
-    "offset + N(0, 1) has the same ML deviance for every offset (lme4 251.611862 at 0 and 1000), "
-    "ours is 8e-3 higher at 100, 1.93 higher at 1000 (converged=False) and raises LinAlgError at "
-    "1e4; the one-factor path gives the tidy fit at every offset",
-)
 @pytest.mark.parametrize("offset", [100.0, 1000.0, 1e4])
 def test_random_slope_on_an_uncentred_covariate(offset):
     d = _crossed(8, 6, reps=2, seed=5)
@@ -430,13 +412,6 @@ def test_a_column_named_like_an_interaction_is_not_merged_with_it():
     assert sorted(g.n_levels for g in data.groupings) == [3, 30]  # or two factors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=np.linalg.LinAlgError,
-    reason="a grouping factor also among the fixed effects, y ~ x + a + (1 + x | a) + (1 | b): "
-    "ML matches lme4 but REML raises LinAlgError 'Schur complement not positive definite' in "
-    "blocked.factor (CLI: traceback, exit 1); lme4's REML criterion is 240.152918177949",
-)
 def test_factor_also_fixed_with_a_random_slope_reml():
     data = from_frame(_crossed(6, 5, reps=3, seed=61), "y ~ x + a + (1+x|a) + (1|b)")
     _check_objective(data, "ml", 233.080503746234)

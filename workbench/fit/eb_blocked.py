@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from workbench.fit.optimiser import Optimum, minimise, serial_blas
-from workbench.model.design import LMMData
+from workbench.model.design import LMMData, Scaling, z_reparametrisation
 from workbench.objectives import blocked
-from workbench.objectives.deviance import Layout
+from workbench.objectives.deviance import Layout, lower_factor
 
 BOUNDARY_TOL = 1e-4  # lme4's isSingular() tolerance on the diagonal of T
 
@@ -35,6 +35,39 @@ def terms(data: LMMData) -> blocked.Terms:
             [(data.groupings[b.factor].codes, data.Z[:, list(b.cols)]) for b in data.blocks],
         )
         data.__dict__["_blocked_terms"] = cached  # frozen record: a cache, like cached_property
+    return cached
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """The fit's own well-scaled problem (as the one-factor kernel's `design.Scaling` and
+    `z_reparametrisation`): X_s = X A (covariates centred, unit spread), y_s = (y - shift) /
+    scale, and per correlated block Z_s = Z B (columns of unit spread, centred against the
+    block's intercept). Same model and column spaces: theta_s -> theta by T = lower(B T_s), the
+    criteria differ by known constants (`to_user`); a day number or a 1e9 offset then costs no
+    digits in W'W or the Schur complements."""
+
+    terms: blocked.Terms
+    scaling: Scaling
+    B: np.ndarray
+
+
+def scaled(data: LMMData) -> Scaled:
+    cached = data.__dict__.get("_blocked_scaled")
+    if cached is None:
+        names = data.fixed_names
+        sc = Scaling.of(
+            data.X, data.y, names.index("(Intercept)") if "(Intercept)" in names else None
+        )
+        B = z_reparametrisation(data.Z, data.blocks)
+        Zs = data.Z @ B
+        tm = blocked.Terms.of(
+            (data.y - sc.y_shift) / sc.y_scale,
+            data.X @ sc.A,
+            [(data.groupings[b.factor].codes, Zs[:, list(b.cols)]) for b in data.blocks],
+        )
+        cached = Scaled(terms=tm, scaling=sc, B=B)
+        data.__dict__["_blocked_scaled"] = cached
     return cached
 
 
@@ -111,46 +144,66 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
     """Minimise the criterion over theta and read off every field at the optimum: from the
     moment start (`moment_start`), and for models of up to `SMALL` random effects from lme4's
     starts too (`Layout.starts`); the checks use the exact gradient (`check="gradient"`)."""
-    tm = terms(data)
+    sd = scaled(data)
+    tm, sc, B = sd.terms, sd.scaling, sd.B
     layout = Layout.of(data.blocks, data.q)
     if x0 is not None:
-        starts = [np.asarray(x0, float)]
+        starts = [layout.theta(lower_factor(np.linalg.solve(B, layout.T(x0))))]
     else:
         starts = [moment_start(data, layout)]
         if sum(t.dim for t in tm.terms) <= SMALL:
             starts += layout.starts()
+    s, N, p = sc.y_scale, data.n_obs, data.p
+    # criteria on the user's scale: y / s adds 2 N log s (ML) or 2 (N - p) log s (REML); X = X_s
+    # A^-1 changes log|R_X|^2 by -2 log|det A| (the optimiser sees the user's values)
+    shift = 2 * N * np.log(s) if method == "ml" else 2 * (N - p) * np.log(s) - 2 * sc.log_det_A
+
+    def fg(t):
+        value, grad = blocked.objective_and_gradient(tm, t, method)
+        return value + shift, grad
+
     with serial_blas():
         opt = minimise(
-            lambda t: blocked.objective(tm, t, method),
+            lambda t: blocked.objective(tm, t, method) + shift,
             starts,
             np.where(layout.diagonal, 0.0, -np.inf),
             mirror=layout.mirror,
-            grad=lambda t: blocked.objective_and_gradient(tm, t, method),
+            grad=fg,
             check="gradient",
         )
         sol = blocked.solve(tm, opt.x)
-        s2 = sol.sigma2(method)
         covs = sol.conditional_covariances()
-    T = layout.T(opt.x)
+    s2 = s * s * sol.sigma2(method)
+    T = lower_factor(B @ layout.T(opt.x))
+    beta = s * (sc.A @ sol.beta)
+    if sc.intercept is not None:
+        beta[sc.intercept] += sc.y_shift
+    blocks_b = tuple(
+        s * (b @ B[np.ix_(blk.cols, blk.cols)].T) for b, blk in zip(sol.b, data.blocks, strict=True)
+    )
+    blocks_c = tuple(
+        s2 * (B[np.ix_(blk.cols, blk.cols)] @ c @ B[np.ix_(blk.cols, blk.cols)].T)
+        for c, blk in zip(covs, data.blocks, strict=True)
+    )
     notes = []
     if not opt.converged:
         notes.append(
             f"the optimiser did not confirm a minimum ({opt.message}); the estimates may be off"
         )
-    if np.any(np.abs(opt.x[layout.diagonal]) < BOUNDARY_TOL):
+    if np.any(np.abs(layout.theta(T)[layout.diagonal]) < BOUNDARY_TOL):
         notes.append(
             "boundary (singular) fit: a random-effect variance is 0 or a "
             "correlation is +-1 (lme4's isSingular)"
         )
     return Kernel(
-        beta=sol.beta,
-        beta_cov=s2 * sol.beta_cov_unscaled,
+        beta=beta,
+        beta_cov=s2 * sc.A @ sol.beta_cov_unscaled @ sc.A.T,
         sigma2=s2,
         G=s2 * T @ T.T,
-        theta=np.array(opt.x, float),
-        objective=sol.objective(method),
-        modes=by_factor(data, sol.b, cov=False),
-        mode_covs=by_factor(data, tuple(s2 * c for c in covs), cov=True),
+        theta=layout.theta(T),
+        objective=sol.objective(method) + shift,
+        modes=by_factor(data, blocks_b, cov=False),
+        mode_covs=by_factor(data, blocks_c, cov=True),
         optimum=opt,
         notes=tuple(notes),
     )
