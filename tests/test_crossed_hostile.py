@@ -337,12 +337,6 @@ def test_covariate_offset_1e8_fits_or_is_refused():
     assert eb.fit(data, "ml").objective == pytest.approx(tidy.objective, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="joint MAP, several factors: y = 1e8 + y0, or y = 1e30 y0 -> joint_general.intervals "
-    "calls global_cov() on None (AttributeError, a traceback in the CLI); fine at 1e12 y0",
-)
 @pytest.mark.parametrize(
     ("offset", "scale", "formula"),
     [(1e8, 1.0, "y ~ 1 + (1|a) + (1|b)"), (0.0, 1e30, "y ~ x + (1|a) + (1|b)")],
@@ -356,12 +350,6 @@ def test_joint_map_with_a_huge_response(offset, scale, formula):
     json.dumps(c.to_dict(), allow_nan=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="PyMC model, several factors: the variable 'b[<factor>]' carries the factor name, and "
-    "PyMC refuses '/' in names (a column `b/c`): MCMC crashes with a traceback",
-)
 def test_pymc_model_builds_with_a_slash_in_a_factor_name():
     from workbench.model.priors import make_priors
     from workbench.model.pymc import build_model
@@ -394,13 +382,6 @@ def test_double_bar_with_nesting_orders_theta_as_lme4():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a column named 'a:b' and the interaction a:b are two grouping factors with one "
-    "name: design._random_terms keys factors by name, so (0 + x | a:b) is silently fitted on "
-    "the column `a:b` (3 levels) instead of the 30 combinations (and (1|`a:b`) + (1|a:b) is "
-    "refused as a term 'listed twice'); it should refuse the clash by name",
-)
 def test_a_column_named_like_an_interaction_is_not_merged_with_it():
     d = _crossed(6, 5, reps=3, seed=50)
     d["a:b"] = np.random.default_rng(1).choice(["p", "q", "r"], len(d))

@@ -399,6 +399,8 @@ def intervals(x: np.ndarray, ctx: Ctx, par: str, priors, level: float) -> dict:
     """Wald intervals from the inverse negative Hessian at the mode x: fixed effects directly,
     sigma^2 and the variances through their logs, correlations through atanh."""
     F = NegFactor.of(hessian(x, ctx, par, priors, _scale(x, ctx, par)))
+    if F is None:  # not negative definite to working precision (y of 1e30, say): no intervals
+        return {}
     cov = F.global_cov()  # only the global block is read below
     z = float(sps.norm.ppf(0.5 + level / 2.0))
     d, p = ctx.data, ctx.p

@@ -596,6 +596,14 @@ def _random_terms(spec: FormulaSpec, df: pd.DataFrame, source: str):
     """Z, its blocks and the grouping factors, with the terms in lme4's order: by number of
     levels of their factor, descending (`rev(order(nl))` when the counts are not already
     non-increasing; formula order otherwise, lme4's mkReTrms), so that theta is lme4's."""
+    for name in spec.factors:
+        meanings = {t.columns for t in spec.random if t.factor == name}
+        if len(meanings) > 1:
+            raise InputError(
+                f"{source}: the grouping factor name '{name}' means both the column `{name}` and "
+                f"the interaction of {' and '.join(repr(c) for c in max(meanings, key=len))}; "
+                f"rename the column (no ':' in grouping column names)."
+            )
     by_name = {
         name: _grouping(df, next(t.columns for t in spec.random if t.factor == name), name, source)
         for name in spec.factors

@@ -38,7 +38,10 @@ PARAMETRIZATIONS = ("centered", "noncentered")
 def effects_name(data: LMMData, k: int) -> str:
     """The deterministic holding the random effects of grouping factor k: `b` for a model with
     one factor, `b[<factor name>]` otherwise."""
-    return "b" if data.n_factors == 1 else f"b[{data.groupings[k].name}]"
+    if data.n_factors == 1:
+        return "b"
+    # PyMC refuses "/" in a variable's name (a column `b/c`): U+2215, which looks the same
+    return f"b[{data.groupings[k].name.replace('/', chr(0x2215))}]"
 
 
 def effect_names(data: LMMData) -> tuple[str, ...]:
