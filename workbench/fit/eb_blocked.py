@@ -12,9 +12,11 @@ and lme4's conditional covariances sigma^2 Lambda A^-1 Lambda' by level (condVar
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.optimize
 
 from workbench.fit.optimiser import Optimum, minimise, serial_blas
 from workbench.model.design import LMMData, Scaling, z_reparametrisation
@@ -140,6 +142,37 @@ def moment_start(data: LMMData, layout: Layout) -> np.ndarray:
     return theta
 
 
+def log_descent(fg, x0: np.ndarray, diagonal: np.ndarray) -> tuple[np.ndarray, int]:
+    """An exact-gradient L-BFGS-B descent with the diagonal elements of T on a log scale (down
+    to 1e-4), to a loose tolerance: variance parameters move by factors, so an interior optimum
+    takes fewer steps (InstEval: 13 gradients against 20 on theta); `minimise` then finishes on
+    theta itself, where a bound at 0 is reachable, and checks the end point. Returns the end
+    point and the number of evaluations."""
+    floor = np.log(1e-4)
+
+    def fz(z):
+        t = z.copy()
+        t[diagonal] = np.exp(z[diagonal])
+        value, grad = fg(t)
+        grad = np.array(grad, float)
+        grad[diagonal] *= t[diagonal]
+        return value, grad
+
+    z0 = np.array(x0, float)
+    z0[diagonal] = np.log(np.maximum(z0[diagonal], 1e-4))
+    res = scipy.optimize.minimize(
+        fz,
+        z0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(floor, None) if d else (None, None) for d in diagonal],
+        options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 200},
+    )
+    out = np.array(res.x, float)
+    out[diagonal] = np.exp(out[diagonal])
+    return (out if np.isfinite(res.fun) else np.array(x0, float)), int(res.nfev)
+
+
 def fit(data: LMMData, method: str, x0=None) -> Kernel:
     """Minimise the criterion over theta and read off every field at the optimum: from the
     moment start (`moment_start`), and for models of up to `SMALL` random effects from lme4's
@@ -163,6 +196,9 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
         return value + shift, grad
 
     with serial_blas():
+        n_log = 0
+        if x0 is None:  # the moment start first descends on log theta
+            starts[0], n_log = log_descent(fg, starts[0], layout.diagonal)
         opt = minimise(
             lambda t: blocked.objective(tm, t, method) + shift,
             starts,
@@ -171,6 +207,7 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
             grad=fg,
             check="gradient",
         )
+        opt = dataclasses.replace(opt, n_evals=opt.n_evals + n_log)
         sol = blocked.solve(tm, opt.x)
         covs = sol.conditional_covariances()
     s2 = s * s * sol.sigma2(method)
