@@ -153,7 +153,10 @@ def log_descent(fg, x0: np.ndarray, diagonal: np.ndarray) -> tuple[np.ndarray, i
     def fz(z):
         t = z.copy()
         t[diagonal] = np.exp(z[diagonal])
-        value, grad = fg(t)
+        try:
+            value, grad = fg(t)
+        except np.linalg.LinAlgError:  # a factor lost in rounding far out: a wall
+            return 1e300, np.zeros_like(z)
         grad = np.array(grad, float)
         grad[diagonal] *= t[diagonal]
         return value, grad
@@ -192,15 +195,24 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
     shift = 2 * N * np.log(s) if method == "ml" else 2 * (N - p) * np.log(s) - 2 * sc.log_det_A
 
     def fg(t):
-        value, grad = blocked.objective_and_gradient(tm, t, method)
+        try:
+            value, grad = blocked.objective_and_gradient(tm, t, method)
+        except np.linalg.LinAlgError:  # far out, I + M M' loses its I in rounding: a wall
+            return np.inf, np.zeros(len(t))
         return value + shift, grad
+
+    def f(t):
+        try:
+            return blocked.objective(tm, t, method) + shift
+        except np.linalg.LinAlgError:
+            return np.inf
 
     with serial_blas():
         n_log = 0
         if x0 is None:  # the moment start first descends on log theta
             starts[0], n_log = log_descent(fg, starts[0], layout.diagonal)
         opt = minimise(
-            lambda t: blocked.objective(tm, t, method) + shift,
+            f,
             starts,
             np.where(layout.diagonal, 0.0, -np.inf),
             mirror=layout.mirror,
