@@ -102,3 +102,12 @@ def test_interaction_levels_are_the_combinations_not_joined_strings():
     df = _frame().assign(p=["1:2", "1"] * 48, q=["3", "2:3"] * 48)
     with pytest.raises(InputError, match="two different combinations both labelled '1:2:3'"):
         from_frame(df, "y ~ 1 + (1 | a) + (1 | p:q)")
+
+
+def test_two_factors_with_one_partition_get_a_note():
+    df = _frame().assign(a2=lambda f: "x" + f["a"])
+    d = from_frame(df, "y ~ 1 + (1 | a) + (1 | a2) + (1 | b)")
+    assert any("'a' and 'a2' group the rows identically" in n for n in d.notes)
+    df["u"] = df["a"] + "-" + df["b"]  # each u inside one a: a:u is the same partition as u
+    d = from_frame(df, "y ~ 1 + (1 | u/a)")
+    assert any("group the rows identically" in n for n in d.notes)

@@ -639,12 +639,23 @@ def _random_terms(spec: FormulaSpec, df: pd.DataFrame, source: str):
 
 
 def _crossing_notes(spec: FormulaSpec, df: pd.DataFrame, groupings) -> tuple[str, ...]:
-    """How two single-column factors relate, said once: a factor whose labels recur under
+    """How two factors relate, said once: two factors with the same partition of the rows (only
+    the sum of their variances is identified); a factor whose labels recur under
     several levels of another is fitted as crossed with it (lme4 does the same); if its labels
     restart within each parent (nested codes, like Pastes' cask a, b, c in every batch), the
     model wanted is (1 | parent/child)."""
-    single = [g for g in groupings if ":" not in g.name and g.name in df.columns]
     out = []
+    for i, a in enumerate(groupings):
+        for b in groupings[i + 1 :]:
+            if a.n_levels == b.n_levels and (
+                len(set(zip(a.codes.tolist(), b.codes.tolist(), strict=True))) == a.n_levels
+            ):
+                out.append(
+                    f"'{a.name}' and '{b.name}' group the rows identically (the same "
+                    f"{a.n_levels} groups): their variances are not separately identified, only "
+                    f"their sum (lme4 warns 'nearly unidentifiable'); drop one of the terms."
+                )
+    single = [g for g in groupings if ":" not in g.name and g.name in df.columns]
     for a in single:
         for b in single:
             if a is b or b.n_levels >= a.n_levels:
