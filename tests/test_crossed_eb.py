@@ -120,3 +120,33 @@ def test_theta_order_is_lme4s_with_ties_reversed():
     ]
     d = from_frame(df, "y ~ (1 | a) + (1 | b) + (0 + x | a)")  # 5, 5, 5: formula order
     assert [b.names for b in d.blocks] == [("(Intercept)",), ("(Intercept)",), ("x",)]
+
+
+def main() -> None:
+    """`python tests/test_crossed_eb.py`: per (model, method), our objective minus lme4's best
+    and default controls' (negative: ours is better), the optimiser's evaluations and CPU time."""
+    import time
+
+    from workbench.fit import eb as eb_fit
+
+    worst, rows = -np.inf, 0
+    for key in sorted(GROUPS):
+        entries = GROUPS[key]
+        best = min(entries, key=lambda e: e["objective"])
+        default = next(e for e in entries if e["control"] == "default")
+        d = _data(best)
+        t0 = time.process_time()
+        fit = eb_fit.fit(d, key[1])
+        cpu = time.process_time() - t0
+        diff = fit.objective - best["objective"]
+        worst, rows = max(worst, diff), rows + 1
+        print(
+            f"{key[0]:24s} {key[1]:4s} ours - best {diff:+.2e}  ours - default "
+            f"{fit.objective - default['objective']:+.2e}  converged {fit.converged}  "
+            f"{fit.optimum.n_evals} evaluations  {cpu:.2f} s CPU"
+        )
+    print(f"{rows} fits; worst ours - lme4's best: {worst:+.2e}")
+
+
+if __name__ == "__main__":
+    main()
