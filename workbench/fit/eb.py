@@ -52,6 +52,23 @@ def components_by_factor(G: np.ndarray, data: LMMData) -> dict[str, VarianceComp
     }
 
 
+def ranef_by_factor(data: LMMData, modes, mode_covs) -> dict[str, dict]:
+    """{factor: {label: {term: {mode, sd}}}} from per-factor modes (n_k, q_k) and their
+    covariances (n_k, q_k, q_k): the JSON of every fit's random effects."""
+    out = {}
+    for k, g in enumerate(data.groupings):
+        sd = np.sqrt(np.diagonal(mode_covs[k], axis1=1, axis2=2))
+        names = data.factor_terms(k)
+        out[g.name] = {
+            lab: {
+                n: {"mode": float(modes[k][j, i]), "sd": float(sd[j, i])}
+                for i, n in enumerate(names)
+            }
+            for j, lab in enumerate(g.labels)
+        }
+    return out
+
+
 def variance_components(G: np.ndarray, blocks: tuple[Block, ...], group: str) -> VarianceComponents:
     """G's variances and correlations over `blocks` (one grouping factor's)."""
     var, cor = {}, {}
@@ -207,17 +224,7 @@ class EBFit:
     def random_effects(self) -> dict[str, dict]:
         """{label: {term: {mode, sd}}} for one grouping factor; {factor: {label: ...}} for
         several (lme4's ranef, one table per factor)."""
-        out = {}
-        for k, g in enumerate(self.data.groupings):
-            sd = np.sqrt(np.diagonal(self.mode_covs[k], axis1=1, axis2=2))
-            names = [n for b in self.data.blocks if b.factor == k for n in b.names]
-            out[g.name] = {
-                lab: {
-                    n: {"mode": float(self.modes[k][j, i]), "sd": float(sd[j, i])}
-                    for i, n in enumerate(names)
-                }
-                for j, lab in enumerate(g.labels)
-            }
+        out = ranef_by_factor(self.data, self.modes, self.mode_covs)
         return out if self.data.n_factors > 1 else out[self.data.group_name]
 
     def to_dict(self) -> dict:

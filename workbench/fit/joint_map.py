@@ -45,7 +45,13 @@ from functools import cached_property
 import numpy as np
 
 from workbench.fit import eb_blocked
-from workbench.fit.eb import EBFit, VarianceComponents, components_by_factor, variance_components
+from workbench.fit.eb import (
+    EBFit,
+    VarianceComponents,
+    components_by_factor,
+    ranef_by_factor,
+    variance_components,
+)
 from workbench.fit.joint_general import (
     exact_point,
     intervals,
@@ -162,18 +168,7 @@ class JointMap:
         several factors; None without an interior mode."""
         if self.best is None:
             return None
-        out = {}
-        for k, g in enumerate(self.data.groupings):
-            sd = np.sqrt(np.diagonal(self.mode_covs[k], axis1=1, axis2=2))
-            names = [n for b in self.data.blocks if b.factor == k for n in b.names]
-            out[g.name] = {
-                lab: {
-                    n: {"mode": float(self.modes[k][j, i]), "sd": float(sd[j, i])}
-                    for i, n in enumerate(names)
-                }
-                for j, lab in enumerate(g.labels)
-            }
-        return out
+        return ranef_by_factor(self.data, self.modes, self.mode_covs)
 
     @cached_property
     def pls(self) -> PLS | None:

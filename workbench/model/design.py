@@ -175,6 +175,10 @@ class LMMData:
     def factor_names(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.groupings)
 
+    def factor_terms(self, k: int) -> tuple[str, ...]:
+        """The term names of grouping factor k's columns, in `factor_cols` order."""
+        return tuple(n for b in self.blocks if b.factor == k for n in b.names)
+
     def factor_cols(self, k: int) -> tuple[int, ...]:
         """The columns of Z of grouping factor k, in block order."""
         return tuple(c for b in self.blocks if b.factor == k for c in b.cols)
@@ -245,7 +249,7 @@ class LMMData:
                     "n_levels": g.n_levels,
                     "size_min": int(n.min()),
                     "size_max": int(n.max()),
-                    "random_effects": [nm for b in self.blocks if b.factor == k for nm in b.names],
+                    "random_effects": list(self.factor_terms(k)),
                 }
             )
         out = {

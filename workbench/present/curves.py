@@ -270,7 +270,7 @@ def _hdi(draws: np.ndarray) -> np.ndarray:
 
 def factor_terms(data, k: int) -> tuple[str, ...]:
     """The term names of grouping factor k, in `data.factor_cols(k)` order."""
-    return tuple(n for b in data.blocks if b.factor == k for n in b.names)
+    return data.factor_terms(k)
 
 
 def _modes(fit, data, k: int):
