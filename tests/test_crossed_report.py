@@ -84,7 +84,7 @@ def _random_effect_rows(c) -> list[tuple[str, str, str, str]]:
     nw = max(4, *(len(n) for b in d.blocks for n in b.names))
     out = []
     for k, g in enumerate(d.groupings):
-        for i, name in enumerate(curves.factor_terms(d, k)):
+        for i, name in enumerate(d.factor_terms(k)):
             grp = g.name if i == 0 else ""
             out.append((g.name, name, f" {grp:<{gw}} {name:<{nw}} Variance"))
     return out
@@ -173,7 +173,7 @@ def test_marginal_panels_and_caterpillars_per_factor(slopes):
     ]
     for k, g in enumerate(d.groupings):
         cats = curves.caterpillars(slopes, factor=k)
-        assert [cat.term for cat in cats] == list(curves.factor_terms(d, k))
+        assert [cat.term for cat in cats] == list(d.factor_terms(k))
         assert all(cat.n_groups == g.n_levels for cat in cats)
         assert {s.method for s in cats[0].series} == {"EB-ML", "MCMC mean"}
 

@@ -258,6 +258,13 @@ def fit(data: LMMData, method: str, x0=None) -> Kernel:
     )
 
 
+def conditional_covariances(data: LMMData, theta, sigma2: float) -> tuple[np.ndarray, ...]:
+    """Per grouping factor, lme4's condVar at (theta, sigma^2): sigma^2 Lambda A^-1 Lambda' by
+    level (zero between blocks of a factor), columns in `data.factor_cols(k)` order."""
+    per_block = blocked.solve(terms(data), theta).conditional_covariances()
+    return by_factor(data, tuple(sigma2 * c for c in per_block), cov=True)
+
+
 def marginal_loglik(data: LMMData, theta, sigma2: float) -> float:
     """The marginal log likelihood at theta, sigma^2 and the GLS beta at theta (a REML fit's
     estimates): -1/2 [log|L_theta|^2 + N log(2 pi sigma^2) + r^2(theta) / sigma^2]."""

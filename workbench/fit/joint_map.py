@@ -141,9 +141,7 @@ class JointMap:
             return None
         if self.data.n_factors == 1:
             return (self.re_cov,)
-        sol = blocked.solve(eb_blocked.terms(self.data), self.best.theta)
-        covs = tuple(self.sigma2 * c for c in sol.conditional_covariances())
-        return eb_blocked.by_factor(self.data, covs, cov=True)
+        return eb_blocked.conditional_covariances(self.data, self.best.theta, self.sigma2)
 
     @property
     def theta(self) -> np.ndarray | None:

@@ -257,8 +257,7 @@ def conditional_covs(data, sigma2: float, G: np.ndarray) -> tuple[np.ndarray, ..
 
     lay = Layout.of(data.blocks, data.q)
     theta = lay.theta(np.linalg.cholesky(G / sigma2))
-    per_block = blocked.solve(eb_blocked.terms(data), theta).conditional_covariances()
-    return eb_blocked.by_factor(data, tuple(sigma2 * v for v in per_block), cov=True)
+    return eb_blocked.conditional_covariances(data, theta, sigma2)
 
 
 def _hdi(draws: np.ndarray) -> np.ndarray:
@@ -266,11 +265,6 @@ def _hdi(draws: np.ndarray) -> np.ndarray:
     import arviz as az
 
     return np.array([np.asarray(az.hdi(draws[:, i], prob=HDI_PROB)) for i in range(draws.shape[1])])
-
-
-def factor_terms(data, k: int) -> tuple[str, ...]:
-    """The term names of grouping factor k, in `data.factor_cols(k)` order."""
-    return data.factor_terms(k)
 
 
 def _modes(fit, data, k: int):
@@ -313,7 +307,7 @@ def caterpillars(c, max_groups: int = 30, factor: int = 0) -> tuple[Caterpillar,
     if interior(jm):
         label = "joint MAP conditional 95% (centered, variances fixed)"
         fits.append((JOINT_LABELS[("centered", False)], label, *_modes(jm, d, factor)))
-    for k, term in enumerate(factor_terms(d, factor)):
+    for k, term in enumerate(d.factor_terms(factor)):
         series = []
         for method, label, modes, cov in fits:
             centre = modes[order, k]
@@ -344,7 +338,7 @@ class Funnel:
 
 
 def has_intercept(data, k: int) -> bool:
-    return "(Intercept)" in factor_terms(data, k)
+    return "(Intercept)" in data.factor_terms(k)
 
 
 def funnel(c, factor: int = 0) -> Funnel:
@@ -352,7 +346,7 @@ def funnel(c, factor: int = 0) -> Funnel:
     of three of its levels (the lowest, middle and highest EB-ML mode). Needs MCMC and a
     random intercept of that factor."""
     d = c.data
-    k = factor_terms(d, factor).index("(Intercept)")
+    k = d.factor_terms(factor).index("(Intercept)")
     col = d.factor_cols(factor)[k]  # its column of Z (and of `sd`)
     eb_modes = _modes(c.eb_ml, d, factor)[0]
     order = np.argsort(eb_modes[:, k], kind="stable")

@@ -419,21 +419,12 @@ def explanation_by_factor(ex: dict | None) -> list[dict]:
 
 
 def grouping_factors(d) -> list[dict]:
-    """Per grouping factor: name, levels, level sizes (min / median / max), its terms."""
+    """Per grouping factor: the data summary's row (name, levels, level sizes, its terms) with
+    the median level size and whether the levels are balanced."""
     out = []
-    for k, g in enumerate(d.groupings):
+    for g, row in zip(d.groupings, d.summary()["grouping_factors"], strict=True):
         n = g.sizes()
-        out.append(
-            {
-                "name": g.name,
-                "n_levels": g.n_levels,
-                "size_min": int(n.min()),
-                "size_median": float(np.median(n)),
-                "size_max": int(n.max()),
-                "balanced": bool(np.all(n == n[0])),
-                "random_effects": curves.factor_terms(d, k),
-            }
-        )
+        out.append({**row, "size_median": float(np.median(n)), "balanced": bool(np.all(n == n[0]))})
     return out
 
 
