@@ -11,7 +11,6 @@ from conftest import DATA, ROOT, simulate
 
 from workbench import compare
 from workbench.cli import main
-from workbench.fit import mcmc
 
 SMALL = ["--chains", "2", "--draws", "200", "--tune", "200", "--n-starts", "4"]
 
@@ -141,6 +140,8 @@ def test_mcmc_summaries_agree_with_draws_and_cover_truth():
 def test_diagnostics_warn_on_disagreeing_chains_and_divergences():
     import arviz as az
 
+    from workbench.fit.diagnostics import diagnose
+
     rng = np.random.default_rng(0)
     shift = np.array([[0.0], [3.0]])  # the second chain sits elsewhere
     post = {v: rng.normal(size=(2, 200)) + shift for v in ("sigma", "sigma2")}
@@ -152,7 +153,7 @@ def test_diagnostics_warn_on_disagreeing_chains_and_divergences():
     idata = az.from_dict(
         {"posterior": post, "sample_stats": {"diverging": div, "energy": rng.normal(size=(2, 200))}}
     )
-    diag, warns = mcmc.diagnose(idata)
+    diag, warns = diagnose(idata, idata.posterior.to_dataset())
     assert diag["r_hat_max"] > 1.01 and diag["divergences"] == 5
     assert any("R-hat" in w for w in warns) and any("5 divergent" in w for w in warns)
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from workbench.fit.diagnostics import diagnose
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
 from workbench.model.pymc import effect_names, effects_name
 from workbench.seeds import int_seed_for
 
 HDI_PROB = 0.94
-RHAT_LIMIT = 1.01
-BFMI_LIMIT = 0.3
 MODE_NOTE = (
     "mode: half-sample mode (arviz.mode) of the marginal draws, on the scale of the "
     "quantity named (the mode of sigma2 is not the square of the mode of sigma)"
@@ -144,73 +142,14 @@ def _with_oneway_aliases(idata):
     return out
 
 
-def diagnose(
-    idata, parametrization: str = "noncentered", names: list[str] | None = None, data=None
-) -> tuple[dict, list[str]]:
-    """R-hat, bulk/tail ESS (over `names`, by default every posterior variable but the Cholesky
-    matrices, plus the correlations when `data` is given), divergences and E-BFMI, and plain
-    warnings when they are off. NaN where a chain cannot tell (one chain, a stuck chain)."""
-    import arviz as az
-
+def _monitored(idata, data: LMMData):
+    """The quantities the diagnostics watch: every posterior variable but the Cholesky
+    matrices (and the raw value variables z_k / b_k), plus the correlations by name."""
     post = idata.posterior.to_dataset()
-    names = [v for v in (names or post.data_vars) if v in post and not str(v).startswith("chol_")]
+    names = [v for v in post.data_vars if not str(v).startswith(("chol_", "z_", "b_"))]
     ds = post[names]
-    cor = _correlations(post, data) if data is not None else None
-    if cor is not None:
-        ds = ds.assign(correlation=cor)
-    n_chains = int(post.sizes["chain"])
-    with warnings.catch_warnings():  # one chain or a stuck chain: R-hat is NaN (said below)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = az.rhat(ds)
-        ess_b = az.ess(ds, method="bulk")
-        ess_t = az.ess(ds, method="tail")
-
-    def extreme(res, fn):  # NaN when any value is NaN
-        return float(fn([fn(np.asarray(res[v])) for v in res.data_vars]))
-
-    div = int(np.asarray(idata.sample_stats["diverging"]).sum())
-    bfmi_vals = np.asarray(az.bfmi(idata)["energy"], dtype=float).reshape(-1)
-    diag = {
-        "r_hat_max": extreme(rhat, np.max),
-        "ess_bulk_min": extreme(ess_b, np.min),
-        "ess_tail_min": extreme(ess_t, np.min),
-        "divergences": div,
-        "e_bfmi_min": float(np.min(bfmi_vals)),
-        "e_bfmi": [float(v) for v in bfmi_vals],
-    }
-    warns = []
-    if n_chains < 2:
-        warns.append(
-            "R-hat compares chains, so with 1 chain it is not computed (null in the "
-            "JSON) and the rank plots are skipped; run 2 or more chains to check "
-            "convergence."
-        )
-    elif not np.isfinite(diag["r_hat_max"]):
-        warns.append(
-            "R-hat could not be computed (a chain did not move, e.g. with no tuning "
-            "steps): do not trust these summaries (tune longer)."
-        )
-    elif diag["r_hat_max"] > RHAT_LIMIT:
-        warns.append(
-            f"R-hat up to {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains disagree; "
-            "do not trust these summaries (run longer, or try the other parametrization)."
-        )
-    if div:
-        fix = (
-            "raise target_accept"
-            if parametrization == "noncentered"
-            else "use the non-centered form or raise target_accept"
-        )
-        warns.append(
-            f"{div} divergent transition(s): the sampler could not explore part of the "
-            f"posterior (the funnel), so the summaries may be biased; {fix}."
-        )
-    if diag["e_bfmi_min"] < BFMI_LIMIT:
-        warns.append(
-            f"E-BFMI as low as {diag['e_bfmi_min']:.2f} (< {BFMI_LIMIT}): the momentum "
-            "resampling explores the energy poorly."
-        )
-    return diag, warns
+    cor = _correlations(post, data)
+    return ds if cor is None else ds.assign(correlation=cor)
 
 
 def _summarise(idata, data: LMMData) -> dict:
@@ -335,7 +274,7 @@ def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str) -> Po
     summaries."""
     if data.is_oneway:
         idata = _with_oneway_aliases(idata)
-    diag, warns = diagnose(idata, settings.parametrization, data=data)
+    diag, warns = diagnose(idata, _monitored(idata, data), settings.parametrization)
     return Posterior(
         data=data,
         idata=idata,
@@ -384,9 +323,3 @@ def save_netcdf(posterior: Posterior, path) -> None:
         drop = [v for v in stats.data_vars if stats[v].dtype == object]
         tree["sample_stats"] = stats.drop_vars(drop)
     tree.to_netcdf(path, engine="netcdf4")
-
-
-def LMMMcmc(settings, posterior, data, diagnostics=None, warnings=(), sampler="nutpie"):  # noqa: N802
-    """Deprecated (the formula route's old record): `from_idata(data, posterior, ...)`, which
-    computes the diagnostics itself."""
-    return from_idata(data, posterior, settings, sampler)
