@@ -52,7 +52,9 @@ MIN_NODES, MAX_NODES = 81, 1601  # per axis
 MAX_CELLS = 600_000  # grid nodes x distinct group sizes evaluated per chunk
 REFINE = 8  # spline nodes per grid cell for the quantiles
 MU_DROP = 1e-12  # mass of the mixture components left out of mu's marginal
-MU_NODES = 401  # nodes of mu's tabulated marginal
+MU_NODES = 241  # nodes of mu's tabulated marginal ...
+MU_TAIL = 1e-8  # ... between these quantiles
+MU_BIN = 1e-3  # relative resolution of the merged mixture components
 HALF_LOG_2_OVER_PI = 0.5 * math.log(2.0 / math.pi)
 GL_X, GL_W = np.polynomial.legendre.leggauss(4)
 # (variable, scale) -> (axis, power): the scale is x = power * log(variable), power 0 = log
@@ -145,8 +147,8 @@ class Kernel:
             S = wc.sum(-1)
             prior_w = 1.0 / self.s0**2
             P = S + prior_w
-            xbar = ((wc * self.dbar).sum(-1) + self.delta * prior_w) / P
-            Q = (w * (self.q + self.counts * (self.dbar - xbar[..., None]) ** 2)).sum(-1)
+            xbar = (wc @ self.dbar + self.delta * prior_w) / P
+            Q = w @ self.q + (wc * (self.dbar - xbar[..., None]) ** 2).sum(-1)
             Q = Q + (self.delta - xbar) ** 2 * prior_w
             if self.N > self.m:
                 within = -0.5 * (self.N - self.m) * np.log(s2) - 0.5 * self.W / s2
@@ -155,7 +157,7 @@ class Kernel:
             out = (
                 self.const
                 + within
-                - 0.5 * (self.counts * np.log(v)).sum(-1)
+                - 0.5 * (np.log(v) @ self.counts)
                 - 0.5 * np.log1p(self.s0**2 * S)
                 - 0.5 * Q
                 - 0.5 * s2 / self.sigma_scale**2
@@ -305,7 +307,7 @@ def _grid(k: Kernel) -> _Grid:
     mode = _mode(k)
     rng, cond = _ranges(k, mode)
     n = [
-        int(np.clip(math.ceil((rng[i][1] - rng[i][0]) / (cond[i] / 6)), MIN_NODES, MAX_NODES))
+        int(np.clip(math.ceil((rng[i][1] - rng[i][0]) / (cond[i] / 4)), MIN_NODES, MAX_NODES))
         for i in range(2)
     ]
     while True:
@@ -335,7 +337,9 @@ class _Tabulated:
     table, then one Newton step on the spline's CDF) and draws (the exact inverse CDF of the
     log-linear interpolant between the fine nodes)."""
 
-    def __init__(self, x: np.ndarray, lp: np.ndarray):
+    def __init__(self, x: np.ndarray, lp: np.ndarray, cdf: np.ndarray | None = None):
+        """`lp` the log density at the nodes x; `cdf` the exact CDF there if known (the fine
+        table is then scaled to it cell by cell), else the spline's integral from x[0]."""
         self.x = x
         self.spline = interpolate.CubicSpline(x, lp)
         self.xf = np.linspace(x[0], x[-1], (x.size - 1) * REFINE + 1)
@@ -344,9 +348,15 @@ class _Tabulated:
         mid = 0.5 * (self.xf[:-1] + self.xf[1:])
         nodes = mid[:, None] + 0.5 * hf * GL_X[None, :]
         mass = 0.5 * hf * (np.exp(self.spline(nodes)) @ GL_W)
-        self.cdf = np.concatenate([[0.0], np.cumsum(mass)])
-        self.total = float(self.cdf[-1])  # the spline's integral (~1 for a normalised lp)
-        self.cdf /= self.total
+        if cdf is None:
+            self.cdf = np.concatenate([[0.0], np.cumsum(mass)])
+            self.total = float(self.cdf[-1])  # the spline's integral (~1 for a normalised lp)
+            self.cdf /= self.total
+        else:
+            cells = mass.reshape(-1, REFINE)
+            cells = cells * (np.diff(cdf) / cells.sum(axis=1))[:, None]
+            self.cdf = cdf[0] + np.concatenate([[0.0], np.cumsum(cells.ravel())])
+            self.total = 1.0
 
     def _cell(self, p: np.ndarray) -> np.ndarray:
         return np.clip(np.searchsorted(self.cdf, p, side="right") - 1, 0, self.xf.size - 2)
@@ -388,7 +398,10 @@ class _Axis(_Tabulated):
         self.k, self.g, self.axis = k, g, axis
         nodes = g.a if axis == 0 else g.b
         x = np.linspace(nodes[0], nodes[-1], 2 * nodes.size - 1)
-        self.lp = self.logpdf(x)
+        self.lp = np.empty(x.size)
+        other_h = g.hb if axis == 0 else g.ha
+        self.lp[::2] = special.logsumexp(g.L, axis=1 - axis) + math.log(other_h) - g.log_z
+        self.lp[1::2] = self.logpdf(x[1::2])
         super().__init__(x, self.lp)
 
     def logpdf(self, x) -> np.ndarray:
@@ -454,28 +467,35 @@ class Curve:
     density: np.ndarray
 
 
-def _shortest(quantile, transform, prob: float, lower_at_zero: bool) -> tuple[float, float]:
-    """The shortest interval of probability `prob` on the scale `transform(x)` (increasing),
-    over the intervals [Q(p), Q(p + prob)]; p = 0 starts it at the bottom of the support (0
-    when `lower_at_zero`)."""
-    tail = 1.0 - prob
+def _shortest(tab: _Tabulated, power: int, prob: float) -> tuple[float, float]:
+    """The shortest interval of probability `prob` of exp(power * x) (x itself for power 0),
+    x with the density `tab`: a scan over [Q(p), Q(p + prob)], then the root in p of the
+    equal-density condition beside the shortest scanned one (a root, not a minimum: the width
+    is flat there). p = 0 starts it at the bottom of the support (0 for power > 0)."""
+    transform = (lambda x: np.exp(power * x)) if power else (lambda x: x)
 
-    def width(p):
-        lo, hi = quantile(np.array([p, p + prob]))
-        return float(transform(hi) - transform(lo))
+    def ends(p):
+        return tab.quantile(np.array([p, p + prob]))
 
-    ps = np.linspace(0.0, tail, 121)
-    ws = transform(quantile(ps + prob)) - transform(quantile(ps))
+    def gap(p):  # log density on the scale at the lower end minus at the upper end
+        lo, hi = ends(p)
+        return float(tab.spline(lo) - power * lo - tab.spline(hi) + power * hi)
+
+    ps = np.linspace(0.0, 1.0 - prob, 121)
+    ws = transform(tab.quantile(ps + prob)) - transform(tab.quantile(ps))
     i = int(np.argmin(ws))
-    lo_p, hi_p = ps[max(i - 1, 0)], ps[min(i + 1, ps.size - 1)]
-    r = optimize.minimize_scalar(
-        width, bounds=(lo_p, hi_p), method="bounded", options={"xatol": 1e-12}
-    )
-    p = float(r.x) if r.fun < ws[i] else float(ps[i])
-    if width(0.0) <= width(p):
-        p = 0.0
-    lo, hi = (float(transform(v)) for v in quantile(np.array([p, p + prob])))
-    if p == 0.0 and lower_at_zero:
+    p = float(ps[i])
+    if i == 0 and gap(ps[1]) >= 0:
+        p = 0.0  # the density falls from the bottom of the support: [0, Q(prob)]
+    else:
+        a, b = ps[max(i - 1, 1 if power == 0 else 0)], ps[min(i + 1, ps.size - 1)]
+        ga, gb = gap(a), gap(b)
+        if ga <= 0 <= gb:
+            p = optimize.brentq(gap, a, b, xtol=1e-15, rtol=1e-13)
+        elif i == 0:
+            p = 0.0
+    lo, hi = (float(v) for v in transform(ends(p)))
+    if p == 0.0 and power > 0:
         lo = 0.0
     return lo, hi
 
@@ -551,7 +571,7 @@ def _summary(ax: _Axis, power: int, prob: float) -> tuple[Summary, Curve]:
     sd = math.sqrt(max(float(np.sum((vals_x - mean) ** 2 * dens) / z), 0.0))
     transform = (lambda x: np.exp(power * x)) if power else (lambda x: x)
     median = float(transform(ax.quantile(0.5)[0]))
-    hdi = _shortest(ax.quantile, transform, prob, lower_at_zero=power > 0)
+    hdi = _shortest(ax, power, prob)
     # the curve: the density on the scale at the tabulated nodes (and at 0 where finite)
     y = np.exp(ax.lp - power * ax.x - shift)
     xv = transform(ax.x)
@@ -563,7 +583,8 @@ def _summary(ax: _Axis, power: int, prob: float) -> tuple[Summary, Curve]:
 class _MuMixture:
     """mu's marginal: the normal conditionals N(xbar, 1/P) of mu - ref over the grid, weighted
     by the grid's probabilities (the components holding all but `MU_DROP` of the mass), and
-    tabulated (`_Tabulated`) on `MU_NODES` nodes over the range holding all but 1e-13 of it."""
+    tabulated (`_Tabulated`, its exact CDF at the nodes) on `MU_NODES` nodes between the
+    quantiles `MU_TAIL` and 1 - `MU_TAIL`."""
 
     def __init__(self, k: Kernel, g: _Grid):
         p = np.exp(g.L).ravel()
@@ -571,22 +592,28 @@ class _MuMixture:
         c = np.cumsum(p[order])
         keep = order[: int(np.searchsorted(c, c[-1] * (1 - MU_DROP))) + 1]
         ia, ib = np.unravel_index(keep, g.L.shape)
-        _, self.m, P = k.parts(np.exp(2 * g.a[ia]), np.exp(2 * g.b[ib]))
-        self.w = p[keep] / p[keep].sum()
-        self.s = 1.0 / np.sqrt(P)
-        self.mean = float(self.w @ self.m)
-        self.sd = math.sqrt(float(self.w @ (self.s**2 + (self.m - self.mean) ** 2)))
-        lo, hi = self.mean - 10 * self.sd, self.mean + 10 * self.sd
-        for _ in range(20):  # widen until the tails beyond hold < 1e-13
-            F = self.cdf(np.array([lo, hi]))
-            if F[0] < 1e-13 and F[1] > 1 - 1e-13:
-                break
-            lo, hi = (
-                (lo - 5 * self.sd if F[0] >= 1e-13 else lo),
-                (hi + 5 * self.sd if F[1] <= 1 - 1e-13 else hi),
-            )
+        _, m, P = k.parts(np.exp(2 * g.a[ia]), np.exp(2 * g.b[ib]))
+        w = p[keep] / p[keep].sum()
+        s = 1.0 / np.sqrt(P)
+        self.mean = float(w @ m)
+        self.sd = math.sqrt(float(w @ (s**2 + (m - self.mean) ** 2)))
+        # components whose sds agree to a factor e^MU_BIN and means to MU_BIN sds merged into
+        # one with their mean and variance (the density's error is third order in MU_BIN)
+        ks = np.round(np.log(s) / MU_BIN)
+        km = np.round((m - self.mean) / (MU_BIN * np.exp(ks * MU_BIN)))
+        _, inv = np.unique(np.stack([ks, km]), axis=1, return_inverse=True)
+        inv = inv.ravel()
+        self.w = np.bincount(inv, weights=w)
+        self.m = np.bincount(inv, weights=w * m) / self.w
+        v = np.bincount(inv, weights=w * (s**2 + (m - self.m[inv]) ** 2)) / self.w
+        self.s = np.sqrt(v)
+        bracket = float(np.min(self.m - 40 * self.s)), float(np.max(self.m + 40 * self.s))
+        lo, hi = (
+            optimize.brentq(lambda u, q=q: self.cdf(u)[0] - q, *bracket, xtol=1e-12 * self.sd)
+            for q in (MU_TAIL, 1 - MU_TAIL)
+        )
         self.u = np.linspace(lo, hi, MU_NODES)
-        self.table = _Tabulated(self.u, np.log(self.pdf(self.u)))
+        self.table = _Tabulated(self.u, np.log(self.pdf(self.u)), self.cdf(self.u))
 
     def _chunks(self, u: np.ndarray):
         step = max(1, 2_000_000 // self.w.size)
@@ -609,7 +636,7 @@ class _MuMixture:
 
     def summary(self, ref: float, prob: float) -> tuple[Summary, Curve]:
         t = self.table
-        dens = np.exp(t.spline(t.x)) / t.total
+        dens = np.exp(t.spline(t.x))
         i = int(np.argmax(dens))
         r = optimize.minimize_scalar(
             lambda u: -float(self.pdf(u)[0]),
@@ -619,8 +646,7 @@ class _MuMixture:
         )
         mode = float(r.x) if -r.fun >= self.pdf(t.x[i])[0] else float(t.x[i])
         median = float(t.quantile(0.5)[0])
-        hdi = _shortest(t.quantile, lambda u: u, prob, lower_at_zero=False)
-        keep = (t.x >= t.quantile(1e-6)[0] - self.sd) & (t.x <= t.quantile(1 - 1e-6)[0] + self.sd)
+        hdi = _shortest(t, 0, prob)
         return (
             Summary(
                 mode=ref + mode,
@@ -629,7 +655,7 @@ class _MuMixture:
                 sd=self.sd,
                 hdi=(ref + hdi[0], ref + hdi[1]),
             ),
-            Curve(ref + t.x[keep], dens[keep]),
+            Curve(ref + t.x, dens),
         )
 
 
