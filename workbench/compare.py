@@ -81,6 +81,8 @@ class Comparison:
     # every joint MAP variant, by (parametrization, with priors)
     joint_maps: dict[tuple[str, bool], object] = field(default_factory=dict)
     mcmc: object | None = None
+    # one-way models run with priors: the exact posterior (fit.exact_oneway.ExactPosterior)
+    exact_posterior: object | None = None
     timings: dict[str, float] = field(default_factory=dict, compare=False)  # not in the JSON
 
     @property
@@ -156,6 +158,8 @@ class Comparison:
             }
         if self.mcmc is not None:
             out["mcmc"] = self.mcmc.to_dict()
+        if self.exact_posterior is not None:
+            out["exact_posterior"] = self.exact_posterior.to_dict()
         if self.eb_ml is not None:
             from workbench.explain import explain
 
@@ -408,5 +412,10 @@ def compare(
             ),
             progressbar=progress is not None and sys.stderr.isatty(),
         )
+    if d.is_oneway and ("mcmc" in chosen or any(with_priors for _, with_priors in variants)):
+        from workbench.fit.exact_oneway import exact_posterior
+
+        say("exact posterior (quadrature over sigma, tau; mu and the group effects analytic)")
+        parts["exact_posterior"] = exact_posterior(d.oneway, pri)
     say("")
     return Comparison(data=d, priors=pri, settings=settings, timings=clock, **parts)
