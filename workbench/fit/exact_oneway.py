@@ -677,6 +677,7 @@ class ExactPosterior:
     curves: dict[str, Curve] = field(repr=False, compare=False)
     kernel: Kernel = field(repr=False, compare=False)
     axes: tuple[_Axis, _Axis] = field(repr=False, compare=False)
+    mu_marginal: _MuMixture = field(repr=False, compare=False)
 
     @property
     def boundary_modes(self) -> list[str]:
@@ -699,6 +700,15 @@ class ExactPosterior:
             at0 = ax.log_density_at_zero()
             out[zero] = at0 if power == 1 else (math.inf if np.isfinite(at0) else -math.inf)
         return out
+
+    def quantile(self, name: str, p) -> np.ndarray:
+        """Quantiles of `name` (any of `QUANTITIES`) on its own scale."""
+        if name == "mu":
+            mix = self.mu_marginal
+            return self.kernel.ref + mix.table.quantile(p)
+        axis, power = SCALES[name]
+        x = self.axes[axis].quantile(p)
+        return np.exp(power * x) if power else x
 
     def draws(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """n independent draws of sigma, tau (the marginal of log sigma by inverse CDF, then log
@@ -776,7 +786,8 @@ def exact_posterior(stats: Stats, priors: Priors, prob: float = HDI_PROB) -> Exa
     summaries, curves = {}, {}
     for name, (axis, power) in SCALES.items():
         summaries[name], curves[name] = _summary(axes[axis], power, prob)
-    summaries["mu"], curves["mu"] = _MuMixture(k, g).summary(k.ref, prob)
+    mix = _MuMixture(k, g)
+    summaries["mu"], curves["mu"] = mix.summary(k.ref, prob)
     method = (
         f"quadrature: {g.a.size} x {g.b.size} trapezoid grid on (log sigma, log tau) over "
         f"sigma in [{math.exp(g.a[0]):.3g}, {math.exp(g.a[-1]):.3g}], tau in "
@@ -794,4 +805,5 @@ def exact_posterior(stats: Stats, priors: Priors, prob: float = HDI_PROB) -> Exa
         curves=curves,
         kernel=k,
         axes=axes,
+        mu_marginal=mix,
     )

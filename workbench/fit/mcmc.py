@@ -8,11 +8,12 @@ With several grouping factors the variance components and random effects are key
 from __future__ import annotations
 
 import copy
-import importlib.util
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from workbench.fit import nuts
 from workbench.fit.diagnostics import diagnose
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
@@ -35,8 +36,9 @@ class McmcSettings:
     draws: int = 1000
     tune: int = 1000
     target_accept: float = 0.9
-    parametrization: str = "noncentered"
+    parametrization: str = "collapsed"
     seed: int = 0  # the root seed: the sampler gets int_seed_for(seed, "mcmc")
+    sampler: str = "nutpie"  # NUTS: "nutpie" (`fit.nuts`: cached compile) or "pymc"
 
 
 def _summaries(ds) -> dict:
@@ -154,10 +156,11 @@ def _monitored(idata, data: LMMData):
 
 def _summarise(idata, data: LMMData) -> dict:
     """Every summary of the record, computed once (see `Posterior.summaries`): fixed_effects,
-    components ({factor: {variances, correlations}}), sigma, sigma2, random_effects_b (keyed by
-    factor with several; with one, {label: ...} plus its variances and correlations)."""
+    components ({factor: {variances, correlations, sds}}: sds the summaries of the SD draws
+    themselves, not the roots of the variances'), sigma, sigma2, random_effects_b (keyed by
+    factor with several; with one, {label: ...} plus its variances, correlations and sds)."""
     post = idata.posterior.to_dataset()
-    ds = post[["beta", "sigma", "sigma2"]].assign(variance=post["sd"] ** 2)
+    ds = post[["beta", "sigma", "sigma2", "sd"]].assign(variance=post["sd"] ** 2)
     cor = _correlations(post, data)
     if cor is not None:
         ds = ds.assign(correlation=cor)
@@ -170,6 +173,9 @@ def _summarise(idata, data: LMMData) -> dict:
         "sigma": s["sigma"].item(),
         "sigma2": s["sigma2"].item(),
     }
+    for f, g in enumerate(data.groupings):
+        sds = {data.re_names[c]: s["sd"][c] for c in data.factor_cols(f)}
+        out["components"][g.name]["sds"] = sds
     effects = {
         g.name: _effect_summaries(
             np.asarray(post[effects_name(data, f)]),
@@ -268,10 +274,10 @@ class Posterior:
         return out
 
 
-def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str) -> Posterior:
+def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str, notes=()) -> Posterior:
     """The record of draws of `build_model(data, ...)`'s variables (beta, sigma, sd, sigma2,
     chol_k_corr, and b or b[<factor>]; any sampler, or made up for tests): diagnostics and
-    summaries."""
+    summaries; `notes` (what the sampler run changed) lead the warnings."""
     if data.is_oneway:
         idata = _with_oneway_aliases(idata)
     diag, warns = diagnose(idata, _monitored(idata, data), settings.parametrization)
@@ -280,39 +286,108 @@ def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str) -> Po
         idata=idata,
         settings=settings,
         diagnostics=diag,
-        warnings=tuple(warns),
+        warnings=(*notes, *warns),
         sampler=sampler,
         summaries=_summarise(idata, data),
     )
 
 
-def _sampler() -> str:
-    """nutpie when installed (compiled with numba: fast sampling), else PyMC's own NUTS."""
-    return "nutpie" if importlib.util.find_spec("nutpie") is not None else "pymc"
+SAMPLERS = ("nutpie", "pymc")
+
+
+def _collapsed_effects(idata, data: LMMData, priors: Priors, settings: McmcSettings):
+    """The collapsed sampler's DataTree completed with exact draws of beta and of the random
+    effects (`objectives.collapsed.conditional_draws`, one per posterior draw of sigma and the
+    covariances, seeded by the root seed's "mcmc-effects" step, drawn in (chain, draw) order
+    so the number of processes does not matter), under the full model's names and dims: `beta`
+    (fixed) and `b` (group, effect) or `b[<factor>]` (level[<factor>], effect[<factor>])."""
+    from workbench.objectives import collapsed
+
+    post = idata.posterior.to_dataset()
+    sigma = np.asarray(post["sigma"], float)
+    n_chains, n_draws = sigma.shape
+    chols = [
+        np.asarray(post[f"chol_{k}_L"], float).reshape(n_chains * n_draws, len(b.cols), -1)
+        for k, b in enumerate(data.blocks)
+    ]
+    rng = np.random.default_rng(int_seed_for(settings.seed, "mcmc-effects"))
+    stats = collapsed.Stats.of(data, priors)
+    beta, effects = collapsed.conditional_draws(stats, sigma.reshape(-1), chols, rng)
+    shape = (n_chains, n_draws)
+    new = {"beta": ((*SAMPLE_DIMS, "fixed"), beta.reshape(*shape, -1))}
+    coords = {"fixed": list(data.fixed_names)}
+    for f, g in enumerate(data.groupings):
+        cols = data.factor_cols(f)
+        b = np.empty((n_chains * n_draws, g.n_levels, len(cols)))
+        for block, eff in zip(data.blocks, effects, strict=True):
+            if block.factor == f:
+                for i, c in enumerate(block.cols):
+                    b[:, :, cols.index(c)] = eff[:, :, i]
+        terms = [data.re_names[c] for c in cols]
+        if data.n_factors == 1:
+            dims = ("group", "effect")
+            coords.update(group=list(g.labels), effect=terms)
+        else:
+            dims = (f"level[{g.name}]", f"effect[{g.name}]")
+            coords.update({dims[0]: list(g.labels), dims[1]: terms})
+        new[effects_name(data, f)] = ((*SAMPLE_DIMS, *dims), b.reshape(*shape, *b.shape[1:]))
+    if data.n_factors > 1:  # the sd's coords stay lme4's term|factor names
+        coords.pop("effect", None)
+    out = idata.copy()
+    out["posterior"] = post.assign_coords(coords).assign(new)
+    return out
 
 
 def fit(
     data: LMMData, priors: Priors, settings: McmcSettings, progressbar: bool = False
 ) -> Posterior:
-    """Sample the posterior with NUTS (seeded by the root seed's "mcmc" step) and summarise it."""
+    """Sample the posterior with NUTS (seeded by the root seed's "mcmc" step) and summarise it.
+
+    `settings.parametrization`: "collapsed" (default) samples (sigma, covariances) with beta
+    and b integrated out, then draws them exactly; "noncentered" / "centered" sample the full
+    model. `settings.sampler`: "nutpie" (`fit.nuts`: nutpie's NUTS on PyTensor's cached
+    compile) or "pymc" (PyMC's own NUTS, same cache, slower to start)."""
     import pymc as pm
 
     from workbench.model.pymc import build_model
+    from workbench.objectives.collapsed import kernel_for
 
+    notes = []
+    if settings.parametrization == "collapsed" and kernel_for(data) is None:
+        notes.append(
+            "the collapsed sampler handles several grouping factors up to "
+            "objectives.collapsed.MAX_DENSE random effects; this model has more, so the full "
+            "non-centered model was sampled."
+        )
+        settings = replace(settings, parametrization="noncentered")
     model = build_model(data, priors, settings.parametrization)
-    sampler = _sampler()
-    idata = pm.sample(
-        draws=settings.draws,
-        tune=settings.tune,
-        chains=settings.chains,
-        random_seed=int_seed_for(settings.seed, "mcmc"),
-        target_accept=settings.target_accept,
-        nuts_sampler=sampler,
-        progressbar=progressbar,
-        compute_convergence_checks=False,  # ours: `diagnose`
-        model=model,
-    )
-    return from_idata(data, idata, settings, sampler)
+    seed = int_seed_for(settings.seed, "mcmc")
+    if settings.sampler == "nutpie":
+        idata = nuts.sample(
+            model,
+            draws=settings.draws,
+            tune=settings.tune,
+            chains=settings.chains,
+            seed=seed,
+            target_accept=settings.target_accept,
+            progressbar=progressbar,
+        )
+    else:
+        idata = pm.sample(
+            draws=settings.draws,
+            tune=settings.tune,
+            chains=settings.chains,
+            cores=min(settings.chains, os.cpu_count() or 1),
+            random_seed=seed,
+            target_accept=settings.target_accept,
+            nuts_sampler="pymc",
+            progressbar=progressbar,
+            compute_convergence_checks=False,  # ours: `diagnose`
+            model=model,
+        )
+    if settings.parametrization == "collapsed":
+        idata = _collapsed_effects(idata, data, priors, settings)
+    return from_idata(data, idata, settings, settings.sampler, notes)
 
 
 def save_netcdf(posterior: Posterior, path) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
 
-PARAMETRIZATIONS = ("centered", "noncentered")
+PARAMETRIZATIONS = ("collapsed", "noncentered", "centered")
 
 
 def effects_name(data: LMMData, k: int) -> str:
@@ -56,17 +56,16 @@ def effect_names(data: LMMData) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _block_effects(k: int, block, m: int, priors: Priors, centered: bool):
-    """Block k's prior and effects (m x size tensor) and its SDs (one tensor per column)."""
+def _block_scale(k: int, block, priors: Priors):
+    """Block k's covariance prior: its Cholesky factor (size x size tensor) and its SDs (one
+    tensor per column); `sd_k` ~ HalfNormal for one column, `chol_k` ~ LKJCholeskyCov else."""
     import pymc as pm
 
     size = len(block.cols)
     scales = np.array([priors.sd_scale[c] for c in block.cols])
     if size == 1:
         sd = pm.HalfNormal(f"sd_{k}", sigma=scales[0])
-        if centered:
-            return pm.Normal(f"b_{k}", 0.0, sd, shape=(m, 1)), [sd]
-        return pm.Normal(f"z_{k}", 0.0, 1.0, shape=(m, 1)) * sd, [sd]
+        return sd.reshape((1, 1)), [sd]
     chol, _, stds = pm.LKJCholeskyCov(
         f"chol_{k}",
         n=size,
@@ -74,12 +73,55 @@ def _block_effects(k: int, block, m: int, priors: Priors, centered: bool):
         sd_dist=pm.HalfNormal.dist(sigma=scales, shape=size),
         compute_corr=True,
     )
+    return chol, [stds[i] for i in range(size)]
+
+
+def _block_effects(k: int, block, m: int, priors: Priors, centered: bool):
+    """Block k's prior and effects (m x size tensor) and its SDs (one tensor per column)."""
+    import pymc as pm
+
+    size = len(block.cols)
+    chol, stds = _block_scale(k, block, priors)
+    if size == 1:
+        sd = stds[0]
+        if centered:
+            return pm.Normal(f"b_{k}", 0.0, sd, shape=(m, 1)), [sd]
+        return pm.Normal(f"z_{k}", 0.0, 1.0, shape=(m, 1)) * sd, [sd]
     if centered:
         bk = pm.MvNormal(f"b_{k}", mu=np.zeros(size), chol=chol, shape=(m, size))
     else:
         z = pm.Normal(f"z_{k}", 0.0, 1.0, shape=(m, size))
         bk = (z[:, None, :] * chol[None, :, :]).sum(axis=-1)  # z chol' (no Dot: see _times)
-    return bk, [stds[i] for i in range(size)]
+    return bk, stds
+
+
+def build_collapsed(data: LMMData, priors: Priors, stats=None):
+    """The collapsed model: the priors of sigma and of every block's covariance, and the
+    likelihood p(y | sigma, Sigma) with beta and b integrated out analytically
+    (`objectives.collapsed`) as a Potential; the data enter as `pm.Data` (a compiled log
+    density serves every data set of the same shape). Variables: `sigma`, `sd_k` or `chol_k`
+    (with `chol_k_corr`, `chol_k_stds`), deterministics `sd`, `sigma2` and `chol_k_L` (block
+    k's Cholesky factor, for the exact draws of beta and b: `fit.mcmc`)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from workbench.objectives import collapsed
+
+    stats = stats or collapsed.Stats.of(data, priors)
+    with pm.Model(coords={"effect": list(effect_names(data))}) as model:
+        sigma = pm.HalfNormal("sigma", sigma=priors.sigma_scale)
+        sds, chols = [None] * data.q, []
+        for k, block in enumerate(data.blocks):
+            chol, stds = _block_scale(k, block, priors)
+            chols.append(chol)
+            pm.Deterministic(f"chol_{k}_L", chol)
+            for i, c in enumerate(block.cols):
+                sds[c] = stds[i]
+        pm.Deterministic("sd", pt.stack(sds), dims="effect")
+        pm.Deterministic("sigma2", sigma**2)
+        arrays = {name: pm.Data(name, value) for name, value in stats.arrays.items()}
+        pm.Potential("marginal", collapsed.log_marginal(stats, arrays, sigma, chols))
+    return model
 
 
 def _times(M: np.ndarray, v):
@@ -96,6 +138,8 @@ def build_model(data: LMMData, priors: Priors, parametrization: str = "noncenter
 
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}")
+    if parametrization == "collapsed":
+        return build_collapsed(data, priors)
     one = data.n_factors == 1
     coords = {
         "fixed": list(data.fixed_names),

@@ -10,6 +10,7 @@ drawn for a stated reason (rank plots of one chain) raises `SkippedFigureError` 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -345,4 +346,66 @@ def plot_rank(tree, var_names=("beta", "sigma", "sd"), width: float = 14):
         "p-value of a uniformity test; small p = chains disagree)",
         y=1.04,
     )
+    return fig
+
+
+# (colour, line style) of the exact posterior's own marks
+EXACT_STYLE = {
+    "exact mode": ("black", "-"),
+    "exact local mode": ("black", (0, (1, 1))),
+    "exact mean": ("#8c564b", "--"),
+    "exact median": ("#bcbd22", "-."),
+    "MCMC mode (half-sample)": STYLE["MCMC mode"],
+}
+
+
+@dataclass(frozen=True)
+class ExactPanel:
+    """One panel of the exact marginal posterior: its density on one scale (`x`, `density`),
+    the x window shown, the y limit (the density of tau^2 is unbounded at 0), every
+    estimator's value on this scale (`marks`: (label, value); None = not defined here) and
+    notes (lines) added to the legend."""
+
+    title: str
+    xlabel: str
+    x: np.ndarray
+    density: np.ndarray
+    window: tuple[float, float]
+    ymax: float
+    marks: tuple[tuple[str, float | None], ...]
+    note: str = ""
+
+
+@plain_text
+def plot_exact(panels: tuple[ExactPanel, ...]):
+    """The exact marginal posterior densities, one panel per scale (a row per variance), with
+    every estimator as a vertical line; one outside the window is listed as off scale."""
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.1 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, panels, strict=False):
+        x, y = finite(p.x), finite(p.density)
+        ax.plot(x, y, color="0.25", lw=2, label="exact marginal density")
+        ax.fill_between(x, np.nan_to_num(y), color="0.88")
+        lo, hi = p.window
+        for label, value in p.marks:
+            if value is None or not np.isfinite(value):
+                continue
+            color, style = EXACT_STYLE.get(label, STYLE.get(label, ("0.4", "-")))
+            text = f"{label}: {value:.4g}"
+            if lo <= value <= hi:
+                ax.axvline(value, color=color, ls=style, lw=1.6, label=text)
+            else:
+                ax.plot([], [], color=color, ls=style, lw=1.6, label=f"{text} (off scale)")
+        for line in p.note.splitlines():  # in the legend: it finds the room
+            ax.plot([], [], " ", label=line)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(0, p.ymax)
+        ax.set_title(short(p.title, 70), fontsize=10)
+        ax.set_xlabel(short(p.xlabel, 60))
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6.5, loc="upper right")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
     return fig

@@ -243,6 +243,7 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
                 lambda: plots.plot_scale_path(curves.scale_path(c.eb_ml)),
             )
         )
+    out += exact_figures(c)
     out += _factor_figures(c)
     if c.mcmc is not None:
         out.append(
@@ -487,6 +488,7 @@ def build_context(
         "ex_failure": ex_failure,
         "ex_variances": explanation_variances(ex, d),
         "ex_by_factor": explanation_by_factor(ex),
+        "exact": exact_context(c),
         "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
         "diag": diag,
@@ -514,3 +516,250 @@ def render(c, **kwargs) -> str:
         undefined=jinja2.StrictUndefined,
     )
     return env.get_template("report.html.j2").render(**build_context(c, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact posterior of the one-way model (`Comparison.exact_posterior`): figure, text, table
+
+# (quantity, label, power): the scale is variance^(power/2), power 0 = the log of the SD
+EXACT_PANELS = (
+    ("tau", "τ", 1),
+    ("tau2", "τ²", 2),
+    ("log_tau", "log τ", 0),
+    ("sigma", "σ", 1),
+    ("sigma2", "σ²", 2),
+    ("log_sigma", "log σ", 0),
+)
+# the joint mode set beside the exact marginal modes: the first interior one of these
+JOINT_ORDER = (
+    ("centered", True),
+    ("centered", False),
+    ("noncentered", True),
+    ("noncentered", False),
+)
+
+
+def _scaled(variance, power: int) -> float | None:
+    """A variance as its SD (power 1), itself (2) or the log of its SD (0); None where not
+    defined (the log of 0, a missing value)."""
+    if variance is None or not np.isfinite(variance) or variance < 0:
+        return None
+    if power == 2:
+        return float(variance)
+    if power == 1:
+        return float(np.sqrt(variance))
+    return float(0.5 * np.log(variance)) if variance > 0 else None
+
+
+def _point_variances(c) -> list[tuple[str, float, float]]:
+    """(label, sigma^2, tau^2) of EB-ML, EB-REML and every interior joint mode."""
+    out = [
+        (f"EB-{f.method.upper()}", float(f.sigma2), float(f.G[0, 0]))
+        for f in (c.eb_ml, c.eb_reml)
+        if f is not None
+    ]
+    out += [
+        (curves.JOINT_LABELS[key], float(r.sigma2), float(r.G[0, 0]))
+        for key, r in c.joint_maps.items()
+        if curves.interior(r)
+    ]
+    return out
+
+
+def _mcmc_sd_draws(c, var: str) -> np.ndarray | None:
+    """MCMC draws of sigma or tau (None without MCMC)."""
+    if c.mcmc is None:
+        return None
+    try:
+        return np.asarray(c.mcmc.draws(var), float).reshape(-1)
+    except KeyError:
+        return np.asarray(c.mcmc.draws("sd"), float)[:, 0] if var == "tau" else None
+
+
+def _num(v: float) -> str:
+    """4 significant digits, without an exponent for values from 1e-3 to 1e7."""
+    if 1e4 <= abs(v) < 1e7:
+        return f"{v:.0f}"
+    return f"{v:.4g}"
+
+
+def _relative(value: float, ref: float) -> str:
+    """'12% below' / '3.4% above' / 'equal to'."""
+    if ref == 0 or not np.isfinite(value):
+        return "not comparable with"
+    r = (value - ref) / abs(ref)
+    if abs(r) < 5e-4:
+        return "equal to"
+    if r > 1:
+        return f"{value / ref:.3g} times"
+    return f"{100 * abs(r):.3g}% " + ("below" if r < 0 else "above")
+
+
+def exact_panels(c) -> tuple[plots.ExactPanel, ...]:
+    """The panels of the exact marginal posterior of tau and sigma on each scale, every
+    estimator marked: the exact mode (and interior local mode), mean and median, EB-ML and
+    EB-REML, the interior joint modes and MCMC's half-sample mode of its draws."""
+    e = c.exact_posterior
+    points = _point_variances(c)
+    no_joint = not any(curves.interior(r) for r in c.joint_maps.values())
+    no_centered = not any(
+        curves.interior(r) for (par, _), r in c.joint_maps.items() if par == "centered"
+    )
+    panels = []
+    for name, label, power in EXACT_PANELS:
+        var = "tau" if name.endswith("tau") or name == "tau2" else "sigma"
+        s, curve = e.summaries[name], e.curves[name]
+        marks: list[tuple[str, float | None]] = [("exact mode", s.mode)]
+        if s.local_mode is not None:
+            marks.append(("exact local mode", s.local_mode))
+        marks += [("exact mean", s.mean), ("exact median", s.median)]
+        notes = []
+        for lab, s2, t2 in points:
+            v = _scaled(t2 if var == "tau" else s2, power)
+            marks.append((lab, v))
+            if v is None and lab.startswith("EB"):
+                notes.append(f"{lab}: {label} at −∞ ({'τ²' if var == 'tau' else 'σ²'} = 0)")
+        draws = _mcmc_sd_draws(c, var)
+        if draws is not None:
+            pos = draws[draws > 0]
+            on_scale = pos**power if power else np.log(pos)
+            marks.append(("MCMC mode (half-sample)", curves.mode(on_scale)))
+        if name == "tau2":
+            notes.insert(0, "density → ∞ at 0: the mode is 0 (boundary)")
+        elif s.boundary:
+            notes.insert(0, f"density largest at {label} = 0: the mode is 0 (boundary)")
+        if no_joint and c.joint_maps:
+            notes.append("no interior joint mode (any joint MAP variant)")
+        elif no_centered and c.joint_maps:
+            notes.append("no interior centered joint mode")
+        q0, q1 = (float(v) for v in e.quantile(name, [0.001, 0.995]))
+        width = q1 - q0
+        if power and q0 < 0.25 * q1:  # from just left of 0: marks at 0 stay visible
+            lo, hi = -0.02 * q1, q1 * 1.03
+        else:
+            lo, hi = q0 - 0.05 * width, q1 + 0.05 * width
+        x, y = np.asarray(curve.x), np.asarray(curve.density)
+        body = (x >= lo + 0.03 * (hi - lo)) & (x <= hi)
+        body = body if body.any() else (x >= lo) & (x <= hi)
+        ymax = 1.15 * float(np.nanmax(y[body])) if body.any() else 1.0
+        what = {1: "", 2: " (variance)", 0: " (log of the SD)"}[power]
+        panels.append(
+            plots.ExactPanel(
+                title=f"{label}{what}: exact marginal posterior",
+                xlabel=f"{label} ({c.data.y_name}{'²' if power == 2 else ''})" if power else label,
+                x=x,
+                density=y,
+                window=(lo, hi),
+                ymax=ymax if np.isfinite(ymax) and ymax > 0 else 1.0,
+                marks=tuple(marks),
+                note="\n".join(notes),
+            )
+        )
+    return tuple(panels)
+
+
+def exact_sentences(c) -> list[str]:
+    """Where each exact marginal mode is, on which scale, and how far the joint mode (the first
+    interior one of `JOINT_ORDER`) sits from the marginal modes of tau^2 and sigma^2."""
+    s = c.exact_posterior.summaries
+
+    def mode_text(name: str, label: str) -> str:
+        m = s[name]
+        if name == "tau2" and m.boundary:
+            local = (
+                f", its interior local mode {_num(m.local_mode)}"
+                if m.local_mode is not None
+                else ", no interior local mode"
+            )
+            return f"{label} 0 (a boundary mode: the density of {label} is unbounded at 0{local})"
+        if m.boundary:
+            return f"{label} 0 (a boundary mode: the density of {label} is largest at 0)"
+        if name.startswith("log_"):
+            sd = "τ" if name == "log_tau" else "σ"
+            return f"{label} {_num(m.mode)} ({sd} = {_num(np.exp(m.mode))})"
+        return f"{label} {_num(m.mode)}"
+
+    out = [
+        "Exact marginal posterior modes, each of the density on its own scale: "
+        + ", ".join(mode_text(n, lab) for n, lab, _ in EXACT_PANELS[:3])
+        + "; "
+        + ", ".join(mode_text(n, lab) for n, lab, _ in EXACT_PANELS[3:])
+        + ". The mode of τ² is not the square of the mode of τ: a mode moves with the scale."
+    ]
+    key = next((k for k in JOINT_ORDER if curves.interior(c.joint_maps.get(k))), None)
+    if key is None:
+        if c.joint_maps:
+            out.append(
+                "No joint MAP variant has an interior mode on these data (the log joint rises "
+                "without bound as τ → 0), so there is no joint mode to set beside these."
+            )
+    else:
+        lead = f"The {curves.JOINT_LABELS[key]}"
+        if key[0] != "centered" and any(k[0] == "centered" for k in c.joint_maps):
+            lead = (
+                "The centered joint MAP has no interior mode on these data (the log joint rises "
+                f"without bound as τ → 0); the {curves.JOINT_LABELS[key]}, a mode of another "
+                "density, has one"
+            )
+        r = c.joint_maps[key]
+        t2, s2 = float(r.G[0, 0]), float(r.sigma2)
+        m_t, m_s = s["tau2"], s["sigma2"]
+        ref_t = m_t.local_mode if m_t.boundary else m_t.mode
+        if ref_t is None:
+            tau_part = (
+                f"the exact marginal density of τ² has no interior mode to compare its τ² "
+                f"({_num(t2)}) with"
+            )
+        else:
+            which = "interior local mode" if m_t.boundary else "mode"
+            tau_part = (
+                f"its τ² ({_num(t2)}) is {_relative(t2, ref_t)} the exact marginal {which} of "
+                f"τ² ({_num(ref_t)})"
+            )
+        out.append(
+            f"{lead}: {tau_part}, and its σ² ({_num(s2)}) is "
+            f"{_relative(s2, m_s.mode)} the exact marginal mode of σ² ({_num(m_s.mode)})."
+        )
+    return out
+
+
+def exact_context(c) -> dict | None:
+    """The template's part for the exact posterior: table rows, sentences, method."""
+    e = c.exact_posterior
+    if e is None:
+        return None
+    names = {
+        "sigma": "σ",
+        "sigma2": "σ²",
+        "log_sigma": "log σ",
+        "tau": "τ",
+        "tau2": "τ²",
+        "log_tau": "log τ",
+        "mu": "μ",
+    }
+    rows = []
+    for q, label in names.items():
+        s = e.summaries[q]
+        mode = _fmt(s.mode) + (" (boundary)" if s.boundary else "")
+        if s.local_mode is not None:
+            mode += f"; interior local mode {_fmt(s.local_mode)}"
+        rows.append((label, mode, _fmt(s.mean), _fmt(s.median), _fmt(s.sd), _fmt(list(s.hdi))))
+    return {
+        "rows": rows,
+        "sentences": exact_sentences(c),
+        "method": e.method,
+        "hdi_prob": e.hdi_prob,
+    }
+
+
+def exact_figures(c) -> list[tuple[str, str, object]]:
+    """The exact marginal posterior figure (one-way models with an exact posterior)."""
+    if c.exact_posterior is None:
+        return []
+    return [
+        (
+            "exact",
+            "Exact marginal posterior of tau and sigma on each scale, with every estimator",
+            lambda: plots.plot_exact(exact_panels(c)),
+        )
+    ]
