@@ -23,7 +23,7 @@ MAX_STARTS = 1000
 MAX_CHAINS = 64
 MAX_DRAWS = 1_000_000
 MAX_JOBS = 1024
-PARAMETRIZATIONS = ("noncentered", "centered")
+PARAMETRIZATIONS = ("collapsed", "noncentered", "centered")  # the MCMC model (model.pymc)
 
 
 def _priors(table: dict, path: Path) -> dict:
@@ -82,7 +82,8 @@ def check_compare_options(opts: dict, name=_flag) -> dict:
         par = need_str(out["parametrization"], name("parametrization"))
         if par not in PARAMETRIZATIONS:
             raise InputError(
-                f"{name('parametrization')} must be 'noncentered' or 'centered', got '{par}'."
+                f"{name('parametrization')} (the MCMC model) must be 'collapsed', "
+                f"'noncentered' or 'centered', got '{par}'."
             )
     return out
 

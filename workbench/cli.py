@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tune", type=int, default=1000)
     c.add_argument("--target-accept", type=float, default=0.9)
     c.add_argument(
-        "--parametrization", default="noncentered", help="noncentered (default) or centered"
+        "--parametrization",
+        default="collapsed",
+        help="the MCMC model: collapsed (default: beta and b integrated out, then drawn "
+        "exactly), noncentered or centered (the full model, funnel included)",
     )
     c.add_argument("--n-starts", type=int, default=16, help="joint-MAP starts (default 16)")
     c.add_argument("--n-jobs", type=int, default=-1, help="processes (-1: all cores)")

@@ -28,6 +28,7 @@ from workbench.model.data import GroupedData, from_frame, load_csv, read_csv
 from workbench.model.design import LMMData
 from workbench.model.formula import parse
 from workbench.model.priors import Priors, make_priors
+from workbench.model.pymc import PARAMETRIZATIONS as MCMC_PARAMETRIZATIONS
 from workbench.objectives.oneway import PARAMETRIZATIONS
 from workbench.provenance import lock_sha256
 from workbench.seeds import seed_for
@@ -49,7 +50,7 @@ class Settings:
 
     methods: tuple[str, ...] = METHODS
     seed: int = 0
-    parametrization: str = "noncentered"
+    parametrization: str = "collapsed"
     n_starts: int = 16
     n_jobs: int = -1
     chains: int = 4
@@ -212,9 +213,10 @@ def joint_variants(methods: tuple[str, ...]) -> list[tuple[str, bool]]:
 
 def check_settings(s: Settings) -> None:
     """One-line errors for option values that cannot work."""
-    if s.parametrization not in PARAMETRIZATIONS:
+    if s.parametrization not in MCMC_PARAMETRIZATIONS:
         raise InputError(
-            f"--parametrization must be 'noncentered' or 'centered', got '{s.parametrization}'."
+            "--parametrization (the MCMC model) must be 'collapsed', 'noncentered' or "
+            f"'centered', got '{s.parametrization}'."
         )
     for name in ("chains", "draws", "n_starts"):
         if getattr(s, name) < 1:
@@ -299,7 +301,7 @@ def compare(
     levels: dict | None = None,
     methods=None,
     seed: int = 0,
-    parametrization: str = "noncentered",
+    parametrization: str = "collapsed",
     n_starts: int = 16,
     n_jobs: int = -1,
     chains: int = 4,
