@@ -332,7 +332,7 @@ def _grid(k: Kernel) -> _Grid:
 
 
 class _Tabulated:
-    """A 1-D density from its log at uniform nodes `x`: a cubic spline of the log density,
+    """A 1-D density from its log at uniform nodes `x`: a quintic spline of the log density,
     a CDF table on `REFINE` times finer nodes (cell masses by Gauss-Legendre), quantiles (the
     table, then one Newton step on the spline's CDF) and draws (the exact inverse CDF of the
     log-linear interpolant between the fine nodes)."""
@@ -341,7 +341,7 @@ class _Tabulated:
         """`lp` the log density at the nodes x; `cdf` the exact CDF there if known (the fine
         table is then scaled to it cell by cell), else the spline's integral from x[0]."""
         self.x = x
-        self.spline = interpolate.CubicSpline(x, lp)
+        self.spline = interpolate.make_interp_spline(x, lp, k=5)
         self.xf = np.linspace(x[0], x[-1], (x.size - 1) * REFINE + 1)
         self.lf = self.spline(self.xf)
         hf = self.xf[1] - self.xf[0]
