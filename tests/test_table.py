@@ -81,12 +81,16 @@ def test_slope_table_names_every_term(slope):
         "beta: x",
         "var: (Intercept)",
         "var: x",
+        "sd: (Intercept)",
+        "sd: x",
         "cor: (Intercept):x",
         "sigma²",
+        "sigma",
         "objective",
     ]
     ml = slope.eb_ml
     assert grid["EB-ML"]["var: x"] == fmt(ml.G[1, 1])
+    assert grid["EB-ML"]["sd: x"] == fmt(ml.G[1, 1] ** 0.5)
     assert grid["joint MAP"]["sigma²"] == fmt(slope.joint_map.sigma2)
     # a variant without an interior mode is a verdict line, not a column of dashes
     for key, r in slope.joint_maps.items():

@@ -328,22 +328,46 @@ def plot_caterpillars(cats: tuple[Caterpillar, ...], group_name: str):
 
 
 @plain_text
-def plot_rank(tree, var_names=("beta", "sigma", "sd"), width: float = 14):
-    """Rank plots (ArviZ) of the fixed effects, sigma and the SDs: flat and overlapping when
-    the chains mix. Raises `SkippedFigureError` for one chain (rank plots compare chains)."""
+def plot_rank(post, width: float = 14):
+    """Rank plots (ArviZ) of the quantities of the rank test (`fit.diagnostics.rank_quantities`:
+    fixed effects, sigma, the SDs, correlations; one-way mu, sigma, tau), flat and overlapping
+    when the chains mix, each titled with the test's p from the record's diagnostics (the p of
+    the warning banner, not ArviZ's own on the unthinned draws). Raises `SkippedFigureError`
+    for one chain (rank plots compare chains)."""
     import arviz as az
+    from arviz_base.labels import BaseLabeller
 
+    from workbench.fit import diagnostics
+    from workbench.fit.mcmc import _monitored  # the Dataset `diagnose` was given
+
+    tree = post.idata
     if int(tree.posterior.sizes["chain"]) < 2:
         raise SkippedFigureError(
             "rank plots compare chains, and this run has 1 chain; run 2 or more chains to see them"
         )
-    pc = az.plot_rank(tree, var_names=list(var_names), backend="matplotlib")
+    ds = diagnostics.rank_quantities(_monitored(tree, post.data))
+    p = post.diagnostics.get("rank_p")
+    if p is None:  # a record from before the rank test
+        p = diagnostics.holm(diagnostics.rank_test(ds))
+
+    class Labeller(BaseLabeller):
+        def make_label_vert(self, var_name, sel, isel):
+            name = self.make_label_flat(var_name, sel, isel)
+            v = p.get(name)
+            return name if v is None or not np.isfinite(v) else f"{name}\np = {v:.2g}"
+
+    pc = az.plot_rank(ds, backend="matplotlib", labeller=Labeller())
     pc.add_legend("chain")
     fig = pc.viz["figure"].item()
-    fig.set_size_inches(width, 3.8)
+    for ax in fig.axes:  # ArviZ's own p and flagged points: its test on the unthinned draws
+        for artist in [*ax.texts, *ax.collections]:
+            artist.remove()
+    fig.set_size_inches(width, 3.8 * max(1, -(-len(p) // 4)))
     fig.suptitle(
-        "Rank plots by chain (ArviZ: fractional-rank ECDF differences, with the "
-        "p-value of a uniformity test; small p = chains disagree)",
+        "Rank plots by chain (ArviZ: fractional-rank ECDF differences; flat = the chains agree)\n"
+        "p: the diagnostics' rank test (ArviZ's multi-chain test, each quantity thinned to half "
+        f"its within-chain ESS, Holm-adjusted over {len(p)}); it warns below "
+        f"{diagnostics.RANK_ALPHA}",
         y=1.04,
     )
     return fig

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.present import curves, plots
+from workbench.fit import diagnostics
+from workbench.present import curves, plots, table
 from workbench.provenance import lock_sha256
 
 PACKAGES = (
@@ -163,8 +164,7 @@ def _draw(figures) -> tuple[list[dict], list[str]]:
 def _rhat_bad(diag: dict) -> bool:
     """R-hat above the limit, or not computed (one chain, chains that did not move): either
     way convergence is not shown."""
-    r = diag["r_hat_max"]
-    return r is None or not np.isfinite(r) or r > 1.01
+    return diagnostics.failed(diag)["r_hat"]
 
 
 MAX_FACTOR_FIGURES = 4  # caterpillars (and funnels) drawn for at most this many factors
@@ -249,8 +249,9 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
         out.append(
             (
                 "rank",
-                "Sampler diagnostics: rank plots of the fixed effects, sigma and the SDs",
-                lambda: plots.plot_rank(curves.idata(c.mcmc)),
+                "Sampler diagnostics: rank plots of the fixed effects, sigma, the SDs and the "
+                "correlations, with the p of the rank test",
+                lambda: plots.plot_rank(c.mcmc),
             )
         )
     return out
@@ -266,7 +267,8 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
     def point(beta, sigma2, G) -> dict:
         out = {f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)}
         out.update(curves.component_values(G, d))
-        out["sigma2"] = sigma2
+        out.update({"sd" + k[3:]: _sqrt(v) for k, v in out.copy().items() if k[:4] == "var:"})
+        out.update(sigma2=sigma2, sigma=_sqrt(sigma2))
         return out
 
     anova = c.anova
@@ -277,7 +279,9 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
                 {
                     "beta:(Intercept)": anova.mu,
                     "var:(Intercept)": anova.tau2,
+                    "sd:(Intercept)": _sqrt(anova.tau2),
                     "sigma2": anova.sigma2,
+                    "sigma": _sqrt(anova.sigma2),
                 },
             )
         )
@@ -297,7 +301,8 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
         for stat in ("mean", "median", "mode"):
             vals = {f"beta:{n}": v[stat] for n, v in o["fixed_effects"].items()}
             vals.update(curves.summary_values(d, o["variance_components"], stat))
-            vals["sigma2"] = o["sigma2"][stat]
+            vals.update(table.sd_values(d, o["variance_components"], stat))  # the SDs' own
+            vals.update(sigma2=o["sigma2"][stat], sigma=o["sigma"][stat])
             if stat == "mean":
                 vals.update({f"se:{n}": v["sd"] for n, v in o["fixed_effects"].items()})
             cols.append((f"MCMC {stat}", vals))
@@ -306,6 +311,11 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
         spec += [(f"β {n}", f"beta:{n}"), (f"SE / posterior sd of β {n}", f"se:{n}")]
     comps = curves.components(d)
     spec += [(f"variance of {p.name} ({p.factor})", p.key) for p in comps if p.kind == "var"]
+    spec += [
+        (("τ: " if d.is_oneway else "") + f"SD of {p.name} ({p.factor})", "sd" + p.key[3:])
+        for p in comps
+        if p.kind == "var"
+    ]
     several = d.n_factors > 1
     spec += [
         (f"correlation {p.name}" + (f" ({p.factor})" if several else ""), p.key)
@@ -314,6 +324,7 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
     ]
     spec += [
         ("σ² (residual)", "sigma2"),
+        ("σ (residual SD)", "sigma"),
         ("log lik (EB-ML) / restricted log lik (EB-REML) / log joint", "objective"),
         ("joint-mode status", "status"),
     ]
@@ -449,7 +460,8 @@ def build_context(
             f"{d.n_factors} grouping factors; the JSON output has every factor's."
         )
     diag = c.mcmc.diagnostics if c.mcmc is not None else None
-    banner = list(c.mcmc.warnings) if diag and (_rhat_bad(diag) or diag["divergences"]) else []
+    bad = diagnostics.failed(diag) if diag is not None else {}
+    banner = list(c.mcmc.warnings) if any(bad.values()) else []  # any check failed
     timings = dict(c.timings)
     timings["report (explanation and plots)"] = time.perf_counter() - t0
     tex = ONEWAY_FORMULAS if oneway else FORMULAS
@@ -497,6 +509,7 @@ def build_context(
         "images": images,
         "figure_notes": figure_notes,
         "rhat_bad": _rhat_bad(diag) if diag is not None else False,
+        "bad": bad,
         "versions": versions(),
         "command": command,
         "case_text": case_text,

@@ -2,17 +2,17 @@
 
 Methods are columns (ANOVA, EB-ML, EB-REML, the centered h-likelihood joint MAP, the other
 joint-MAP variants that have an interior mode, MCMC posterior mean and mode), quantities are rows
-(fixed effects, random-effect variances and correlations, sigma^2, the objective; the one-way
-model in its own names mu, sigma^2, tau^2). Columns that do not fit in `width` characters wrap
-into a further block with the same row labels, so no number is ever broken.
+(fixed effects, random-effect variances, SDs and correlations, sigma^2 and sigma, the objective;
+the one-way model in its own names mu, sigma^2, tau^2, sigma, tau). MCMC's SDs (sigma, tau,
+every sd) are the posterior summaries of their own draws, not roots of the variances'. Columns
+that do not fit in `width` characters wrap into a further block with the same row labels, so no
+number is ever broken.
 """
 
 from __future__ import annotations
 
 import math
 import textwrap
-
-import numpy as np
 
 from workbench.present import curves
 
@@ -59,8 +59,9 @@ def _rows(d) -> list[tuple[str | None, str]]:
         return (
             fixed
             + [(p.key, f"var: {p.name}") for p in comps if p.kind == "var"]
+            + [("sd" + p.key[3:], f"sd: {p.name}") for p in comps if p.kind == "var"]
             + [(p.key, f"cor: {p.name}") for p in comps if p.kind == "cor"]
-            + [("sigma2", "sigma²"), ("objective", "objective")]
+            + [("sigma2", "sigma²"), ("sigma", "sigma"), ("objective", "objective")]
         )
     gw = max(len("Residual"), *(len(g.name) for g in d.groupings))
     nw = max(len("Name"), *(len(n) for b in d.blocks for n in b.names))
@@ -101,13 +102,28 @@ def _sds(vals: dict) -> dict:
     return {"sd" + k[3:]: _sqrt(v) for k, v in vals.items() if k.startswith("var:")}
 
 
+def sd_values(d, variance_components: dict, stat: str) -> dict:
+    """One statistic of every SD's own posterior summary ("sd:..." keys, as `_sds` keys the
+    roots of point estimates) from the JSON's `{factor: {sds: {term: summary}}}`; missing ones
+    left out. The mean and mode of an SD are not the roots of its variance's."""
+    out = {}
+    for p in curves.components(d):
+        sds = (variance_components.get(p.factor) or {}).get("sds") or {}
+        if p.kind == "var" and p.name in sds:
+            out["sd" + p.key[3:]] = sds[p.name].get(stat)
+    return out
+
+
 def _mcmc(d, summary: dict, stat: str) -> dict:
-    """One posterior summary (mean or mode) of every quantity, from `Posterior.to_dict()`."""
+    """One posterior summary (mean or mode) of every quantity, from `Posterior.to_dict()`:
+    sigma, tau and the SDs summarise their own draws (not roots of the variances')."""
+    comps = summary.get("variance_components") or {}
     out = {f"beta:{n}": v.get(stat) for n, v in summary["fixed_effects"].items()}
-    out.update(curves.summary_values(d, summary.get("variance_components") or {}, stat))
+    out.update(curves.summary_values(d, comps, stat))
+    out.update(sd_values(d, comps, stat))
     out["sigma2"] = summary["sigma2"].get(stat)
     out["sigma"] = (summary.get("sigma") or {}).get(stat)
-    if d.is_oneway:  # the posterior's own summaries of sigma and tau, when it has them
+    if d.is_oneway:
         out["tau"] = (summary.get("tau") or {}).get(stat)
     return out
 
@@ -129,18 +145,9 @@ def _columns(c) -> list[tuple[str, dict]]:
         cols.append((name, _point(d, r.beta, r.G, r.sigma2, r.log_joint)))
     if c.mcmc is not None:
         s = c.mcmc.to_dict()
-        sds = _sd_draws(c.mcmc, d) if d.n_factors > 1 else {}
-        for stat, of in (("mean", np.nanmean), ("mode", curves.mode)):
-            vals = _mcmc(d, s, stat)
-            vals.update({k: float(of(v)) for k, v in sds.items()})
-            cols.append((f"MCMC {stat}", vals))
+        for stat in ("mean", "mode"):
+            cols.append((f"MCMC {stat}", _mcmc(d, s, stat)))
     return cols
-
-
-def _sd_draws(post, d) -> dict[str, np.ndarray]:
-    """Posterior draws of every random-effect SD ("sd:..." keys), from `sd` (Z's columns)."""
-    sd = post.draws("sd")
-    return {"sd" + p.key[3:]: sd[:, p.col] for p in curves.components(d) if p.kind == "var"}
 
 
 def _blocks(rows, cols, width: int) -> list[str]:
@@ -211,7 +218,8 @@ def _notes(c) -> list[str]:
             f"MCMC ({c.mcmc.settings.parametrization}, {c.mcmc.sampler}): R-hat max "
             f"{fmt(dg.get('r_hat_max'), '.4f')}, bulk ESS min {fmt(dg.get('ess_bulk_min'), '.0f')}"
             f", tail ESS min {fmt(dg.get('ess_tail_min'), '.0f')}, divergences "
-            f"{dg.get('divergences')}, E-BFMI min {fmt(dg.get('e_bfmi_min'), '.2f')}"
+            f"{dg.get('divergences')}, E-BFMI min {fmt(dg.get('e_bfmi_min'), '.2f')}, rank "
+            f"test p min {fmt(dg.get('rank_p_min'), '.2g')} (Holm-adjusted)"
         )
     return out + [f"WARNING {w}" for w in c.warnings()]
 
@@ -237,8 +245,11 @@ def comparison_table(c, width: int = WIDTH) -> str:
         "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), log joint "
         "density (joint MAP; with the priors for +pri)"
     )
-    if d.n_factors > 1 and c.mcmc is not None:
-        legend += "; MCMC Std.Dev.: the posterior mean / mode of the SD itself"
+    if c.mcmc is not None:
+        legend += (
+            "; MCMC sigma, tau, sd and Std.Dev.: the posterior mean / mode of the SD's own draws "
+            "(not the root of the variance's)"
+        )
     notes = [f"NOTE {n}" for n in d.notes]
     text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *notes, *_notes(c))]
     return "\n".join([*head_lines(d, width), "", *body, "", *text])
