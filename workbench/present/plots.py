@@ -363,12 +363,14 @@ def plot_rank(post, width: float = 14):
         for artist in [*ax.texts, *ax.collections]:
             artist.remove()
     fig.set_size_inches(width, 3.8 * max(1, -(-len(p) // 4)))
+    fig.subplots_adjust(hspace=0.75)  # a row's two-line titles clear the x labels above
     fig.suptitle(
         "Rank plots by chain (ArviZ: fractional-rank ECDF differences; flat = the chains agree)\n"
         "p: the diagnostics' rank test (ArviZ's multi-chain test, each quantity thinned to half "
         f"its within-chain ESS, Holm-adjusted over {len(p)}); it warns below "
         f"{diagnostics.RANK_ALPHA}",
-        y=1.04,
+        y=1.02,
+        va="bottom",  # above the panels' two-line titles
     )
     return fig
 
