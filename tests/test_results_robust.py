@@ -37,7 +37,8 @@ def strict(record: dict) -> dict:
     return json.loads(json.dumps(record, allow_nan=False))
 
 
-ONEWAY_FIGURES = ["marginals", "profiles", "taupath", "funnel", "caterpillar", "rank"]
+# one-way runs with priors add the exact posterior's figure
+ONEWAY_FIGURES = ["marginals", "profiles", "taupath", "exact", "funnel", "caterpillar", "rank"]
 FORMULA_FIGURES = ["marginals", "scalepath", "funnel", "caterpillar", "rank"]
 
 

@@ -163,11 +163,12 @@ def test_boundary_dollar_labels_through_the_cli(tmp_path):
     assert set(out["eb_ml"]["random_effects"]) == set(LABELS)
     assert set(out["eb_ml"]["group_means"]) == set(LABELS)
     html = (tmp_path / "out.html").read_text()
-    # no MCMC: no funnel, no rank plots
+    # no MCMC: no funnel, no rank plots; the joint MAP with priors ran: the exact posterior
     assert re.findall(r'<figure id="fig-(\w+)">', html) == [
         "marginals",
         "profiles",
         "taupath",
+        "exact",
         "caterpillar",
     ]
     assert "could not be drawn" not in html
