@@ -57,7 +57,8 @@ MU_TAIL = 1e-8  # ... between these quantiles
 MU_BIN = 1e-3  # relative resolution of the merged mixture components
 HALF_LOG_2_OVER_PI = 0.5 * math.log(2.0 / math.pi)
 GL_X, GL_W = np.polynomial.legendre.leggauss(4)
-# (variable, scale) -> (axis, power): the scale is x = power * log(variable), power 0 = log
+# quantity -> (axis, power): axis 0 is x = log sigma, 1 is x = log tau; the quantity is
+# exp(power * x) (the SD, its square), or x itself for power 0
 SCALES = {
     "sigma": (0, 1),
     "sigma2": (0, 2),
