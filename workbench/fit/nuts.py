@@ -34,7 +34,7 @@ def compile_model(model):
     )
     n_dim, _, logp_fn, expand_fn, init_fn, shape_info, reparametrized = _make_functions(
         model,
-        mode="NUMBA",
+        mode=_mode(),
         compute_grad=True,
         join_expanded=False,
         pymc_initial_point_fn=initial_point,
@@ -102,3 +102,15 @@ def sample(
         progress_bar=progressbar,
         target_accept=target_accept,
     )
+
+
+def _mode():
+    """PyTensor's numba mode without the in-place rewrites (quadratic in the graph's size: they
+    took most of the compile of the collapsed models' unrolled graphs) and without fast-math
+    (with it, code compiled cold and code loaded from the cache round differently, so the same
+    seed gave different draws)."""
+    import pytensor
+    from pytensor.compile.mode import get_mode
+
+    pytensor.config.numba__fastmath = False
+    return get_mode("NUMBA").excluding("inplace")

@@ -38,6 +38,10 @@ from workbench.model.priors import Priors
 
 MAX_DENSE = 600  # random effects (several factors) up to which the dense kernel is used
 CHUNK = 256  # posterior draws per batch in `conditional_draws`
+# fixed effects up to which the one-factor kernel's p x p algebra is unrolled into scalar
+# operations: PyTensor's linear-algebra Ops (Cholesky, triangular solves and their gradients)
+# cost 30 to 90 s each to compile with numba on a machine whose cache is cold
+UNROLL = 12
 
 
 @dataclass(frozen=True)
@@ -155,13 +159,13 @@ def log_marginal(stats: Stats, arrays: dict, sigma, chols: list):
     if stats.kind == "per_group":
         ZZ, ZX, Zr = arrays["ZZ"], arrays["ZX"], arrays["Zr"]
         logdet, quad, RB, Rc = _per_level(ZZ, ZX, Zr, s2, _block_entries(stats, chols))
-        schur = XX + s2 * pt.eye(p) - sum(pt.dot(R.T, R) for R in RB)
-        d = Xr - sum(pt.dot(R.T, c) for R, c in zip(RB, Rc, strict=True))
-        if p:
-            Rs = pt.linalg.cholesky(schur)
-            w = pt.linalg.solve_triangular(Rs, d, lower=True)
-            logdet = logdet + 2 * pt.log(pt.diagonal(Rs)).sum()
-            quad = quad + (w**2).sum()
+        if p:  # the p x p Schur complement (no linear-algebra Ops below `UNROLL`)
+            M = XX + s2 * pt.eye(p) - sum(pt.dot(R.T, R) for R in RB)
+            v = Xr - sum(pt.dot(R.T, c) for R, c in zip(RB, Rc, strict=True))
+            schur = [[M[a, b] for b in range(a + 1)] for a in range(p)]
+            d = [v[a] for a in range(p)]
+            ld, qd = _chol_logdet_quad(schur, d) if p <= UNROLL else _linalg_logdet_quad(schur, d)
+            logdet, quad = logdet + ld, quad + qd
     else:
         L = pt.linalg.block_diag(
             *[pt.linalg.kron(pt.eye(b.levels), C) for b, C in zip(stats.blocks, chols, strict=True)]
@@ -223,6 +227,35 @@ def _per_level(ZZ, ZX, Zr, s2, L: list[list]):
         logdet = logdet + 2 * pt.log(R[i][i]).sum()
         quad = quad + (Rc[i] ** 2).sum()
     return logdet, quad, RB, Rc
+
+
+def _chol_logdet_quad(S: list[list], d: list):
+    """(log|S|, d'S^-1 d) of a small symmetric positive definite matrix given by its lower
+    triangle as nested lists of scalar tensors, by an unrolled Cholesky factor."""
+    import pytensor.tensor as pt
+
+    n = len(d)
+    R = [[None] * n for _ in range(n)]
+    w, logdet, quad = [], 0.0, 0.0
+    for i in range(n):
+        for j in range(i):
+            R[i][j] = (S[i][j] - sum(R[i][k] * R[j][k] for k in range(j))) / R[j][j]
+        R[i][i] = pt.sqrt(S[i][i] - sum(R[i][k] ** 2 for k in range(i)))
+        w.append((d[i] - sum(R[i][k] * w[k] for k in range(i))) / R[i][i])
+        logdet = logdet + 2 * pt.log(R[i][i])
+        quad = quad + w[i] ** 2
+    return logdet, quad
+
+
+def _linalg_logdet_quad(S: list[list], d: list):
+    """`_chol_logdet_quad` by PyTensor's Cholesky Op (for many fixed effects)."""
+    import pytensor.tensor as pt
+
+    n = len(d)
+    M = pt.stack([pt.stack([S[max(a, b)][min(a, b)] for b in range(n)]) for a in range(n)])
+    R = pt.linalg.cholesky(M)
+    w = pt.linalg.solve_triangular(R, pt.stack(d), lower=True)
+    return 2 * pt.log(pt.diagonal(R)).sum(), (w**2).sum()
 
 
 def _is_zero(v) -> bool:
