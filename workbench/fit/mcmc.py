@@ -146,9 +146,11 @@ def _with_oneway_aliases(idata):
 
 def _monitored(idata, data: LMMData):
     """The quantities the diagnostics watch: every posterior variable but the Cholesky
-    matrices (and the raw value variables z_k / b_k), plus the correlations by name."""
+    matrices and the per-block value variables (z_k, b_k, sd_k: `sd` and `b` hold them by
+    name), plus the correlations by name."""
     post = idata.posterior.to_dataset()
-    names = [v for v in post.data_vars if not str(v).startswith(("chol_", "z_", "b_"))]
+    raw = ("chol_", "z_", "b_", "sd_")
+    names = [v for v in post.data_vars if not str(v).startswith(raw)]
     ds = post[names]
     cor = _correlations(post, data)
     return ds if cor is None else ds.assign(correlation=cor)

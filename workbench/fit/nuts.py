@@ -21,7 +21,8 @@ import numpy as np
 def compile_model(model):
     """A nutpie model of a PyMC model, its log density and gradient compiled (cached) by
     PyTensor's numba back end; data (`pm.Data`) are passed as arguments, not baked into the
-    compiled code, so one compile serves every data set of the same shape."""
+    compiled code, so one compile serves every data set of the same shape (on disk, and in
+    the process: `compiled.with_data(name=array, ...)` gives the model with other data)."""
     from nutpie.compile_pymc import _make_functions, _prepare_dims_and_coords
     from nutpie.compiled_pyfunc import from_pyfunc
     from pymc.initial_point import make_initial_point_fn
@@ -41,19 +42,20 @@ def compile_model(model):
     )
     names, _, shapes = shape_info
     logp_jit, expand_jit = logp_fn.vm.jit_fn, expand_fn.vm.jit_fn
-    logp_data = [v.get_value(borrow=True) for v in logp_fn.get_shared()]
-    expand_data = [v.get_value(borrow=True) for v in expand_fn.get_shared()]
+    logp_names = [v.name for v in logp_fn.get_shared()]
+    expand_names = [v.name for v in expand_fn.get_shared()]
+    data = {v.name: v.get_value() for v in (*logp_fn.get_shared(), *expand_fn.get_shared())}
 
     def make_logp():
-        def logp(x, **_):
-            value, grad = logp_jit(x, *logp_data)
+        def logp(x, **shared):
+            value, grad = logp_jit(x, *[shared[n] for n in logp_names])
             return float(value), np.require(grad, np.float64, ("C", "W"))
 
         return logp
 
     def make_expand(seed1, seed2, chain):
-        def expand(x, **_):
-            values = expand_jit(x, *expand_data)
+        def expand(x, **shared):
+            values = expand_jit(x, *[shared[n] for n in expand_names])
             return {
                 n: np.asarray(v, dtype="float64", order="C").reshape(s)
                 for n, v, s in zip(names, values, shapes, strict=True)
@@ -72,6 +74,7 @@ def compile_model(model):
         expanded_names=names,
         dims=dims,
         coords=coords,
+        shared_data=data,
         reparameterized_names=reparametrized,
     )
 
@@ -86,12 +89,13 @@ def sample(
     target_accept: float,
     progressbar: bool = False,
 ):
-    """Draws of `model` (an xarray DataTree with posterior and sample_stats groups): nutpie's
-    NUTS, chains in threads, seeded by `seed` (the draws do not depend on the cache or the
-    number of threads)."""
+    """Draws of `model` (a PyMC model, or one `compile_model` made) as an xarray DataTree with
+    posterior and sample_stats groups: nutpie's NUTS, chains in threads, seeded by `seed` (the
+    draws do not depend on the cache or the number of threads)."""
     import nutpie
+    import pymc as pm
 
-    compiled = compile_model(model)
+    compiled = compile_model(model) if isinstance(model, pm.Model) else model
     return nutpie.sample(
         compiled,
         draws=draws,
