@@ -137,8 +137,13 @@ def _worst(res, pick) -> tuple[float, str | None]:
     v, var, i = bad[0] if bad else cands[int(pick(np.array([c[0] for c in cands])))]
     da = res[var]
     isel = {d: int(j) for d, j in zip(da.dims, np.unravel_index(i, da.shape), strict=True)}
-    sel = {d: da[d].values[j].item() for d, j in isel.items() if d in da.coords}
+    sel = {d: _scalar(da[d].values[j]) for d, j in isel.items() if d in da.coords}
     return v, BaseLabeller().make_label_flat(str(var), sel, isel)
+
+
+def _scalar(v):
+    """A coordinate value as a plain Python scalar (numpy scalars and object-array strings)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def diagnose(idata, ds, parametrization: str = "noncentered") -> tuple[dict, list[str]]:
