@@ -84,8 +84,11 @@ oneway = lmm = posterior  # the old names
 
 
 def attach(comparison, mcmc):
-    """`comparison` (frozen) with `mcmc` as its MCMC record, the settings saying so."""
+    """`comparison` (frozen) with `mcmc` as its MCMC record, the settings saying so, and for a
+    one-way model the exact posterior that `compare` adds whenever MCMC runs."""
     import dataclasses
+
+    from workbench.fit.exact_oneway import exact_posterior
 
     s = mcmc.settings
     settings = dataclasses.replace(
@@ -95,4 +98,7 @@ def attach(comparison, mcmc):
         draws=s.draws,
         tune=s.tune,
     )
-    return dataclasses.replace(comparison, mcmc=mcmc, settings=settings)
+    exact = comparison.exact_posterior
+    if exact is None and comparison.data.is_oneway:
+        exact = exact_posterior(comparison.data.oneway, comparison.priors)
+    return dataclasses.replace(comparison, mcmc=mcmc, settings=settings, exact_posterior=exact)
