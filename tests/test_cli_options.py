@@ -95,7 +95,10 @@ COMPARE_OPTIONS = [
     (["--n-jobs", "0"], "--n-jobs must be a number of processes from 1 to 1024, or -1"),
     (["--seed", "-1"], "--seed must be at least 0, got -1."),
     (["--methods", ","], "--methods is empty; choose from anova,"),
-    (["--parametrization", "x"], "--parametrization must be 'noncentered' or 'centered'"),
+    (
+        ["--parametrization", "x"],
+        "--parametrization (the MCMC model) must be 'collapsed', 'noncentered' or 'centered'",
+    ),
     (
         ["--methods", "joint-map:sideways"],
         "--methods: unknown method 'joint-map:sideways'; did you mean 'joint-map'?",

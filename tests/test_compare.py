@@ -68,7 +68,7 @@ def test_json_contract(dyestuff_json):
     assert "loglik" in d["eb_ml"] and "reml_criterion" in d["eb_reml"]
     assert d["eb_ml"]["loglik"] == pytest.approx(-163.66353, rel=1e-7)
     assert {"mu", "sigma2", "tau2", "f_statistic", "p_value"} <= set(d["anova"])
-    assert d["settings"]["parametrization"] == "noncentered"  # the MCMC's, not the headline's
+    assert d["settings"]["parametrization"] == "collapsed"  # the MCMC's, not the headline's
     for block, objective in (("joint_map", "h-likelihood"), ("joint_map_posterior", "priors")):
         b = d[block]
         assert b["status"] in ("interior", "no_interior_mode")

@@ -5,8 +5,8 @@
   codes): Penicillin's crossed intercepts and a correlated slope block on one factor crossed
   with an intercept on another, in both parametrizations;
 * the record from made-up draws of the slope model (its prior, two chains, odd labels) and a
-  small nutpie run on Pastes' nested factors carry the JSON keys per factor, consistent with
-  the draws; one chain and NetCDF output do not fail.
+  small nutpie run of the (default) collapsed model on Pastes' nested factors carry the JSON
+  keys per factor, consistent with the draws; one chain and NetCDF output do not fail.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_pastes_nested_factors_sample_with_nutpie():
     settings = mcmc.McmcSettings(chains=2, draws=100, tune=150, seed=3)
     post = mcmc.fit(d, make_priors(d, {}), settings)
     out = post.to_dict()
-    assert out["sampler"] == mcmc._sampler()
+    assert out["sampler"] == "nutpie"
     assert list(out["variance_components"]) == ["cask:batch", "batch"]
     for f, g in enumerate(d.groupings):
         comp = out["variance_components"][g.name]
@@ -233,10 +233,12 @@ def test_pastes_nested_factors_sample_with_nutpie():
             draws.mean(axis=0)
         )
     assert "a:A" in out["random_effects_b"]["cask:batch"]
-    # non-centered: b[cask:batch] = z_0 sd_0 and b[batch] = z_1 sd_1 (blocks in lme4's order)
-    for k, name in enumerate(d.factor_names):
-        z, sd = post.draws(f"z_{k}")[..., 0], post.draws(f"sd_{k}")
-        np.testing.assert_allclose(post.effect_draws(name)[..., 0], z * sd[:, None], rtol=1e-12)
+    # collapsed (the default): sd_k sampled (blocks in lme4's order), its Cholesky factor
+    # chol_k_L = sd_k kept for the exact draws of beta and the effects
+    assert out["settings"]["parametrization"] == "collapsed" and "z_0" not in post.idata.posterior
+    for k in range(len(d.factor_names)):
+        sd = post.draws(f"sd_{k}")
+        np.testing.assert_array_equal(post.draws(f"chol_{k}_L")[:, 0, 0], sd)
         np.testing.assert_array_equal(post.draws("sd")[:, k], sd)
     assert _finite_summary(out["sigma2"]) and _finite_summary(out["fixed_effects"]["(Intercept)"])
     diag = out["diagnostics"]

@@ -1,7 +1,8 @@
 """NUTS through the one PyMC model and the one record (workbench/fit/mcmc.py): a one-way model
-(nutpie) and a random-slope model (PyMC's NUTS, the fallback) run with small draws, their
-summaries and the one-way aliases are present, finite and consistent with the draws, the same
-seed gives the same draws, and one chain gives NaN R-hat with a warning instead of an error."""
+(the default: collapsed, nutpie) and a random-slope model (centered, PyMC's NUTS) run with
+small draws, their summaries and the one-way aliases are present, finite and consistent with
+the draws, the same seed gives the same draws, and one chain gives NaN R-hat with a warning
+instead of an error."""
 
 from __future__ import annotations
 
@@ -49,9 +50,7 @@ def slopes():
     y = 2 + x + b[g, 0] + b[g, 1] * x + rng.standard_normal(g.size)
     df = pd.DataFrame({"y": y, "x": x, "g": [f"s{j}" for j in g]})
     d = design.from_frame(df, "y ~ x + (1 + x | g)")
-    with pytest.MonkeyPatch.context() as mp:  # PyMC's NUTS, as without nutpie
-        mp.setattr(mcmc, "_sampler", lambda: "pymc")
-        return d, _run(d, parametrization="centered")
+    return d, _run(d, parametrization="centered", sampler="pymc")  # PyMC's own NUTS
 
 
 def test_oneway_record_has_the_general_and_the_oneway_summaries(oneway, dyestuff):
@@ -81,6 +80,7 @@ def test_oneway_record_has_the_general_and_the_oneway_summaries(oneway, dyestuff
     lo, hi = out["sigma2"]["hdi"]
     assert np.mean((s2 >= lo) & (s2 <= hi)) == pytest.approx(0.94, abs=0.01)
     assert out["sampler"] == "nutpie" and out["settings"]["seed"] == 1
+    assert out["settings"]["parametrization"] == "collapsed"
     diag = out["diagnostics"]
     assert diag["divergences"] >= 0 and math.isfinite(diag["r_hat_max"])
     assert len(diag["e_bfmi"]) == 2 and math.isfinite(diag["ess_bulk_min"])
@@ -112,7 +112,7 @@ def test_slope_model_runs_and_is_summarised(slopes):
 
 def test_same_seed_same_draws(oneway, dyestuff):
     again = _run(dyestuff)
-    for v in ("beta", "sigma", "z_0", "b"):
+    for v in ("beta", "sigma", "sd_0", "b"):
         np.testing.assert_array_equal(again.draws(v), oneway.draws(v))
     assert again.to_dict() == oneway.to_dict()
 
