@@ -15,6 +15,8 @@ with a cold or a warm cache)."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
@@ -27,12 +29,22 @@ def compile_model(model):
     from nutpie.compiled_pyfunc import from_pyfunc
     from pymc.initial_point import make_initial_point_fn
 
-    initial_point = make_initial_point_fn(
+    seeded_point = make_initial_point_fn(
         model=model,
         default_strategy="support_point",
         jitter_rvs=set(model.free_RVs),
         return_transformed=True,
     )
+    lock = threading.Lock()
+
+    def initial_point(seed):
+        """PyMC's seeded initial point, one chain's thread at a time: it reseeds shared random
+        generators, then calls one compiled function, so chains started at once in threads
+        took each other's seeds or found its outputs emptied (nutpie: 'Failed to initialize
+        point: NoneType ...')."""
+        with lock:
+            return {k: np.array(v, copy=True) for k, v in seeded_point(seed).items()}
+
     n_dim, _, logp_fn, expand_fn, init_fn, shape_info, reparametrized = _make_functions(
         model,
         mode=_mode(),
