@@ -10,7 +10,7 @@ PyMC's own NUTS (`pm.sample(nuts_sampler="pymc")`) uses the same cache but spend
 its initialisation and tunes less well (lower ESS per draw on the shipped cases).
 
 The functions come from nutpie's PyMC front end (`nutpie.compile_pymc._make_functions`, the
-routine its JAX back end uses); `tests/test_nuts.py` pins the behaviour (same seed, same draws,
+routine its JAX back end uses); `tests/test_collapsed.py` pins the behaviour (same seed, same draws,
 with a cold or a warm cache)."""
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ sampling.
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,17 +201,7 @@ class Sampler:
 
         self.design, self.settings = design, settings
         template = design.data(np.zeros(design.codes.size))
-        compiled = nuts.compile_model(build_collapsed(template, design.priors))
-        # nuts.compile_model hands nutpie PyMC's initial-point function unlocked; it is not
-        # thread-safe, and chains start in threads: without the lock (nutpie's own front end
-        # takes one) a random-slope model failed to start ~1 run in 5 with 4 chains
-        init, lock = compiled._make_initial_points, threading.Lock()
-
-        def locked_init(*args, **kwargs):
-            with lock:
-                return init(*args, **kwargs)
-
-        self.compiled = dataclasses.replace(compiled, _make_initial_points=locked_init)
+        self.compiled = nuts.compile_model(build_collapsed(template, design.priors))
 
     def posterior(self, y: np.ndarray, seed: int) -> tuple[np.ndarray, float, int]:
         """(thinned draws (L, P), smallest bulk ESS over the params, divergences)."""
