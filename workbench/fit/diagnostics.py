@@ -242,11 +242,14 @@ def _warnings(diag: dict, n_chains: int, parametrization: str) -> list[str]:
         fix = (
             "use the non-centered form or raise target_accept"
             if parametrization == "centered"
+            else "raise target_accept (and tune longer)"
+            if parametrization == "collapsed"
             else "raise target_accept"
         )
+        where = " (the funnel)" if parametrization in ("centered", "noncentered") else ""
         out.append(
             f"{diag['divergences']} divergent transition(s): the sampler could not explore "
-            f"part of the posterior (the funnel), so the summaries may be biased; {fix}."
+            f"part of the posterior{where}, so the summaries may be biased; {fix}."
         )
     if bad["e_bfmi"]:
         out.append(
