@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from workbench.fit import nuts
-from workbench.fit.diagnostics import diagnose
+from workbench.fit.diagnostics import SAMPLE_DIMS, diagnose
 from workbench.model.design import LMMData
 from workbench.model.priors import Priors
 from workbench.model.pymc import effect_names, effects_name
@@ -27,7 +27,6 @@ MODE_NOTE = (
 )
 ESTIMATE_NOTE = "estimate = posterior mean, se = posterior sd"
 ONEWAY_ALIASES = ("mu", "sigma", "sigma2", "tau", "tau2")
-SAMPLE_DIMS = ("chain", "draw")
 
 
 @dataclass(frozen=True)
@@ -294,15 +293,13 @@ def from_idata(data: LMMData, idata, settings: McmcSettings, sampler: str, notes
     )
 
 
-SAMPLERS = ("nutpie", "pymc")
-
-
-def _collapsed_effects(idata, data: LMMData, priors: Priors, settings: McmcSettings):
+def _collapsed_effects(idata, data: LMMData, priors: Priors, settings: McmcSettings, stats=None):
     """The collapsed sampler's DataTree completed with exact draws of beta and of the random
     effects (`objectives.collapsed.conditional_draws`, one per posterior draw of sigma and the
     covariances, seeded by the root seed's "mcmc-effects" step, drawn in (chain, draw) order
     so the number of processes does not matter), under the full model's names and dims: `beta`
-    (fixed) and `b` (group, effect) or `b[<factor>]` (level[<factor>], effect[<factor>])."""
+    (fixed) and `b` (group, effect) or `b[<factor>]` (level[<factor>], effect[<factor>]).
+    `stats`: the model's `collapsed.Stats` when the caller has them (else computed)."""
     from workbench.objectives import collapsed
 
     post = idata.posterior.to_dataset()
@@ -313,7 +310,7 @@ def _collapsed_effects(idata, data: LMMData, priors: Priors, settings: McmcSetti
         for k, b in enumerate(data.blocks)
     ]
     rng = np.random.default_rng(int_seed_for(settings.seed, "mcmc-effects"))
-    stats = collapsed.Stats.of(data, priors)
+    stats = stats or collapsed.Stats.of(data, priors)
     beta, effects = collapsed.conditional_draws(stats, sigma.reshape(-1), chols, rng)
     shape = (n_chains, n_draws)
     new = {"beta": ((*SAMPLE_DIMS, "fixed"), beta.reshape(*shape, -1))}
@@ -333,8 +330,6 @@ def _collapsed_effects(idata, data: LMMData, priors: Priors, settings: McmcSetti
             dims = (f"level[{g.name}]", f"effect[{g.name}]")
             coords.update({dims[0]: list(g.labels), dims[1]: terms})
         new[effects_name(data, f)] = ((*SAMPLE_DIMS, *dims), b.reshape(*shape, *b.shape[1:]))
-    if data.n_factors > 1:  # the sd's coords stay lme4's term|factor names
-        coords.pop("effect", None)
     out = idata.copy()
     out["posterior"] = post.assign_coords(coords).assign(new)
     return out
@@ -351,8 +346,8 @@ def fit(
     compile) or "pymc" (PyMC's own NUTS, same cache, slower to start)."""
     import pymc as pm
 
-    from workbench.model.pymc import build_model
-    from workbench.objectives.collapsed import kernel_for
+    from workbench.model.pymc import build_collapsed, build_model
+    from workbench.objectives.collapsed import Stats, kernel_for
 
     notes = []
     if settings.parametrization == "collapsed" and kernel_for(data) is None:
@@ -362,7 +357,13 @@ def fit(
             "non-centered model was sampled."
         )
         settings = replace(settings, parametrization="noncentered")
-    model = build_model(data, priors, settings.parametrization)
+    collapsed = settings.parametrization == "collapsed"
+    stats = Stats.of(data, priors) if collapsed else None  # built once: model and exact draws
+    model = (
+        build_collapsed(data, priors, stats)
+        if collapsed
+        else build_model(data, priors, settings.parametrization)
+    )
     seed = int_seed_for(settings.seed, "mcmc")
     if settings.sampler == "nutpie":
         idata = nuts.sample(
@@ -387,8 +388,8 @@ def fit(
             compute_convergence_checks=False,  # ours: `diagnose`
             model=model,
         )
-    if settings.parametrization == "collapsed":
-        idata = _collapsed_effects(idata, data, priors, settings)
+    if collapsed:
+        idata = _collapsed_effects(idata, data, priors, settings, stats)
     return from_idata(data, idata, settings, settings.sampler, notes)
 
 

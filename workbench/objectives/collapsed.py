@@ -62,7 +62,7 @@ class Stats:
 
     * both kernels: rr = r'r, Xr = S X'r (p), XX = S X'X S (p, p);
     * per_group: ZZ (m, q, q), ZX (m, q, p) = Z_j'X_j S, Zr (m, q), Z's columns in block
-      order (`perm`);
+      order (the blocks' columns one after the other);
     * dense: ZZ (Q, Q), ZX (Q, p), Zr (Q), effects ordered block by block, level-major."""
 
     kind: str  # "per_group" or "dense"
@@ -77,11 +77,6 @@ class Stats:
     def n_effects(self) -> int:
         """Q: the number of random effects."""
         return sum(len(b.cols) * b.levels for b in self.blocks)
-
-    @property
-    def perm(self) -> np.ndarray:
-        """Z's columns in block order (the per-group kernel's order)."""
-        return np.concatenate([np.asarray(b.cols, int) for b in self.blocks])
 
     @classmethod
     def of(cls, data: LMMData, priors: Priors) -> Stats:

@@ -213,7 +213,8 @@ class Sampler:
 
         s, pri = self.settings, self.design.priors
         data = self.design.data(y)
-        compiled = self.compiled.with_data(**Stats.of(data, pri).arrays)
+        stats = Stats.of(data, pri)
+        compiled = self.compiled.with_data(**stats.arrays)
         idata = nuts.sample(
             compiled,
             draws=s.draws,
@@ -222,7 +223,7 @@ class Sampler:
             seed=int_seed_for(seed, "sbc-nuts"),
             target_accept=s.target_accept,
         )
-        idata = _collapsed_effects(idata, data, pri, McmcSettings(seed=seed))
+        idata = _collapsed_effects(idata, data, pri, McmcSettings(seed=seed), stats)
         post = idata.posterior.to_dataset()
         q = data.q
         n = s.chains * s.draws
