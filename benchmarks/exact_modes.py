@@ -19,24 +19,13 @@ from scipy import stats
 
 import workbench
 from workbench.casefile import load_case
+from workbench.fit.exact_oneway import SCALES, on_scale
 from workbench.present.curves import JOINT_LABELS, interior, mode
 
-SCALES = (
-    ("sigma", "sigma", 1),
-    ("sigma2", "sigma", 2),
-    ("log_sigma", "sigma", 0),
-    ("tau", "tau", 1),
-    ("tau2", "tau", 2),
-    ("log_tau", "tau", 0),
-)
 
-
-def on_scale(variance: float, power: int) -> float:
-    if power == 2:
-        return variance
-    if power == 1:
-        return float(np.sqrt(variance))
-    return float(0.5 * np.log(variance)) if variance > 0 else -np.inf
+def _fmt(v: float | None) -> str:
+    """A value on a scale; the log of a zero SD is -inf."""
+    return "-inf" if v is None else f"{v:.6g}"
 
 
 def kde_mode(draws: np.ndarray) -> float:
@@ -64,7 +53,8 @@ def main() -> None:
     cols += [JOINT_LABELS[k] for k in joints]
     cols += ["MCMC half-sample mode", "MCMC KDE mode"] if c.mcmc is not None else []
     print("\t".join(["scale", *cols]))
-    for name, var, power in SCALES:
+    for name, (axis, power) in SCALES.items():
+        var = ("sigma", "tau")[axis]
         s = e.summaries[name]
         mode_txt = f"{s.mode:.6g}" + (
             f" (boundary; local {s.local_mode:.6g})" if s.boundary and s.local_mode else ""
@@ -72,11 +62,11 @@ def main() -> None:
         row = [mode_txt, f"{s.mean:.6g}", f"{s.median:.6g}"]
         for fit in (c.eb_ml, c.eb_reml):
             v = fit.G[0, 0] if var == "tau" else fit.sigma2
-            row.append(f"{on_scale(float(v), power):.6g}")
+            row.append(_fmt(on_scale(float(v), power)))
         for k in joints:
             r = c.joint_maps[k]
             v = r.G[0, 0] if var == "tau" else r.sigma2
-            row.append(f"{on_scale(float(v), power):.6g}")
+            row.append(_fmt(on_scale(float(v), power)))
         if c.mcmc is not None:
             d = np.asarray(c.mcmc.draws(var), float).reshape(-1)
             d = d[d > 0]

@@ -70,6 +70,18 @@ SCALES = {
 QUANTITIES = (*SCALES, "mu")
 
 
+def on_scale(variance, power: int) -> float | None:
+    """A variance on a `SCALES` scale: its SD (power 1), itself (2) or the log of its SD (0);
+    None where not defined (the log of 0, a missing or negative value)."""
+    if variance is None or not np.isfinite(variance) or variance < 0:
+        return None
+    if power == 2:
+        return float(variance)
+    if power == 1:
+        return float(np.sqrt(variance))
+    return float(0.5 * np.log(variance)) if variance > 0 else None
+
+
 # ----------------------------------------------------------------------------------------------
 # The log density of (sigma, tau), mu and the group effects integrated out
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.fit import diagnostics
+from workbench.fit.exact_oneway import SCALES, on_scale
 from workbench.present import curves, plots, table
 from workbench.provenance import lock_sha256
 
@@ -534,14 +535,14 @@ def render(c, **kwargs) -> str:
 # ----------------------------------------------------------------------------------------------
 # The exact posterior of the one-way model (`Comparison.exact_posterior`): figure, text, table
 
-# (quantity, label, power): the scale is variance^(power/2), power 0 = the log of the SD
+# (quantity, label) in panel order; each quantity's scale is `exact_oneway.SCALES`'
 EXACT_PANELS = (
-    ("tau", "τ", 1),
-    ("tau2", "τ²", 2),
-    ("log_tau", "log τ", 0),
-    ("sigma", "σ", 1),
-    ("sigma2", "σ²", 2),
-    ("log_sigma", "log σ", 0),
+    ("tau", "τ"),
+    ("tau2", "τ²"),
+    ("log_tau", "log τ"),
+    ("sigma", "σ"),
+    ("sigma2", "σ²"),
+    ("log_sigma", "log σ"),
 )
 # the joint mode set beside the exact marginal modes: the first interior one of these
 JOINT_ORDER = (
@@ -550,18 +551,6 @@ JOINT_ORDER = (
     ("noncentered", True),
     ("noncentered", False),
 )
-
-
-def _scaled(variance, power: int) -> float | None:
-    """A variance as its SD (power 1), itself (2) or the log of its SD (0); None where not
-    defined (the log of 0, a missing value)."""
-    if variance is None or not np.isfinite(variance) or variance < 0:
-        return None
-    if power == 2:
-        return float(variance)
-    if power == 1:
-        return float(np.sqrt(variance))
-    return float(0.5 * np.log(variance)) if variance > 0 else None
 
 
 def _point_variances(c) -> list[tuple[str, float, float]]:
@@ -619,8 +608,9 @@ def exact_panels(c) -> tuple[plots.ExactPanel, ...]:
         curves.interior(r) for (par, _), r in c.joint_maps.items() if par == "centered"
     )
     panels = []
-    for name, label, power in EXACT_PANELS:
-        var = "tau" if name.endswith("tau") or name == "tau2" else "sigma"
+    for name, label in EXACT_PANELS:
+        axis, power = SCALES[name]
+        var = ("sigma", "tau")[axis]
         s, curve = e.summaries[name], e.curves[name]
         marks: list[tuple[str, float | None]] = [("exact mode", s.mode)]
         if s.local_mode is not None:
@@ -628,15 +618,15 @@ def exact_panels(c) -> tuple[plots.ExactPanel, ...]:
         marks += [("exact mean", s.mean), ("exact median", s.median)]
         notes = []
         for lab, s2, t2 in points:
-            v = _scaled(t2 if var == "tau" else s2, power)
+            v = on_scale(t2 if var == "tau" else s2, power)
             marks.append((lab, v))
             if v is None and lab.startswith("EB"):
                 notes.append(f"{lab}: {label} at −∞ ({'τ²' if var == 'tau' else 'σ²'} = 0)")
         draws = _mcmc_sd_draws(c, var)
         if draws is not None:
             pos = draws[draws > 0]
-            on_scale = pos**power if power else np.log(pos)
-            marks.append(("MCMC mode (half-sample)", curves.mode(on_scale)))
+            draws = pos**power if power else np.log(pos)
+            marks.append(("MCMC mode (half-sample)", curves.mode(draws)))
         if name == "tau2":
             notes.insert(0, "density → ∞ at 0: the mode is 0 (boundary)")
         elif s.boundary:
@@ -694,9 +684,9 @@ def exact_sentences(c) -> list[str]:
 
     out = [
         "Exact marginal posterior modes, each of the density on its own scale: "
-        + ", ".join(mode_text(n, lab) for n, lab, _ in EXACT_PANELS[:3])
+        + ", ".join(mode_text(n, lab) for n, lab in EXACT_PANELS[:3])
         + "; "
-        + ", ".join(mode_text(n, lab) for n, lab, _ in EXACT_PANELS[3:])
+        + ", ".join(mode_text(n, lab) for n, lab in EXACT_PANELS[3:])
         + ". The mode of τ² is not the square of the mode of τ: a mode moves with the scale."
     ]
     key = next((k for k in JOINT_ORDER if curves.interior(c.joint_maps.get(k))), None)
