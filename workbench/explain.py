@@ -895,3 +895,402 @@ def explain(comparison) -> Explanation:
         sentences=sentences(eb, joint, status, bal, d),
         n_levels={g.name: g.n_levels for g in d.groupings},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The report's top: the headline, the question's second framing, the other joint modes
+
+AGREE = 0.10  # two estimates "agree" in the headline when they are within this relative distance
+FRAMING_HDI = 0.94  # the posterior intervals beside the modes (exact and MCMC alike)
+
+
+def num(v: float) -> str:
+    """How the top of the report quotes a number: 4 significant digits (tests read them back)."""
+    return f"{v:.4g}"
+
+
+def _apart(value: float, ref: float) -> str:
+    """'31% below' / '2.9% above' / 'equal to' / '18 times': `value` against `ref` (> 0)."""
+    r = value / ref - 1.0
+    if abs(r) < 5e-4:
+        return "equal to"
+    if r > 1.0:
+        return f"{value / ref:.2g} times"
+    return f"{100 * abs(r):.2g}% " + ("below" if r < 0 else "above")
+
+
+def _close(value: float, ref: float) -> bool:
+    """Within `AGREE` of each other (two zeros agree; a zero and a positive value do not)."""
+    if ref == 0 or value == 0:
+        return value == ref
+    return abs(value / ref - 1.0) <= AGREE
+
+
+def reference_eb(c):
+    """(label, fit) of the EB fit the top of the report compares with: EB-ML when it was asked
+    for (it is then in the JSON), else EB-REML, else (None, None)."""
+    if c.eb_ml is not None and "eb-ml" in c.settings.methods:
+        return "EB-ML", c.eb_ml
+    if c.eb_reml is not None:
+        return "EB-REML", c.eb_reml
+    return None, None
+
+
+@dataclass(frozen=True)
+class FramingRow:
+    """One quantity on one scale: where the centered joint mode (no priors), the reference EB
+    fit and the marginal posterior put it. `mode` is the marginal posterior's mode on this
+    scale (0 with `boundary`: the density is largest, or unbounded, at 0), `local_mode` its
+    highest interior local maximum when the mode is on the boundary (None without one or
+    unknown), `hdi` the 94% shortest interval. `joint`/`eb` None where not run, where there is
+    no interior joint mode, or (log scale) for a variance of 0."""
+
+    quantity: str  # "sigma", "tau", or a random-effect term (lme4's "term|factor" with several)
+    scale: str  # "sd", "variance" or "log"
+    label: str  # e.g. "σ²", "τ", "log SD of x (g)"
+    mode: float | None
+    boundary: bool
+    local_mode: float | None
+    hdi: tuple[float, float] | None
+    joint: float | None
+    eb: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "quantity": self.quantity,
+            "scale": self.scale,
+            "label": self.label,
+            "posterior_mode": self.mode,
+            "boundary": self.boundary,
+            "local_mode": self.local_mode,
+            "hdi": list(self.hdi) if self.hdi is not None else None,
+            "joint_mode": self.joint,
+            "eb": self.eb,
+        }
+
+
+@dataclass(frozen=True)
+class Framing:
+    """The question's second framing: the joint mode beside the marginal posterior modes on
+    each scale. `source` names the posterior ("exact posterior": the one-way quadrature;
+    "MCMC posterior": half-sample modes of the draws); `eb_label` the EB fit shown."""
+
+    source: str
+    eb_label: str | None
+    rows: tuple[FramingRow, ...]
+    sentences: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "eb": self.eb_label,
+            "hdi_prob": FRAMING_HDI,
+            "rows": [r.to_dict() for r in self.rows],
+            "sentences": list(self.sentences),
+        }
+
+
+POWER = {"sd": 1, "variance": 2, "log": 0}
+
+
+def _on(variance, scale: str) -> float | None:
+    """A variance on a framing scale (None: the log of 0, or no value)."""
+    from workbench.fit.exact_oneway import on_scale
+
+    return None if variance is None else on_scale(float(variance), POWER[scale])
+
+
+def _scales_of(c) -> list[tuple[str, str, str, int | None]]:
+    """(quantity, scale, label, index of the variance in G or None for sigma) of every row."""
+    d = c.data
+    if d.is_oneway:
+        return [
+            ("sigma", "sd", "σ", None),
+            ("sigma", "variance", "σ²", None),
+            ("tau", "sd", "τ", 0),
+            ("tau", "variance", "τ²", 0),
+            ("tau", "log", "log τ", 0),
+        ]
+    from workbench.model.pymc import effect_names
+
+    out = [("sigma", "sd", "σ", None), ("sigma", "variance", "σ²", None)]
+    for i, name in enumerate(effect_names(d)):
+        term = name.replace("|", " (") + ")" if "|" in name else f"{name} ({d.group_name})"
+        out += [
+            (name, "sd", f"SD of {term}", i),
+            (name, "variance", f"variance of {term}", i),
+            (name, "log", f"log SD of {term}", i),
+        ]
+    return out
+
+
+def _mcmc_stats(draws: np.ndarray, scale: str) -> tuple[float, tuple[float, float]]:
+    """The half-sample mode (ArviZ) and 94% HDI of SD draws on a framing scale."""
+    import arviz as az
+
+    x = np.asarray(draws, float).reshape(-1)
+    x = x[np.isfinite(x) & (x > 0)]
+    x = x ** POWER[scale] if POWER[scale] else np.log(x)
+    return float(az.mode(x, round_to="none")), tuple(
+        float(v) for v in np.asarray(az.hdi(x, prob=FRAMING_HDI))
+    )
+
+
+def framing(c) -> Framing | None:
+    """The joint mode against the marginal posterior modes on each scale: the exact posterior
+    for the one-way model (`c.exact_posterior`), else MCMC's draws; None without either. The
+    mode of a variance is 0 for every model here: with a HalfNormal prior on its SD (the only
+    prior the workbench offers), the marginal density of the variance is p(tau) / (2 tau),
+    unbounded at 0 (the exact posterior's local mode is given beside it; MCMC cannot see it)."""
+    e, post = c.exact_posterior, c.mcmc
+    if e is None and post is None:
+        return None
+    jm = c.joint_map
+    joint = jm if jm is not None and jm.status == "interior" and jm.G is not None else None
+    eb_label, eb = reference_eb(c)
+    sd_draws = None if e is not None else np.asarray(post.draws("sd"), float)
+    rows = []
+    for quantity, scale, label, i in _scales_of(c):
+
+        def var(fit, i=i):
+            return None if fit is None else (fit.sigma2 if i is None else float(fit.G[i, i]))
+
+        if e is not None:
+            key = {"sd": "", "variance": "2", "log": ""}[scale]
+            key = ("log_" if scale == "log" else "") + quantity + key
+            s = e.summaries[key]
+            mode, boundary, local, hdi = s.mode, bool(s.boundary), s.local_mode, tuple(s.hdi)
+        else:
+            draws = post.draws("sigma") if i is None else sd_draws[:, i]
+            mode, hdi = _mcmc_stats(draws, scale)
+            boundary, local = False, None
+            if i is not None and scale == "variance":
+                mode, boundary = 0.0, True  # unbounded at 0 (see the docstring)
+        rows.append(
+            FramingRow(
+                quantity=quantity,
+                scale=scale,
+                label=label,
+                mode=float(mode),
+                boundary=boundary,
+                local_mode=None if local is None else float(local),
+                hdi=(float(hdi[0]), float(hdi[1])),
+                joint=_on(var(joint), scale),
+                eb=_on(var(eb), scale),
+            )
+        )
+    source = "exact posterior" if e is not None else "MCMC posterior"
+    return Framing(
+        source=source,
+        eb_label=eb_label,
+        rows=tuple(rows),
+        sentences=_framing_sentences(rows, source, joint is not None, jm is not None),
+    )
+
+
+def _mode_words(r: FramingRow) -> str:
+    """The posterior's mode of one row in words."""
+    if r.boundary:
+        local = (
+            f"; its interior local mode is {num(r.local_mode)}" if r.local_mode is not None else ""
+        )
+        why = (
+            "the density of a variance is unbounded at 0"
+            if r.scale == "variance"
+            else f"the density of {r.label} is largest at 0"
+        )
+        return f"0 (a boundary mode: {why}{local})"
+    return num(r.mode)
+
+
+def _framing_sentences(rows, source: str, interior: bool, ran: bool) -> tuple[str, ...]:
+    """The second framing in words: is the joint mode a marginal posterior mode on any scale?"""
+    where = (
+        "the exact posterior (the one MCMC samples, by quadrature, with the priors below)"
+        if source == "exact posterior"
+        else "the MCMC posterior (half-sample modes of the draws)"
+    )
+    modes = "; ".join(f"{r.label}: {_mode_words(r)}" for r in rows)
+    out = [
+        f"A marginal posterior mode depends on the scale: on {where} the modes are {modes}. "
+        "A joint mode is one point, whichever scale it is read on."
+    ]
+    if not interior:
+        out.append(
+            "There is no interior joint mode (centered, no priors) on these data to set beside "
+            "them: the log joint runs to +∞ as the random-effect variances go to 0."
+            if ran
+            else "The joint mode was not computed (joint-map not among the methods)."
+        )
+        return tuple(out)
+    parts, gaps = [], []
+    for r in rows:
+        if r.joint is None:
+            continue
+        if r.boundary:
+            ref, which = r.local_mode, "interior local mode"
+        else:
+            ref, which = r.mode, "mode"
+        if ref is None or ref == 0:
+            parts.append(f"{r.label} {num(r.joint)} (no interior mode to compare with)")
+            continue
+        parts.append(f"{r.label} {num(r.joint)}, {_apart(r.joint, ref)} the {which}")
+        gaps.append((abs(r.joint / ref - 1.0), r.label))
+    text = "The joint mode (centered, no priors) reads " + "; ".join(parts) + "."
+    if gaps:
+        lo, hi = min(gaps), max(gaps)
+        text += (
+            f" It is closest to a marginal mode on {lo[1]} ({100 * lo[0]:.2g}% apart) and "
+            f"farthest on {hi[1]} ({100 * hi[0]:.2g}% apart)"
+            + (
+                ": it is not the marginal posterior mode on any of these scales."
+                if lo[0] > AGREE
+                else "."
+            )
+        )
+    out.append(text)
+    return tuple(out)
+
+
+def _variance_parts(c, joint, eb_label: str | None, eb) -> list[str]:
+    """How the joint mode's random-effect variances compare with the EB fit's, in words (at
+    most 3 named, the rest counted)."""
+    d = c.data
+    if d.is_oneway:
+        names = ["τ²"]
+    else:
+        from workbench.model.pymc import effect_names
+
+        names = [
+            f"the variance of {n.replace('|', ' (') + ')' if '|' in n else n}"
+            for n in effect_names(d)
+        ]
+    out = []
+    for i, name in enumerate(names[:3]):
+        jv = float(joint.G[i, i])
+        if eb is None:
+            out.append(f"{name} at {num(jv)}")
+        elif float(eb.G[i, i]) > 0:
+            out.append(f"{name} at {num(jv)}, {_apart(jv, float(eb.G[i, i]))} {eb_label}'s")
+        else:
+            out.append(f"{name} at {num(jv)} where {eb_label}'s is 0 (the boundary)")
+    if len(names) > 3:
+        out.append(f"{len(names) - 3} more variances in the table below")
+    return out
+
+
+def _no_mode_sentence(c) -> str:
+    """Why there is no joint mode, true for the data at hand: proved by the balanced closed form
+    (one-way, equal group sizes), else what the starts found."""
+    d, jm = c.data, c.joint_map
+    tail = (
+        "the log joint (h-likelihood) runs to +∞ as τ → 0 with every group effect at μ"
+        if d.is_oneway
+        else "the log joint (h-likelihood) runs to +∞ as the random-effect variances go to 0 "
+        "with every random effect at 0"
+    )
+    bal = balanced_form(d.oneway, float(c.eb_ml.sigma2)) if d.is_oneway and c.eb_ml else None
+    if bal is not None and not bal.interior_exists:
+        return (
+            f"There is no joint mode: with {bal.m} groups of {bal.n}, F = "
+            f"{bal.f_statistic:.3g} is below the threshold {bal.f_threshold:.3g}, so the log "
+            f"joint has no local maximum away from the boundary, and {tail}."
+        )
+    counts = jm.counts()
+    found = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+    return (
+        f"No joint mode was found: none of the {sum(counts.values())} starts of the centered "
+        f"joint MAP (no priors) ended at an interior local maximum ({found}), and {tail}."
+    )
+
+
+def headline(c) -> tuple[str, str]:
+    """The answer in two sentences from the numbers: where the centered joint mode (no priors)
+    puts sigma^2 and the variances against the EB fit and the posterior mode (or why there is
+    none), and whether EB and the posterior agree. True in every case: no joint mode, EB at the
+    boundary, several factors, without MCMC or without EB-ML."""
+    eb_label, eb = reference_eb(c)
+    fr = framing(c)
+    post_s2 = (
+        None
+        if fr is None
+        else next((r for r in fr.rows if r.quantity == "sigma" and r.scale == "variance"), None)
+    )
+    jm = c.joint_map
+    if jm is None:
+        first = (
+            "The centered joint mode (no priors) was not computed (add joint-map to the methods)."
+        )
+    elif jm.status != "interior" or jm.G is None:
+        first = _no_mode_sentence(c)
+    else:
+        s2 = float(jm.sigma2)
+        refs = []
+        if eb is not None:
+            refs.append(f"{_apart(s2, float(eb.sigma2))} {eb_label}'s {num(float(eb.sigma2))}")
+        if post_s2 is not None:
+            refs.append(
+                f"{_apart(s2, post_s2.mode)} the {fr.source}'s mode of σ² ({num(post_s2.mode)})"
+            )
+        first = (
+            f"The joint mode (centered, no priors) puts σ² at {num(s2)}"
+            + (f", {' and '.join(refs)}" if refs else "")
+            + "; "
+            + "; ".join(_variance_parts(c, jm, eb_label, eb))
+            + "."
+        )
+    if fr is None:
+        second = (
+            "The posterior was not computed (add mcmc to the methods), so nothing says whether "
+            f"{eb_label or 'EB'} agrees with it."
+        )
+    elif eb is None:
+        sd = [r for r in fr.rows if r.scale == "sd" and r.quantity != "sigma"]
+        second = (
+            f"No EB fit was run to compare with the {fr.source}, whose mode of σ² is "
+            f"{num(post_s2.mode)} and of "
+            + ", ".join(f"{r.label} {_mode_words(r)}" for r in sd[:3])
+            + "."
+        )
+    else:
+        second = _agreement(c, fr, eb_label, eb)
+    return first, second
+
+
+def _agreement(c, fr: Framing, eb_label: str, eb) -> str:
+    """Whether the EB fit and the posterior agree, on sigma^2 and on each SD (the SD scale:
+    the mode of a variance is always 0)."""
+    agree, differ = [], []
+    for r in fr.rows:
+        if not (r.scale == "sd" and r.quantity != "sigma") and not (
+            r.scale == "variance" and r.quantity == "sigma"
+        ):
+            continue
+        ebv = r.eb if r.eb is not None else 0.0
+        if ebv == 0 and r.mode == 0:
+            text = f"{r.label} (both 0, the boundary)"
+        elif ebv == 0:
+            text = (
+                f"{r.label} ({eb_label} 0, the boundary, against the posterior mode {num(r.mode)})"
+            )
+        elif r.mode == 0:
+            text = f"{r.label} ({num(ebv)} against the posterior mode 0, the boundary)"
+        else:
+            apart = _apart(ebv, r.mode)
+            text = f"{r.label} ({num(ebv)} against the posterior mode {num(r.mode)}, {apart})"
+        (agree if _close(ebv, r.mode) else differ).append(text)
+    n_more = 0
+    if len(agree) + len(differ) > 4:  # many SDs: the agreeing ones counted, not named
+        n_more, agree = len(agree), []
+    text = f"{eb_label} and the {fr.source} "
+    if agree:
+        text += f"agree within {100 * AGREE:.0f}% on " + _join(agree)
+    if n_more:
+        text += (
+            f"agree within {100 * AGREE:.0f}% on {n_more} of the {n_more + len(differ)} quantities"
+        )
+    if differ:
+        text += (" but differ on " if agree or n_more else "differ on ") + _join(differ[:3])
+        if len(differ) > 3:
+            text += f" and {len(differ) - 3} more"
+    return text + "."

@@ -448,12 +448,15 @@ def build_context(
     case_text: str | None = None,
     truth: dict | None = None,
     fragment: bool = False,
+    title: str | None = None,
 ) -> dict:
-    """Everything the template shows, computed once (figures as inline PNG), for any model."""
+    """Everything the template shows, computed once (figures as inline PNG), for any model.
+    `title`: the report's h1 (by default the case file's title, read from `case_text`)."""
     t0 = time.perf_counter()
     d = c.data
     oneway = d.is_oneway
     ex, ex_failure = _explanation(c)
+    top = story(c)
     images, figure_notes = _draw([] if fragment else figures(c, truth))
     if not fragment and d.n_factors > MAX_FACTOR_FIGURES and c.eb_ml is not None:
         figure_notes.append(
@@ -476,7 +479,10 @@ def build_context(
     return {
         "fragment": fragment,
         "oneway": oneway,
-        "title": f"{formula_of(d)}: joint MAP vs empirical Bayes vs posterior",
+        "title": title
+        or case_title(case_text)
+        or f"{formula_of(d)}: joint MAP vs empirical Bayes vs posterior",
+        **top,
         "formula": formula_of(d),
         "data": d.summary(),
         "factors": grouping_factors(d),
@@ -517,6 +523,34 @@ def build_context(
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "timings": timings,
         "seed": c.settings.seed,
+    }
+
+
+def case_title(case_text: str | None) -> str | None:
+    """The case file's `title` (None without a case file or a title)."""
+    if not case_text:
+        return None
+    import tomllib
+
+    try:
+        title = tomllib.loads(case_text).get("title")
+    except tomllib.TOMLDecodeError:
+        return None
+    return str(title).strip() or None if title else None
+
+
+def story(c) -> dict:
+    """The top of the report: the headline's two sentences and the second framing (the joint
+    mode beside the marginal posterior modes on each scale), from `explain`."""
+    from workbench.explain import framing, headline
+
+    if c.eb_ml is None and c.eb_reml is None and c.mcmc is None:
+        return {"headline": [], "framing": None, "framing_images": []}
+    fr = framing(c)
+    return {
+        "headline": list(headline(c)),
+        "framing": fr.to_dict() if fr else None,
+        "framing_images": [],
     }
 
 
