@@ -30,20 +30,66 @@ from workbench.present.curves import (  # noqa: E402
     TauPath,
 )
 
-# (colour, line style) of each method's mark
-STYLE = {
-    "EB-ML": ("#1f77b4", ":"),
-    "EB-REML": ("#17becf", ":"),
-    JOINT_LABELS[("centered", False)]: ("#d62728", "-"),
-    JOINT_LABELS[("centered", True)]: ("#ff7f0e", "--"),
-    JOINT_LABELS[("noncentered", False)]: ("#9467bd", "-"),
-    JOINT_LABELS[("noncentered", True)]: ("#e377c2", "--"),
-    "MCMC mean": ("#2ca02c", "--"),
-    "MCMC mode": ("#2ca02c", "-."),
-    "truth": ("black", "-"),
+# The Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"): eight colours that stay
+# apart for protanopes, deuteranopes and tritanopes; yellow is left out (unreadable on white).
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
 }
-EB_COLOR = STYLE["EB-ML"][0]
-JOINT_COLOR = STYLE[JOINT_LABELS[("centered", False)]][0]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """How one method is drawn in every figure: colour, line style, marker, bar hatch. Colour
+    is never the only cue: each method also has its own line style and marker."""
+
+    color: str
+    ls: object
+    marker: str
+    hatch: str = ""
+
+
+_JC, _JCP = JOINT_LABELS[("centered", False)], JOINT_LABELS[("centered", True)]
+_JN, _JNP = JOINT_LABELS[("noncentered", False)], JOINT_LABELS[("noncentered", True)]
+# Each method's mark, by the report's label. The headline pair, joint MAP (vermillion) and
+# MCMC (bluish green), differs in lightness and in the blue-yellow axis, so protanopes and
+# deuteranopes see them apart (tests/test_plots.py checks it under Machado et al. 2009).
+STYLE: dict[str, Mark] = {
+    "EB-ML": Mark(OKABE_ITO["blue"], ":", "o"),
+    "EB-REML": Mark(OKABE_ITO["sky blue"], (0, (4, 1.5, 1, 1.5)), "v", ".."),
+    _JC: Mark(OKABE_ITO["vermillion"], "-", "s", "//"),
+    _JCP: Mark(OKABE_ITO["orange"], "--", "D", "\\\\"),
+    _JN: Mark(OKABE_ITO["reddish purple"], "-", "^", "xx"),
+    _JNP: Mark(OKABE_ITO["reddish purple"], (0, (5, 2)), "X", "++"),
+    "MCMC mean": Mark(OKABE_ITO["bluish green"], "--", "o", "oo"),
+    "MCMC mode": Mark(OKABE_ITO["bluish green"], "-.", "P"),
+    "truth": Mark(OKABE_ITO["black"], "-", "*"),
+}
+OTHER = Mark("0.4", "-", ".")  # a label without a mark of its own
+EB_COLOR = STYLE["EB-ML"].color
+JOINT_COLOR = STYLE[_JC].color
+# compare's and the simulation's method names (`--methods`, `simulate`) -> the report's labels
+METHOD_NAMES = {
+    "eb-ml": "EB-ML",
+    "eb-reml": "EB-REML",
+    "joint-map": _JC,
+    "joint-map:centered": _JC,
+    "joint-map+priors:centered": _JCP,
+    "joint-map:noncentered": _JN,
+    "joint-map+priors:noncentered": _JNP,
+    "mcmc": "MCMC mean",
+}
+
+
+def style(method: str) -> Mark:
+    """The mark of a method, by the report's label or by compare's / the simulation's name."""
+    return STYLE.get(method) or STYLE.get(METHOD_NAMES.get(method, ""), OTHER)
+
 
 PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
 plain_text = matplotlib.rc_context(PLAIN_TEXT)  # also a decorator for the figure functions
@@ -124,18 +170,18 @@ def _vlines(ax, marks, window=None) -> None:
     for e in marks:
         if e.value is None or not np.isfinite(e.value):
             continue
-        color, style = STYLE.get(e.method, ("0.4", "-"))
+        mk = style(e.method)
         if window is not None and not window[0] <= e.value <= window[1]:
             ax.plot(
                 [],
                 [],
-                color=color,
-                ls=style,
+                color=mk.color,
+                ls=mk.ls,
                 lw=1.6,
                 label=f"{e.method}: {e.value:.4g} (off scale)",
             )
         else:
-            ax.axvline(e.value, color=color, ls=style, lw=1.6, label=e.method)
+            ax.axvline(e.value, color=mk.color, ls=mk.ls, lw=1.6, label=e.method)
 
 
 @plain_text
@@ -215,7 +261,7 @@ def plot_tau_path(
             *joint,
             "*",
             ms=16,
-            color="gold",
+            color=JOINT_COLOR,
             mec="k",
             label=f"interior local maximum (tau = {joint[0]:.4g})",
         )
@@ -281,7 +327,7 @@ def plot_funnel(f: Funnel, group_name: str):
                 f.joint[0][i],
                 f.joint[1],
                 "*",
-                color="gold",
+                color=JOINT_COLOR,
                 ms=16,
                 mec="k",
                 label=JOINT_LABELS[("centered", False)],
@@ -307,7 +353,7 @@ def plot_caterpillars(cats: tuple[Caterpillar, ...], group_name: str):
     for ax, cat in zip(axes[0], cats, strict=True):
         unbounded = False
         for s, off in zip(cat.series, offsets, strict=False):
-            color = STYLE.get(s.method, ("0.4", "-"))[0]
+            color = style(s.method).color
             lo, hi = finite(s.lower), finite(s.upper)  # a non-finite end: left out
             unbounded |= bool(np.isnan(lo).any() or np.isnan(hi).any())
             ax.hlines(ypos + off, lo, hi, color=color, lw=2.0, label=s.label)
@@ -375,12 +421,13 @@ def plot_rank(post, width: float = 14):
     return fig
 
 
-# (colour, line style) of the exact posterior's own marks
+# The exact posterior's own marks: black and grey (apart for every colour vision), each with
+# its own line style
 EXACT_STYLE = {
-    "exact mode": ("black", "-"),
-    "exact local mode": ("black", (0, (1, 1))),
-    "exact mean": ("#8c564b", "--"),
-    "exact median": ("#bcbd22", "-."),
+    "exact mode": Mark(OKABE_ITO["black"], "-", "*"),
+    "exact local mode": Mark(OKABE_ITO["black"], (0, (1, 1)), "*"),
+    "exact mean": Mark("0.5", "--", "d"),
+    "exact median": Mark("0.5", "-.", "h"),
     "MCMC mode (half-sample)": STYLE["MCMC mode"],
 }
 
@@ -417,12 +464,12 @@ def plot_exact(panels: tuple[ExactPanel, ...]):
         for label, value in p.marks:
             if value is None or not np.isfinite(value):
                 continue
-            color, style = EXACT_STYLE.get(label, STYLE.get(label, ("0.4", "-")))
+            mk = EXACT_STYLE.get(label) or style(label)
             text = f"{label}: {value:.4g}"
             if lo <= value <= hi:
-                ax.axvline(value, color=color, ls=style, lw=1.6, label=text)
+                ax.axvline(value, color=mk.color, ls=mk.ls, lw=1.6, label=text)
             else:
-                ax.plot([], [], color=color, ls=style, lw=1.6, label=f"{text} (off scale)")
+                ax.plot([], [], color=mk.color, ls=mk.ls, lw=1.6, label=f"{text} (off scale)")
         for line in p.note.splitlines():  # in the legend: it finds the room
             ax.plot([], [], " ", label=line)
         ax.set_xlim(lo, hi)

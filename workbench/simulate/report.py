@@ -48,6 +48,8 @@ def plot_summary(summary: pd.DataFrame, study: Study):
 
     import matplotlib.pyplot as plt
 
+    from workbench.present.plots import style
+
     level = study.level
     described = {s.index: s.describe() for s in study.settings()}
     settings = sorted(summary["setting"].unique())
@@ -55,7 +57,7 @@ def plot_summary(summary: pd.DataFrame, study: Study):
     wide = max(13, 1.1 * len(params) + 6)
     fig, axes = plt.subplots(len(settings), 2, figsize=(wide, 3.6 * len(settings)), squeeze=False)
     methods = sorted(summary["method"].unique())
-    colors = dict(zip(methods, plt.cm.tab10.colors, strict=False))
+    marks = {m: style(m) for m in methods}  # the report's palette (Okabe-Ito), hatch per method
     width = 0.8 / len(methods)
 
     def value(sub, meth, p, col):
@@ -73,7 +75,9 @@ def plot_summary(summary: pd.DataFrame, study: Study):
                 [value(sub, meth, p, "coverage") for p in params],
                 width,
                 yerr=[2 * s if np.isfinite(s) else 0 for s in se],
-                color=colors[meth],
+                color=marks[meth].color,
+                hatch=marks[meth].hatch,
+                edgecolor="white",
                 label=meth,
                 capsize=2,
             )
@@ -81,7 +85,9 @@ def plot_summary(summary: pd.DataFrame, study: Study):
                 np.arange(len(ratios)) + shift,
                 [value(sub, meth, p, "ratio_to_truth") for p in ratios],
                 width,
-                color=colors[meth],
+                color=marks[meth].color,
+                hatch=marks[meth].hatch,
+                edgecolor="white",
                 label=meth,
             )
         row[0].axhline(level, color="k", ls="--", lw=1, label=f"nominal {level:.0%}")
@@ -94,7 +100,7 @@ def plot_summary(summary: pd.DataFrame, study: Study):
         if len(theory):
             row[1].axhline(
                 theory.iloc[0],
-                color="#d62728",
+                color=style("joint-map:centered").color,
                 ls=":",
                 lw=1.5,
                 label=f"theory (n - 1)/n = {theory.iloc[0]:.3f}",
