@@ -20,7 +20,7 @@ import numpy as np
 
 from workbench.fit import diagnostics
 from workbench.fit.exact_oneway import SCALES, on_scale
-from workbench.present import curves, plots, table
+from workbench.present import curves, lesson, plots, table
 from workbench.provenance import lock_sha256
 
 PACKAGES = (
@@ -508,6 +508,7 @@ def build_context(
         "ex_variances": explanation_variances(ex, d),
         "ex_by_factor": explanation_by_factor(ex),
         "exact": exact_context(c),
+        "lesson": None if fragment else lesson.context(c),
         "terms": TERMS + (ONEWAY_TERMS if oneway else []),
         "fmt": _fmt,
         "diag": diag,
