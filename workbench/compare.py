@@ -30,7 +30,8 @@ from workbench.model.formula import parse
 from workbench.model.priors import Priors, make_priors
 from workbench.model.pymc import PARAMETRIZATIONS as MCMC_PARAMETRIZATIONS
 from workbench.objectives.oneway import PARAMETRIZATIONS
-from workbench.provenance import lock_sha256
+from workbench.provenance import citation, lock_sha256
+from workbench.provenance import record as provenance_record
 from workbench.seeds import seed_for
 
 METHODS = ("anova", "eb-ml", "eb-reml", "joint-map", "mcmc")
@@ -122,8 +123,9 @@ class Comparison:
                 "oneway": d.is_oneway,
                 "priors": self.priors.to_dict(),
             },
-            "data": d.summary(),
+            "data": {**d.summary(), "citation": citation(d.source)},
             "settings": self.settings.to_dict(),
+            "provenance": provenance_record(),
         }
         if self.anova is not None:
             out["anova"] = self.anova.to_dict()
@@ -277,19 +279,19 @@ def _model(data, y, group, formula, levels) -> LMMData:
         raise InputError("give either a formula or y/group, not both.")
     spec = parse(formula)
     if isinstance(data, str | Path):
-        frame, digest = read_csv(data)
+        frame, _ = read_csv(data)  # the data hash is of the used columns (content_sha256)
         source = str(data)
     elif isinstance(data, pd.DataFrame):
-        frame, digest, source = data, "", "<DataFrame>"
+        frame, source = data, "<DataFrame>"
     else:
         raise InputError(
             f"with formula=..., data must be a CSV path or a pandas DataFrame, got "
             f"{type(data).__name__}."
         )
     if spec.is_oneway:
-        gd = from_frame(frame, spec.response, spec.factor, source=source, sha256=digest)
+        gd = from_frame(frame, spec.response, spec.factor, source=source)
         return design.from_grouped(gd, formula=spec.text())
-    return design.from_frame(frame, spec, source=source, sha256=digest, levels=levels)
+    return design.from_frame(frame, spec, source=source, levels=levels)
 
 
 def compare(

@@ -181,21 +181,47 @@ def _check_column(df: pd.DataFrame, name: str, option: str, source: str) -> None
     raise InputError(f"{source}: no column '{name}' for {option}; {hint}")
 
 
+def content_sha256(df: pd.DataFrame, columns) -> str:
+    """SHA-256 of the data a model uses: the named `columns` of `df`, taken in sorted order of
+    their names, each as its name, its kind and its values in row order; a numeric (or boolean)
+    column as float64 numbers, any other column as the text of each value.
+
+    It covers the content, not a file: a CSV file and the same data as a DataFrame (for example
+    `pd.read_csv` of that file) get the same hash, whatever the file's formatting (quoting,
+    "1.50" or "1.5", line endings), the other columns, the column order, the index or the
+    dtype width (int64 1545 and float64 1545.0 are the same number). What does count: the row
+    order, every value of the used columns, and whether a column is numbers or text (group
+    labels 1224 read as numbers differ from the text "1224")."""
+    h = hashlib.sha256()
+    for name in sorted(columns, key=str):
+        col = df[name]
+        numeric = pd.api.types.is_numeric_dtype(col.dtype) and not isinstance(
+            col.dtype, pd.CategoricalDtype
+        )
+        h.update(f"{name}\0{'number' if numeric else 'text'}\0{len(col)}\0".encode())
+        if numeric:
+            h.update(np.ascontiguousarray(col.to_numpy(dtype=float), dtype="<f8").tobytes())
+        else:
+            h.update("\x1f".join(col.astype(str).tolist()).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
 def from_frame(
     df: pd.DataFrame, y: str, group: str, *, source: str = "<DataFrame>", sha256: str = ""
 ) -> GroupedData:
-    """Build `GroupedData` from two columns of a DataFrame."""
+    """Build `GroupedData` from two columns of a DataFrame; `sha256` defaults to the content
+    hash of those two columns (`content_sha256`)."""
     _check_column(df, y, "--y", source)
     _check_column(df, group, "--group", source)
     if not sha256:
-        sha256 = hashlib.sha256(
-            pd.util.hash_pandas_object(df[[y, group]], index=False).to_numpy().tobytes()
-        ).hexdigest()
+        sha256 = content_sha256(df, [y, group])
     return from_arrays(df[y], df[group], y_name=y, group_name=group, source=source, sha256=sha256)
 
 
 def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """Read a CSV file; return the frame and the SHA-256 of the file's bytes.
+    """Read a CSV file; return the frame and the SHA-256 of the file's bytes (the data's own
+    hash in the outputs is `content_sha256`, the same for the file and a DataFrame).
 
     Missing values as R's `read.csv` has them: "NA" and empty cells only (pandas by default also
     takes "None", "null", "NaN", "n/a", ... as missing, which turns real factor levels such as
@@ -213,9 +239,9 @@ def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:
 
 
 def load_csv(path: str | Path, y: str, group: str) -> GroupedData:
-    """CSV path -> validated `GroupedData` (the file's SHA-256 kept for provenance)."""
-    df, digest = read_csv(path)
-    return from_frame(df, y, group, source=str(path), sha256=digest)
+    """CSV path -> validated `GroupedData` (the hash of the used columns kept for provenance)."""
+    df, _ = read_csv(path)
+    return from_frame(df, y, group, source=str(path))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ Z_j'Z_j, Z_j'X_j and Z_j'y_j: the same numbers, in O(m q^3) per evaluation after
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,7 +18,7 @@ import pandas as pd
 import scipy.linalg
 
 from workbench.errors import InputError
-from workbench.model.data import Stats, check_y_range
+from workbench.model.data import Stats, check_y_range, content_sha256
 from workbench.model.formula import FormulaSpec, RandomTerm, model_matrix, parse, variables
 
 
@@ -510,6 +509,7 @@ def from_frame(
         if name not in df.columns:
             raise _missing_column(df, name, source)
     df = df[used].copy()
+    sha256 = sha256 or content_sha256(df, used)  # the values as given, before level orders
     for name in used:
         isna = df[name].isna().to_numpy()
         if isna.any():
@@ -543,10 +543,6 @@ def from_frame(
     X, fixed_names = _design(spec.fixed_part, df, source)  # R's order: interactions last
     _check_rank(X, fixed_names, source)
     groupings, Z, blocks, sizes = _random_terms(spec, df, source)
-    if not sha256:
-        sha256 = hashlib.sha256(
-            pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()
-        ).hexdigest()
     out = LMMData(
         y=y,
         X=X,

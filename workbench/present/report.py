@@ -9,34 +9,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import platform
-import sys
 import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
+from workbench import provenance
 from workbench.fit import diagnostics
 from workbench.fit.exact_oneway import SCALES, on_scale
 from workbench.present import curves, lesson, plots, table
-from workbench.provenance import lock_sha256
 
-PACKAGES = (
-    "workbench",
-    "numpy",
-    "scipy",
-    "pandas",
-    "pymc",
-    "pytensor",
-    "arviz",
-    "arviz-stats",
-    "arviz-plots",
-    "nutpie",
-    "matplotlib",
-    "jinja2",
-)
 # (alt text, TeX) per place in the report; the one-way model gets its own notation
 FORMULAS = {
     "model": [
@@ -122,14 +105,9 @@ def formula_png(tex: str) -> bytes:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for p in PACKAGES:
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "not installed"
-    out["requirements.lock sha256"] = lock_sha256() or "none (installed without the lock)"
-    return out
+    """The provenance rows: versions, lock hash, git commit, BLAS and threads
+    (`workbench.provenance.rows`)."""
+    return provenance.rows()
 
 
 def _fmt(v, digits: int = 6) -> str:
@@ -484,7 +462,7 @@ def build_context(
         or f"{formula_of(d)}: joint MAP vs empirical Bayes vs posterior",
         **top,
         "formula": formula_of(d),
-        "data": d.summary(),
+        "data": {**d.summary(), "citation": provenance.citation(d.source)},
         "factors": grouping_factors(d),
         "several": d.n_factors > 1,
         "groups_text": groups_text(d),
