@@ -167,6 +167,12 @@ class Comparison:
             from workbench.explain import explain
 
             out["explanation"] = explain(self).to_dict()
+        if self.eb_ml is not None or self.eb_reml is not None or self.mcmc is not None:
+            from workbench.explain import CI_SCALE, story
+
+            out["story"] = story(self)  # the headline, the second framing, the variants' roles
+            if out.get("joint_map", {}).get("ci_hessian"):
+                out["joint_map"]["ci_scale"] = CI_SCALE
         out["warnings"] = self.warnings()
         return finalize(out)
 

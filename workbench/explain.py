@@ -35,6 +35,7 @@ from workbench.model.design import LMMData
 from workbench.objectives import oneway as dens
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+NEGLIGIBLE_PD = 1e-3  # hidden degrees of freedom below which the effects are called certain
 
 
 @dataclass(frozen=True)
@@ -753,12 +754,19 @@ def sentences(
         if ok_em
         else f"against the ML estimate {eb.sigma2:.5g} (the fit is not at a stationary point)"
     )
-    if eb.missing > 0 and np.isfinite(eb.volume):
+    if eb.p_d >= NEGLIGIBLE_PD and np.isfinite(eb.volume):
         out.append(
             f"{est} At that point the {effects} are uncertain: their conditional variances add "
             f"up to {miss} = {eb.missing:.4g}, worth p_D = {eb.p_d:.3g} hidden degrees of "
             f"freedom out of {n_eff}. ML counts that uncertainty: sigma^2 = (RSS + "
             f"{eb.missing:.4g}) / N = {eb.sigma2_em_with:.5g}, {em}."
+        )
+    elif np.isfinite(eb.volume):  # G positive definite, yet next to no uncertainty left
+        out.append(
+            f"{est} The fit is next to the boundary: the {effects} are shrunk nearly to 0, "
+            f"their conditional variances adding up to only {miss} = {eb.missing:.3g} "
+            f"(p_D = {eb.p_d:.2g} hidden degrees of freedom out of {n_eff}), so sigma^2 = "
+            f"(RSS + {eb.missing:.3g}) / N = {eb.sigma2_em_with:.5g}, {em}."
         )
     else:
         out.append(
@@ -766,7 +774,8 @@ def sentences(
             + (
                 f"the {effects} are shrunk to 0 with no uncertainty left, "
                 if eb.missing == 0
-                else f"part of the {effects} is shrunk away ({miss} = {eb.missing:.4g}), "
+                else f"the {effects} along G's zero directions are shrunk to 0 while the rest "
+                f"stay uncertain ({miss} = {eb.missing:.4g}), "
             )
             + f"so sigma^2 = (RSS + {eb.missing:.4g}) / N = {eb.sigma2_em_with:.5g}, {em}; "
             f"there the volume term is -infinity and the log joint +infinity."
@@ -820,9 +829,9 @@ def sentences(
                 "The log joint has no interior maximum here (none of the starts found one): "
                 "with every group effect at mu it rises without bound as tau -> 0 (the funnel), "
                 "so any optimiser of the joint density runs to tau = 0 with sigma^2 heading for "
-                "the pooled variance. The EB and posterior answers exist because they integrate "
-                "the group effects out and keep the volume term, which falls to -infinity as "
-                "tau -> 0."
+                "the complete-pooling variance sum (y - ybar)^2 / N. The EB and posterior "
+                "answers exist because they integrate the group effects out and keep the "
+                "volume term, which falls to -infinity as tau -> 0."
             )
         else:
             terms = (
@@ -954,9 +963,11 @@ class FramingRow:
     hdi: tuple[float, float] | None
     joint: float | None
     eb: float | None
+    joint_ci: tuple[float, float] | None = None  # the joint mode's Wald interval on this scale
 
     def to_dict(self) -> dict:
         return {
+            "joint_mode_ci": list(self.joint_ci) if self.joint_ci is not None else None,
             "quantity": self.quantity,
             "scale": self.scale,
             "label": self.label,
@@ -1024,6 +1035,28 @@ def _scales_of(c) -> list[tuple[str, str, str, int | None]]:
     return out
 
 
+def _joint_ci(c, joint, i: int | None, scale: str) -> tuple[float, float] | None:
+    """The joint mode's Wald interval (`ci_hessian`: on log sigma and the log variances,
+    mapped) of sigma^2 or variance i, on a framing scale."""
+    ci = joint.ci_hessian if joint is not None else None
+    if not ci:
+        return None
+    d = c.data
+    if i is None:
+        ends = ci.get("sigma2")
+    elif d.is_oneway:
+        ends = ci.get("tau2")
+    else:
+        block = next(b for b in d.blocks if i in b.cols)
+        factor = d.groupings[block.factor].name
+        name = block.names[list(block.cols).index(i)]
+        ends = ci.get("variance_components", {}).get(factor, {}).get("variances", {}).get(name)
+    if not ends or any(v is None for v in ends):
+        return None
+    lo, hi = (_on(v, scale) for v in ends)
+    return None if lo is None or hi is None else (lo, hi)
+
+
 def _mcmc_stats(draws: np.ndarray, scale: str) -> tuple[float, tuple[float, float]]:
     """The half-sample mode (ArviZ) and 94% HDI of SD draws on a framing scale."""
     import arviz as az
@@ -1077,6 +1110,7 @@ def framing(c) -> Framing | None:
                 hdi=(float(hdi[0]), float(hdi[1])),
                 joint=_on(var(joint), scale),
                 eb=_on(var(eb), scale),
+                joint_ci=_joint_ci(c, joint, i, scale),
             )
         )
     source = "exact posterior" if e is not None else "MCMC posterior"
@@ -1086,6 +1120,13 @@ def framing(c) -> Framing | None:
         rows=tuple(rows),
         sentences=_framing_sentences(rows, source, joint is not None, jm is not None),
     )
+
+
+def _signed(diff: float) -> str:
+    """'0.077 below' / '0.02 above' / 'equal to' for a difference on the log scale."""
+    if abs(diff) < 5e-4:
+        return "equal to"
+    return f"{abs(diff):.2g} " + ("below" if diff < 0 else "above")
 
 
 def _mode_words(r: FramingRow) -> str:
@@ -1110,6 +1151,7 @@ def _framing_sentences(rows, source: str, interior: bool, ran: bool) -> tuple[st
         if source == "exact posterior"
         else "the MCMC posterior (half-sample modes of the draws)"
     )
+    exact = source == "exact posterior"
     modes = "; ".join(f"{r.label}: {_mode_words(r)}" for r in rows)
     out = [
         f"A marginal posterior mode depends on the scale: on {where} the modes are {modes}. "
@@ -1132,16 +1174,25 @@ def _framing_sentences(rows, source: str, interior: bool, ran: bool) -> tuple[st
         else:
             ref, which = r.mode, "mode"
         if ref is None or ref == 0:
-            parts.append(f"{r.label} {num(r.joint)} (no interior mode to compare with)")
+            known = "with no interior local mode" if exact else "(draws cannot locate a local mode)"
+            parts.append(f"{r.label} {num(r.joint)} against the boundary mode 0 {known}")
             continue
-        parts.append(f"{r.label} {num(r.joint)}, {_apart(r.joint, ref)} the {which}")
-        gaps.append((abs(r.joint / ref - 1.0), r.label))
+        if r.scale == "log":  # a difference of logs is a ratio of SDs
+            ratio = float(np.exp(r.joint - ref))
+            parts.append(
+                f"{r.label} {num(r.joint)}, {_signed(r.joint - ref)} the {which} {num(ref)} "
+                f"(an SD {_apart(ratio, 1.0)} the mode's)"
+            )
+            gaps.append((abs(ratio - 1.0), r.label, _apart(ratio, 1.0)))
+            continue
+        parts.append(f"{r.label} {num(r.joint)}, {_apart(r.joint, ref)} the {which} {num(ref)}")
+        gaps.append((abs(r.joint / ref - 1.0), r.label, _apart(r.joint, ref)))
     text = "The joint mode (centered, no priors) reads " + "; ".join(parts) + "."
     if gaps:
         lo, hi = min(gaps), max(gaps)
         text += (
-            f" It is closest to a marginal mode on {lo[1]} ({100 * lo[0]:.2g}% apart) and "
-            f"farthest on {hi[1]} ({100 * hi[0]:.2g}% apart)"
+            f" It is closest to a marginal mode on {lo[1]} ({lo[2]} it) and farthest on "
+            f"{hi[1]} ({hi[2]} it)"
             + (
                 ": it is not the marginal posterior mode on any of these scales."
                 if lo[0] > AGREE
@@ -1179,6 +1230,15 @@ def _variance_parts(c, joint, eb_label: str | None, eb) -> list[str]:
     return out
 
 
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """a and b with the fewest significant digits (at least 3) that tell them apart."""
+    for digits in range(3, 10):
+        x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if x != y:
+            return x, y
+    return x, y
+
+
 def _no_mode_sentence(c) -> str:
     """Why there is no joint mode, true for the data at hand: proved by the balanced closed form
     (one-way, equal group sizes), else what the starts found."""
@@ -1191,10 +1251,11 @@ def _no_mode_sentence(c) -> str:
     )
     bal = balanced_form(d.oneway, float(c.eb_ml.sigma2)) if d.is_oneway and c.eb_ml else None
     if bal is not None and not bal.interior_exists:
+        f, thr = _distinct(bal.f_statistic, bal.f_threshold)
         return (
-            f"There is no joint mode: with {bal.m} groups of {bal.n}, F = "
-            f"{bal.f_statistic:.3g} is below the threshold {bal.f_threshold:.3g}, so the log "
-            f"joint has no local maximum away from the boundary, and {tail}."
+            f"There is no joint mode: with {bal.m} groups of {bal.n}, F = {f} is below the "
+            f"threshold {thr} for an interior mode, so the log joint (h-likelihood) has no local "
+            f"maximum; it runs to +∞ as τ → 0 with every group effect at μ."
         )
     counts = jm.counts()
     found = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
@@ -1294,3 +1355,133 @@ def _agreement(c, fr: Framing, eb_label: str, eb) -> str:
         if len(differ) > 3:
             text += f" and {len(differ) - 3} more"
     return text + "."
+
+
+def _sd_words(c, r, limit: int = 3) -> str:
+    """A joint MAP's SDs against the EB fit's and the prior scales, e.g. 'τ = 20.48 (EB-ML
+    4.833; prior HalfNormal(14.79))'."""
+    d, pri = c.data, c.priors
+    eb_label, eb = reference_eb(c)
+    if d.is_oneway:
+        names = ["τ"]
+    else:
+        from workbench.model.pymc import effect_names
+
+        names = [f"the SD of {n}" for n in effect_names(d)]
+    out = []
+    for i, name in enumerate(names[:limit]):
+        sd = float(np.sqrt(r.G[i, i]))
+        ref = f"{eb_label} {num(float(np.sqrt(eb.G[i, i])))}; " if eb is not None else ""
+        out.append(f"{name} = {num(sd)} ({ref}prior HalfNormal({num(pri.sd_scale[i])}))")
+    if len(names) > limit:
+        out.append(f"{len(names) - limit} more")
+    return _join(out)
+
+
+def variant_roles(c) -> dict[tuple[str, bool], str]:
+    """One sentence per joint MAP variant that ran, from its numbers: what it is and why it is
+    (or is not) the joint mode of the question. The centered h-likelihood is the headline; the
+    others are modes of other densities."""
+    out = {}
+    jms = c.joint_maps
+    var = "τ → 0" if c.data.is_oneway else "the variances → 0"
+    head = jms.get(("centered", False))
+    for (par, pri), r in jms.items():
+        inner = r.status == "interior" and r.G is not None
+        counts = r.counts()
+        if (par, pri) == ("centered", False):
+            out[(par, pri)] = (
+                "The joint mode of the question and the headline joint MAP: the maximum of the "
+                "h-likelihood, the log joint of the data and the random effects with no priors"
+                + (
+                    f"; its Wald intervals ({100 * r.ci_level:.0f}%) come from the Hessian at the "
+                    "mode."
+                    if inner
+                    else f"; it has no interior mode here (its runs end at {var})."
+                )
+            )
+        elif (par, pri) == ("centered", True):
+            if inner and head is not None and head.status == "interior" and head.G is not None:
+                gap = _apart(float(r.sigma2), float(head.sigma2))
+                out[(par, pri)] = (
+                    "The mode of the density PyMC samples (the centered log joint times the "
+                    "priors, no Jacobian): the priors barely move it — its σ² "
+                    f"({num(float(r.sigma2))}) is {gap} the joint mode's."
+                    if _close(float(r.sigma2), float(head.sigma2))
+                    else "The mode of the density PyMC samples (the centered log joint times the "
+                    f"priors, no Jacobian): the priors move it, its σ² ({num(float(r.sigma2))}) "
+                    f"is {gap} the joint mode's."
+                )
+            elif inner:
+                out[(par, pri)] = (
+                    "The mode of the density PyMC samples (the centered log joint times the "
+                    f"priors, no Jacobian), σ² = {num(float(r.sigma2))}: a local maximum of a "
+                    "density that is still unbounded as the variances go to 0."
+                )
+            else:
+                out[(par, pri)] = (
+                    "The mode of the density PyMC samples (the centered log joint times the "
+                    "priors, no Jacobian): none here, because the priors' densities stay finite "
+                    f"as {var} and cannot stop the centered log joint from running to +∞."
+                )
+        elif not pri:
+            escaped = counts.get("escape", 0)
+            out[(par, pri)] = (
+                "The h-likelihood in the non-centered effects z = b / SD, a different density "
+                "(no −log SD term per effect): "
+                + (
+                    f"{escaped} of its {sum(counts.values())} runs escaped to ever larger SDs, "
+                    "towards the no-pooling fit, its supremum, so it has no mode to report."
+                    if not inner and escaped
+                    else "no interior mode here."
+                    if not inner
+                    else f"an interior mode here (σ² = {num(float(r.sigma2))}), a point of "
+                    "another density, not the joint mode of the question."
+                )
+            )
+        else:
+            nc = jms.get(("noncentered", False))
+            escapes = (
+                nc is not None
+                and nc.status != "interior"
+                and nc.counts().get("escape", 0) == sum(nc.counts().values())
+            )
+            if not inner:
+                out[(par, pri)] = (
+                    "The mode of the non-centered density with the priors: none here "
+                    f"({', '.join(f'{v} {k}' for k, v in counts.items())})."
+                )
+            elif escapes:
+                out[(par, pri)] = (
+                    "Prior-driven: without the priors the non-centered log joint has no mode "
+                    "(every run escaped to ever larger SDs), so this mode sits where the "
+                    f"HalfNormal prior on the SD stops it — {_sd_words(c, r)}."
+                )
+            else:
+                out[(par, pri)] = (
+                    "The mode of the non-centered density with the priors, a point of another "
+                    f"density than the joint mode of the question: {_sd_words(c, r)}."
+                )
+    return out
+
+
+CI_SCALE = (
+    "Wald intervals from the inverse negative Hessian of the log joint in all parameters at the "
+    "mode, symmetric on the scale of the fixed effects, log sigma and the log variances (one-way: "
+    "log sigma and log tau), then mapped to sigma^2 and the variances (ends exp of the log ends)"
+)
+
+
+def story(c) -> dict:
+    """The top of the report as JSON: the headline's two sentences, the second framing (None
+    without a posterior) and one sentence per joint MAP variant that ran, keyed like
+    `joint_map_all` ("centered/h_likelihood", ...)."""
+    fr = framing(c)
+    return {
+        "headline": list(headline(c)),
+        "framing": fr.to_dict() if fr is not None else None,
+        "joint_map_roles": {
+            f"{par}/{'posterior' if pri else 'h_likelihood'}": text
+            for (par, pri), text in variant_roles(c).items()
+        },
+    }

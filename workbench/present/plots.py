@@ -482,3 +482,77 @@ def plot_exact(panels: tuple[ExactPanel, ...]):
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+@plain_text
+def plot_framing(framing: dict):
+    """The question's second framing (`explain.framing(c).to_dict()`): one strip per quantity
+    and scale, the posterior's 94% HDI as a grey bar with its marginal mode (a boundary mode at
+    0 drawn hollow, an interior local mode beside it), the joint mode with its Wald interval
+    and the EB fit, each on that scale's own axis. The legend sits below the strips."""
+    rows = framing["rows"]
+    jc, eb_label = style(_JC), framing.get("eb") or "EB-ML"
+    ebm = style(eb_label)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.0, 0.62 * len(rows) + 1.3), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows, strict=True):
+        lo, hi = r["hdi"] or (np.nan, np.nan)
+        ax.plot([lo, hi], [0, 0], color="0.75", lw=9, solid_capstyle="butt")
+        mode = r["posterior_mode"]
+        ax.plot(
+            [mode], [0], "*", ms=13, color="black",
+            mfc="white" if r["boundary"] else "black", zorder=4,
+        )  # fmt: skip
+        if r["local_mode"] is not None:
+            ax.plot([r["local_mode"]], [0], "*", ms=11, color="0.35", zorder=4)
+        values = [lo, hi, mode, r["local_mode"], r["eb"], r["joint_mode"]]
+        if r["joint_mode"] is not None:
+            ci = r["joint_mode_ci"]
+            err = None if ci is None else [[r["joint_mode"] - ci[0]], [ci[1] - r["joint_mode"]]]
+            ax.errorbar(
+                [r["joint_mode"]], [0.28], xerr=err, fmt=jc.marker, color=jc.color,
+                ms=7, capsize=3, lw=1.4, zorder=5,
+            )  # fmt: skip
+            values += list(ci or [])
+        if r["eb"] is not None:
+            ax.plot([r["eb"]], [-0.28], ebm.marker, color=ebm.color, ms=7, zorder=5)
+        v = finite([x for x in values if x is not None])
+        v = v[np.isfinite(v)]
+        if v.size:
+            pad = 0.06 * max(float(v.max() - v.min()), 1e-9 * max(1.0, abs(float(v.max()))))
+            ax.set_xlim(float(v.min()) - pad, float(v.max()) + pad)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_yticks([])
+        ax.set_ylabel(short(r["label"], 28), rotation=0, ha="right", va="center", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        for side in ("left", "right", "top"):
+            ax.spines[side].set_visible(False)
+    src = framing["source"]
+    handles = [
+        plt.Line2D(
+            [], [], color="0.75", lw=9, label=f"{src}: {100 * framing['hdi_prob']:.0f}% HDI"
+        ),
+        plt.Line2D([], [], ls="", marker="*", ms=12, color="black", label=f"{src}: marginal mode"),
+        plt.Line2D(
+            [],
+            [],
+            ls="",
+            marker="*",
+            ms=12,
+            color="black",
+            mfc="white",
+            label="marginal mode at the boundary 0",
+        ),  # fmt: skip
+        plt.Line2D([], [], ls="", marker="*", ms=10, color="0.35", label="interior local mode"),
+        plt.Line2D(
+            [],
+            [],
+            ls="-",
+            marker=jc.marker,
+            color=jc.color,
+            label="joint mode (centered, no priors), Wald interval",
+        ),  # fmt: skip
+        plt.Line2D([], [], ls="", marker=ebm.marker, color=ebm.color, label=eb_label),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 1.05 / (0.62 * len(rows) + 1.3), 1, 1))
+    return fig

@@ -434,7 +434,7 @@ def build_context(
     d = c.data
     oneway = d.is_oneway
     ex, ex_failure = _explanation(c)
-    top = story(c)
+    top = story(c, fragment)
     images, figure_notes = _draw([] if fragment else figures(c, truth))
     if not fragment and d.n_factors > MAX_FACTOR_FIGURES and c.eb_ml is not None:
         figure_notes.append(
@@ -518,18 +518,39 @@ def case_title(case_text: str | None) -> str | None:
     return str(title).strip() or None if title else None
 
 
-def story(c) -> dict:
+def story(c, fragment: bool = False) -> dict:
     """The top of the report: the headline's two sentences and the second framing (the joint
     mode beside the marginal posterior modes on each scale), from `explain`."""
-    from workbench.explain import framing, headline
+    from workbench.explain import framing, headline, variant_roles
 
+    roles = {curves.JOINT_LABELS[k]: v for k, v in variant_roles(c).items()}
     if c.eb_ml is None and c.eb_reml is None and c.mcmc is None:
-        return {"headline": [], "framing": None, "framing_images": []}
+        return {
+            "headline": [],
+            "framing": None,
+            "framing_images": [],
+            "framing_notes": [],
+            "jm_roles": roles,
+        }
     fr = framing(c)
+    fd = fr.to_dict() if fr else None
+    images, notes = _draw(
+        [
+            (
+                "framing",
+                f"The joint mode against the {fd['source']}'s marginal modes, on each scale",
+                lambda: plots.plot_framing(fd),
+            )
+        ]
+        if fd is not None and not fragment
+        else []
+    )
     return {
         "headline": list(headline(c)),
-        "framing": fr.to_dict() if fr else None,
-        "framing_images": [],
+        "framing": fd,
+        "framing_images": images,
+        "framing_notes": notes,
+        "jm_roles": roles,
     }
 
 
