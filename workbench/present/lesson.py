@@ -10,10 +10,11 @@ conditional modes,
     h(s2, t2) = -1/2 [N log 2 pi s2 + m log 2 pi t2 + W/s2 + nB/(s2 + n t2)]
 
 (`log_marginal`, `log_joint`). The lesson draws three curves from them: the marginal profile
-over s2 (t2 >= 0 maximised), the joint profile over s2 on its interior branch (the local maximum
-over t2, which exists for s2 <= nB / (4m); its peak is the joint mode), and the joint along tau
-(s2 maximised: the root of a cubic). Units: the functions take (n, m, F) in units of the MSW;
-`Balanced.of` gives the same model in the data's units."""
+over s2 (t2 >= 0 maximised); the joint profile over s2 on its interior branch (the local maximum
+over t2, which exists for s2 <= nB / (4m)), whose interior local maximum is the joint mode (near
+the threshold the branch climbs again past the saddle to its end, a fold, not a mode); and the
+joint along tau (s2 maximised: the root of a cubic). Units: the functions take (n, m, F) in units
+of the MSW; `Balanced.of` gives the same model in the data's units."""
 
 from __future__ import annotations
 
@@ -278,7 +279,11 @@ def context(c) -> dict:
                 "to start it from, so it is not shown (models/lesson.ipynb has the lesson)."
             ),
         }
-    st = d.oneway
+    return stats_context(d.oneway, d.y_name)
+
+
+def stats_context(st: Stats, y_name: str = "y") -> dict:
+    """`context` for one-way per-group statistics (a report's data, or a simulated data set)."""
     try:
         start = start_values(st)
     except ValueError as exc:
@@ -294,7 +299,7 @@ def context(c) -> dict:
         "F_data": start["F"],
         "f_pos": round(F_STEPS * np.log(F / lo_f) / np.log(hi_f / lo_f)),
         "unit": start["unit"],
-        "y": d.y_name,
+        "y": y_name,
         "ranges": {
             "n": [N_RANGE[0], max(N_RANGE[1], start["n"])],
             "m": [M_RANGE[0], max(M_RANGE[1], start["m"])],
@@ -307,7 +312,28 @@ def context(c) -> dict:
     return {
         "shown": True,
         "data_json": json.dumps(data),
-        "line": sentence(b, start["unit"], d.y_name),
+        "line": sentence(b, start["unit"], y_name),
         "start": data,
         "notes": notes,
     }
+
+
+def standalone(ctx: dict, title: str = "The joint mode: an interactive lesson") -> str:
+    """The lesson alone as one self-contained HTML page (the report's section and style)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(SCRIPT.parent),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<title>{{ title }}</title><style>{% include "report.css" %}</style></head>'
+        '<body><div class="wb-report"><h1>{{ title }}</h1>{% include "_lesson.html.j2" %}'
+        "</div></body></html>"
+    )
+    from workbench.present.report import _fmt
+
+    return env.from_string(page).render(lesson=ctx, title=title, fmt=_fmt)

@@ -310,10 +310,15 @@
     var hi = 10 * top, lo = hi * 1e-5;
     var xs = logspace(lo, hi, 300);
     var hs = xs.map(function (r) { return tauPath(b, r * s.sigma2_ml)[1]; });
-    var ylim, ref;
+    var ylim, ref, low = -1;
     if (s.interior) {
-      var st = stationary(b), depth = st[0].logJoint - st[1].logJoint;
-      ref = st[0].logJoint;
+      // the path's lowest point left of the mode: the saddle, or (at large F) the kink where
+      // the best sigma^2 jumps to the collapsing branch; the saddle is then off the path
+      for (var i = 0; xs[i] < s.tau2_joint / s.sigma2_ml; i++) {
+        if (low < 0 || hs[i] < hs[low]) low = i;
+      }
+      ref = stationary(b)[0].logJoint;
+      var depth = ref - hs[low];
       ylim = [-Math.max(2.5, 2.5 * depth) - depth, Math.max(2, 2 * depth)];
     } else {
       ref = hs[hs.length - 1];
@@ -326,10 +331,11 @@
     if (s.tau2_ml > 0) vline(f, s.tau2_ml / s.sigma2_ml, { stroke: BLUE, "stroke-dasharray": "5 3" }, "τ² of ML");
     line(f, xs, hs.map(function (v) { return v - ref; }), { stroke: VERM });
     if (s.interior) {
-      var sd = stationary(b)[1];
       marker(f, "star", s.tau2_joint / s.sigma2_ml, 0, VERM, true, "joint mode (local maximum)");
-      marker(f, "circle", sd.tau2 / s.sigma2_ml, sd.logJoint - ref, VERM, false,
-        "saddle: the way down to the collapse");
+      if (low >= 0) {
+        marker(f, "circle", xs[low], hs[low] - ref, VERM, false,
+          "the lowest point: past it the log joint climbs to the collapse");
+      }
       note(f, "→ +∞ as τ → 0 (the funnel)", GREY, true);
     } else {
       note(f, "no interior joint mode: it only rises as τ → 0", VERM);
