@@ -8,7 +8,6 @@ parametrizations with and without priors, MCMC) -> `Comparison`, which the table
 from __future__ import annotations
 
 import difflib
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
@@ -176,8 +175,34 @@ class Comparison:
         out["warnings"] = self.warnings()
         return finalize(out)
 
+    def __repr__(self) -> str:
+        """A header line (formula, N, grouping factors) and one short line per method run:
+        the variances and log likelihood or log joint, never arrays."""
+        d = self.data
+        groups = ", ".join(f"{g.name} {g.n_levels}" for g in d.groupings)
+        lines = [f"Comparison({d.formula}, N={d.n_obs}, levels: {groups})"]
+        if self.anova is not None:
+            lines.append(f"  ANOVA: {self.anova.brief()}")
+        if self.eb_ml is not None and "eb-ml" in self.settings.methods:
+            lines.append(f"  EB-ML: {self.eb_ml.brief()}")
+        if self.eb_reml is not None:
+            lines.append(f"  EB-REML: {self.eb_reml.brief()}")
+        for (par, pri), fit in self.joint_maps.items():
+            lines.append(f"  joint MAP {par}{' +priors' if pri else ''}: {fit.brief()}")
+        if self.mcmc is not None:
+            s = self.mcmc.settings
+            lines.append(
+                f"  MCMC ({s.parametrization}, {s.chains} x {s.draws}): {self.mcmc.brief()}"
+            )
+        if self.exact_posterior is not None:
+            lines.append(f"  exact posterior: {self.exact_posterior.brief()}")
+        if n := len(self.warnings()):
+            lines.append(f"  {n} warning{'s' if n > 1 else ''}: see .warnings()")
+        return "\n".join(lines)
+
     def _repr_html_(self) -> str:
-        """Jupyter: the report's numbers and explanation, without plots."""
+        """Jupyter: the report's headline, estimates and key figure (`report.render` with
+        `fragment=True`), not the whole report."""
         from workbench.present.report import render
 
         return render(self, command="(Jupyter)", fragment=True)
@@ -420,7 +445,7 @@ def compare(
                 parametrization=settings.parametrization,
                 seed=settings.seed,
             ),
-            progressbar=progress is not None and sys.stderr.isatty(),
+            progressbar=progress is not None,  # nuts.Progress: a live line only on a terminal
         )
     if d.is_oneway and ("mcmc" in chosen or any(with_priors for _, with_priors in variants)):
         from workbench.fit.exact_oneway import exact_posterior

@@ -24,6 +24,19 @@ class AnovaFit:
     f_statistic: float
     p_value: float
 
+    def brief(self) -> str:
+        """One line: the estimates and the F test."""
+        from workbench.fit.brief import num
+
+        return (
+            f"mu={num(self.mu)} sigma2={num(self.sigma2)} tau2={num(self.tau2)} "
+            f"F({self.df_between}, {self.df_within})={num(self.f_statistic)} "
+            f"p={self.p_value:.2g}"
+        )
+
+    def __repr__(self) -> str:
+        return f"AnovaFit({self.brief()})"
+
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         if self.tau2_raw < 0:

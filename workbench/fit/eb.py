@@ -109,6 +109,17 @@ class EBFit:
     variance_se_observed: dict[str, float | None] | None = None
     variance_cov: np.ndarray | None = field(default=None, repr=False)
 
+    def brief(self) -> str:
+        """One line: the variances and the (restricted) log likelihood; never arrays."""
+        from workbench.fit import brief
+
+        what = "loglik" if self.method == "ml" else "REML loglik"
+        flag = " (singular)" if self.singular else ""
+        return f"{brief.fit_variances(self)} {what}={brief.loglik(self.loglik)}{flag}"
+
+    def __repr__(self) -> str:
+        return f"EBFit({self.method.upper()}: {self.brief()})"
+
     @property
     def re_mode(self) -> np.ndarray:
         """(m, q) conditional modes of the single grouping factor."""

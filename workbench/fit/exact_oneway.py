@@ -692,6 +692,26 @@ class ExactPosterior:
     axes: tuple[_Axis, _Axis] = field(repr=False, compare=False)
     mu_marginal: _MuMixture = field(repr=False, compare=False)
 
+    def brief(self) -> str:
+        """One line: the posterior means of sigma^2 and tau^2 and the modes of sigma and tau."""
+        from workbench.fit.brief import num
+
+        s = self.summaries
+
+        def mode(q: str) -> str:
+            if not s[q].boundary:
+                return num(s[q].mode)
+            local = f", local mode {num(s[q].local_mode)}" if s[q].local_mode is not None else ""
+            return f"{num(s[q].mode)} (boundary{local})"
+
+        return (
+            f"sigma2 mean={num(s['sigma2'].mean)} tau2 mean={num(s['tau2'].mean)}; "
+            f"mode sigma={mode('sigma')} tau={mode('tau')}"
+        )
+
+    def __repr__(self) -> str:
+        return f"ExactPosterior({self.brief()})"
+
     @property
     def boundary_modes(self) -> list[str]:
         return [q for q in QUANTITIES if self.summaries[q].boundary]

@@ -96,6 +96,19 @@ class JointMap:
     ci_level: float = 0.95
     loglik: float | None = None
 
+    def brief(self) -> str:
+        """One line: the variances and the log joint at the mode, or how the starts ended."""
+        from workbench.fit import brief
+
+        if self.best is None:
+            ends = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
+            return f"no interior mode ({len(self.starts)} starts: {ends})"
+        return f"{brief.fit_variances(self)} log joint={brief.loglik(self.log_joint)}"
+
+    def __repr__(self) -> str:
+        kind = "with priors" if self.with_priors else "h-likelihood"
+        return f"JointMap({self.parametrization}, {kind}: {self.brief()})"
+
     @property
     def with_priors(self) -> bool:
         return self.objective == "posterior"

@@ -59,6 +59,14 @@ class Start:
     newton_decrement: float | None
     x: np.ndarray = field(repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        from workbench.fit.brief import loglik, num
+
+        return (
+            f"Start({self.index}, {self.kind} -> {self.status}: log joint="
+            f"{loglik(self.log_joint)} sigma2={num(self.sigma2)}, {self.iterations} iterations)"
+        )
+
     def to_dict(self, oneway: bool = False) -> dict:
         out = {
             "index": self.index,

@@ -209,6 +209,26 @@ class Posterior:
     sampler: str
     summaries: dict = field(repr=False)
 
+    def brief(self) -> str:
+        """One line: posterior means of the variances, R-hat and divergences; never draws."""
+        from workbench.fit import brief
+
+        s, d = self.summaries, self.diagnostics
+        comps = {
+            f: {k: c[k] for k in ("variances", "correlations")} for f, c in s["components"].items()
+        }
+        return (
+            f"means {brief.variances(self.data, s['sigma2'], comps)}; "
+            f"R-hat max {brief.num(d.get('r_hat_max'))}, {d.get('divergences')} divergences"
+        )
+
+    def __repr__(self) -> str:
+        st = self.settings
+        return (
+            f"Posterior({self.sampler}, {st.parametrization}, {st.chains} chains x {st.draws} "
+            f"draws: {self.brief()})"
+        )
+
     @property
     def posterior(self):
         """The DataTree (the old one-way record's name for it)."""

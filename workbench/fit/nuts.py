@@ -15,9 +15,29 @@ with a cold or a warm cache)."""
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
+
+# PyTensor warns once per process, when a C-compiled function (here PyMC's initial-point
+# function) first asks for BLAS flags, that it "could not link to a BLAS installation". The log
+# density and its gradient are compiled by numba, which links BLAS itself; the C-compiled
+# initial point is a few scalar operations. The text says nothing the user can act on here.
+LIBRARY_WARNINGS = ((UserWarning, r"PyTensor could not link to a BLAS installation"),)
+
+
+@contextmanager
+def quiet_library_warnings():
+    """Silence exactly the library warnings in `LIBRARY_WARNINGS` (by category and message)
+    while compiling; every other warning, ours and the sampler's, still shows."""
+    with warnings.catch_warnings():
+        for category, message in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def compile_model(model):
@@ -29,12 +49,13 @@ def compile_model(model):
     from nutpie.compiled_pyfunc import from_pyfunc
     from pymc.initial_point import make_initial_point_fn
 
-    seeded_point = make_initial_point_fn(
-        model=model,
-        default_strategy="support_point",
-        jitter_rvs=set(model.free_RVs),
-        return_transformed=True,
-    )
+    with quiet_library_warnings():
+        seeded_point = make_initial_point_fn(
+            model=model,
+            default_strategy="support_point",
+            jitter_rvs=set(model.free_RVs),
+            return_transformed=True,
+        )
     lock = threading.Lock()
 
     def initial_point(seed):
@@ -45,13 +66,14 @@ def compile_model(model):
         with lock:
             return {k: np.array(v, copy=True) for k, v in seeded_point(seed).items()}
 
-    n_dim, _, logp_fn, expand_fn, init_fn, shape_info, reparametrized = _make_functions(
-        model,
-        mode=_mode(),
-        compute_grad=True,
-        join_expanded=False,
-        pymc_initial_point_fn=initial_point,
-    )
+    with quiet_library_warnings():
+        n_dim, _, logp_fn, expand_fn, init_fn, shape_info, reparametrized = _make_functions(
+            model,
+            mode=_mode(),
+            compute_grad=True,
+            join_expanded=False,
+            pymc_initial_point_fn=initial_point,
+        )
     names, _, shapes = shape_info
     logp_jit, expand_jit = logp_fn.vm.jit_fn, expand_fn.vm.jit_fn
     logp_names = [v.name for v in logp_fn.get_shared()]
@@ -106,23 +128,118 @@ def sample(
     draws do not depend on the cache or the number of threads). BLAS runs single-threaded
     meanwhile: the chains' threads calling a multi-threaded OpenBLAS for small matrices (the
     collapsed dense kernel's Cholesky) oversubscribed the cores, a gradient taking 30 ms
-    instead of 0.07 (Pastes: 40 s of sampling instead of 1.5)."""
+    instead of 0.07 (Pastes: 40 s of sampling instead of 1.5). `progressbar`: report the
+    compile and the sampling on stderr (`Progress`)."""
     import nutpie
     import pymc as pm
     from threadpoolctl import threadpool_limits
 
-    compiled = compile_model(model) if isinstance(model, pm.Model) else model
-    with threadpool_limits(limits=1, user_api="blas"):
-        return nutpie.sample(
-            compiled,
-            draws=draws,
-            tune=max(tune, 1),  # nuts-rs needs a tuning step
-            chains=chains,
-            seed=seed,
-            save_warmup=False,
-            progress_bar=progressbar,
-            target_accept=target_accept,
+    progress = Progress(chains, max(tune, 1), draws) if progressbar else None
+    try:
+        if isinstance(model, pm.Model):
+            if progress:
+                progress.compiling()
+            compiled = compile_model(model)
+        else:
+            compiled = model
+        with threadpool_limits(limits=1, user_api="blas"):
+            return nutpie.sample(
+                compiled,
+                draws=draws,
+                tune=max(tune, 1),  # nuts-rs needs a tuning step
+                chains=chains,
+                seed=seed,
+                save_warmup=False,
+                progress_bar=False,  # nutpie's own: a multi-line table, or HTML in Jupyter
+                progress_callback=progress,
+                progress_rate=PROGRESS_RATE_MS,
+                target_accept=target_accept,
+            )
+    finally:
+        if progress:
+            progress.done()
+
+
+PROGRESS_RATE_MS = 250  # how often nutpie reports the chains' progress
+
+
+class Progress:
+    """The sampler's progress on stderr: a line while the log density compiles, then the draws
+    of every chain together with the rate measured since the first draw (no rate before it:
+    nothing like '0.00 draws/s' while the chains start), then a summary. On a terminal one line
+    is redrawn in place; otherwise (a log file) only the compile, the start and the summary
+    are written, a line each. nutpie calls it from a background thread with its
+    `ChainProgress` records."""
+
+    LOGGED = ("compile", "start")  # the phases written when the stream is not a terminal
+
+    def __init__(self, chains: int, tune: int, draws: int, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total = chains * (tune + draws)
+        self.chains, self.tune, self.draws = chains, tune, draws
+        self.t0 = time.perf_counter()
+        self.first: tuple[float, int] | None = None  # (time, draws) at the first draw seen
+        self.phase = ""
+        self.last = (0, 0)  # (draws, divergences)
+        self.lock = threading.Lock()
+
+    def _show(self, text: str, phase: str) -> None:
+        with self.lock:
+            if self.tty:
+                self.stream.write(f"\r\x1b[2K[workbench] {text}")
+            elif phase != self.phase and phase in self.LOGGED:
+                self.stream.write(f"[workbench] {text}\n")
+            self.phase = phase
+            self.stream.flush()
+
+    def compiling(self) -> None:
+        self._show(
+            "compiling the log density (first time for this model shape: may take minutes; "
+            "cached on disk after) ...",
+            "compile",
         )
+
+    def __call__(self, chains) -> None:
+        done = sum(int(c.finished_draws) for c in chains)
+        div = sum(int(c.divergences) for c in chains)
+        now = time.perf_counter()
+        self.last = (done, div)
+        if done == 0:
+            self._show(
+                f"sampling: starting {self.chains} chains of {self.tune} tuning steps and "
+                f"{self.draws} draws ...",
+                "start",
+            )
+            return
+        if self.first is None:
+            self.first = (now, done)
+        t, d0 = self.first
+        rate = f", {(done - d0) / (now - t):.0f} draws/s" if now - t > 0.5 else ""
+        tuning = " (tuning)" if any(c.tuning for c in chains) else ""
+        self._show(
+            f"sampling: chain draws {done}/{self.total}{tuning}{rate}, {div} divergences",
+            "sample",
+        )
+
+    def done(self) -> None:
+        """The summary line (or, when no draw was made, the current line ended)."""
+        done, div = self.last
+        if done == 0:
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
+            return
+        seconds = time.perf_counter() - self.t0
+        text = (
+            f"sampling: done, {done} iterations in {self.chains} chains "
+            f"({self.chains * self.draws} draws kept), {seconds:.1f} s with the compile"
+        )
+        with self.lock:
+            self.stream.write(
+                f"\r\x1b[2K[workbench] {text}\n" if self.tty else f"[workbench] {text}\n"
+            )
+            self.stream.flush()
 
 
 def _mode():

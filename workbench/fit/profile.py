@@ -110,6 +110,15 @@ class Profile:
     refitted_ml: bool  # the fit was REML: refitted by ML and profiled there (as lme4)
     notes: tuple[str, ...] = field(default=())
 
+    def brief(self) -> str:
+        """One line: every interval, lme4's names."""
+        from workbench.fit.brief import num
+
+        return ", ".join(f"{iv.name} [{num(iv.lower)}, {num(iv.upper)}]" for iv in self.intervals)
+
+    def __repr__(self) -> str:
+        return f"Profile({self.level:.0%} ML-deviance intervals: {self.brief()})"
+
     def to_dict(self) -> dict[str, list[float]]:
         return {iv.name: [iv.lower, iv.upper] for iv in self.intervals}
 
