@@ -18,15 +18,48 @@ from workbench.errors import InputError
 from workbench.files import OutputSet, check_output
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that appends each option's default (when it has one and the text does not state
+    it already); descriptions and epilogs (the examples) keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text, width, indent):  # one-line texts wrapped, others kept as typed
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, status 2, no usage dump
         self.exit(2, f"workbench: error: {message} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="workbench", description=__doc__.splitlines()[0])
+    p = _Parser(prog="workbench", description=DESCRIPTION, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    c = sub.add_parser("compare", help="fit one data set every way and compare")
+    c = sub.add_parser(
+        "compare",
+        help="fit one data set every way and compare",
+        description="Fit one model to a CSV file by every method (ANOVA for the one-way model, "
+        "EB-ML, EB-REML, the joint MAP variants, MCMC), print the table and write the JSON, "
+        "posterior and report where asked.",
+        epilog=COMPARE_EXAMPLES,
+    )
     c.add_argument("data", help="CSV file")
     c.add_argument("--y", default=None, help="response column (one-way model)")
     c.add_argument("--group", default=None, help="grouping column (one-way model)")
@@ -45,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--methods",
         default=None,
-        help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc",
+        help="comma-separated subset of anova,eb-ml,eb-reml,joint-map,mcmc, or one joint-MAP "
+        "variant such as joint-map+priors:noncentered (default: every method that applies; "
+        "anova only for the one-way model)",
     )
     c.add_argument(
         "--prior",
@@ -55,11 +90,18 @@ def _parser() -> argparse.ArgumentParser:
         help='set a prior, e.g. "sigma ~ HalfNormal(5)", "sd[x] ~ HalfNormal(1)", '
         '"beta[x] ~ Normal(0, 2)", "cor ~ LKJ(4)" (one-way: mu, tau); repeatable',
     )
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--chains", type=int, default=4)
-    c.add_argument("--draws", type=int, default=1000)
-    c.add_argument("--tune", type=int, default=1000)
-    c.add_argument("--target-accept", type=float, default=0.9)
+    c.add_argument(
+        "--seed", type=int, default=0, help="root seed of the joint-MAP starts and of MCMC"
+    )
+    c.add_argument("--chains", type=int, default=4, help="MCMC chains")
+    c.add_argument("--draws", type=int, default=1000, help="MCMC draws per chain, after tuning")
+    c.add_argument("--tune", type=int, default=1000, help="MCMC tuning steps per chain")
+    c.add_argument(
+        "--target-accept",
+        type=float,
+        default=0.9,
+        help="NUTS target acceptance rate, in (0, 1); raise it when there are divergences",
+    )
     c.add_argument(
         "--parametrization",
         default="collapsed",
@@ -76,11 +118,29 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="write the HTML report here (JSON and posterior NetCDF beside it)",
     )
-    c.add_argument("--quiet", action="store_true", help="no progress messages")
-    r = sub.add_parser("run", help="run a case file from models/")
+    c.add_argument(
+        "--quiet", action="store_true", help="no progress messages (the table is still printed)"
+    )
+    r = sub.add_parser(
+        "run",
+        help="run a case file from models/",
+        description="Run a case file: its data, model, priors, methods and sampler settings; "
+        "the report, JSON and posterior go to its [output] paths (default reports/NAME.*).",
+        epilog=RUN_EXAMPLES,
+    )
     r.add_argument("case", help="models/NAME.toml")
-    r.add_argument("--quiet", action="store_true")
-    s = sub.add_parser("simulate", help="a simulation study of bias and coverage")
+    r.add_argument(
+        "--quiet", action="store_true", help="no progress messages (the table is still printed)"
+    )
+    s = sub.add_parser(
+        "simulate",
+        help="a simulation study of bias and coverage",
+        description="Simulate data sets from known parameters, fit each by every method and "
+        "report bias, coverage and their Monte Carlo SEs. Without a study file: the quick "
+        "one-way study m=30, group sizes 2-8, mu=0, sigma=1, tau=1, 100 replicates. "
+        "Replicates are stored as they finish; a re-run resumes.",
+        epilog=SIMULATE_EXAMPLES,
+    )
     s.add_argument(
         "study",
         nargs="?",
@@ -92,19 +152,43 @@ def _parser() -> argparse.ArgumentParser:
             flag,
             type=_list_of(kind),
             default=None,
-            help="a value or a comma-separated list (a grid)",
+            help="a value or a comma-separated list (a grid) (default: the study file's)",
         )
     s.add_argument(
         "--group-sizes",
         type=_list_of(str),
         default=None,
-        help="'3' (balanced) or '2-8' (uniform sizes); comma-separated for a grid",
+        help="'3' (balanced) or '2-8' (uniform sizes); comma-separated for a grid "
+        "(default: the study file's)",
     )
-    s.add_argument("--replicates", type=int, default=None)
-    s.add_argument("--methods", type=_list_of(str), default=None)
-    s.add_argument("--level", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--n-starts", type=int, default=None)
+    s.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help="data sets per grid point (default: the study file's, else 100)",
+    )
+    s.add_argument(
+        "--methods",
+        type=_list_of(str),
+        default=None,
+        help="comma-separated methods, as compare's --methods (default: the study file's, "
+        "else eb-ml,eb-reml,joint-map:centered,joint-map+priors:noncentered)",
+    )
+    s.add_argument(
+        "--level",
+        type=float,
+        default=None,
+        help="interval level for coverage (default: the study file's, else 0.95)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=None, help="root seed (default: the study file's, else 0)"
+    )
+    s.add_argument(
+        "--n-starts",
+        type=int,
+        default=None,
+        help="joint-MAP starts per fit (default: the study file's, else 16)",
+    )
     s.add_argument("--n-jobs", type=int, default=-1, help="local processes (-1: all cores)")
     s.add_argument(
         "--scheduler",
@@ -114,8 +198,50 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", type=Path, default=None, help="store and outputs (default reports/NAME)"
     )
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
+
+
+DESCRIPTION = """\
+Fit a linear mixed model (lme4 formulas; the one-way model y ~ 1 + (1 | g) as a fast path)
+every way: two-stage empirical Bayes (lme4's ML and REML), the joint MAP (the mode of the
+density of the parameters and the random effects together) and the full posterior (MCMC),
+side by side, with a report that shows where and why they differ."""
+
+EPILOG = """\
+examples:
+  workbench run models/dyestuff.toml
+      a shipped case file: table on the terminal, report, JSON and posterior in reports/
+  workbench compare models/data/dyestuff.csv --y Yield --group Batch --report out/r.html
+      the one-way model from columns of a CSV file
+  workbench compare models/data/hsb82.csv --formula "mAch ~ ses + (1 + ses | school)" \\
+      --methods eb-ml,eb-reml,joint-map
+      any lme4 formula; here without MCMC (seconds instead of a minute)
+  workbench simulate models/sim_small_groups.toml --replicates 50
+      a simulation study (bias and coverage of every method)
+
+Progress goes to stderr (--quiet: none); the first MCMC run of a model shape compiles its log
+density (up to minutes; cached on disk after). Run 'workbench COMMAND --help' for a command's
+options. Bad input: one line on stderr and exit status 2."""
+
+COMPARE_EXAMPLES = """\
+examples:
+  workbench compare models/data/dyestuff.csv --y Yield --group Batch
+  workbench compare models/data/dyestuff.csv --y Yield --group Batch --methods eb-ml,mcmc \\
+      --draws 500 --report out/dyestuff.html
+  workbench compare models/data/hsb82.csv --formula "mAch ~ ses + sector + (1 + ses | school)" \\
+      --levels sector=Public,Catholic --prior "sd[ses] ~ HalfNormal(1)" --json out/hsb.json"""
+
+RUN_EXAMPLES = """\
+examples:
+  workbench run models/dyestuff.toml
+  workbench run models/hsb82_slopes.toml --quiet"""
+
+SIMULATE_EXAMPLES = """\
+examples:
+  workbench simulate                                   the quick one-way study
+  workbench simulate --m 10,30 --tau 0.5,1 --replicates 200
+  workbench simulate models/sim_small_groups.toml --n-jobs 2"""
 
 
 def _list_of(kind):
