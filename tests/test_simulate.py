@@ -21,10 +21,13 @@ from workbench.simulate import (
     Study,
     check_study,
     load_study,
+    render_report,
+    report_replicates,
     run_study,
     study_table,
     summarize,
 )
+from workbench.simulate.summary import performance
 
 STUDY = Study(
     name="t",
@@ -92,10 +95,29 @@ def test_changed_definition_is_refused(tmp_path, capsys):
     assert main(["simulate", str(case), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "different study definition" in err and len(err.strip().splitlines()) == 1
-    # more replicates of the same definition are fine (resume and extend)
-    case.write_text(text.format(seed=1).replace("replicates = 2", "replicates = 3"))
-    assert main(["simulate", str(case), "--out", str(out), "--quiet"]) == 0
+    # another replicate count is refused before any computing: the 2-replicate report stays
+    report = (out / "report.html").read_bytes()
+    for n in (1, 3):
+        case.write_text(text.format(seed=1).replace("replicates = 2", f"replicates = {n}"))
+        assert main(["simulate", str(case), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert f"made from 2 replicates per setting and this run has {n}" in err
+        assert "--force" in err and "--out" in err
+        assert (out / "report.html").read_bytes() == report
+        assert len(list((out / "replicates").glob("*.csv"))) == 2
+    # --force extends the same store (resume) and replaces the report
+    assert main(["simulate", str(case), "--out", str(out), "--quiet", "--force"]) == 0
     assert "1 replicates computed, 2 resumed" in capsys.readouterr().out
+    assert report_replicates(out) == 3
+    assert '<meta name="workbench:replicates" content="3">' in (out / "report.html").read_text()
+    (out / "summary.csv").unlink()  # the report's tag says it too
+    assert report_replicates(out) == 3
+    (out / "report.html").write_text("<html>an older report</html>")
+    assert report_replicates(out) == -1
+    case.write_text(text.format(seed=1))
+    assert main(["simulate", str(case), "--out", str(out), "--quiet"]) == 2
+    assert "an unknown number of replicates" in capsys.readouterr().err
 
 
 def test_sigkill_loses_only_replicates_in_flight(tmp_path):
@@ -409,3 +431,168 @@ def test_shipped_slope_study_loads():
     study = load_study(ROOT / "models" / "sim_slopes.toml")
     assert not study.oneway and len(study.settings()) == 2
     assert set(study.methods) == {"eb-ml", "eb-reml", "joint-map"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The performance measures of Morris, White & Crowther (2019), Table 6, on hand-made tables
+
+Z95 = 1.959963984540054
+
+
+def _hand_table(est, se, lo, hi, truth=1.0, groups=1):
+    n = len(est)
+    return pd.DataFrame(
+        {
+            "replicate": np.repeat(np.arange(n // groups), groups),
+            "truth": truth if np.ndim(truth) else [truth] * n,
+            "estimate": est,
+            "se": se,
+            "lo": lo,
+            "hi": hi,
+        }
+    )
+
+
+def test_performance_measures_and_mcse_by_hand():
+    """Six replicates of a scalar estimand (truth 1): one without an estimate (nor SE nor
+    interval), one with an estimate but no SE, one with no interval. Every measure and MCSE
+    against Table 6 written out by hand (sums over plain lists)."""
+    nan = float("nan")
+    est = [1.2, 0.8, 1.5, 0.9, nan, 1.1]
+    se = [0.3, 0.25, 0.4, nan, nan, 0.35]
+    lo = [0.7, 0.9, 1.05, 0.5, nan, nan]
+    hi = [1.8, 1.3, 2.0, 1.2, nan, nan]
+    r = performance(_hand_table(est, se, lo, hi))
+    th = [1.2, 0.8, 1.5, 0.9, 1.1]  # the 5 estimates
+    n = 5
+    mean = sum(th) / n  # 1.1
+    ss = sum((t - mean) ** 2 for t in th)  # 0.3
+    assert (r["replicates_with_estimate"], r["replicates_with_se"]) == (5, 4)
+    assert r["replicates_with_interval"] == 4
+    assert r["bias"] == pytest.approx(0.1)
+    assert r["bias_mcse"] == pytest.approx((ss / (n * (n - 1))) ** 0.5)  # sqrt(0.015)
+    assert r["empse"] == pytest.approx((ss / (n - 1)) ** 0.5)  # sqrt(0.075)
+    assert r["empse_mcse"] == pytest.approx(r["empse"] / (2 * (n - 1)) ** 0.5)
+    mse = sum((t - 1) ** 2 for t in th) / n  # 0.07
+    assert r["rmse"] == pytest.approx(mse**0.5)
+    mse_mcse = (sum(((t - 1) ** 2 - mse) ** 2 for t in th) / (n * (n - 1))) ** 0.5
+    assert r["rmse_mcse"] == pytest.approx(mse_mcse / (2 * mse**0.5))
+    v = [0.09, 0.0625, 0.16, 0.1225]  # the 4 squared SEs
+    k = 4
+    modse = (sum(v) / k) ** 0.5
+    var_v = sum((x - sum(v) / k) ** 2 for x in v) / (k - 1)
+    assert r["modse"] == pytest.approx(modse)
+    assert r["modse_mcse"] == pytest.approx((var_v / (4 * k * modse**2)) ** 0.5)
+    ratio = modse / r["empse"]
+    assert r["relerr_modse"] == pytest.approx(100 * (ratio - 1))
+    assert r["relerr_modse_mcse"] == pytest.approx(
+        100 * ratio * (var_v / (4 * k * modse**4) + 1 / (2 * (n - 1))) ** 0.5
+    )
+    # coverage of truth 1: [0.7,1.8] yes, [0.9,1.3] yes, [1.05,2.0] no, [0.5,1.2] yes -> 3/4
+    assert r["coverage"] == pytest.approx(0.75)
+    assert r["coverage_mcse"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    # of theta-bar = 1.1: yes, yes, yes, yes -> 4/4 (bias-eliminated)
+    assert r["be_coverage"] == 1.0 and r["be_coverage_mcse"] == 0.0
+
+
+def test_performance_without_se_interval_or_estimate():
+    nan = float("nan")
+    r = performance(_hand_table([2.0, 4.0], [nan, nan], [nan, nan], [nan, nan], truth=3.0))
+    assert r["bias"] == 0.0 and r["replicates_with_se"] == 0
+    assert r["replicates_with_interval"] == 0
+    for k in ("modse", "relerr_modse", "coverage", "be_coverage", "coverage_mcse"):
+        assert np.isnan(r[k])
+    one = performance(_hand_table([2.0], [0.5], [1.0], [3.5], truth=3.0))
+    assert one["bias"] == -1.0 and one["coverage"] == 1.0
+    assert np.isnan(one["bias_mcse"]) and np.isnan(one["empse"])
+    none = performance(_hand_table([nan], [nan], [nan], [nan]))
+    assert none["replicates_with_estimate"] == 0 and np.isnan(none["bias"])
+
+
+def test_group_mean_measures_take_the_replicate_as_the_unit():
+    """Group means (a truth per group and replicate): pooled measures, MCSEs from the
+    per-replicate means (3 replicates x 2 groups)."""
+    truth = [0.0, 1.0, 2.0, -1.0, 0.5, 0.5]
+    err = np.array([0.2, -0.1, 0.4, 0.0, -0.3, 0.1])
+    est = list(np.array(truth) + err)
+    se = [0.2, 0.2, 0.3, 0.3, 0.1, 0.3]
+    lo = [e - Z95 * s for e, s in zip(est, se, strict=True)]
+    hi = [e + Z95 * s for e, s in zip(est, se, strict=True)]
+    r = performance(_hand_table(est, se, lo, hi, truth=truth, groups=2))
+    assert r["replicates_with_estimate"] == 3
+    assert r["bias"] == pytest.approx(err.mean())
+    rep_means = [0.05, 0.2, -0.1]
+    assert r["bias_mcse"] == pytest.approx(np.std(rep_means, ddof=1) / np.sqrt(3))
+    assert r["empse"] == pytest.approx(np.std(err, ddof=1))
+    assert r["rmse"] == pytest.approx(np.sqrt((err**2).mean()))
+    assert r["modse"] == pytest.approx(np.sqrt(np.mean(np.square(se))))
+    covered = np.abs(err) <= Z95 * np.array(se)  # |error| <= z se: 1, 1, 0, 1, 0, 1
+    assert r["coverage"] == pytest.approx(covered.mean())
+    per_rep = covered.reshape(3, 2).mean(axis=1)
+    assert r["coverage_mcse"] == pytest.approx(np.std(per_rep, ddof=1) / np.sqrt(3))
+    shifted = np.abs(err - err.mean()) <= Z95 * np.array(se)
+    assert r["be_coverage"] == pytest.approx(shifted.mean())
+
+
+def test_model_ses_in_the_replicates(serial):
+    """The SEs stored per replicate: EB's for mu, sigma^2, tau^2 and the group means (the
+    conditional SD: its interval is +- z SE); the joint MAP's sigma^2 SE is the delta method of
+    its log-scale Wald interval: SE = sigma^2 log(hi/lo) / (2 z)."""
+    t = study_table(STUDY, serial)
+    eb = t[t.method == "eb-ml"]
+    assert eb["se"].notna().all() and (eb["se"] > 0).all()
+    g = eb[eb.parameter == "group_mean"]
+    np.testing.assert_allclose(g["se"], (g["hi"] - g["lo"]) / (2 * Z95), rtol=1e-9)
+    jm = t[(t.method == "joint-map:centered") & (t.parameter == "sigma2")].dropna(subset=["se"])
+    assert len(jm)
+    np.testing.assert_allclose(
+        jm["se"], jm["estimate"] * np.log(jm["hi"] / jm["lo"]) / (2 * Z95), rtol=1e-6
+    )
+    gm = t[(t.method == "joint-map:centered") & (t.parameter == "group_mean")].dropna()
+    np.testing.assert_allclose(gm["se"], (gm["hi"] - gm["lo"]) / (2 * Z95), rtol=1e-9)
+    summ = summarize(t, STUDY)
+    assert (summ["replicates_with_se"] == summ["replicates_with_estimate"]).all()
+
+
+def _headings(html: str) -> list[str]:
+    return re.findall(r"<h2>([^<]+)</h2>", html)
+
+
+def test_report_in_ademp_order_with_every_measure(slopes):
+    """The report's sections are Aims, Data-generating mechanisms, Estimands, Methods,
+    Performance measures (then provenance); one table per parameter with the seven measures;
+    'no SE' where EB gives none (variances of a formula model); the replicate count's MCSE."""
+    study, out = slopes
+    study = Study(**{**study.__dict__, "title": "Slopes T", "description": "Aim D."})
+    summ = summarize(study_table(study, out), study)
+    html = render_report(study, summ, command="c", counts={"computed": 4, "skipped": 0}, seconds=1)
+    assert _headings(html)[:5] == [
+        "Aims",
+        "Data-generating mechanisms",
+        "Estimands",
+        "Methods",
+        "Performance measures",
+    ]
+    assert "<title>Slopes T</title>" in html and "Aim D." in html
+    for p in SLOPE_PARAMS:
+        assert f'id="perf-{p}"' in html
+    for head in ("bias", "EmpSE", "ModSE", "ModSE rel. err. %", "coverage %", "BE cov. %"):
+        assert f"<th>{head}</th>" in html
+    assert "no SE" in html  # EB-ML: the variances have profile intervals only
+    text = " ".join(html.split())
+    assert "√(0.95 × 0.05 / 2) = 15 percentage points" in text
+    assert "full factorial of sd[x] (2) = 2 settings" in text
+    # summary.csv carries every measure with its MCSE and the counts
+    for col in ("empse", "modse", "relerr_modse", "be_coverage", "rmse"):
+        assert col in summ and col + "_mcse" in summ
+    eb = summ[(summ.method == "eb-ml") & (summ.parameter == "var[x]")]
+    assert (eb["replicates_with_se"] == 0).all() and (eb["replicates_with_interval"] >= 1).all()
+
+
+def test_study_title_and_description_are_read(tmp_path):
+    case = tmp_path / "s.toml"
+    case.write_text('title = "T  one"\ndescription = "D"\n' + SLOPE_TOML.format(methods='"eb-ml"'))
+    study = load_study(case)
+    assert (study.title, study.description) == ("T one", "D")
+    plain = _slope_study(tmp_path, '"eb-ml"')  # no title: the same store
+    assert plain.title == "" and plain.fingerprint() == study.fingerprint()

@@ -198,6 +198,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", type=Path, default=None, help="store and outputs (default reports/NAME)"
     )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a report made from a different number of replicates (else refused)",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
@@ -292,6 +297,7 @@ def _check_simulate(args):
     study = sim.check_study(dataclasses.replace(study, grid=grid, **changes), name=name)
     out = args.out if args.out is not None else Path("reports") / study.name
     sim.check_run(study, out, n_jobs=args.n_jobs, scheduler=args.scheduler)
+    sim.check_outputs(study, out, force=args.force)
     return study, out
 
 

@@ -6,7 +6,7 @@ grid of true parameters (`study`); each replicate simulates a data set and runs 
 reading the estimates and intervals from its JSON (`run`); replicates are stored one file each
 as they finish, so a killed run loses only those in flight and a rerun resumes, and a store made
 by a different study definition is refused; `summary` tabulates bias and coverage and `report`
-renders the HTML page.
+renders the HTML page in the ADEMP structure of Morris et al. (2019) (`ademp`).
 """
 
 from workbench.simulate.report import SUMMARY_COLUMNS, plot_summary, render_report
@@ -14,10 +14,12 @@ from workbench.simulate.run import (
     OUTPUTS,
     WATCH_THREAD,
     Store,
+    check_outputs,
     check_run,
     die_with_parent,
     method_labels,
     replicate_seed,
+    report_replicates,
     run_replicate,
     run_study,
     simulate_data,
@@ -48,6 +50,7 @@ __all__ = [
     "Setting",
     "Store",
     "Study",
+    "check_outputs",
     "check_run",
     "check_study",
     "die_with_parent",
@@ -56,6 +59,7 @@ __all__ = [
     "plot_summary",
     "render_report",
     "replicate_seed",
+    "report_replicates",
     "run_replicate",
     "run_study",
     "simulate_data",

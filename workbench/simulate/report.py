@@ -1,4 +1,6 @@
-"""The simulation report: settings, the summary table, coverage and bias plots, provenance."""
+"""The simulation report: Aims, Data-generating mechanisms, Estimands, Methods and Performance
+measures (Morris, White & Crowther 2019; `ademp`), one table per parameter, coverage and bias
+plots, provenance."""
 
 from __future__ import annotations
 
@@ -9,24 +11,19 @@ import numpy as np
 import pandas as pd
 
 from workbench.simulate.study import Study
+from workbench.simulate.summary import MEASURES
 
-SUMMARY_COLUMNS = [
+SUMMARY_COLUMNS = [  # summary.csv's leading columns: the measures, each with its MCSE
     "setting",
     "method",
     "parameter",
+    "replicates",
     "replicates_with_estimate",
+    "replicates_with_se",
+    "replicates_with_interval",
     "truth",
     "mean_estimate",
-    "bias",
-    "bias_mcse",
-    "relative_bias",
-    "rmse",
-    "coverage",
-    "coverage_mcse",
-    "mean_width",
-    "interior_share",
-    "ratio_to_truth",
-    "theory_ratio",
+    *(k for col, _ in MEASURES for k in (col, col + "_mcse")),
 ]
 NAMES = {"sigma2": "sigma^2", "tau2": "tau^2", "group_mean": "group means mu_j"}
 
@@ -125,6 +122,7 @@ def render_report(
 
     from workbench.present.plots import to_png
     from workbench.present.report import versions
+    from workbench.simulate import ademp
 
     png = base64.b64encode(to_png(plot_summary(summary, study))).decode("ascii")
     env = jinja2.Environment(
@@ -133,21 +131,10 @@ def render_report(
         undefined=jinja2.StrictUndefined,
     )
 
-    def fmt(v):
-        if isinstance(v, float):
-            return "–" if not np.isfinite(v) else f"{v:.4g}"
-        return str(v)
-
-    settings = study.settings()
     return env.get_template("simulation.html.j2").render(
         study=study,
-        formula=study.model_formula,
-        covariates=study.covariates,
-        settings=settings,
-        setting_columns=list(settings[0].columns()),
-        columns=SUMMARY_COLUMNS,
-        rows=summary[SUMMARY_COLUMNS].to_dict("records"),
-        fmt=fmt,
+        title=study.title or f"Simulation study {study.name}",
+        **ademp.context(study, summary),
         plot="data:image/png;base64," + png,
         command=command,
         counts=counts,

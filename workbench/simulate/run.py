@@ -19,7 +19,8 @@ from workbench.seeds import seed_for
 from workbench.simulate.study import JOINT_VARIANTS, Setting, Study, check_study, model_terms
 
 OUTPUTS = ("replicates_table.csv", "summary.csv", "report.html")  # written together at the end
-COLUMNS = ["method", "parameter", "group", "truth", "estimate", "lo", "hi", "status"]
+COLUMNS = ["method", "parameter", "group", "truth", "estimate", "se", "lo", "hi", "status"]
+Z95 = 1.959963984540054
 
 
 def check_run(
@@ -38,6 +39,45 @@ def check_run(
     Store.check(out, study)
     for name in OUTPUTS:
         check_output(out / name, "--out", make_folders=True)
+
+
+def report_replicates(out: str | Path) -> int | None:
+    """The replicates per setting that the outputs already in `out` were made from (summary.csv's
+    `replicates` column, else the report's `workbench:replicates` tag); None when there are no
+    outputs; -1 when they exist but say nothing readable."""
+    import re
+
+    out = Path(out)
+    if not any((out / name).is_file() for name in OUTPUTS):
+        return None
+    try:
+        n = pd.read_csv(out / "summary.csv", usecols=["replicates"])["replicates"].max()
+        if pd.notna(n):
+            return int(n)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+        pass
+    try:
+        head = (out / "report.html").read_text(encoding="utf-8", errors="replace")[:4000]
+    except OSError:
+        return -1
+    tag = re.search(r'<meta name="workbench:replicates" content="(\d+)">', head)
+    return int(tag.group(1)) if tag else -1
+
+
+def check_outputs(study: Study, out: str | Path, *, force: bool = False) -> None:
+    """Refuse, before any computing, to replace a report made from a different number of
+    replicates per setting (a 200-replicate report silently becoming a 50-replicate one, or
+    the other way round, changes every Monte Carlo SE it quotes) unless `force`; the store is
+    kept either way, so a forced run reuses every replicate already computed."""
+    old = None if force else report_replicates(out)
+    if old is None or old == study.replicates:
+        return
+    made = "an unknown number of" if old < 0 else f"{old}"
+    raise InputError(
+        f"{Path(out) / 'report.html'} was made from {made} replicates per setting and this run "
+        f"has {study.replicates}: add --force to replace it (stored replicates are reused) or "
+        f"choose another --out folder."
+    )
 
 
 def _check_scheduler(address: str) -> None:
@@ -239,6 +279,40 @@ def _hessian_intervals(ci: dict, oneway: bool) -> dict:
     return out
 
 
+def _model_ses(block: dict, oneway: bool, kind: str, est: dict) -> dict:
+    """Model-based SEs by parameter where the method gives one (Morris et al.'s "model SE"):
+    EB its observed-information SEs (one-way: mu, sigma^2, tau^2; formula models: the fixed
+    effects only, its variances and correlations have profile intervals and no SE); the joint
+    MAP its Hessian SEs at an interior mode (sigma^2 = 2 sigma^2 SE(log sigma) by the delta
+    method, likewise tau^2); MCMC the posterior SD. A parameter left out has no SE."""
+    fe = block.get("fixed_effects") or {}
+    if kind == "eb":
+        if oneway:
+            return {k: float(v) for k, v in (block.get("se") or {}).items() if v is not None}
+        return {f"beta[{n}]": float(v["se"]) for n, v in fe.items() if v.get("se") is not None}
+    if kind == "joint":
+        ci = block.get("ci_hessian") or {}
+        se = ci.get("se") or {}
+        fe = ci.get("fixed_effects") or {}
+        out = {f"beta[{n}]": v.get("se") for n, v in fe.items()}
+        if se.get("log_sigma") is not None:
+            out["sigma2"] = 2.0 * est.get("sigma2", np.nan) * se["log_sigma"]
+        if oneway:
+            out = {"mu": se.get("mu", out.get("beta[(Intercept)]")), "sigma2": out.get("sigma2")}
+            if se.get("log_tau") is not None:
+                out["tau2"] = 2.0 * est.get("tau2", np.nan) * se["log_tau"]
+        return {k: float(v) for k, v in out.items() if v is not None}
+    comp = _component(block)
+    if oneway:
+        out = {k: (block.get(k) or {}).get("sd") for k in ("mu", "sigma2", "tau2")}
+    else:
+        out = {f"beta[{n}]": v.get("sd") for n, v in fe.items()}
+        out["sigma2"] = (block.get("sigma2") or {}).get("sd")
+        out |= {f"var[{t}]": v.get("sd") for t, v in comp.get("variances", {}).items()}
+        out |= {f"cor[{k}]": v.get("sd") for k, v in comp.get("correlations", {}).items()}
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
 def _mcmc_intervals(block: dict, oneway: bool) -> dict:
     """MCMC: the JSON's HDIs (at its `hdi_prob`)."""
     fe = block.get("fixed_effects") or {}
@@ -253,9 +327,11 @@ def _mcmc_intervals(block: dict, oneway: bool) -> dict:
 
 
 def _group_means(entries: dict | None, mu: float, kind: str) -> dict[int, tuple]:
-    """One-way group means mu_j (estimate, lo, hi) by group index from `random_effects`:
-    EB conditional mode +- z sd, joint MAP its `group_mean_ci`, MCMC its HDI."""
-    z = 1.959963984540054
+    """One-way group means mu_j (estimate, se, lo, hi) by group index from `random_effects`:
+    EB conditional mode +- z sd (se: that sd), joint MAP its Wald `group_mean_ci` (se: its
+    half-width / z, which includes the covariance of mu and b_j), MCMC its HDI (se: the
+    posterior SD)."""
+    z = Z95
     out = {}
     for label, e in (entries or {}).items():
         if "group_mean" not in e and "median" not in e:
@@ -266,26 +342,31 @@ def _group_means(entries: dict | None, mu: float, kind: str) -> dict[int, tuple]
             e = {"group_mean": mu + inner["mode"], "sd": inner["sd"]}
         if kind == "mcmc":
             est, (lo, hi) = _num(e), _pair(e.get("hdi"))
+            se = float(e.get("sd", np.nan))
         elif kind == "joint":
             est, (lo, hi) = float(e["group_mean"]), _pair(e.get("group_mean_ci"))
+            se = (hi - lo) / (2 * z)
         else:
-            est = float(e["group_mean"])
-            lo, hi = est - z * e["sd"], est + z * e["sd"]
-        out[int(label)] = (est, lo, hi)
+            est, se = float(e["group_mean"]), float(e["sd"])
+            lo, hi = est - z * se, est + z * se
+        out[int(label)] = (est, se, lo, hi)
     return out
 
 
-def _rows(method: str, truth: dict, est: dict, ci: dict, means: dict, status: str) -> list:
+def _rows(
+    method: str, truth: dict, est: dict, se: dict, ci: dict, means: dict, status: str
+) -> list:
     """Tidy rows: one per parameter (group -1), and per group mu_j for the one-way model."""
     out = []
     for p, t in truth.items():
         if p == "group_mean":
             for j, tj in enumerate(t):
-                e, lo, hi = means.get(j, (np.nan, np.nan, np.nan))
-                out.append((method, "group_mean", j, float(tj), e, lo, hi, status))
+                e, s, lo, hi = means.get(j, (np.nan,) * 4)
+                out.append((method, "group_mean", j, float(tj), e, s, lo, hi, status))
         else:
             lo, hi = ci.get(p, (np.nan, np.nan))
-            out.append((method, p, -1, float(t), est.get(p, np.nan), lo, hi, status))
+            row = (method, p, -1, float(t), est.get(p, np.nan), se.get(p, np.nan), lo, hi, status)
+            out.append(row)
     return out
 
 
@@ -327,6 +408,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
             if "ci_profile" not in block and meth == "eb-reml":  # the profile is of ML: shared
                 block = {**block, "ci_profile": (record.get("eb_ml") or {}).get("ci_profile")}
             est = _estimates(block, oneway)
+            se = _model_ses(block, oneway, "eb", est)
             ci = _profile_intervals(block, oneway, group, est)
             means = _group_means(block.get("random_effects"), est.get("mu"), "eb") if oneway else {}
             status = (
@@ -338,6 +420,7 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
             block = variants.get(VARIANT_KEYS[meth], {})
             interior = block.get("status") == "interior"
             est = _estimates(block, oneway) if interior else {}
+            se = _model_ses(block, oneway, "joint", est) if interior else {}
             ci_h = block.get("ci_hessian") if interior else None
             ci = _hessian_intervals(ci_h or {}, oneway)
             means = (
@@ -349,12 +432,13 @@ def run_replicate(study: Study, s: Setting, rep: int) -> pd.DataFrame:
         else:
             block = record["mcmc"]
             est = _estimates(block, oneway)
+            se = _model_ses(block, oneway, "mcmc", est)
             ci = _mcmc_intervals(block, oneway)
             means = (
                 _group_means(block.get("random_effects"), est.get("mu"), "mcmc") if oneway else {}
             )
             status = "warning" if block.get("warnings") else ""
-        rows += _rows(meth, truth, est, ci, means, status)
+        rows += _rows(meth, truth, est, se, ci, means, status)
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.insert(0, "replicate", rep)
     df.insert(0, "setting", s.index)
@@ -436,7 +520,7 @@ class Store:
                     pd.read_csv(
                         p,
                         keep_default_na=False,
-                        na_values={"estimate": [""], "lo": [""], "hi": [""], "covered": [""]},
+                        na_values={k: [""] for k in ("estimate", "se", "lo", "hi", "covered")},
                     )
                 )
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

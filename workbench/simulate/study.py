@@ -34,7 +34,8 @@ DEFAULT_METHODS = ("eb-ml", "eb-reml", "joint-map:centered", "joint-map+priors:n
 GRID_KEYS = ("m", "group_sizes", "mu", "sigma", "tau")  # one-way grid (and the CLI's flags)
 FORMULA_GRID = ("m", "group_sizes", "sigma", "beta", "sd", "cor")  # formula-model grid
 MCMC_KEYS = ("chains", "draws", "tune")
-PIPELINE_VERSION = 2  # 2: each replicate runs workbench.compare (its JSON's intervals)
+# 2: each replicate runs workbench.compare (its JSON's intervals); 3: and records the model SEs
+PIPELINE_VERSION = 3
 # Bounds on sizes (beyond them a study would run for weeks or exhaust memory): refused up front.
 MAX_M = 100_000
 MAX_OBS = 10_000_000  # observations per simulated data set (m x largest group size)
@@ -149,6 +150,8 @@ class Study:
     mcmc: dict = field(default_factory=lambda: {"chains": 2, "draws": 300, "tune": 300})
     formula: str | None = None
     covariates: dict = field(default_factory=dict)
+    title: str = ""  # the study file's title and description (the report's aims; not in
+    description: str = ""  # the definition, so rewording them keeps the store)
 
     @property
     def oneway(self) -> bool:
@@ -262,6 +265,8 @@ def load_study(path: str | Path) -> Study:
         mcmc={"chains": 2, "draws": 300, "tune": 300, **sim.get("mcmc", {})},
         formula=formula,
         covariates=dict(sim.get("covariates", {})),
+        title=_text(raw.get("title", ""), f"{path}: title"),
+        description=_text(raw.get("description", ""), f"{path}: description"),
     )
     return check_study(study, name=lambda key: f"{path}: [simulation] {key}")
 
@@ -485,4 +490,12 @@ def check_study(study: Study, where: str = "study", name=None) -> Study:
         mcmc=mcmc,
         formula=formula,
         covariates={c.name: c.text() for c in generators},
+        title=_text(study.title, name("title")),
+        description=_text(study.description, name("description")),
     )
+
+
+def _text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a text in quotes, got {value!r}.")
+    return " ".join(value.split())
