@@ -112,6 +112,7 @@ class Case:
     report_path: Path | None
     truth: dict
     text: str
+    data_entry: str = ""  # [data] path as written in the case file (relative to it)
 
 
 def read_toml(path: str | Path, what: str = "case file") -> tuple[dict, str]:
@@ -135,7 +136,9 @@ def read_toml(path: str | Path, what: str = "case file") -> tuple[dict, str]:
 
 
 def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
-    """Read and check a case file; data paths are relative to the case file."""
+    """Read and check a case file; data paths are relative to the case file. `data_path` is
+    the case file's path as typed joined with the data path as written (not made absolute), so
+    that outputs name the data as the user gave them, not by the machine's absolute path."""
     path = Path(path)
     raw, text = read_toml(path)
     if "simulation" in raw:
@@ -200,7 +203,7 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         name=name,
         path=path,
         title=raw.get("title", name),
-        data_path=(path.parent / data["path"]).resolve(),
+        data_path=path.parent / data["path"],
         y=data.get("y"),
         group=data.get("group"),
         compare_kwargs=kwargs,
@@ -209,4 +212,5 @@ def load_case(path: str | Path, reports_dir: Path = Path("reports")) -> Case:
         report_path=report,
         truth=truth,
         text=text,
+        data_entry=data["path"],
     )

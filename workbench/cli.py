@@ -51,6 +51,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     c = sub.add_parser(
         "compare",
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--quiet", action="store_true", help="no progress messages (the table is still printed)"
     )
+    c.add_argument("--out", type=Path, default=None, help=OUT_HELP)
     r = sub.add_parser(
         "run",
         help="run a case file from models/",
@@ -132,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--quiet", action="store_true", help="no progress messages (the table is still printed)"
     )
+    r.add_argument("--out", type=Path, default=None, help=OUT_HELP)
+    rr = sub.add_parser(
+        "rerun",
+        help="re-run a bundle (written with --out) and check that the numbers are identical",
+    )
+    rr.add_argument("bundle", type=Path, help="the bundle folder")
+    rr.add_argument("--quiet", action="store_true", help="no progress messages")
     s = sub.add_parser(
         "simulate",
         help="a simulation study of bias and coverage",
@@ -205,6 +214,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
+
+
+OUT_HELP = (
+    "write a reproducibility bundle to this folder (new, empty or an earlier bundle): report, "
+    "JSON, posterior, the case file and its data, and a rerun script ('workbench rerun DIR')"
+)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"workbench {version('workbench')}"
+
+
+def _run_rerun(args) -> int:
+    """`workbench rerun DIR`: exit 0 when the numbers are identical, 1 when not."""
+    from workbench import bundle
+
+    bundle.load(args.bundle)  # not a bundle: one line, exit 2, before any computing
+    res = bundle.rerun(args.bundle, progress=_progress(args.quiet))
+    for key, old, new in res.notes:
+        print(f"note: {key} differs (not a number): bundle {old!r}, now {new!r}")
+    if res.identical:
+        print(f"identical: all {res.compared} values of {args.bundle}/{bundle.JSON} reproduced")
+        return 0
+    print(f"NOT identical: {len(res.diffs)} of {res.compared} values differ:")
+    for key, old, new in res.diffs:
+        print(f"  {key}: bundle {old!r}, now {new!r}")
+    return 1
 
 
 DESCRIPTION = """\
@@ -385,12 +423,17 @@ def _run_compare(
     case_text: str | None = None,
     truth: dict | None = None,
     make_folders: bool = False,
+    bundle=None,
 ) -> int:
     """Check the output paths, compare, then write the outputs together. `make_folders` (case
-    files): missing output folders are made (when writing) instead of refused."""
+    files): missing output folders are made (when writing) instead of refused. `bundle`
+    (`bundle.Bundle`, --out): the outputs go into its folder, with the files that re-run it."""
     from workbench.compare import compare
     from workbench.fit.mcmc import save_netcdf
 
+    if bundle is not None:
+        report_path, json_path, posterior_path = bundle.paths().values()
+        make_folders = True
     if report_path is not None:
         json_path = json_path or report_path.with_suffix(".json")
         posterior_path = posterior_path or report_path.with_suffix(".posterior.nc")
@@ -435,10 +478,31 @@ def _run_compare(
     if html is not None:
         files.append((report_path, _text(html)))
         written.append(f"report written to {report_path}")
+    if bundle is not None:
+        files = bundle.files(files, result)
+        written = [f"bundle written to {bundle.out} (check it: workbench rerun {bundle.out})"]
     _write_together(files)  # all or none: never a JSON without the report it belongs to
+    if bundle is not None:
+        bundle.tidy()
     if written:
         print("\n" + "\n".join(written))
     return 0
+
+
+def _bundle_for_compare(args, kwargs: dict, command: str):
+    """--out with `compare`: the bundle, after checking the folder and the data file."""
+    from workbench import bundle
+
+    taken = [o for o in ("report", "json", "posterior") if getattr(args, o) is not None]
+    if taken:
+        raise InputError(
+            f"--out writes the report, JSON and posterior into the bundle; leave out "
+            f"--{taken[0]} (or --out)."
+        )
+    bundle.check_out(args.out)
+    if not Path(args.data).is_file():
+        raise InputError(f"{args.data}: no such file; give the path of a CSV file.")
+    return bundle.Bundle.for_compare(args.data, args.y, args.group, kwargs, args.out, command)
 
 
 class _WriteError(Exception):
@@ -453,8 +517,8 @@ def _write_together(files) -> None:
     """Write (path, write(tmp)) pairs as one commit (`files.OutputSet`)."""
     try:
         with OutputSet() as outputs:
-            for path, write in files:
-                outputs.add(path, write)
+            for path, write, *mode in files:
+                outputs.add(path, write, *mode)
             outputs.commit()
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
@@ -469,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = "workbench " + shlex.join(argv)
     try:
+        if args.command == "rerun":
+            return _run_rerun(args)
         if args.command == "compare":
             from workbench.casefile import check_compare_options
 
@@ -502,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
                 for text in args.prior:  # the syntax now; the names once the model is known
                     parse_statement(text)
                 kwargs["priors"] = list(args.prior)
+            out = None
+            if args.out is not None:
+                out = _bundle_for_compare(args, kwargs, command)
             return _run_compare(
                 args.data,
                 args.y,
@@ -512,12 +581,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.quiet,
                 report_path=args.report,
                 command=command,
+                bundle=out,
             )
         if args.command == "simulate":
             return _run_simulate(args, command)
         from workbench.casefile import load_case
 
         case = load_case(args.case)
+        out = None
+        if args.out is not None:
+            from workbench import bundle
+
+            bundle.check_out(args.out)
+            out = bundle.Bundle.for_case(case, args.out, command)
         if not args.quiet:
             print(f"[workbench] case {case.name}: {case.title}", file=sys.stderr)
         return _run_compare(
@@ -533,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             case_text=case.text,
             truth=case.truth,
             make_folders=True,
+            bundle=out,
         )
     except InputError as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)

@@ -90,8 +90,11 @@ def check_output_folder(path: Path, option: str) -> None:
     _probe_writable(_existing_ancestor(target, what), what)
 
 
-def _stage(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> tuple[str, Path]:
-    """`write(tmp)` into `.NAME.*.tmp` beside `path`'s target; returns (tmp, target)."""
+def _stage(
+    path: Path, write: Callable[[str], object], suffix: str = ".tmp", mode: int = 0o666
+) -> tuple[str, Path]:
+    """`write(tmp)` into `.NAME.*.tmp` beside `path`'s target, with permissions `mode` less
+    the umask (0o777 for a script); returns (tmp, target)."""
     target = _target(path)
     _refuse_special(target, path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,7 @@ def _stage(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> 
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, mode & ~umask)  # mkstemp makes 0600; give the usual permissions
     except BaseException:
         os.unlink(tmp)
         raise
@@ -136,18 +139,30 @@ class OutputSet:
 
     def __init__(self) -> None:
         self._staged: list[tuple[str, Path]] = []
+        self._made: list[Path] = []  # folders made for the outputs, deepest first
 
-    def add(self, path: Path, write: Callable[[str], object]) -> None:
-        self._staged.append(_stage(Path(path), write))
+    def add(self, path: Path, write: Callable[[str], object], mode: int = 0o666) -> None:
+        folder = _target(Path(path)).parent
+        while not os.path.lexists(folder):
+            self._made.append(folder)
+            folder = folder.parent
+        self._staged.append(_stage(Path(path), write, mode=mode))
 
     def add_text(self, path: Path, text: str) -> None:
         self.add(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def discard(self) -> None:
+        """Remove the temporaries, and the folders made for them if they are left empty."""
         for tmp, _ in self._staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         self._staged = []
+        for folder in sorted(set(self._made), key=lambda p: len(p.parts), reverse=True):
+            try:
+                os.rmdir(folder)  # only an empty folder: a committed output keeps its folder
+            except OSError:
+                pass
+        self._made = []
 
     def commit(self) -> list[Path]:
         backups: dict[Path, str | None] = {}
