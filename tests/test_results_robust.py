@@ -38,8 +38,17 @@ def strict(record: dict) -> dict:
 
 
 # one-way runs with priors add the exact posterior's figure
-ONEWAY_FIGURES = ["marginals", "profiles", "taupath", "exact", "funnel", "caterpillar", "rank"]
-FORMULA_FIGURES = ["marginals", "scalepath", "funnel", "caterpillar", "rank"]
+ONEWAY_FIGURES = [
+    "framing",
+    "marginals",
+    "profiles",
+    "taupath",
+    "exact",
+    "funnel",
+    "caterpillar",
+    "rank",
+]
+FORMULA_FIGURES = ["framing", "marginals", "scalepath", "funnel", "caterpillar", "rank"]
 
 
 def with_mcmc(c, chains: int = 2, stuck: bool = False):
@@ -327,7 +336,7 @@ def test_slopes_without_intercept_have_no_funnel():
         df, formula="y ~ x + (0 + x | g)", methods=["eb-ml", "joint-map"], n_starts=2, n_jobs=1
     )
     _, ids, notes = report(with_mcmc(c))
-    assert ids == ["marginals", "scalepath", "caterpillar", "rank"] and notes == []
+    assert ids == ["framing", "marginals", "scalepath", "caterpillar", "rank"] and notes == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +361,7 @@ def test_every_shipped_case_renders(path):
         per = [
             f"{f}-{k}" for k in range(1, c.data.n_factors + 1) for f in ("funnel", "caterpillar")
         ]
-        assert ids == ["marginals", "scalepath", *per, "rank"]
+        assert ids == ["framing", "marginals", "scalepath", *per, "rank"]
     else:
         assert ids == (ONEWAY_FIGURES if c.data.is_oneway else FORMULA_FIGURES)
     assert notes == []

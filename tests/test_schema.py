@@ -165,6 +165,7 @@ def test_boundary_dollar_labels_through_the_cli(tmp_path):
     html = (tmp_path / "out.html").read_text()
     # no MCMC: no funnel, no rank plots; the joint MAP with priors ran: the exact posterior
     assert re.findall(r'<figure id="fig-(\w+)">', html) == [
+        "framing",
         "marginals",
         "profiles",
         "taupath",
