@@ -140,12 +140,15 @@ def test_report_shows_every_factor(name, request):
         assert f"<th><code>{g.name}</code></th><td>{g.n_levels}</td>" in html
     for note in d.notes:
         assert f"<li>{note.replace(chr(39), '&#39;')}</li>" in html
-    # the estimates and explanation tables and the lme4 printout: every factor's variance
+    # the estimates tables (a column per quantity, the SD beneath the variance), the
+    # explanation table and the lme4 printout: every factor's variance
     for group, vc in c.eb_ml.components_by_factor.items():
         for term, v in vc.variances.items():
-            assert html.count(f"<th>variance of {term} ({group})</th><td>{_fmt(v)}</td>") == 2
+            assert html.count(f"<th>variance of {term} ({group})</th><td>{_fmt(v)}</td>") == 1
+            assert f'<th scope="col">{term} ({group})<span class="sub">variance, SD' in html
+            assert f'<td>{_fmt(v)}<span class="sub">SD {_fmt(v**0.5)}</span></td>' in html
         for pair in vc.correlations:
-            assert f"<th>correlation {pair} ({group})</th>" in html
+            assert f'<th scope="col">{pair} ({group})<span class="sub">correlation' in html
     groups = "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)
     assert f"Number of obs: {d.n_obs}, groups:  {groups}" in html
     # the explanation by factor: one row per factor and point

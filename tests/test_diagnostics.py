@@ -246,11 +246,13 @@ def test_tables_show_the_sds_own_summaries(oneway):
     assert grid["MCMC mode"]["tau"] == fmt(tau_mode)
     assert grid["MCMC mean"]["sigma"] == fmt(mc["sigma"]["mean"])
     assert grid["EB-ML"]["sigma"] == fmt(math.sqrt(oneway.eb_ml.sigma2))  # a point: its root
-    head, rows = estimates(c)
-    row = {r[0]: dict(zip(head, r[1:], strict=True)) for r in rows}
-    assert row["σ (residual SD)"]["MCMC mode"] == _fmt(sigma_mode)
-    assert row["τ: SD of (Intercept) (group)"]["MCMC mode"] == _fmt(tau_mode)
-    assert row["σ (residual SD)"]["EB-ML"] == _fmt(math.sqrt(oneway.eb_ml.sigma2))
+    cell: dict = {}  # {method: {column: (value, the SD beneath)}} of the HTML estimates tables
+    for t in estimates(c):
+        for m, _, cells in t["rows"]:
+            cell.setdefault(m, {}).update(zip([h for h, _ in t["head"]], cells, strict=True))
+    assert cell["MCMC mode"]["σ² (residual)"][1] == f"σ {_fmt(sigma_mode)}"
+    assert cell["MCMC mode"]["τ² (group)"][1] == f"τ {_fmt(tau_mode)}"
+    assert cell["EB-ML"]["σ² (residual)"][1] == f"σ {_fmt(math.sqrt(oneway.eb_ml.sigma2))}"
 
 
 def test_rank_plot_titles_print_the_diagnostics_p(oneway):

@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -236,45 +237,66 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
     return out
 
 
-def estimates(c) -> tuple[list[str], list[list[str]]]:
-    """The estimates table: one column per method (ANOVA for the one-way model, EB-ML,
-    EB-REML, the four joint MAP variants, MCMC mean/median/mode), one row per quantity (every
-    grouping factor's variances and correlations)."""
+# the most value columns in one estimates table: with the method column this fits 800 px and
+# A4 portrait (~650 px of content); more columns continue in a further table
+MAX_COLUMNS = 4
+# what each method's objective is (the objective column's second line)
+OBJECTIVES = {
+    "EB-ML": "log lik",
+    "EB-REML": "restricted log lik",
+}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One column of the estimates tables: a value (`key`) with an optional second line (the
+    SE, the SD) and its head and words."""
+
+    label: str
+    key: str
+    sub_key: str | None = None
+    sub_label: str = ""
+    head_note: str = ""
+
+
+def _method_values(c) -> list[tuple[str, str, dict]]:
+    """(method, status words or "", {quantity key: value}) of every method run: ANOVA (one-way),
+    EB-ML, EB-REML, the four joint MAP variants, MCMC mean/median/mode. The objective of
+    EB-REML is the restricted log likelihood, as the CLI's table (lme4's logLik; its REML
+    criterion is -2 times it)."""
     d = c.data
-    cols: list[tuple[str, dict]] = []
+    out: list[tuple[str, str, dict]] = []
 
     def point(beta, sigma2, G) -> dict:
-        out = {f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)}
-        out.update(curves.component_values(G, d))
-        out.update({"sd" + k[3:]: _sqrt(v) for k, v in out.copy().items() if k[:4] == "var:"})
-        out.update(sigma2=sigma2, sigma=_sqrt(sigma2))
-        return out
+        vals = {f"beta:{n}": float(b) for n, b in zip(d.fixed_names, beta, strict=True)}
+        vals.update(curves.component_values(G, d))
+        vals.update({"sd" + k[3:]: _sqrt(v) for k, v in vals.copy().items() if k[:4] == "var:"})
+        vals.update(sigma2=sigma2, sigma=_sqrt(sigma2))
+        return vals
 
     anova = c.anova
     if anova is not None:
-        cols.append(
-            (
-                "ANOVA (moments)",
-                {
-                    "beta:(Intercept)": anova.mu,
-                    "var:(Intercept)": anova.tau2,
-                    "sd:(Intercept)": _sqrt(anova.tau2),
-                    "sigma2": anova.sigma2,
-                    "sigma": _sqrt(anova.sigma2),
-                },
-            )
-        )
+        vals = {
+            "beta:(Intercept)": anova.mu,
+            "var:(Intercept)": anova.tau2,
+            "sd:(Intercept)": _sqrt(anova.tau2),
+            "sigma2": anova.sigma2,
+            "sigma": _sqrt(anova.sigma2),
+        }
+        out.append(("ANOVA (moments)", "", vals))
     for fit in (c.eb_ml if "eb-ml" in c.settings.methods else None, c.eb_reml):
         if fit is not None:
+            name = f"EB-{fit.method.upper()}"
             vals = point(fit.beta, fit.sigma2, fit.G)
             vals.update({f"se:{n}": float(s) for n, s in zip(d.fixed_names, fit.se, strict=True)})
-            vals["objective"] = fit.loglik
-            cols.append((f"EB-{fit.method.upper()}", vals))
+            vals.update(objective=fit.loglik, objective_what=OBJECTIVES[name])
+            out.append((name, "", vals))
     for key, r in c.joint_maps.items():
-        vals = {"objective": r.log_joint, "status": r.status.replace("_", " ")}
+        what = "log joint" + (" + priors" if key[1] else "")
+        vals = {"objective": r.log_joint, "objective_what": what}
         if curves.interior(r):
             vals.update(point(r.beta, r.sigma2, r.G))
-        cols.append((curves.JOINT_LABELS[key], vals))
+        out.append((curves.JOINT_LABELS[key], r.status.replace("_", " "), vals))
     if c.mcmc is not None:
         o = c.mcmc.to_dict()
         for stat in ("mean", "median", "mode"):
@@ -284,36 +306,86 @@ def estimates(c) -> tuple[list[str], list[list[str]]]:
             vals.update(sigma2=o["sigma2"][stat], sigma=o["sigma"][stat])
             if stat == "mean":
                 vals.update({f"se:{n}": v["sd"] for n, v in o["fixed_effects"].items()})
-            cols.append((f"MCMC {stat}", vals))
-    spec = []
-    for n in d.fixed_names:
-        spec += [(f"β {n}", f"beta:{n}"), (f"SE / posterior sd of β {n}", f"se:{n}")]
+            out.append((f"MCMC {stat}", "", vals))
+    return out
+
+
+def _quantities(d) -> tuple[list[Quantity], list[Quantity], Quantity]:
+    """The columns: the fixed effects (estimate, SE beneath), the variance components
+    (variance, SD beneath; correlations; the residual), and the objective."""
+    fixed = [
+        Quantity(f"β {n}" if not d.is_oneway else "μ", f"beta:{n}", f"se:{n}", "±", "± SE / sd")
+        for n in d.fixed_names
+    ]
+    several = d.n_factors > 1
     comps = curves.components(d)
-    spec += [(f"variance of {p.name} ({p.factor})", p.key) for p in comps if p.kind == "var"]
-    spec += [
-        (("τ: " if d.is_oneway else "") + f"SD of {p.name} ({p.factor})", "sd" + p.key[3:])
+    var = [
+        Quantity(
+            "τ² (" + p.factor + ")" if d.is_oneway else f"{p.name} ({p.factor})",
+            p.key,
+            "sd" + p.key[3:],
+            "τ" if d.is_oneway else "SD",
+            "variance, τ" if d.is_oneway else "variance, SD",
+        )
         for p in comps
         if p.kind == "var"
     ]
-    several = d.n_factors > 1
-    spec += [
-        (f"correlation {p.name}" + (f" ({p.factor})" if several else ""), p.key)
+    var += [
+        Quantity(p.name + (f" ({p.factor})" if several else ""), p.key, head_note="correlation")
         for p in comps
         if p.kind == "cor"
     ]
-    spec += [
-        ("σ² (residual)", "sigma2"),
-        ("σ (residual SD)", "sigma"),
-        ("log lik (EB-ML) / restricted log lik (EB-REML) / log joint", "objective"),
-        ("joint-mode status", "status"),
-    ]
-    head = [name for name, _ in cols]
-    rows = [
-        [label, *[_fmt(v.get(key)) for _, v in cols]]
-        for label, key in spec
-        if any(key in v for _, v in cols)
-    ]
-    return head, rows
+    var.append(Quantity("σ² (residual)", "sigma2", "sigma", "σ", "variance, σ"))
+    return fixed, var, Quantity("objective", "objective", "objective_what", "", "see below")
+
+
+def estimates(c) -> list[dict]:
+    """The estimates tables, methods as rows (ANOVA for the one-way model, EB-ML, EB-REML, the
+    four joint MAP variants with their status, MCMC mean/median/mode) and quantities as columns,
+    at most `MAX_COLUMNS` value columns a table so that each fits 800 px and A4 portrait: one
+    table when everything fits, else the fixed effects with the objective, then the variance
+    components (each continued in a further table when it has more columns). Each table:
+    {"id", "caption", "head": [(label, note)], "rows": [(method, status, [(value, second)])]}."""
+    d = c.data
+    methods = _method_values(c)
+    fixed, var, objective = _quantities(d)
+    every = [*fixed, *var, objective]
+    if len(every) <= MAX_COLUMNS:
+        groups = [("est", "Every method's estimates", every)]
+    else:
+        groups = [
+            (
+                "est-fixed",
+                "Fixed effects (estimate, ± its SE or posterior sd)",
+                [*fixed, objective],
+            ),
+            ("est-variances", "Variance components (variance, its SD beneath)", var),
+        ]
+    out = []
+    for gid, caption, qs in groups:
+        qs = [q for q in qs if any(q.key in v for _, _, v in methods)]
+        parts = [qs[i : i + MAX_COLUMNS] for i in range(0, len(qs), MAX_COLUMNS)]
+        for k, part in enumerate(parts):
+            rows = [(name, status, [_cell(v, q) for q in part]) for name, status, v in methods]
+            out.append(
+                {
+                    "id": gid if k == 0 else f"{gid}-{k + 1}",
+                    "caption": caption + (f" (continued, {k + 1} of {len(parts)})" if k else ""),
+                    "head": [(q.label, q.head_note) for q in part],
+                    "rows": rows,
+                }
+            )
+    return out
+
+
+def _cell(vals: dict, q: Quantity) -> tuple[str, str]:
+    """(value, second line) of quantity `q` for one method; the second line is empty where the
+    method has no value for it."""
+    main = _fmt(vals.get(q.key))
+    if q.sub_key is None or q.sub_key not in vals:
+        return main, ""
+    sub = vals[q.sub_key]
+    return main, (sub if isinstance(sub, str) else f"{q.sub_label} {_fmt(sub)}".strip())
 
 
 def _sqrt(v):
@@ -452,7 +524,6 @@ def build_context(
         if fragment
         else {k: [(alt, _png_uri(formula_png(t))) for alt, t in v] for k, v in tex.items()}
     )
-    head, rows = estimates(c)
     prof = c.profile
     return {
         "fragment": fragment,
@@ -469,8 +540,8 @@ def build_context(
         "priors": c.priors.describe(),
         "settings": c.settings.to_dict(),
         "formulas": formulas,
-        "head": head,
-        "rows": rows,
+        "estimates": estimates(c),
+        "reml_criterion": c.eb_reml.objective if c.eb_reml is not None else None,
         "lme4": lme4_text(c.eb_ml) if c.eb_ml is not None else "",
         "anova": c.anova.to_dict() if c.anova is not None else None,
         "profile": [
