@@ -553,6 +553,13 @@ def plot_framing(framing: dict):
         ),  # fmt: skip
         plt.Line2D([], [], ls="", marker=ebm.marker, color=ebm.color, label=eb_label),
     ]
+    drawn = [True, True, any(r["boundary"] for r in rows)]
+    drawn += [any(r["local_mode"] is not None for r in rows)]
+    drawn += [
+        any(r["joint_mode"] is not None for r in rows),
+        any(r["eb"] is not None for r in rows),
+    ]
+    handles = [h for h, keep in zip(handles, drawn, strict=True) if keep]  # only what is drawn
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 1.05 / (0.62 * len(rows) + 1.3), 1, 1))
     return fig
