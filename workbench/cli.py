@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--quiet", action="store_true", help="no progress messages (the table is still printed)"
     )
-    c.add_argument("--out", type=Path, default=None, help=OUT_HELP)
+    c.add_argument("--out", type=Path, default=None, metavar="DIR", help=OUT_HELP)
     r = sub.add_parser(
         "run",
         help="run a case file from models/",
@@ -134,12 +134,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--quiet", action="store_true", help="no progress messages (the table is still printed)"
     )
-    r.add_argument("--out", type=Path, default=None, help=OUT_HELP)
+    r.add_argument("--out", type=Path, default=None, metavar="DIR", help=OUT_HELP)
     rr = sub.add_parser(
         "rerun",
         help="re-run a bundle (written with --out) and check that the numbers are identical",
+        description="Re-run a bundle's case file on the bundle's copy of the data and compare "
+        "the new JSON with the bundle's result.json, value by value. Exit 0: identical; 1: "
+        "the differing keys are printed with both values (differences in provenance, e.g. "
+        "versions or the git commit, are printed as notes and do not count); 2: not a bundle.",
+        epilog="example:\n  workbench run models/dyestuff.toml --out dy && workbench rerun dy",
     )
-    rr.add_argument("bundle", type=Path, help="the bundle folder")
+    rr.add_argument("bundle", type=Path, metavar="DIR", help="a bundle folder (written with --out)")
     rr.add_argument("--quiet", action="store_true", help="no progress messages")
     s = sub.add_parser(
         "simulate",
