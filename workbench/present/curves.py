@@ -390,14 +390,16 @@ class ScalePath:
     log_joint: np.ndarray
 
 
-def scale_path(fit, npts: int = 80) -> ScalePath:
+def scale_path(fit, npts: int = 80, grid: np.ndarray | None = None) -> ScalePath:
     """The path for the EB fit `fit` (diagonal theta floored at 0.05 so that a singular fit
     still has a path); `npts` / 2 points with several grouping factors (one sparse
-    factorisation each), most of them on [0.05, 4] where the curves bend."""
+    factorisation each), most of them on [0.05, 4] where the curves bend; or on `grid`."""
     d = fit.data
     lay = Layout.of(d.blocks, d.q)
     theta = np.array(fit.theta, float)
     theta[lay.diagonal] = np.maximum(theta[lay.diagonal], 0.05)
+    if grid is not None and d.n_factors > 1:
+        return _blocked_scale_path(d, theta, np.asarray(grid, float))
     if d.n_factors > 1:
         left = npts // 6
         grid = np.concatenate(
@@ -407,13 +409,25 @@ def scale_path(fit, npts: int = 80) -> ScalePath:
             ]
         )
         return _blocked_scale_path(d, theta, grid)
-    grid = np.geomspace(1e-4, 4.0, npts)
+    grid = np.geomspace(1e-4, 4.0, npts) if grid is None else np.asarray(grid, float)
     lm, lj = [], []
     for s in grid:
         pls = solve(d.factors, lay, s * theta)
         lm.append(-0.5 * pls.objective("ml"))
         lj.append(-0.5 * pls.objective("joint"))
     return ScalePath(grid, np.array(lm), np.array(lj))
+
+
+def scale_paths(fit, drop: float = 12.0, npts: int = 41) -> tuple[ScalePath, ScalePath]:
+    """The whole path and a zoom on a fine grid (through s = 1) over where l is within `drop`
+    nats of its maximum: on large data (Hsb82) l's peak is a few grid points wide."""
+    path = scale_path(fit)
+    lm = path.log_marginal - np.nanmax(path.log_marginal)
+    inside = np.flatnonzero(lm >= -drop)
+    lo = path.scale[max(inside[0] - 1, 0)] if inside.size else 0.5
+    hi = path.scale[min(inside[-1] + 1, path.scale.size - 1)] if inside.size else 2.0
+    grid = np.unique(np.append(np.geomspace(min(lo, 0.95), max(hi, 1.05), npts), 1.0))
+    return path, scale_path(fit, grid=grid)
 
 
 def _blocked_scale_path(d, theta: np.ndarray, grid: np.ndarray) -> ScalePath:
@@ -442,36 +456,132 @@ def _blocked_scale_path(d, theta: np.ndarray, grid: np.ndarray) -> ScalePath:
 
 @dataclass(frozen=True)
 class ProfileCurves:
-    """One-way, along the marginal profile in sigma^2: (mu, tau^2) maximising l."""
+    """One-way profiles over sigma^2 on a grid that holds the fitted values exactly.
+
+    `log_marginal` is l maximised over (mu, tau^2 >= 0); its maximum is EB-ML's sigma^2
+    (`ml_sigma2`, a grid point). `joint_profile` is the centered log joint h maximised over
+    (mu, a) and over an interior local maximum in tau^2 (h rises without bound as tau^2 -> 0,
+    so only a local maximum is a profile): NaN where h has none at that sigma^2; its maximum
+    is the interior joint mode's sigma^2 (`joint_sigma2`, a grid point; None without one).
+    `log_joint` and `volume` are h at the conditional modes and the volume term
+    1/2 sum log v_j + (m/2) log 2 pi along l's profile, where l = h + volume (the Laplace
+    identity); NaN where l's profile has tau^2 = 0 (there h = +inf, volume = -inf)."""
 
     sigma2: np.ndarray
     log_marginal: np.ndarray
-    log_joint: np.ndarray  # h(theta(sigma^2), a_hat(theta))
-    volume: np.ndarray  # 1/2 sum log v_j + (m/2) log 2 pi  (= log_marginal - log_joint)
+    joint_profile: np.ndarray
+    log_joint: np.ndarray
+    volume: np.ndarray
+    tau2_marginal: np.ndarray  # tau^2 of l's profile
+    ml_sigma2: float
+    joint_sigma2: float | None
 
 
-def profile_curves(st: Stats, s_ml: float, npts: int = 60) -> ProfileCurves:
-    grid = s_ml * np.geomspace(0.4, 2.5, npts)
-    scale = st.W / st.N + float(np.var(st.ybar))
-    lm, lj, vol = [], [], []
-    for s in grid:
+def _profile_window(st: Stats, centres: list[float], ses: float = 4.0) -> tuple[float, float]:
+    """The sigma^2 window: `ses` asymptotic standard errors of log sigma^2 (sqrt(2 / (N - m)),
+    so that l falls by about ses^2 / 2 nats at the edges) beyond the fitted values, at most a
+    factor 2.5: a zoom for large data (Hsb82: +-7%), the whole bend for small data."""
+    half = min(ses * np.sqrt(2.0 / max(st.N - st.m, 1.0)), np.log(2.5))
+    lo, hi = np.log(min(centres)), np.log(max(centres))
+    return float(np.exp(lo - half)), float(np.exp(hi + half))
 
-        def val(t, s=s):
-            return dens.marginal_loglik((dens.gls_mean(s, t, st), s, t), st)
 
-        def grad(t, s=s):
-            return dens.marginal_grad((dens.gls_mean(s, t, st), s, t), st)[2]
+def _marginal_at(
+    st: Stats, s: float, scale: float, guess: float | None = None
+) -> tuple[float, float, float]:
+    """(l, mu, tau^2) of l's profile at sigma^2 = s: tau^2 >= 0 maximising the GLS-profiled l
+    (`guess`: the neighbouring grid point's tau^2)."""
 
-        t = max(
-            argmax_nonneg(val, grad, 1e-10 * scale, 1e6 * scale, allow_zero=True), 1e-12 * scale
+    def val(t):
+        return dens.marginal_loglik((dens.gls_mean(s, t, st), s, t), st)
+
+    def grad(t):
+        return dens.marginal_grad((dens.gls_mean(s, t, st), s, t), st)[2]
+
+    t = argmax_nonneg(val, grad, 1e-10 * scale, 1e6 * scale, allow_zero=True, guess=guess)
+    return val(t), dens.gls_mean(s, t, st), t
+
+
+def _h_at(st: Stats, s: float, t: float) -> float:
+    """The centered log joint at (sigma^2, tau^2), maximised over mu and a (closed forms: the
+    GLS mean and the conditional modes), tau^2 > 0."""
+    mu = dens.gls_mean(s, t, st)
+    a, _ = dens.conditional_effects(mu, s, t, st)
+    return dens.log_joint(np.concatenate([[mu, 0.5 * np.log(s), 0.5 * np.log(t)], a]), st)
+
+
+def _h_grid(st: Stats, s: float, t: np.ndarray) -> np.ndarray:
+    """`_h_at` at many tau^2 at once, by the Laplace identity h = l(GLS mean) - volume."""
+    n = st.n
+    V = s + np.outer(t, n)  # (k, m)
+    w = n / V
+    mu = (w @ st.ybar) / w.sum(axis=1)
+    r = st.ybar - mu[:, None]
+    l_val = -0.5 * (
+        st.N * dens.LOG_2PI
+        + (st.N - st.m) * np.log(s)
+        + np.log(V).sum(axis=1)
+        + st.W / s
+        + (n * r * r / V).sum(axis=1)
+    )
+    vol = 0.5 * np.log(s * t[:, None] / V).sum(axis=1) + 0.5 * st.m * dens.LOG_2PI
+    return l_val - vol
+
+
+def joint_profile_at(st: Stats, s: float, scale: float, npts: int = 90) -> float:
+    """h maximised over (mu, a) and over the highest interior local maximum in tau^2 at
+    sigma^2 = s (a log grid of tau^2, each interior grid maximum polished by a bounded Brent
+    search in log tau^2 on the log joint itself); NaN when h has no interior local maximum in
+    tau^2 there."""
+    from scipy import optimize
+
+    logt = np.linspace(np.log(1e-8 * scale), np.log(1e4 * scale), npts)
+    h = _h_grid(st, s, np.exp(logt))
+    best = np.nan
+    for i in np.flatnonzero((h[1:-1] > h[:-2]) & (h[1:-1] >= h[2:])) + 1:
+        r = optimize.minimize_scalar(
+            lambda v: -_h_at(st, s, np.exp(v)),
+            bounds=(logt[i - 1], logt[i + 1]),
+            method="bounded",
+            options={"xatol": 1e-10},
         )
-        mu = dens.gls_mean(s, t, st)
-        a, v = dens.conditional_effects(mu, s, t, st)
-        x = np.concatenate([[mu, 0.5 * np.log(s), 0.5 * np.log(t)], a])
-        lm.append(dens.marginal_loglik((mu, s, t), st))
-        lj.append(dens.log_joint(x, st))
-        vol.append(0.5 * np.log(v).sum() + 0.5 * st.m * dens.LOG_2PI)
-    return ProfileCurves(grid, np.array(lm), np.array(lj), np.array(vol))
+        best = np.nanmax([best, -float(r.fun)])
+    return float(best)
+
+
+def profile_curves(
+    st: Stats, s_ml: float, s_joint: float | None = None, npts: int = 80
+) -> ProfileCurves:
+    """The profiles on a log grid over `_profile_window` plus EB-ML's sigma^2 `s_ml` and the
+    interior joint mode's `s_joint` (None without one), so that the curves pass through the
+    fitted values exactly."""
+    centres = [s_ml] + ([s_joint] if s_joint is not None else [])
+    lo, hi = _profile_window(st, centres)
+    grid = np.unique(np.concatenate([np.geomspace(lo, hi, npts), centres]))
+    scale = st.W / st.N + float(np.var(st.ybar))
+    lm, hp, lj, vol, tau2 = [], [], [], [], []
+    for s in grid:
+        l_s, mu, t = _marginal_at(st, s, scale, tau2[-1] if tau2 else None)
+        lm.append(l_s)
+        tau2.append(t)
+        hp.append(joint_profile_at(st, s, scale))
+        if t > 0:
+            _, v = dens.conditional_effects(mu, s, t, st)
+            lj.append(_h_at(st, s, t))
+            vol.append(0.5 * np.log(v).sum() + 0.5 * st.m * dens.LOG_2PI)
+        else:  # tau^2 = 0: h = +inf, volume = -inf; not drawn
+            lj.append(np.nan)
+            vol.append(np.nan)
+    return ProfileCurves(
+        grid,
+        np.array(lm),
+        np.array(hp),
+        np.array(lj),
+        np.array(vol),
+        np.array(tau2),
+        float(s_ml),
+        None if s_joint is None else float(s_joint),
+    )
 
 
 @dataclass(frozen=True)
@@ -483,10 +593,18 @@ class TauPath:
     sigma2: np.ndarray
 
 
-def tau_path(st: Stats, tau_ref: float, npts: int = 70, iters: int = 400) -> TauPath:
-    """Coordinate ascent at each tau (a, mu and sigma^2 each have closed forms given the rest);
-    warm-started from the previous tau, walking down from large tau."""
-    taus = tau_ref * np.geomspace(4.0, 1e-4, npts)
+def tau_path(
+    st: Stats,
+    tau_ref: float,
+    npts: int = 70,
+    iters: int = 400,
+    span: tuple[float, float] = (1e-4, 4.0),
+    at: tuple[float, ...] = (),
+) -> TauPath:
+    """Coordinate ascent at each tau of tau_ref x [span] (log grid) and at the taus `at` (the
+    fitted values, so the curve passes through them): a, mu and sigma^2 each have closed forms
+    given the rest; warm-started from the previous tau, walking down from large tau."""
+    taus = np.unique(np.concatenate([tau_ref * np.geomspace(*span, npts), at]))[::-1]
     mu, s = float(st.n @ st.ybar / st.N), st.W / st.N + float(np.var(st.ybar))
     hs, ss = [], []
     for tau in taus:
@@ -505,6 +623,20 @@ def tau_path(st: Stats, tau_ref: float, npts: int = 70, iters: int = 400) -> Tau
         ss.append(s)
     order = np.argsort(taus)
     return TauPath(taus[order], np.array(hs)[order], np.array(ss)[order])
+
+
+def tau_zoom(st: Stats, tau_ref: float, at: tuple[float, ...] = ()) -> TauPath:
+    """The tau path on a fine grid around `tau_ref` (and through the taus `at`): 6 / sqrt(2 m)
+    each side in log tau (sqrt(1 / (2 m)) is about the standard error of log tau with many
+    large groups), at most a factor 2.5, so that on many groups (Hsb82: 160) the interior
+    bump is not lost beside the rise toward tau = 0."""
+    half = min(6.0 / np.sqrt(2.0 * st.m), np.log(2.5))
+    lo, hi = np.exp(-half), np.exp(half)
+    span = (
+        min([lo, *(t / tau_ref / 1.1 for t in at)]),
+        max([hi, *(t / tau_ref * 1.1 for t in at)]),
+    )
+    return tau_path(st, tau_ref, npts=60, span=span, at=at)
 
 
 def tau_reference(st: Stats, tau2_ml: float) -> float:

@@ -10,6 +10,7 @@ drawn for a stated reason (rank plots of one chain) raises `SkippedFigureError` 
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 
 import matplotlib
@@ -29,6 +30,7 @@ from workbench.present.curves import (  # noqa: E402
     ScalePath,
     TauPath,
 )
+from workbench.present.table import fmt  # noqa: E402  (the tables' digits, in the labels)
 
 # The Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"): eight colours that stay
 # apart for protanopes, deuteranopes and tritanopes; yellow is left out (unreadable on white).
@@ -91,14 +93,32 @@ def style(method: str) -> Mark:
     return STYLE.get(method) or STYLE.get(METHOD_NAMES.get(method, ""), OTHER)
 
 
-PLAIN_TEXT = {"text.parse_math": False}  # labels are data: `$`, `_`, `^` drawn as they are
+# Drawn for a page 800 px wide: figures at most FIG_WIDTH inches (880 px at to_png's 110 dpi,
+# so scaled by at most 0.87 there), text of at least 9 pt, legends outside the axes
+PLAIN_TEXT = {
+    "text.parse_math": False,  # labels are data: `$`, `_`, `^` drawn as they are
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 11,
+}
 plain_text = matplotlib.rc_context(PLAIN_TEXT)  # also a decorator for the figure functions
+FIG_WIDTH = 8.0
+MIN_FONT = 9.0
 LABEL_MAX = 40  # characters of a group label shown in a figure
-PANELS_PER_ROW = 4
+PANELS_PER_ROW = 2
 
 
 class SkippedFigureError(Exception):
     """A figure that is not drawn, for the reason given (shown in the report instead)."""
+
+
+def wrap(text: str, width: int = 44) -> str:
+    """A title on at most two lines of `width` characters (a panel is half the page wide)."""
+    return textwrap.fill(" ".join(str(text).split()), width, max_lines=2, placeholder=" …")
 
 
 def short(label, n: int = LABEL_MAX) -> str:
@@ -164,10 +184,45 @@ def _log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.5)))
 
 
+def _x_scale(ax, lo: float, hi: float) -> bool:
+    """Log x where the range spans more than a factor 3 (it is then the natural scale of a
+    variance), linear on a zoom (a large data set's narrow window); True when log."""
+    if lo > 0 and hi / lo > 3.0:
+        _log_x(ax)
+        return True
+    return False
+
+
+def legend_below(host, handles=None, labels=None, ncol: int = 2, **kw):
+    """A legend below the axes of `host` (a constrained-layout figure or subfigure), outside
+    the data area; `fit_legends` narrows it to its host's width after layout."""
+    args = () if handles is None else (handles, labels) if labels is not None else (handles,)
+    return host.legend(*args, loc="outside lower center", ncol=ncol, frameon=False, **kw)
+
+
+def fit_legends(fig) -> None:
+    """Fewer legend columns where a legend is wider than its (sub)figure: legends never run
+    into their neighbours."""
+    for _ in range(3):
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        changed = False
+        for host in [fig, *fig.subfigs]:
+            width = host.bbox.width
+            for lg in host.legends:
+                if lg.get_window_extent(r).width > width + 1 and lg._ncols > 1:
+                    lg.set_ncols(lg._ncols - 1)
+                    changed = True
+        if not changed:
+            return
+
+
 def _vlines(ax, marks, window=None) -> None:
-    """A vertical line per `curves.Estimate`; one outside `window` (lo, hi) is listed in the
+    """A vertical line per `curves.Estimate`, with the method's marker at a height of its own
+    (lines at equal values stay told apart); one outside `window` (lo, hi) is listed in the
     legend as off scale, a non-finite one is left out."""
-    for e in marks:
+    at = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for k, e in enumerate(marks):
         if e.value is None or not np.isfinite(e.value):
             continue
         mk = style(e.method)
@@ -177,138 +232,224 @@ def _vlines(ax, marks, window=None) -> None:
                 [],
                 color=mk.color,
                 ls=mk.ls,
-                lw=1.6,
-                label=f"{e.method}: {e.value:.4g} (off scale)",
+                lw=1.8,
+                label=f"{e.method}\n= {fmt(e.value)} (off scale)",
             )
         else:
-            ax.axvline(e.value, color=mk.color, ls=mk.ls, lw=1.6, label=e.method)
+            ax.axvline(e.value, color=mk.color, ls=mk.ls, lw=1.8)
+            ax.plot(
+                [e.value], [0.93 - 0.07 * (k % 10)], mk.marker, color=mk.color, mec="k",
+                mew=0.6, ms=7, ls=mk.ls, transform=at, label=e.method,
+            )  # fmt: skip
+
+
+def _grid(n: int, cols: int = PANELS_PER_ROW, height: float = 3.0, width: float = FIG_WIDTH):
+    """A constrained-layout figure of `n` subfigures, `cols` to a row, one axes each (each
+    subfigure holds its own legend below its axes)."""
+    cols = max(1, min(n, cols))
+    rows = -(-n // cols)
+    fig = plt.figure(figsize=(width, height * rows), layout="constrained")
+    subs = np.atleast_1d(fig.subfigures(rows, cols, squeeze=False)).reshape(-1)
+    for sf in subs[n:]:
+        sf.set_visible(False)
+    return fig, [(sf, sf.subplots()) for sf in subs[:n]]
 
 
 @plain_text
 def plot_marginals(panels: tuple[Marginal, ...]):
     """One panel per quantity: the MCMC posterior density (when sampled) and every point
-    estimate of it."""
-    n = len(panels)
-    cols = min(n, PANELS_PER_ROW)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.0 * rows), squeeze=False)
-    for ax, p in zip(axes.flat, panels, strict=False):
+    estimate of it, the legend beneath each panel."""
+    fig, cells = _grid(len(panels), height=4.2 if len(panels) > 1 else 3.6)
+    for (sf, ax), p in zip(cells, panels, strict=True):
         window = density(ax, p.draws, p.lower) if p.draws is not None else None
         _vlines(ax, p.estimates, window)
-        ax.set_title(short(p.title, 60), fontsize=10)
+        if p.draws is None:
+            ax.set_yticks([])
+            v = np.array([e.value for e in p.estimates if e.value is not None], float)
+            v = v[np.isfinite(v)]
+            if p.lower == 0.0 and v.size and v.min() > 0 and v.max() > 10 * v.min():
+                _log_x(ax)  # a variance whose estimates span decades
+                ax.set_xlabel("log scale")
+        ax.set_title(wrap(p.title))
         ax.set_ylabel("density" if p.draws is not None else "")
-        ax.legend(fontsize=7, loc="upper right")
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    fig.tight_layout()
+        legend_below(sf, ncol=1 if len(panels) > 1 else 2)
+    fit_legends(fig)
     return fig
+
+
+def _mark_label(method: str, what: str, value: float, extra: str = "") -> str:
+    return f"{method}: {what} = {fmt(value)}{extra}"
 
 
 @plain_text
 def plot_profiles(curves: ProfileCurves, y_name: str):
-    """One-way: log marginal and log joint along the marginal profile over log sigma^2, and
-    their difference, the volume term."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
+    """One-way, over sigma^2 (one shared axis): above, the log marginal l profiled over
+    (mu, tau^2) and the centered log joint h profiled over (mu, a) and its interior local
+    maximum in tau^2, each minus its maximum, with the maxima at the fitted values themselves
+    (EB-ML's sigma^2, the interior joint mode's; labelled with the tables' digits); below, the
+    volume term l - h along l's profile (the Laplace identity). No joint maximum is drawn
+    where none exists, and what is not drawn is said in the legend."""
+    fig, (ax, ax2) = plt.subplots(
+        2,
+        1,
+        figsize=(FIG_WIDTH, 7.6),
+        sharex=True,
+        layout="constrained",
+        gridspec_kw={"height_ratios": [3, 2]},
+    )
     s = curves.sigma2
-    lm, lj = finite(curves.log_marginal), finite(curves.log_joint)
-    lm, lj = lm - np.nanmax(lm), lj - np.nanmax(lj)
-    ax.plot(s, lm, color=EB_COLOR, lw=2, label="log marginal l (profiled)")
-    ax.plot(s, lj, color=JOINT_COLOR, lw=2, label="log joint h at the conditional modes")
-    i, j = int(np.nanargmax(lm)), int(np.nanargmax(lj))
-    ax.plot(s[i], 0, "o", color=EB_COLOR, ms=8, label=f"max of l: sigma² = {s[i]:.4g}")
-    ax.plot(s[j], 0, "s", color=JOINT_COLOR, ms=8, label=f"max of h: sigma² = {s[j]:.4g}")
-    _log_x(ax)
-    ax.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
+    jc, eb = STYLE[_JC], STYLE["EB-ML"]
+    lm = finite(curves.log_marginal)
+    i_ml = int(np.argmin(np.abs(s - curves.ml_sigma2)))
+    lm = lm - lm[i_ml]
+    ax.plot(s, lm, color=eb.color, lw=2.2, label="log marginal l, profiled over mu and tau²")
+    hp = finite(curves.joint_profile)
+    shown = [lm]
+    if curves.joint_sigma2 is not None:
+        i_j = int(np.argmin(np.abs(s - curves.joint_sigma2)))
+        hp = hp - hp[i_j]
+        ax.plot(s, hp, color=jc.color, lw=2.2, label="log joint h, profiled over mu, a, tau²")
+        ax.plot(
+            s[i_j], 0.0, jc.marker, color=jc.color, ms=9, mec="k", zorder=5,
+            label=_mark_label("joint MAP (centered)", "σ²", curves.joint_sigma2, ", max of h"),
+        )  # fmt: skip
+        ax2.axvline(curves.joint_sigma2, color=jc.color, ls=jc.ls, lw=1.2)
+        shown.append(hp)
+    elif np.isfinite(hp).any():
+        hp = hp - np.nanmax(hp)
+        ax.plot(
+            s, hp, color=jc.color, lw=2.2, ls="--",
+            label="log joint h, profiled over mu, a and a local maximum in tau²\n"
+            "(minus its largest value shown; it ends where that local maximum vanishes)",
+        )  # fmt: skip
+        shown.append(hp)
+        ax.plot([], [], " ", label="no interior joint mode: h has no maximum (none drawn)")
+    else:
+        ax.plot(
+            [], [], " ",
+            label="log joint h: no interior local maximum in tau² at any sigma² shown\n"
+            "(h rises without bound as tau² → 0): no curve and no joint mode",
+        )  # fmt: skip
+    ax.plot(
+        s[i_ml], 0.0, eb.marker, color=eb.color, ms=9, mec="k", zorder=6,
+        label=_mark_label("EB-ML", "σ²", curves.ml_sigma2, ", max of l"),
+    )  # fmt: skip
+    ax2.axvline(curves.ml_sigma2, color=eb.color, ls=eb.ls, lw=1.2)
+    low = float(np.nanmin(np.concatenate(shown)))
+    ax.set_ylim(max(low, -15.0) - 0.5, 1.0)
     ax.set_ylabel("log density minus its maximum")
-    ax.set_ylim(max(float(np.nanmin(np.concatenate([lm, lj]))), -30), 2)
-    ax.set_title("Profiles over sigma² (mu, tau² at their ML values given sigma²)")
-    ax.legend(fontsize=8)
-    ax2.plot(
-        s, finite(curves.volume), color="0.3", lw=2, label="volume 1/2 sum log v_j + (m/2) log 2 pi"
-    )
-    ax2.plot(
-        s,
-        finite(curves.log_marginal - curves.log_joint),
-        "w--",
-        lw=1,
-        label="l - h (equal: Laplace identity)",
-    )
-    _log_x(ax2)
-    ax2.set_xlabel(f"sigma² ({short(y_name)}², log scale)")
+    ax.set_title(f"Profiles over sigma² ({short(y_name)}²)")
+    vol, diff = finite(curves.volume), finite(curves.log_marginal - curves.log_joint)
+    ax2.plot(s, vol, color="0.3", lw=2.2, label="volume 1/2 sum log v_j + (m/2) log 2 pi")
+    ax2.plot(s, diff, color="0.8", ls="--", lw=1.2, label="l - h (equal: Laplace identity)")
+    if np.isnan(vol).any():
+        zero = s[np.isnan(vol)]
+        ax2.axvspan(zero.min(), zero.max(), color="0.93", zorder=0)
+        ax2.plot(
+            [], [], " ",
+            label=f"tau² = 0 on l's profile for sigma² in [{fmt(zero.min(), '.4g')}, "
+            f"{fmt(zero.max(), '.4g')}]:\nthere h = +inf and the volume = -inf (not drawn)",
+        )  # fmt: skip
+    log = _x_scale(ax2, float(s[0]), float(s[-1]))
+    ax2.set_xlabel(f"sigma² ({short(y_name)}²{', log scale' if log else ''})")
     ax2.set_ylabel("volume term (nats)")
-    ax2.set_title("The difference l - h: what the joint mode ignores")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
+    ax2.set_title("The difference l - h along l's profile: what the joint mode ignores")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    legend_below(fig, h1 + h2, l1 + l2, ncol=1)
     return fig
 
 
 @plain_text
 def plot_tau_path(
-    path: TauPath, y_name: str, eb_tau: float | None, joint: tuple[float, float] | None
+    path: TauPath,
+    y_name: str,
+    eb_tau: float | None,
+    joint: tuple[float, float] | None,
+    zoom: TauPath | None = None,
 ):
-    """One-way: the centered log joint along tau -> 0, maximised over everything else;
-    `joint` = (tau, log joint) of the interior joint MAP, if any."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    ax.plot(
-        path.tau,
-        finite(path.log_joint),
-        color=JOINT_COLOR,
-        lw=2,
-        label="max over mu, sigma, a of the log joint",
+    """One-way: the centered log joint along tau -> 0, maximised over everything else, minus
+    its value nearest EB-ML's tau; `joint` = (tau, log joint) of the interior joint MAP, if
+    any; `zoom`, the same path on a fine grid around the fitted tau (on large data the
+    interior bump is a few nats beside a rise of thousands), drawn beneath."""
+    paths = [path] + ([zoom] if zoom is not None else [])
+    fig, axes = plt.subplots(
+        len(paths), 1, figsize=(FIG_WIDTH, 3.6 * len(paths) + 0.8), layout="constrained"
     )
-    if joint is not None:
+    axes = np.atleast_1d(axes)
+    jc, eb = STYLE[_JC], STYLE["EB-ML"]
+    ref_tau = eb_tau or (joint[0] if joint else float(np.median(path.tau)))
+    ref = float(finite(path.log_joint)[int(np.argmin(np.abs(np.log(path.tau / ref_tau))))])
+    for k, (ax, p) in enumerate(zip(axes, paths, strict=True)):
         ax.plot(
-            *joint,
-            "*",
-            ms=16,
-            color=JOINT_COLOR,
-            mec="k",
-            label=f"interior local maximum (tau = {joint[0]:.4g})",
-        )
-    if eb_tau:
-        ax.axvline(eb_tau, color=EB_COLOR, ls=":", label="EB-ML tau")
-    _log_x(ax)
-    ax.set_xlabel(f"tau ({short(y_name)}, log scale)")
-    ax.set_ylabel("log joint (nats)")
-    ax.set_title("The log joint is unbounded as tau -> 0 (centered)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+            p.tau, finite(p.log_joint) - ref, color=jc.color, lw=2.2,
+            label="log joint, maximised over mu, sigma, a" if k == 0 else None,
+        )  # fmt: skip
+        if joint is not None:
+            ax.plot(
+                joint[0], joint[1] - ref, jc.marker, ms=10, color=jc.color, mec="k", zorder=5,
+                label=(
+                    f"interior local maximum: joint MAP (centered), tau² = {fmt(joint[0] ** 2)}"
+                    if k == 0 else None
+                ),
+            )  # fmt: skip
+        if eb_tau:
+            ax.axvline(
+                eb_tau, color=eb.color, ls=eb.ls, lw=1.8,
+                label=f"EB-ML: tau² = {fmt(eb_tau**2)}" if k == 0 else None,
+            )  # fmt: skip
+        _log_x(ax) if k == 0 else _x_scale(ax, float(p.tau[0]), float(p.tau[-1]))
+        ax.set_ylabel("log joint minus its value\nat the reference tau (nats)")
+        ax.set_xlabel(f"tau ({short(y_name)}{', log scale' if ax.get_xscale() == 'log' else ''})")
+    if joint is None:
+        axes[0].plot([], [], " ", label="no interior local maximum: no joint mode (none drawn)")
+    axes[0].set_title("The centered log joint rises without bound as tau → 0")
+    if zoom is not None:
+        axes[1].set_title("Zoom around the fitted tau")
+    legend_below(fig, ncol=1)
     return fig
 
 
 @plain_text
-def plot_scale_path(path: ScalePath):
+def plot_scale_path(path: ScalePath, zoom: ScalePath | None = None):
     """Log marginal and log joint as every random-effect variance shrinks together (two axes:
-    the joint's rise is far larger than the marginal's peak)."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.4))
-    at_ml = int(np.argmin(np.abs(np.log(path.scale))))
-    lm, lj = finite(path.log_marginal), finite(path.log_joint)
-    ax.plot(
-        path.scale,
-        lm - np.nanmax(lm),
-        color=EB_COLOR,
-        lw=2,
-        label="log marginal likelihood l (profiled), left axis",
+    the joint's rise is far larger than the marginal's peak); `zoom`, the same on a fine grid
+    around s = 1, beneath (on large data l's peak is narrow)."""
+    paths = [path] + ([zoom] if zoom is not None else [])
+    fig, axes = plt.subplots(
+        len(paths), 1, figsize=(FIG_WIDTH, 3.8 * len(paths) + 0.9), layout="constrained"
     )
-    ax.set_ylim(-40, 3)
-    ax.set_ylabel("l minus its maximum", color=EB_COLOR)
-    ax2 = ax.twinx()
-    ax2.plot(
-        path.scale,
-        lj - lj[at_ml],
-        color=JOINT_COLOR,
-        lw=2,
-        label="log joint h (profiled over beta, b, sigma²), right axis",
-    )
-    ax2.set_ylabel("h minus its value at s = 1", color=JOINT_COLOR)
-    ax.axvline(1.0, color=EB_COLOR, ls=":", label="EB-ML (s = 1)")
-    _log_x(ax)
-    ax.set_xlabel("s: relative covariance factor scaled to s x its ML value (log scale)")
-    ax.set_title("Shrinking every random-effect variance: l peaks at ML, h keeps rising")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower center")
-    fig.tight_layout()
+    jc, eb = STYLE[_JC], STYLE["EB-ML"]
+    for k, (ax, p) in enumerate(zip(np.atleast_1d(axes), paths, strict=True)):
+        at_ml = int(np.argmin(np.abs(np.log(p.scale))))
+        lm, lj = finite(p.log_marginal), finite(p.log_joint)
+        first = k == 0
+        ax.plot(
+            p.scale, lm - lm[at_ml], color=eb.color, lw=2.2,
+            label="log marginal l (profiled), left axis" if first else None,
+        )  # fmt: skip
+        if first:
+            ax.set_ylim(-40, 3)
+        ax.set_ylabel("l minus its maximum", color=eb.color)
+        ax2 = ax.twinx()
+        ax2.plot(
+            p.scale, lj - lj[at_ml], color=jc.color, ls=jc.ls, lw=2.2,
+            label="log joint h (profiled over beta, b, sigma²), right axis" if first else None,
+        )  # fmt: skip
+        ax2.set_ylabel("h minus its value at s = 1", color=jc.color)
+        ax.axvline(1.0, color=eb.color, ls=eb.ls, lw=1.8, label="EB-ML (s = 1)" if first else None)
+        log = _log_x(ax) if first else _x_scale(ax, float(p.scale[0]), float(p.scale[-1]))
+        ax.set_xlabel(
+            "s: every relative covariance factor at s x its ML value"
+            + (" (log scale)" if first or log else "")
+        )
+        if first:
+            ax.set_title("Shrinking every random-effect variance: l peaks at ML, h keeps rising")
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+        else:
+            ax.set_title("Zoom around s = 1 (where l is within 12 nats of its maximum)")
+    legend_below(fig, h1 + h2, l1 + l2, ncol=1)
     return fig
 
 
@@ -316,65 +457,70 @@ def plot_scale_path(path: ScalePath):
 def plot_funnel(f: Funnel, group_name: str):
     """Posterior draws of log sd against a few effects b_j of the same term."""
     k = len(f.labels)
-    fig, axes = plt.subplots(1, k, figsize=(4.6 * k, 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, k, figsize=(FIG_WIDTH, 3.8), sharey=True, squeeze=False, layout="constrained"
+    )
     log_sd = finite(f.log_sd)
+    jc, eb = STYLE[_JC], STYLE["EB-ML"]
     for i, (ax, lab) in enumerate(zip(axes[0], f.labels, strict=True)):
         ax.scatter(f.effects[:, i], log_sd, s=3, alpha=0.25, color="0.35", label="posterior draws")
         if f.eb is not None:
-            ax.plot(f.eb[0][i], f.eb[1], "o", color=EB_COLOR, ms=9, mec="k", label="EB-ML (modes)")
+            ax.plot(
+                f.eb[0][i], f.eb[1], eb.marker, color=eb.color, ms=9, mec="k", label="EB-ML (modes)"
+            )
         if f.joint is not None:
             ax.plot(
-                f.joint[0][i],
-                f.joint[1],
-                "*",
-                color=JOINT_COLOR,
-                ms=16,
-                mec="k",
+                f.joint[0][i], f.joint[1], jc.marker, color=jc.color, ms=9, mec="k",
                 label=JOINT_LABELS[("centered", False)],
-            )
-        ax.set_xlabel(f"b_j, {f.term}, {short(group_name)} {short(lab)}")
-        ax.set_title(f"Funnel: {short(group_name)} {short(lab)}")
+            )  # fmt: skip
+        ax.set_xlabel(f"b_j ({f.term})")
+        ax.set_title(f"{short(group_name, 16)} {short(lab, 16)}")
     axes[0][0].set_ylabel(f"log sd of the {f.term} effects")
-    axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    if f.eb is None:
+        axes[0][0].plot([], [], " ", label="EB-ML: sd = 0 (log sd = -inf, not drawn)")
+    legend_below(fig, *axes[0][0].get_legend_handles_labels(), ncol=2, markerscale=1.5)
+    fit_legends(fig)
     return fig
 
 
 @plain_text
 def plot_caterpillars(cats: tuple[Caterpillar, ...], group_name: str):
-    """Random-effect intervals by method, one panel per term."""
+    """Random-effect intervals by method, one panel per term, each method with its colour and
+    line style, the legend beneath."""
     k = len(cats)
     shown = len(cats[0].labels)
     fig, axes = plt.subplots(
-        1, k, figsize=(5.5 * k, max(3.5, 0.26 * shown + 1.5)), squeeze=False, sharey=True
-    )
+        1, k, figsize=(FIG_WIDTH, max(3.5, 0.2 * shown + 2.2)), squeeze=False, sharey=True,
+        layout="constrained",
+    )  # fmt: skip
     ypos = np.arange(shown)
     offsets = np.linspace(0.25, -0.25, max(len(cats[0].series), 1))
+    unbounded = False
     for ax, cat in zip(axes[0], cats, strict=True):
-        unbounded = False
         for s, off in zip(cat.series, offsets, strict=False):
-            color = style(s.method).color
+            mk = style(s.method)
             lo, hi = finite(s.lower), finite(s.upper)  # a non-finite end: left out
             unbounded |= bool(np.isnan(lo).any() or np.isnan(hi).any())
-            ax.hlines(ypos + off, lo, hi, color=color, lw=2.0, label=s.label)
-            ax.plot(finite(s.centre), ypos + off, "|", color=color, ms=8)
-        if unbounded:
-            ax.plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
+            ax.hlines(ypos + off, lo, hi, color=mk.color, ls=mk.ls, lw=2.0, label=s.label)
+            ax.plot(finite(s.centre), ypos + off, "|", color=mk.color, ms=7)
         ax.axvline(0, color="0.6", lw=0.8)
-        ax.set_title(f"{short(cat.term)} effects b_j")
-        ax.set_xlabel(short(cat.term))
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{short(cat.term, 30)} effects b_j")
+        ax.set_xlabel(short(cat.term, 30))
     cat = cats[0]
-    axes[0][0].set_yticks(ypos, [short(lab) for lab in cat.labels], fontsize=7 if shown > 25 else 9)
+    axes[0][0].set_yticks(ypos, [short(lab, 16) for lab in cat.labels], fontsize=MIN_FONT)
+    axes[0][0].set_ylim(-0.7, shown - 0.3)
     axes[0][0].set_ylabel(
         short(group_name) + (f" ({shown} of {cat.n_groups} shown)" if cat.n_groups > shown else "")
     )
-    fig.tight_layout()
+    if unbounded:
+        axes[0][0].plot([], [], " ", label="(intervals with a non-finite end are not drawn)")
+    legend_below(fig, *axes[0][0].get_legend_handles_labels(), ncol=2)
+    fit_legends(fig)
     return fig
 
 
 @plain_text
-def plot_rank(post, width: float = 14):
+def plot_rank(post, width: float = FIG_WIDTH):
     """Rank plots (ArviZ) of the quantities of the rank test (`fit.diagnostics.rank_quantities`:
     fixed effects, sigma, the SDs, correlations; one-way mu, sigma, tau), flat and overlapping
     when the chains mix, each titled with the test's p from the record's diagnostics (the p of
@@ -402,21 +548,31 @@ def plot_rank(post, width: float = 14):
             v = p.get(name)
             return name if v is None or not np.isfinite(v) else f"{name}\np = {v:.2g}"
 
-    pc = az.plot_rank(ds, backend="matplotlib", labeller=Labeller())
-    pc.add_legend("chain")
+    cols = 3
+    rows = -(-len(p) // cols)
+    pc = az.plot_rank(
+        ds,
+        backend="matplotlib",
+        labeller=Labeller(),
+        col_wrap=cols,
+        figure_kwargs={"figsize": (width, 2.7 * rows + 1.4), "layout": "constrained"},
+    )
     fig = pc.viz["figure"].item()
+    handles = []
     for ax in fig.axes:  # ArviZ's own p and flagged points: its test on the unthinned draws
         for artist in [*ax.texts, *ax.collections]:
             artist.remove()
-    fig.set_size_inches(width, 3.8 * max(1, -(-len(p) // 4)))
-    fig.subplots_adjust(hspace=0.75)  # a row's two-line titles clear the x labels above
+        ax.title.set_fontsize(PLAIN_TEXT["axes.titlesize"])
+        ax.xaxis.label.set_fontsize(PLAIN_TEXT["axes.labelsize"])
+        ax.tick_params(labelsize=PLAIN_TEXT["xtick.labelsize"])
+        handles = handles or [ln for ln in ax.lines if ln.get_xdata().size > 1]
+    chains = [str(c) for c in np.asarray(tree.posterior["chain"])]
+    legend_below(fig, handles[: len(chains)], [f"chain {c}" for c in chains], ncol=len(chains))
     fig.suptitle(
-        "Rank plots by chain (ArviZ: fractional-rank ECDF differences; flat = the chains agree)\n"
-        "p: the diagnostics' rank test (ArviZ's multi-chain test, each quantity thinned to half "
-        f"its within-chain ESS, Holm-adjusted over {len(p)}); it warns below "
+        "Rank plots by chain (ArviZ: fractional-rank ECDF differences; flat = the chains\n"
+        "agree). p: the diagnostics' rank test (ArviZ's multi-chain test, each quantity\n"
+        f"thinned to half its within-chain ESS, Holm-adjusted over {len(p)}); it warns below "
         f"{diagnostics.RANK_ALPHA}",
-        y=1.02,
-        va="bottom",  # above the panels' two-line titles
     )
     return fig
 
@@ -451,12 +607,11 @@ class ExactPanel:
 
 @plain_text
 def plot_exact(panels: tuple[ExactPanel, ...]):
-    """The exact marginal posterior densities, one panel per scale (a row per variance), with
-    every estimator as a vertical line; one outside the window is listed as off scale."""
-    cols = 3
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.1 * rows), squeeze=False)
-    for ax, p in zip(axes.flat, panels, strict=False):
+    """The exact marginal posterior densities, one panel per scale (two to a row), with every
+    estimator as a vertical line, its value in the legend beneath the panel; one outside the
+    window is listed as off scale."""
+    fig, cells = _grid(len(panels), height=5.2)
+    for (sf, ax), p in zip(cells, panels, strict=True):
         x, y = finite(p.x), finite(p.density)
         ax.plot(x, y, color="0.25", lw=2, label="exact marginal density")
         ax.fill_between(x, np.nan_to_num(y), color="0.88")
@@ -465,22 +620,20 @@ def plot_exact(panels: tuple[ExactPanel, ...]):
             if value is None or not np.isfinite(value):
                 continue
             mk = EXACT_STYLE.get(label) or style(label)
-            text = f"{label}: {value:.4g}"
+            text = f"{label}: {fmt(value)}"
             if lo <= value <= hi:
-                ax.axvline(value, color=mk.color, ls=mk.ls, lw=1.6, label=text)
+                ax.axvline(value, color=mk.color, ls=mk.ls, lw=1.8, label=text)
             else:
-                ax.plot([], [], color=mk.color, ls=mk.ls, lw=1.6, label=f"{text} (off scale)")
+                ax.plot([], [], color=mk.color, ls=mk.ls, lw=1.8, label=f"{text} (off scale)")
         for line in p.note.splitlines():  # in the legend: it finds the room
             ax.plot([], [], " ", label=line)
         ax.set_xlim(lo, hi)
         ax.set_ylim(0, p.ymax)
-        ax.set_title(short(p.title, 70), fontsize=10)
-        ax.set_xlabel(short(p.xlabel, 60))
+        ax.set_title(wrap(p.title))
+        ax.set_xlabel(wrap(p.xlabel))
         ax.set_ylabel("density")
-        ax.legend(fontsize=6.5, loc="upper right")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
+        legend_below(sf, ncol=1)
+    fit_legends(fig)
     return fig
 
 

@@ -197,8 +197,14 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
         out.append(
             (
                 "profiles",
-                "Log marginal and log joint over sigma²: the volume term",
-                lambda: plots.plot_profiles(curves.profile_curves(st, c.eb_ml.sigma2), d.y_name),
+                "Log marginal and log joint over sigma²: the volume term"
+                + ("" if curves.interior(jm) else " (no interior joint mode: no maximum of h)"),
+                lambda: plots.plot_profiles(
+                    curves.profile_curves(
+                        st, c.eb_ml.sigma2, float(jm.sigma2) if curves.interior(jm) else None
+                    ),
+                    d.y_name,
+                ),
             )
         )
         tau2 = float(c.eb_ml.G[0, 0])
@@ -212,6 +218,9 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
                     d.y_name,
                     float(np.sqrt(tau2)) if tau2 > 0 else None,
                     joint,
+                    zoom=curves.tau_zoom(
+                        st, curves.tau_reference(st, tau2), at=(joint[0],) if joint else ()
+                    ),
                 ),
             )
         )
@@ -220,7 +229,7 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
             (
                 "scalepath",
                 "Log marginal and log joint as every variance shrinks",
-                lambda: plots.plot_scale_path(curves.scale_path(c.eb_ml)),
+                lambda: plots.plot_scale_path(*curves.scale_paths(c.eb_ml)),
             )
         )
     out += exact_figures(c)
