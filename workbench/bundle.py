@@ -328,7 +328,10 @@ class Bundle:
         for name in sorted(self._old - self._new):
             path = (self.out / name).resolve()
             if path.is_relative_to(root) and path.is_file() and not path.is_symlink():
-                path.unlink()
+                try:
+                    path.unlink()
+                except OSError:  # the new bundle is complete; a leftover file is harmless
+                    pass
 
 
 RERUN_SCRIPT = """#!/bin/sh
