@@ -5,6 +5,7 @@ written (no study store either), all before any computing."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -432,3 +433,141 @@ def test_simulate_process_exit_status_and_no_traceback(work):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "workbench: error: --n-starts must be between 1 and 1000, got 0.\n"
     assert not (work / "store").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Help, progress and library warnings (issue 13, item 8)
+
+
+def _subparsers():
+    import argparse
+
+    from workbench.cli import _parser
+
+    p = _parser()
+    (sub,) = (a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return p, sub.choices
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    """`workbench --help` and every command's --help: each option listed with a help text,
+    each option with a default states it, examples in the epilogs."""
+    top, commands = _subparsers()
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--version" in out
+    for name in commands:
+        assert name in out
+    for name, parser in commands.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps at the terminal width
+        shown = parser._get_formatter()._get_help_string  # the text --help prints
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            flag = action.option_strings[-1]
+            assert flag in out, (name, flag)
+            assert action.help, f"{name} {flag} has no help text"
+            if action.default is not None and action.default is not False:
+                assert "default" in shown(action), (name, flag)
+        if name != "rerun":
+            assert "examples:" in out, name
+
+
+def test_progress_line_never_shows_a_zero_rate():
+    """The sampler's progress on a terminal: the compile, the chains starting, then draws with a
+    rate only once it is measured (never '0.00 draws/s'); in a log, phase lines only."""
+    import io
+    from types import SimpleNamespace
+
+    from workbench.fit import nuts
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    def chains(done, tuning=True):
+        return [SimpleNamespace(finished_draws=d, divergences=0, tuning=tuning) for d in done]
+
+    for stream in (Tty(), io.StringIO()):
+        prog = nuts.Progress(2, 100, 100, stream=stream)
+        prog.compiling()
+        prog(chains([0, 0]))
+        prog(chains([5, 3]))
+        prog.first = (prog.first[0] - 2.0, prog.first[1])  # two seconds after the first draws
+        prog(chains([200, 200], tuning=False))
+        prog.done()
+        text = stream.getvalue()
+        assert "compiling the log density" in text and "starting 2 chains" in text
+        assert "0.00 draws/s" not in text and " 0 draws/s" not in text
+        assert "(200 draws kept)" in text
+        if isinstance(stream, Tty):
+            assert "chain draws 8/400 (tuning), 0 divergences" in text
+            assert re.search(r"chain draws 400/400, [1-9]\d* draws/s", text)
+        else:
+            assert len(text.splitlines()) == 3 and "draws/s" not in text
+
+
+def test_pytensor_blas_warning_is_filtered_and_ours_are_not():
+    """PyTensor's 'could not link to a BLAS installation' (raised the first time a C-compiled
+    function asks for BLAS flags, as the slopes case's initial point did) is silenced at the
+    compile, in a fresh process; another UserWarning inside the same block still shows."""
+    code = (
+        "import warnings\n"
+        "import pytensor\n"
+        "from pytensor.link.c.cmodule import default_blas_ldflags\n"
+        "from workbench.fit import nuts\n"
+        "with nuts.quiet_library_warnings():\n"
+        "    pytensor.config.blas__ldflags\n"  # the first request: where PyTensor warns
+        "    warnings.warn('our own warning', UserWarning)\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    default_blas_ldflags()\n"  # the control: does PyTensor warn here at all?
+        "print(sum('could not link to a BLAS' in str(w.message) for w in seen))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "BLAS" not in res.stderr and "our own warning" in res.stderr
+    assert res.stdout.strip() in ("0", "1")  # 1: PyTensor finds no BLAS here, the filter acted
+
+
+def test_mcmc_run_in_a_terminal_shows_progress_and_no_library_warnings(work):
+    """A small MCMC run of the CLI with stderr on a pseudo-terminal: the compile and sampling
+    progress lines, no '0.00 draws/s', no library warning text."""
+    import pty
+    import threading
+
+    main_fd, tty_fd = pty.openpty()
+    chunks: list[bytes] = []
+
+    def read():
+        while True:
+            try:
+                data = os.read(main_fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    argv = ["compare", "d.csv", "--y", "y", "--group", "g", "--methods", "mcmc"]
+    argv += ["--chains", "1", "--draws", "30", "--tune", "30", "--json", "out.json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=tty_fd,
+        text=True,
+    )
+    os.close(tty_fd)
+    reader.join(timeout=10)
+    os.close(main_fd)
+    err = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert "compiling the log density" in err and "sampling: done" in err, err
+    assert "0.00 draws/s" not in err
+    assert not re.search(r"\w+Warning\b|could not link|warnings\.warn", err), err

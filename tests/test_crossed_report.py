@@ -181,9 +181,12 @@ def test_marginal_panels_and_caterpillars_per_factor(slopes):
         assert {s.method for s in cats[0].series} == {"EB-ML", "MCMC mean"}
 
 
-def test_jupyter_fragment(pastes):
-    """Comparison._repr_html_: the numbers without figures, every factor's variances."""
-    html = pastes._repr_html_()
+def test_report_fragment(pastes):
+    """The report fragment (the report without figures): every factor's variances.
+    (Jupyter's display, `Comparison._repr_html_`, is tests/test_jupyter.py's.)"""
+    from workbench.present.report import render
+
+    html = render(pastes, command="test", fragment=True)
     assert '<section id="plots">' not in html and 'id="grouping-factors"' in html
     for group in pastes.data.factor_names:
         assert f"<th>variance of (Intercept) ({group})</th>" in html

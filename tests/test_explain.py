@@ -216,9 +216,12 @@ def test_large_f_ratio_tends_to_n_minus_1_over_n():
     assert ex.joint.sigma2 / ex.eb.sigma2 == pytest.approx(0.5, abs=0.02)
 
 
-def test_repr_html_fragment(datasets):
+def test_report_fragment(datasets):
+    """The report without figures (Jupyter's display is tests/test_jupyter.py's)."""
+    from workbench.present.report import render
+
     c = compare(datasets["dyestuff"], methods=["eb-ml", "eb-reml", "joint-map"], **FAST)
-    html = c._repr_html_()
+    html = render(c, command="test", fragment=True)
     assert 'id="estimates"' in html and 'id="explanation"' in html and "<html" not in html
 
 

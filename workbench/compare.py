@@ -201,11 +201,11 @@ class Comparison:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        """Jupyter: the report's headline, estimates and key figure (`report.render` with
-        `fragment=True`), not the whole report."""
-        from workbench.present.report import render
+        """Jupyter: the headline, the estimates, the key figure and what ran
+        (`report.notebook`), not the whole report (`report.render`)."""
+        from workbench.present.report import notebook
 
-        return render(self, command="(Jupyter)", fragment=True)
+        return notebook(self)
 
     def table(self) -> str:
         """A side-by-side text table of the point estimates."""

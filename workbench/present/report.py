@@ -547,6 +547,9 @@ def build_context(
         "several": d.n_factors > 1,
         "groups_text": groups_text(d),
         "priors": c.priors.describe(),
+        "priors_used": priors_used(c),
+        # the form MCMC sampled (the collapsed one falls back to noncentered for large models)
+        "mcmc_parametrization": c.mcmc.settings.parametrization if c.mcmc is not None else None,
         "settings": c.settings.to_dict(),
         "formulas": formulas,
         "estimates": estimates(c),
@@ -632,6 +635,65 @@ def story(c, fragment: bool = False) -> dict:
         "framing_notes": notes,
         "jm_roles": roles,
     }
+
+
+def priors_used(c) -> str:
+    """Which of the computed estimators used the priors, in words ("" when none did: then the
+    priors are not shown as settings)."""
+    users = []
+    if c.mcmc is not None:
+        users.append("MCMC")
+    if any(with_priors for _, with_priors in c.joint_maps):
+        users.append("the joint MAP “+ priors”")
+    if c.exact_posterior is not None:
+        users.append("the exact posterior")
+    return ", ".join(users[:-1]) + " and " + users[-1] if len(users) > 1 else "".join(users)
+
+
+def key_figure(c) -> str:
+    """The id of the notebook's one figure: with MCMC, every variance component's posterior
+    against every point estimate; without, the log marginal against the log joint (one-way:
+    over sigma^2, the volume term; otherwise along the scale path of every variance)."""
+    if c.mcmc is not None:
+        return "marginals"
+    return "profiles" if c.data.is_oneway else "scalepath"
+
+
+def notebook(c) -> str:
+    """Jupyter's display of comparison `c` (`Comparison._repr_html_`): the headline, the
+    estimates, the key figure (`key_figure`) and what ran, MCMC's settings and diagnostics only
+    when it ran; the whole report is `render`. Template: templates/notebook.html.j2."""
+    from dataclasses import asdict
+
+    import jinja2
+
+    d = c.data
+    key = key_figure(c)
+    images, notes = _draw([f for f in figures(c, None) if f[0] == key])
+    # the settings the sampler ran with (parametrization after any fallback), only when it ran
+    mcmc = {**asdict(c.mcmc.settings), "sampler": c.mcmc.sampler} if c.mcmc else None
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("notebook.html.j2").render(
+        headline=story(c, fragment=True)["headline"],
+        formula=formula_of(d),
+        data=d.summary(),
+        groups_text=groups_text(d),
+        estimates=estimates(c),
+        images=images,
+        figure_notes=notes,
+        methods=list(c.settings.methods),
+        n_starts=c.settings.n_starts if c.joint_maps else None,
+        mcmc=mcmc,
+        diag=c.mcmc.diagnostics if c.mcmc is not None else None,
+        priors=c.priors.describe(),
+        priors_used=priors_used(c),
+        warnings=c.warnings(),
+        fmt=_fmt,
+    )
 
 
 def render(c, **kwargs) -> str:
