@@ -2,10 +2,14 @@
 path) fitted by empirical Bayes (ML, REML), joint MAP, MCMC and, for the one-way model, ANOVA,
 side by side. Start with `workbench.compare`."""
 
+from importlib.metadata import version as _version
+
 from workbench.compare import Comparison, Settings, compare
 from workbench.errors import InputError
 from workbench.model.data import GroupedData, from_arrays, from_frame, load_csv
 from workbench.model.priors import Priors, default_priors
+
+__version__ = _version("workbench")
 
 __all__ = [
     "Comparison",

@@ -265,6 +265,8 @@ examples:
   workbench compare models/data/hsb82.csv --formula "mAch ~ ses + (1 + ses | school)" \\
       --methods eb-ml,eb-reml,joint-map
       any lme4 formula; here without MCMC (seconds instead of a minute)
+  workbench run models/dyestuff.toml --out dyestuff-bundle && workbench rerun dyestuff-bundle
+      a reproducibility bundle (report, JSON, posterior, case file, data), then its check
   workbench simulate models/sim_small_groups.toml --replicates 50
       a simulation study (bias and coverage of every method)
 
