@@ -1,13 +1,17 @@
-"""The report opened in headless Chromium (Debian's chromium, driven by Playwright): no console
-errors, every image decoded, every section present, no request leaving the machine. Three
+"""The report opened in headless Chromium (Debian's chromium, driven by Playwright; one browser
+for the module): no console errors, every image decoded, every section present, no request
+leaving the machine, and it fits any medium: at 800 px (a projector) and 1280 px no element is
+wider than the page and no table hides columns in a scroll box, and printed (print media, A4
+portrait) the same holds at A4's content width, and the browser's PDF has A4 pages. Three
 reports from the one template: a one-way case run through the CLI (real MCMC), a formula model
 with a correlated random slope, and Penicillin's crossed factors (made-up MCMC draws in both).
-Saves screenshots (tests/artifacts/*.png)."""
+Saves screenshots at 800 and 1280 px and the PDF (tests/artifacts/REPORT_{800,1280}.png, .pdf)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -101,11 +105,25 @@ def test_report_files_written_side_by_side(oneway_report):
 
 # (report fixture, images at least: figures + formula images)
 REPORTS = [("oneway_report", 12), ("formula_report", 8), ("crossed_report", 10)]
+WIDTHS = (1280, 800)  # a laptop, a projector
+# A4 portrait less report.css's @page margins (12 mm each side): 186 mm at 96 CSS px per inch
+A4_CONTENT_PX = round(186 / 25.4 * 96)
+# every element that can overflow: the page, the tables and what might hide columns
+OVERFLOW_JS = """() => {
+  const root = document.documentElement;
+  const over = [...document.querySelectorAll(
+      'section, table, pre, figure, img, svg, canvas, .scroll, p, ul')]
+    .filter(e => e.scrollWidth > e.clientWidth + 1
+              || e.getBoundingClientRect().right > root.clientWidth + 1)
+    .map(e => `${e.tagName.toLowerCase()}#${e.id}.${e.className} in section `
+              + `${(e.closest('section') || {}).id}: ${e.scrollWidth} > ${e.clientWidth}`);
+  return {page: [root.scrollWidth, root.clientWidth], over: over};
+}"""
 
 
-@pytest.mark.parametrize(("which", "min_images"), REPORTS, ids=[r[0] for r in REPORTS])
-def test_report_in_headless_chromium(which, min_images, request):
-    report = request.getfixturevalue(which)
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (launching it takes about a second)."""
     exe = _chromium()
     if exe is None:
         if os.environ.get("CI"):
@@ -113,9 +131,8 @@ def test_report_in_headless_chromium(which, min_images, request):
         pytest.skip("chromium not installed here (CI installs it)")
     from playwright.sync_api import sync_playwright
 
-    errors, outside = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
+        b = p.chromium.launch(
             executable_path=exe,
             headless=True,
             args=[
@@ -128,31 +145,65 @@ def test_report_in_headless_chromium(which, min_images, request):
                 "--disable-sync",
             ],
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield b
+        b.close()
 
-        def route(r):
-            if r.request.url.startswith(("file://", "data:")):
-                r.continue_()
-            else:
-                outside.append(r.request.url)
-                r.abort()
 
-        page.route("**/*", route)
-        page.goto(report.as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all(
-            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])"
-        )
-        present = {s: page.locator(f"section#{s}").count() for s in SECTIONS}
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / f"{which}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+def _fits(page, where: str) -> None:
+    """Nothing wider than the page, no element (table, scroll box, figure) wider than itself."""
+    got = page.evaluate(OVERFLOW_JS)
+    width, client = got["page"]
+    assert width <= client, (where, got)
+    assert got["over"] == [], (where, got["over"])
+
+
+@pytest.mark.parametrize(("which", "min_images"), REPORTS, ids=[r[0] for r in REPORTS])
+def test_report_in_headless_chromium(which, min_images, request, browser):
+    report = request.getfixturevalue(which)
+    errors, outside = [], []
+    page = browser.new_page(viewport={"width": WIDTHS[0], "height": 900})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def route(r):
+        if r.request.url.startswith(("file://", "data:")):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(report.as_uri())
+    page.wait_for_load_state("load")
+    images = page.eval_on_selector_all(
+        "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])"
+    )
+    present = {s: page.locator(f"section#{s}").count() for s in SECTIONS}
+    ARTIFACTS.mkdir(exist_ok=True)
+    shots = {}
+    for w in WIDTHS:  # the same page re-laid out at each width
+        page.set_viewport_size({"width": w, "height": 900})
+        _fits(page, f"{w} px")
+        shots[w] = ARTIFACTS / f"{which}_{w}.png"
+        page.screenshot(path=str(shots[w]), full_page=True)
+    # on paper: print media at A4's content width, then the browser's own PDF
+    page.emulate_media(media="print")
+    page.set_viewport_size({"width": A4_CONTENT_PX, "height": 1123})
+    _fits(page, "print, A4 portrait")
+    pdf = ARTIFACTS / f"{which}.pdf"
+    data = page.pdf(path=str(pdf), format="A4")
+    page.close()
     assert errors == []
     assert outside == []
     assert len(images) >= min_images
     assert all(done and width > 0 for _, done, width in images), images
     assert all(n == 1 for n in present.values()), present
-    assert shot.stat().st_size > 10_000
+    assert all(shot.stat().st_size > 10_000 for shot in shots.values())
+    assert data.startswith(b"%PDF")
+    pages = re.findall(rb"/Type\s*/Page\b(?!s)", data)
+    assert len(pages) >= 3, len(pages)  # a report runs over several pages
+    boxes = {
+        tuple(round(float(v)) for v in b.split())
+        for b in re.findall(rb"/MediaBox\s*\[([^\]]+)\]", data)
+    }
+    assert boxes == {(0, 0, 595, 842)} or boxes == {(0, 0, 596, 843)}, boxes  # A4 in points

@@ -1,17 +1,20 @@
 """The one text table: methods as columns, quantities as rows (one-way names for the one-way
-model), 80 characters wide, wrapped into blocks without breaking a number."""
+model), 80 characters wide, wrapped into blocks without breaking a number, long names cut in the
+middle; its EB-REML objective is the HTML report's (the restricted log likelihood)."""
 
 from __future__ import annotations
 
 import dataclasses
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
-from conftest import DATA
+from conftest import DATA, ROOT
 from test_explain import FAST, slope_frame
 
 from workbench import compare
-from workbench.present.table import comparison_table, fmt
+from workbench.present import report
+from workbench.present.table import clip, comparison_table, fmt
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,68 @@ def test_mcmc_columns_from_the_posterior_summary(slope):
     assert grid["MCMC mode"]["sigma²"] == fmt(ml.sigma2 / 2)
     assert grid["MCMC mean"]["objective"] == "–"
     assert "R-hat max 1.0010" in text and all(len(line) <= 80 for line in text.split("\n"))
+
+
+# Penicillin's crossed factors under names longer than a terminal line is wide
+LONG = {
+    "plate": "petri_dish_plate_identifier_with_a_name_longer_than_a_terminal_line_is_wide",
+    "sample": "petri_dish_plate_identifier_with_a_name_longer_than_a_terminal_line_is_high",
+}
+
+
+@pytest.fixture(scope="module")
+def crossed():
+    df = pd.read_csv(ROOT / "tests" / "reference" / "crossed_data" / "penicillin.csv")
+    a, b = LONG.values()
+    return compare(
+        df.rename(columns=LONG),
+        formula=f"diameter ~ 1 + (1 | {a}) + (1 | {b})",
+        methods="eb-ml,eb-reml",
+        n_jobs=1,
+    )
+
+
+@pytest.mark.parametrize("which", ["oneway", "slope", "crossed"])
+def test_every_line_fits_80_columns_and_numbers_stay_whole(which, request):
+    c = request.getfixturevalue(which)
+    text = comparison_table(c)
+    assert max(map(len, text.split("\n"))) <= 80
+    words = set(text.split())
+    for fit in filter(None, (c.eb_ml, c.eb_reml)):  # every number whole, on one line
+        assert {fmt(fit.sigma2), fmt(fit.loglik), *map(fmt, fit.beta)} <= words
+        assert {fmt(v) for v in curves_variances(fit)} <= words
+
+
+def curves_variances(fit) -> list[float]:
+    return [v for vc in fit.components_by_factor.values() for v in vc.variances.values()]
+
+
+def test_long_names_are_cut_in_the_middle_and_stay_apart(crossed):
+    text = comparison_table(crossed)
+    a, b = (clip(n, 18) for n in LONG.values())
+    assert a != b and a.endswith("is_wide") and b.endswith("is_high")
+    rows = [line for line in text.split("\n") if "Variance" in line]
+    assert [r.split()[0] for r in rows[:2]] == [a, b]
+    assert all(len(r.split()[0]) <= 40 for r in rows)  # labels take at most half the width
+    assert LONG["plate"] in text  # whole in the head lines (wrapped there, not cut)
+
+
+def test_reml_objective_is_the_same_quantity_in_the_text_and_the_html(oneway):
+    """Both show the restricted log likelihood under that name; both give the REML criterion
+    (lme4's "REML criterion at convergence", -2 times it) in words."""
+    reml = oneway.eb_reml
+    assert reml.loglik == pytest.approx(-0.5 * reml.objective)
+    text = comparison_table(oneway)
+    assert _grid(text)["EB-REML"]["objective"] == fmt(reml.loglik)
+    words = " ".join(text.split())
+    assert "restricted log likelihood (EB-REML: lme4's logLik; its REML criterion is -2" in words
+    assert f"-2 times it, {fmt(reml.objective)})" in words
+    cells = {
+        m: dict(zip([h for h, _ in t["head"]], cs, strict=True))
+        for t in report.estimates(oneway)
+        for m, _, cs in t["rows"]
+    }
+    assert cells["EB-REML"]["objective"] == (report._fmt(reml.loglik), "restricted log lik")
+    assert report._fmt(reml.loglik) == fmt(reml.loglik)
+    html = report.render(oneway, command="test", fragment=True)
+    assert f"REML criterion at convergence” is\n−2 × it, {report._fmt(reml.objective)}" in html

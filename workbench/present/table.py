@@ -5,8 +5,10 @@ joint-MAP variants that have an interior mode, MCMC posterior mean and mode), qu
 (fixed effects, random-effect variances, SDs and correlations, sigma^2 and sigma, the objective;
 the one-way model in its own names mu, sigma^2, tau^2, sigma, tau). MCMC's SDs (sigma, tau,
 every sd) are the posterior summaries of their own draws, not roots of the variances'. Columns
-that do not fit in `width` characters wrap into a further block with the same row labels, so no
-number is ever broken.
+that do not fit in `width` characters wrap into a further block with the same row labels, and
+names too long for the label column are shortened with "…", so no line is wider than `width`
+(80: a terminal) and no number is ever broken. The objective of EB-REML is the restricted log
+likelihood, as in the HTML report (lme4's logLik; its "REML criterion" is -2 times it).
 """
 
 from __future__ import annotations
@@ -40,10 +42,20 @@ def _sqrt(v):
     return math.sqrt(v) if v is not None and math.isfinite(v) and v >= 0 else None
 
 
-def _rows(d) -> list[tuple[str | None, str]]:
+def clip(name: str, n: int | None) -> str:
+    """`name` cut in the middle to at most `n` characters, "…" marking the cut (None: as it
+    is); its start and end stay, which tell names like "plate_a" and "plate_b" apart."""
+    if n is None or len(name) <= n:
+        return name
+    head = max(n - 1, 2) // 2 + max(n - 1, 2) % 2
+    return name[:head] + "…" + name[len(name) - (max(n - 1, 2) - head) :]
+
+
+def _rows(d, names: int | None = None) -> list[tuple[str | None, str]]:
     """(key, label) of every row; keys index the per-method value dicts, a None key is a
     heading line without cells. Several grouping factors: lme4's "Random effects:" layout,
-    one row group per factor (Groups, Name, then Variance, Std.Dev. and Corr rows)."""
+    one row group per factor (Groups, Name, then Variance, Std.Dev. and Corr rows). Names
+    (fixed effects, terms, factors) are cut to `names` characters."""
     if d.is_oneway:
         return [
             ("beta:(Intercept)", "mu"),
@@ -54,20 +66,20 @@ def _rows(d) -> list[tuple[str | None, str]]:
             ("objective", "objective"),
         ]
     comps = curves.components(d)
-    fixed = [(f"beta:{n}", f"beta: {n}") for n in d.fixed_names]
+    fixed = [(f"beta:{n}", f"beta: {clip(n, names)}") for n in d.fixed_names]
     if d.n_factors == 1:
         return (
             fixed
-            + [(p.key, f"var: {p.name}") for p in comps if p.kind == "var"]
-            + [("sd" + p.key[3:], f"sd: {p.name}") for p in comps if p.kind == "var"]
-            + [(p.key, f"cor: {p.name}") for p in comps if p.kind == "cor"]
+            + [(p.key, f"var: {clip(p.name, names)}") for p in comps if p.kind == "var"]
+            + [("sd" + p.key[3:], f"sd: {clip(p.name, names)}") for p in comps if p.kind == "var"]
+            + [(p.key, f"cor: {clip(p.name, names)}") for p in comps if p.kind == "cor"]
             + [("sigma2", "sigma²"), ("sigma", "sigma"), ("objective", "objective")]
         )
-    gw = max(len("Residual"), *(len(g.name) for g in d.groupings))
-    nw = max(len("Name"), *(len(n) for b in d.blocks for n in b.names))
+    gw = max(len("Residual"), *(len(clip(g.name, names)) for g in d.groupings))
+    nw = max(len("Name"), *(len(clip(n, names)) for b in d.blocks for n in b.names))
 
     def label(group: str, name: str, stat: str) -> str:
-        return f" {group:<{gw}} {name:<{nw}} {stat}"
+        return f" {clip(group, names):<{gw}} {clip(name, names):<{nw}} {stat}"
 
     rows: list[tuple[str | None, str]] = [*fixed, (None, "Random effects:")]
     rows.append((None, label("Groups", "Name", "")))
@@ -80,7 +92,7 @@ def _rows(d) -> list[tuple[str | None, str]]:
             # lme4's Corr column: on a term's rows, its correlations with the terms before it
             for c in comps:
                 if c.kind == "cor" and c.factor == g.name and c.pair[1] == p.name:
-                    rows.append((c.key, label("", "", f"Corr {c.pair[0]}")))
+                    rows.append((c.key, label("", "", f"Corr {clip(c.pair[0], names)}")))
     rows += [("sigma2", label("Residual", "", "Variance")), ("sigma", label("", "", "Std.Dev."))]
     return [*rows, ("objective", "objective")]
 
@@ -148,6 +160,25 @@ def _columns(c) -> list[tuple[str, dict]]:
         for stat in ("mean", "mode"):
             cols.append((f"MCMC {stat}", _mcmc(d, s, stat)))
     return cols
+
+
+def _table(d, cols, width: int) -> list[str]:
+    """The rows of `d` over the methods `cols` in blocks of `width` characters; names are cut
+    until the labels take at most half the width (room for the method columns) and the label
+    column and the widest method column fit."""
+    cells = [(name, [fmt(vals.get(key)) for key, _ in _rows(d)]) for name, vals in cols]
+    widest = max(max(len(name), *map(len, vs)) for name, vs in cells)
+    room = min(width - GAP - widest, width // 2)
+    names, rows = None, _rows(d)
+    while max(len(lab) for _, lab in rows) > room and (names is None or names > 4):
+        longest = max(len(n) for n in [*d.fixed_names, *d.factor_names, *_terms(d)])
+        names = min(longest, names or longest) - 1
+        rows = _rows(d, names)
+    return _blocks(rows, cols, width)
+
+
+def _terms(d) -> list[str]:
+    return [n for b in d.blocks for n in b.names]
 
 
 def _blocks(rows, cols, width: int) -> list[str]:
@@ -229,10 +260,14 @@ def head_lines(d, width: int = WIDTH) -> list[str]:
     groups: plate, 24; sample, 6" under the formula for several."""
     formula = d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
     if d.n_factors == 1:
-        return [f"{formula}   N = {d.n_obs}, groups = {d.n_groups} ({d.group_name})"]
+        line = f"{formula}   N = {d.n_obs}, groups = {d.n_groups} ({d.group_name})"
+        return textwrap.wrap(line, width, subsequent_indent="  ")
     groups = "; ".join(f"{g.name}, {g.n_levels}" for g in d.groupings)
     size = f"Number of obs: {d.n_obs}, groups: {groups}"
-    return [formula, *textwrap.wrap(size, width, subsequent_indent="  ")]
+    return [
+        *textwrap.wrap(formula, width, subsequent_indent="  "),
+        *textwrap.wrap(size, width, subsequent_indent="  "),
+    ]
 
 
 def comparison_table(c, width: int = WIDTH) -> str:
@@ -240,10 +275,12 @@ def comparison_table(c, width: int = WIDTH) -> str:
     the objective's meaning, then the data's notes, the verdicts and warnings."""
     d = c.data
     cols = _columns(c)
-    body = _blocks(_rows(d), cols, width) if cols else ["(no estimates)"]
+    body = _table(d, cols, width) if cols else ["(no estimates)"]
     legend = (
-        "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML), log joint "
-        "density (joint MAP; with the priors for +pri)"
+        "objective: log likelihood (EB-ML), restricted log likelihood (EB-REML: lme4's logLik; "
+        "its REML criterion is -2 times it"
+        + (f", {fmt(c.eb_reml.objective)}" if c.eb_reml is not None else "")
+        + "), log joint density (joint MAP; with the priors for +pri)"
     )
     if c.mcmc is not None:
         legend += (
