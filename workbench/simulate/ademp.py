@@ -111,6 +111,8 @@ def _g(v: float, digits: int = 3) -> str:
         return "–"
     if v == 0:
         return "0"
+    if 100 <= abs(v) < 1e6:  # whole numbers, never 1.2e+02
+        return f"{v:,.0f}".replace("-", "−")
     text = f"{v:.{digits}g}"
     return text.replace("-", "−")
 
@@ -306,6 +308,7 @@ def tables(
                         "counts": ", ".join(counts),
                         "cells": cells,
                         "none": n_est == 0,
+                        "why": " (no interior joint mode)" if meth.startswith("joint-map") else "",
                     }
                 )
             groups.append({"setting": int(si), "describe": described[int(si)], "rows": rows})
@@ -370,7 +373,7 @@ def replicate_count(study: Study, summary: pd.DataFrame, params: list[str]) -> d
                 "empse": _g(r["empse"]),
                 "n": int(r["replicates_with_estimate"]),
                 "mcse": _g(mc, 2),
-                "percent": f"{100 * mc / abs(t):.2g}%" if rel else "–",
+                "percent": f"{_g(100 * mc / abs(t), 2)}%" if rel else "–",
                 "need": (
                     f"{_ceil((r['empse'] / (0.01 * abs(t))) ** 2):,}"
                     if rel

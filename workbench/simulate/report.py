@@ -13,7 +13,7 @@ import pandas as pd
 from workbench.simulate.study import Study
 from workbench.simulate.summary import MEASURES
 
-SUMMARY_COLUMNS = [  # summary.csv's leading columns: the measures, each with its MCSE
+SUMMARY_COLUMNS = [  # summary.csv's performance columns: the measures, each with its MCSE
     "setting",
     "method",
     "parameter",
