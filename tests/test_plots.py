@@ -222,7 +222,7 @@ def test_legends_outside_the_data_and_fonts_readable(hsb82, dyestuff2):
             _check_layout(build())
     c = dataclasses.replace(dyestuff2, mcmc=lmm(dyestuff2.data, chains=2))
     for i, _, build in report.figures(c, None):
-        if i in ("marginals", "caterpillar", "funnel", "profiles"):
+        if i in ("marginals", "caterpillar", "funnel"):
             _check_layout(build())
     pen = workbench.compare(
         DATA / "penicillin.csv",

@@ -507,7 +507,7 @@ def plot_caterpillars(cats: tuple[Caterpillar, ...], group_name: str):
         ax.set_title(f"{short(cat.term, 30)} effects b_j")
         ax.set_xlabel(short(cat.term, 30))
     cat = cats[0]
-    axes[0][0].set_yticks(ypos, [short(lab, 16) for lab in cat.labels], fontsize=MIN_FONT)
+    axes[0][0].set_yticks(ypos, [short(lab) for lab in cat.labels], fontsize=MIN_FONT)
     axes[0][0].set_ylim(-0.7, shown - 0.3)
     axes[0][0].set_ylabel(
         short(group_name) + (f" ({shown} of {cat.n_groups} shown)" if cat.n_groups > shown else "")
@@ -620,7 +620,7 @@ def plot_exact(panels: tuple[ExactPanel, ...]):
             if value is None or not np.isfinite(value):
                 continue
             mk = EXACT_STYLE.get(label) or style(label)
-            text = f"{label}: {fmt(value)}"
+            text = f"{label}: {fmt(value)}" if len(label) <= 24 else f"{label}\n= {fmt(value)}"
             if lo <= value <= hi:
                 ax.axvline(value, color=mk.color, ls=mk.ls, lw=1.8, label=text)
             else:
