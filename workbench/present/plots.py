@@ -180,8 +180,15 @@ def _log_x(ax) -> None:
     """A log x axis with plain-text tick labels (the default ones are mathtext, which the
     figures turn off so that data labels are drawn as they are)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.LogFormatter())
-    ax.xaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1, 0.5)))
+    ax.xaxis.set_major_formatter(_PlainLog())
+    ax.xaxis.set_minor_formatter(_PlainLog(minor_thresholds=(1, 0.5)))
+
+
+class _PlainLog(ticker.LogFormatter):
+    """LogFormatter's choice of ticks to label, written plainly ("0.4", "2000", not "4e-01")."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
 
 
 def _x_scale(ax, lo: float, hi: float) -> bool:
@@ -372,7 +379,8 @@ def plot_tau_path(
     its value nearest EB-ML's tau; `joint` = (tau, log joint) of the interior joint MAP, if
     any; `zoom`, the same path on a fine grid around the fitted tau (on large data the
     interior bump is a few nats beside a rise of thousands), drawn beneath."""
-    paths = [path] + ([zoom] if zoom is not None else [])
+    fitted = eb_tau is not None or joint is not None
+    paths = [path] + ([zoom] if zoom is not None and fitted else [])  # no zoom on nothing
     fig, axes = plt.subplots(
         len(paths), 1, figsize=(FIG_WIDTH, 3.6 * len(paths) + 0.8), layout="constrained"
     )
@@ -399,12 +407,15 @@ def plot_tau_path(
                 label=f"EB-ML: tau² = {fmt(eb_tau**2)}" if k == 0 else None,
             )  # fmt: skip
         _log_x(ax) if k == 0 else _x_scale(ax, float(p.tau[0]), float(p.tau[-1]))
-        ax.set_ylabel("log joint minus its value\nat the reference tau (nats)")
+        ax.set_ylabel(
+            "log joint minus its value\n"
+            + ("at EB-ML's tau (nats)" if eb_tau else f"at tau = {fmt(ref_tau, '.4g')} (nats)")
+        )
         ax.set_xlabel(f"tau ({short(y_name)}{', log scale' if ax.get_xscale() == 'log' else ''})")
     if joint is None:
         axes[0].plot([], [], " ", label="no interior local maximum: no joint mode (none drawn)")
     axes[0].set_title("The centered log joint rises without bound as tau → 0")
-    if zoom is not None:
+    if len(paths) > 1:
         axes[1].set_title("Zoom around the fitted tau")
     legend_below(fig, ncol=1)
     return fig
