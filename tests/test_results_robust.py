@@ -189,7 +189,7 @@ def test_oneway_report_every_part(dyestuff):
         assert part in html, part
     for label in curves.JOINT_LABELS.values():  # every joint-MAP variant stated
         assert f"<strong>{label}:</strong>" in html
-        assert f"<th>{label}</th>" in html  # and a column of the estimates table
+        assert f'<th scope="row">{label}<span class="sub">' in html  # a row of the estimates
     assert "sd_(Intercept)|Batch" in html  # the profile intervals, lme4's names
     panels = curves.marginals(c, {"mu": 1500.0, "sigma2": 2500.0, "tau2": 1500.0})
     assert [p.key for p in panels] == ["sigma2", "var:(Intercept)", "beta:(Intercept)"]
