@@ -205,3 +205,21 @@ def test_reml_objective_is_the_same_quantity_in_the_text_and_the_html(oneway):
     assert report._fmt(reml.loglik) == fmt(reml.loglik)
     html = report.render(oneway, command="test", fragment=True)
     assert f"REML criterion at convergence” is\n−2 × it, {report._fmt(reml.objective)}" in html
+
+
+@pytest.mark.parametrize("which", ["oneway", "slope", "crossed"])
+def test_html_estimates_tables_are_narrow_and_complete(which, request):
+    """The report's estimates: methods as rows in every table, at most MAX_COLUMNS quantities a
+    table (what fits 800 px and A4), every fixed effect, variance, correlation, the residual and
+    the objective in one of them."""
+    c = request.getfixturevalue(which)
+    tables = report.estimates(c)
+    heads = [h for t in tables for h, _ in t["head"]]
+    assert all(len(t["head"]) <= report.MAX_COLUMNS for t in tables)
+    assert len(heads) == len(set(heads))  # each quantity once
+    d = c.data
+    n_var = sum(len(b.names) * (len(b.names) + 1) // 2 for b in d.blocks)
+    assert len(heads) == d.p + n_var + 2  # + the residual, + the objective
+    methods = [m for m, _, _ in tables[0]["rows"]]
+    assert all([m for m, _, _ in t["rows"]] == methods for t in tables)
+    assert methods[: 1 + (c.anova is not None)][-1] == "EB-ML"
