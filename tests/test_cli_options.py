@@ -505,7 +505,7 @@ def test_progress_line_never_shows_a_zero_rate():
         assert "0.00 draws/s" not in text and " 0 draws/s" not in text
         assert "(200 draws kept)" in text
         if isinstance(stream, Tty):
-            assert "chain draws 8/400 (tuning), 0 divergences" in text
+            assert "tuning: chain draws 8/400, 0 divergences" in text
             assert re.search(r"chain draws 400/400, [1-9]\d* draws/s", text)
         else:
             assert len(text.splitlines()) == 3 and "draws/s" not in text

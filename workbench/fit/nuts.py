@@ -15,6 +15,7 @@ with a cold or a warm cache)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -167,11 +168,11 @@ class Progress:
     """The sampler's progress on stderr: a line while the log density compiles, then the draws
     of every chain together with the rate measured since the first draw (no rate before it:
     nothing like '0.00 draws/s' while the chains start), then a summary. On a terminal one line
-    is redrawn in place; otherwise (a log file) only the compile, the start and the summary
-    are written, a line each. nutpie calls it from a background thread with its
-    `ChainProgress` records."""
+    is redrawn in place (clipped to the terminal's width); otherwise (a log file) only the
+    compile, the start and the summary are written, a line each. nutpie calls it from a
+    background thread with its `ChainProgress` records."""
 
-    LOGGED = ("compile", "start")  # the phases written when the stream is not a terminal
+    LOGGED = ("start",)  # the redrawn phases also written when the stream is not a terminal
 
     def __init__(self, chains: int, tune: int, draws: int, stream=None):
         self.stream = stream if stream is not None else sys.stderr
@@ -186,19 +187,23 @@ class Progress:
 
     def _show(self, text: str, phase: str) -> None:
         with self.lock:
-            if self.tty:
-                self.stream.write(f"\r\x1b[2K[workbench] {text}")
+            if self.tty:  # clipped to the terminal: a wrapped line would not be redrawn
+                width = shutil.get_terminal_size().columns - 1
+                self.stream.write(f"\r\x1b[2K{f'[workbench] {text}'[:width]}")
             elif phase != self.phase and phase in self.LOGGED:
                 self.stream.write(f"[workbench] {text}\n")
             self.phase = phase
             self.stream.flush()
 
     def compiling(self) -> None:
-        self._show(
-            "compiling the log density (first time for this model shape: may take minutes; "
-            "cached on disk after) ...",
-            "compile",
-        )
+        """A line of its own (not redrawn, so never clipped)."""
+        with self.lock:
+            self.stream.write(
+                "[workbench] compiling the log density (first time for this model shape: may "
+                "take minutes; cached on disk after) ...\n"
+            )
+            self.stream.flush()
+            self.phase = "compile"
 
     def __call__(self, chains) -> None:
         done = sum(int(c.finished_draws) for c in chains)
@@ -216,11 +221,8 @@ class Progress:
             self.first = (now, done)
         t, d0 = self.first
         rate = f", {(done - d0) / (now - t):.0f} draws/s" if now - t > 0.5 else ""
-        tuning = " (tuning)" if any(c.tuning for c in chains) else ""
-        self._show(
-            f"sampling: chain draws {done}/{self.total}{tuning}{rate}, {div} divergences",
-            "sample",
-        )
+        stage = "tuning" if any(c.tuning for c in chains) else "sampling"
+        self._show(f"{stage}: chain draws {done}/{self.total}{rate}, {div} divergences", "sample")
 
     def done(self) -> None:
         """The summary line (or, when no draw was made, the current line ended)."""
