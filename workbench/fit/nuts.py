@@ -188,7 +188,7 @@ class Progress:
     def _show(self, text: str, phase: str) -> None:
         with self.lock:
             if self.tty:  # clipped to the terminal: a wrapped line would not be redrawn
-                width = shutil.get_terminal_size().columns - 1
+                width = max(shutil.get_terminal_size().columns, 40) - 1
                 self.stream.write(f"\r\x1b[2K{f'[workbench] {text}'[:width]}")
             elif phase != self.phase and phase in self.LOGGED:
                 self.stream.write(f"[workbench] {text}\n")
