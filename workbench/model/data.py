@@ -202,7 +202,8 @@ def content_sha256(df: pd.DataFrame, columns) -> str:
         if numeric:
             h.update(np.ascontiguousarray(col.to_numpy(dtype=float), dtype="<f8").tobytes())
         else:
-            h.update("\x1f".join(col.astype(str).tolist()).encode("utf-8", "surrogatepass"))
+            text = ["\0NA" if pd.isna(v) else str(v) for v in col.tolist()]  # missing: a mark
+            h.update("\x1f".join(text).encode("utf-8", "surrogatepass"))
         h.update(b"\x1e")
     return h.hexdigest()
 
