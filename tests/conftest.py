@@ -72,3 +72,16 @@ def hsb82_frame():
     import pandas as pd
 
     return pd.read_csv(DATA / "hsb82.csv")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (`browser.py`; launching takes a second)."""
+    from browser import ARGS, executable
+    from playwright.sync_api import sync_playwright
+
+    exe = executable()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=ARGS)
+        yield b
+        b.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import types
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from boundary_cases import singular_slope_frame
+from browser import offline_page
 from conftest import ROOT, simulate
 
 import workbench
@@ -156,21 +156,7 @@ def test_no_lesson_for_other_models():
     assert not ctx["shown"] and "one-way" in ctx["note"]
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def test_page_in_chromium(small, tmp_path):
-    exe = _chromium()
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("chromium not installed here (CI installs it)")
-    from playwright.sync_api import sync_playwright
-
+def test_page_in_chromium(small, tmp_path, browser):
     ctx = lesson.stats_context(small.data.oneway, "y")
     page_file = tmp_path / "lesson.html"
     page_file.write_text(lesson.standalone(ctx))
@@ -180,69 +166,41 @@ def test_page_in_chromium(small, tmp_path):
         "s2": [0.3, 0.9, 1.7],
         "t2": [1e-3, 0.2, 2.0, 30.0],
     }
-    errors, outside = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=exe,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+    page, errors, outside = offline_page(browser, 1280)
+    page.goto(page_file.as_uri())
+    page.wait_for_load_state("load")
+    js = page.evaluate(
+        """([cases, probes]) => cases.map(([n, m, F]) => ({
+            summary: wbLesson.summary(n, m, F),
+            profile: probes.s2.map(s => wbLesson.marginalProfile(n, m, F, s)),
+            branch: probes.s2.map(s => wbLesson.jointBranch(n, m, F, s)),
+            path: probes.t2.map(t => wbLesson.tauPath(n, m, F, t)),
+        }))""",
+        [CASES, probes],
+    )
+    start_line = page.inner_text("#lesson-line")
+    paths = page.eval_on_selector_all("#lesson svg path", "es => es.map(e => e.getAttribute('d'))")
+    n_markers = page.locator("#lesson .lesson-marker").count()
+    for width in (1280, 800):
+        page.set_viewport_size({"width": width, "height": 900})
+        fits = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-
-        def route(r):
-            if r.request.url.startswith(("file://", "data:")):
-                r.continue_()
-            else:
-                outside.append(r.request.url)
-                r.abort()
-
-        page.route("**/*", route)
-        page.goto(page_file.as_uri())
-        page.wait_for_load_state("load")
-        js = page.evaluate(
-            """([cases, probes]) => cases.map(([n, m, F]) => ({
-                summary: wbLesson.summary(n, m, F),
-                profile: probes.s2.map(s => wbLesson.marginalProfile(n, m, F, s)),
-                branch: probes.s2.map(s => wbLesson.jointBranch(n, m, F, s)),
-                path: probes.t2.map(t => wbLesson.tauPath(n, m, F, t)),
-            }))""",
-            [CASES, probes],
-        )
-        start_line = page.inner_text("#lesson-line")
-        paths = page.eval_on_selector_all(
-            "#lesson svg path", "es => es.map(e => e.getAttribute('d'))"
-        )
-        n_markers = page.locator("#lesson .lesson-marker").count()
-        for width in (1280, 800):
-            page.set_viewport_size({"width": width, "height": 900})
-            fits = page.evaluate(
-                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-            )
-            assert fits[0] <= fits[1], (width, fits)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.locator("#lesson").screenshot(path=str(ARTIFACTS / f"lesson_{width}.png"))
-        # move the F slider to its left end: below the threshold
-        page.locator("#lesson-f").fill("0")
-        low_line = page.inner_text("#lesson-line")
-        low_paths = page.eval_on_selector_all(
-            "#lesson svg path", "es => es.map(e => e.getAttribute('d'))"
-        )
-        low_state = page.evaluate("wbLesson.state()")
-        page.locator("#lesson-n").fill("2")
-        pair_line = page.inner_text("#lesson-line")
-        page.locator("#lesson-reset").click()
-        reset_line = page.inner_text("#lesson-line")
-        browser.close()
+        assert fits[0] <= fits[1], (width, fits)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#lesson").screenshot(path=str(ARTIFACTS / f"lesson_{width}.png"))
+    # move the F slider to its left end: below the threshold
+    page.locator("#lesson-f").fill("0")
+    low_line = page.inner_text("#lesson-line")
+    low_paths = page.eval_on_selector_all(
+        "#lesson svg path", "es => es.map(e => e.getAttribute('d'))"
+    )
+    low_state = page.evaluate("wbLesson.state()")
+    page.locator("#lesson-n").fill("2")
+    pair_line = page.inner_text("#lesson-line")
+    page.locator("#lesson-reset").click()
+    reset_line = page.inner_text("#lesson-line")
+    page.close()
     assert errors == [] and outside == []
 
     for (n, m, F), got in zip(CASES, js, strict=True):

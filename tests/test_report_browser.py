@@ -10,13 +10,12 @@ Saves screenshots at 800 and 1280 px and the PDF (tests/artifacts/REPORT_{800,12
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from boundary_cases import attach, lmm, singular_slope_frame
+from browser import offline_page
 from conftest import ONEWAY_REPORT_SECTIONS, REPORT_SECTIONS, ROOT
 
 import workbench
@@ -25,14 +24,6 @@ from workbench.present.report import render
 
 SECTIONS = REPORT_SECTIONS
 ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -121,34 +112,6 @@ OVERFLOW_JS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium for the module (launching it takes about a second)."""
-    exe = _chromium()
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("chromium not installed here (CI installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=exe,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield b
-        b.close()
-
-
 def _fits(page, where: str) -> None:
     """Nothing wider than the page, no element (table, scroll box, figure) wider than itself."""
     got = page.evaluate(OVERFLOW_JS)
@@ -160,19 +123,7 @@ def _fits(page, where: str) -> None:
 @pytest.mark.parametrize(("which", "min_images"), REPORTS, ids=[r[0] for r in REPORTS])
 def test_report_in_headless_chromium(which, min_images, request, browser):
     report = request.getfixturevalue(which)
-    errors, outside = [], []
-    page = browser.new_page(viewport={"width": WIDTHS[0], "height": 900})
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-
-    def route(r):
-        if r.request.url.startswith(("file://", "data:")):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
+    page, errors, outside = offline_page(browser, WIDTHS[0])
     page.goto(report.as_uri())
     page.wait_for_load_state("load")
     images = page.eval_on_selector_all(
