@@ -324,7 +324,8 @@ def point(
         Gk = G[np.ix_(blk.cols, blk.cols)]
         n = len(blk.cols)
         sd = np.sqrt(np.maximum(np.diag(Gk), floor**2))
-        C = Gk / np.sqrt(np.outer(np.maximum(np.diag(Gk), 1e-300), np.maximum(np.diag(Gk), 1e-300)))
+        root = np.sqrt(np.maximum(np.diag(Gk), 1e-300))  # roots first: their product > 0
+        C = Gk / np.outer(root, root)
         C = np.where(np.eye(n) > 0, 1.0, np.clip(C, -0.95, 0.95))
         try:
             L = np.linalg.cholesky(sd[:, None] * C * sd[None, :])
