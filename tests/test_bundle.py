@@ -143,6 +143,16 @@ def test_rerun_of_a_folder_that_is_not_a_bundle_is_one_line(tmp_path, capsys):
     assert main(["rerun", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.parametrize("text", ["{", "[1]"])
+def test_rerun_of_a_damaged_result_json_is_one_line(inside, tmp_path, capsys, text):
+    copy = tmp_path / "damaged"
+    shutil.copytree(inside[2], copy)
+    (copy / "result.json").write_text(text)
+    assert main(["rerun", str(copy), "--quiet"]) == 2  # was a JSONDecodeError traceback
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "result.json" in err
+
+
 def test_out_refuses_a_folder_with_other_files(inside, capsys):
     os.makedirs("other", exist_ok=True)
     open("other/notes.txt", "w").close()

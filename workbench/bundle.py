@@ -453,7 +453,15 @@ def rerun(folder: Path, progress=None) -> RerunResult:
             f"{folder}: the bundle's data file {case.data_entry} (relative to the bundle) is "
             f"missing; put {meta.get('data', {}).get('typed', 'the data file')} there."
         )
-    old = json.loads((folder / JSON).read_text(encoding="utf-8"))
+    try:
+        old = json.loads((folder / JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{folder}: the bundle's {JSON} cannot be read ({exc}); restore it from the "
+            "bundle's source or make a fresh bundle with 'workbench run CASE --out DIR'."
+        ) from None
+    if not isinstance(old, dict):
+        raise InputError(f"{folder}: the bundle's {JSON} is not a workbench JSON record.")
     with joblib.parallel_config(
         backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)
     ):
