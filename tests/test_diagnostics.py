@@ -85,6 +85,8 @@ def test_rhat_alone_names_its_quantity():
     diag, warns = _run(0, wider)
     assert _fired(diag) == {"r_hat"} and diag["worst"]["r_hat"] == "b[3, (Intercept)]"
     assert len(warns) == 1 and warns[0].startswith("R-hat of b[3, (Intercept)] is 1.0")
+    # four decimals: an R-hat of 1.0104 never reads "1.010 (> 1.01)"
+    assert f"is {diag['r_hat_max']:.4f} (> 1.01)" in warns[0]
 
 
 def test_bulk_ess_alone_names_its_quantity():

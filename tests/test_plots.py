@@ -115,6 +115,7 @@ def test_no_joint_maximum_without_an_interior_mode(dyestuff):
     plt.close(fig)
     figs = {i: (title, build) for i, title, build in report.figures(c, None)}
     assert "no interior joint mode" in figs["profiles"][0]
+    assert "MCMC not run" in figs["marginals"][0]  # no posterior claimed without MCMC
     fig = figs["taupath"][1]()
     assert not [k for k in _points(fig) if "joint" in k or "maximum" in k]
     assert any("no joint mode" in t for t in _legend_texts(fig))

@@ -236,3 +236,4 @@ def test_report_top_order_and_title(cases):
     at = [html.index(f'id="{i}"') for i in ids]
     assert at == sorted(at), dict(zip(ids, at, strict=True))
     assert html.count("headline-answer") == 2
+    assert cases["c"]["interior"].mcmc is None and "MCMC mean" not in html  # no MCMC sentences

@@ -596,3 +596,19 @@ def test_study_title_and_description_are_read(tmp_path):
     assert (study.title, study.description) == ("T one", "D")
     plain = _slope_study(tmp_path, '"eb-ml"')  # no title: the same store
     assert plain.title == "" and plain.fingerprint() == study.fingerprint()
+
+
+def test_replicate_count_gives_the_group_means_mcse_with_the_replicate_as_the_unit(serial):
+    """The 'number of replicates' table's MCSE of the bias is the results table's: EmpSE / sqrt(n)
+    for a fixed truth, but for the group means (EmpSE pools the groups of every replicate) the
+    replicates' mean errors (was EmpSE / sqrt(n replicates), several times too large)."""
+    from workbench.simulate.ademp import replicate_count
+
+    summ = summarize(study_table(STUDY, serial), STUDY)
+    rows = {b["name"]: b for b in replicate_count(STUDY, summ, ["sigma2", "group_mean"])["bias"]}
+    for p, row in zip(("sigma2", "group_mean"), rows.values(), strict=True):
+        sub = summ[summ.parameter == p]
+        r = sub.loc[sub["empse"].idxmax()]
+        assert float(row["mcse"]) == pytest.approx(r["bias_mcse"], rel=0.05)
+        if p == "sigma2":
+            assert r["bias_mcse"] == pytest.approx(r["empse"] / np.sqrt(r["replicates"]))

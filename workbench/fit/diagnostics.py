@@ -218,7 +218,7 @@ def _warnings(diag: dict, n_chains: int, parametrization: str) -> list[str]:
         )
     elif bad["r_hat"]:
         out.append(
-            f"R-hat of {worst['r_hat']} is {diag['r_hat_max']:.3f} (> {RHAT_LIMIT}): the chains "
+            f"R-hat of {worst['r_hat']} is {diag['r_hat_max']:.4f} (> {RHAT_LIMIT}): the chains "
             "disagree; do not trust these summaries (run longer, or try the other "
             "parametrization)."
         )

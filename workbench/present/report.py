@@ -187,7 +187,9 @@ def figures(c, truth: dict | None) -> list[tuple[str, str, object]]:
     out = [
         (
             "marginals",
-            "Every variance component: the posterior (MCMC) and every point estimate",
+            "Every variance component: the posterior (MCMC) and every point estimate"
+            if c.mcmc is not None
+            else "Every variance component: every point estimate (MCMC not run: no posterior)",
             lambda: plots.plot_marginals(curves.marginals(c, truth)),
         )
     ]

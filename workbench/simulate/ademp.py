@@ -362,7 +362,11 @@ def replicate_count(study: Study, summary: pd.DataFrame, params: list[str]) -> d
         if not len(sub):
             continue
         r = sub.loc[sub["empse"].idxmax()]
-        mc = r["empse"] / math.sqrt(max(int(r["replicates_with_estimate"]), 1))
+        # the summary's MCSE of the bias: EmpSE / sqrt(n) for a fixed truth; for the group
+        # means the replicate is the unit (EmpSE pools the groups, so EmpSE / sqrt(n) is not it)
+        mc = r["bias_mcse"]
+        if not np.isfinite(mc):
+            mc = r["empse"] / math.sqrt(max(int(r["replicates_with_estimate"]), 1))
         t = r["truth"]
         rel = np.isfinite(t) and t != 0
         bias_rows.append(
