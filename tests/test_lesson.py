@@ -148,6 +148,10 @@ def test_start_values():
     assert ctx["shown"] and json.loads(ctx["data_json"])["n"] == start["n"]
     flat = Stats(np.array([2.0, 2.0]), np.array([1.0, 3.0]), np.array([0.0, 0.0]))
     assert not lesson.stats_context(flat)["shown"]
+    # the JSON sits in a <script> element: a column name cannot end it (was an injection)
+    odd = "</script><script>alert(1)</script> & <b>"
+    text = lesson.stats_context(st, odd)["data_json"]
+    assert "<" not in text and ">" not in text and json.loads(text)["y"] == odd
 
 
 def test_no_lesson_for_other_models():

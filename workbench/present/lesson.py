@@ -311,7 +311,12 @@ def stats_context(st: Stats, y_name: str = "y") -> dict:
         notes.append(f"The data's F = {start['F']:.3g} is off the slider; it starts at {F:.3g}.")
     return {
         "shown": True,
-        "data_json": json.dumps(data),
+        # inside <script>: '<', '>' and '&' as JSON escapes, so a column named '</script>...'
+        # cannot end the element (the page parses the same values)
+        "data_json": json.dumps(data)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026"),
         "line": sentence(b, start["unit"], y_name),
         "start": data,
         "notes": notes,
