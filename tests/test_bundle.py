@@ -143,6 +143,18 @@ def test_rerun_of_a_folder_that_is_not_a_bundle_is_one_line(tmp_path, capsys):
     assert main(["rerun", str(tmp_path / "missing")]) == 2
 
 
+def test_rerun_with_changed_data_says_the_data_differ(inside, tmp_path, capsys):
+    copy = tmp_path / "edited"
+    shutil.copytree(inside[2], copy)
+    csv = copy / "data" / "dyestuff.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",1234"
+    csv.write_text("\n".join(lines) + "\n")
+    assert main(["rerun", str(copy), "--quiet"]) == 1
+    said = capsys.readouterr().out
+    assert "the data differ" in said and "data.sha256: bundle" in said
+
+
 @pytest.mark.parametrize("text", ["{", "[1]"])
 def test_rerun_of_a_damaged_result_json_is_one_line(inside, tmp_path, capsys, text):
     copy = tmp_path / "damaged"

@@ -245,6 +245,11 @@ def _run_rerun(args) -> int:
         print(f"identical: all {res.compared} values of {args.bundle}/{bundle.JSON} reproduced")
         return 0
     print(f"NOT identical: {len(res.diffs)} of {res.compared} values differ:")
+    if any(key == "data.sha256" for key, _, _ in res.diffs):
+        print(
+            "  (the data differ: the bundle's copy of the data file is not the data the bundle "
+            "was made from; its hash is data.sha256)"
+        )
     for key, old, new in res.diffs:
         print(f"  {key}: bundle {old!r}, now {new!r}")
     return 1
