@@ -199,8 +199,8 @@ class Progress:
         """A line of its own (not redrawn, so never clipped)."""
         with self.lock:
             self.stream.write(
-                "[workbench] compiling the log density (first time for this model shape: may "
-                "take minutes; cached on disk after) ...\n"
+                "[workbench] compiling the log density (read from the disk cache when this "
+                "model shape ran before; the first time may take minutes) ...\n"
             )
             self.stream.flush()
             self.phase = "compile"
