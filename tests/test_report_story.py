@@ -237,3 +237,20 @@ def test_report_top_order_and_title(cases):
     assert at == sorted(at), dict(zip(ids, at, strict=True))
     assert html.count("headline-answer") == 2
     assert cases["c"]["interior"].mcmc is None and "MCMC mean" not in html  # no MCMC sentences
+
+
+def test_lkj_prior_stated_only_with_correlations():
+    """Penicillin's two intercept-only factors have no correlation: no LKJ prior in the report;
+    a correlated slope has one."""
+    import pandas as pd
+
+    from workbench.present.report import priors_text
+
+    pen = pd.read_csv(ROOT / "models" / "data" / "penicillin.csv")
+    c = workbench.compare(
+        pen, formula="diameter ~ 1 + (1 | plate) + (1 | sample)", methods=["eb-ml"]
+    )
+    assert "correlations" not in priors_text(c) and "correlations" in c.priors.describe()
+    hsb = pd.read_csv(ROOT / "models" / "data" / "hsb82.csv")
+    c = workbench.compare(hsb, formula="mAch ~ ses + (1 + ses | school)", methods=["eb-ml"])
+    assert priors_text(c)["correlations"].startswith("LKJ")

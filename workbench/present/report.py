@@ -403,6 +403,15 @@ def _sqrt(v):
     return float(np.sqrt(v)) if v is not None and np.isfinite(v) and v >= 0 else None
 
 
+def priors_text(c) -> dict[str, str]:
+    """The priors as the report states them: the LKJ prior only where a term has correlations
+    (a block of several random effects); the record lists it whenever there are several."""
+    out = c.priors.describe()
+    if not any(len(b.cols) > 1 for b in c.data.blocks):
+        out.pop("correlations", None)
+    return out
+
+
 def formula_of(d) -> str:
     return d.formula or f"{d.y_name} ~ 1 + (1 | {d.group_name})"
 
@@ -548,7 +557,7 @@ def build_context(
         "factors": grouping_factors(d),
         "several": d.n_factors > 1,
         "groups_text": groups_text(d),
-        "priors": c.priors.describe(),
+        "priors": priors_text(c),
         "priors_used": priors_used(c),
         # the form MCMC sampled (the collapsed one falls back to noncentered for large models)
         "mcmc_parametrization": c.mcmc.settings.parametrization if c.mcmc is not None else None,
@@ -691,7 +700,7 @@ def notebook(c) -> str:
         n_starts=c.settings.n_starts if c.joint_maps else None,
         mcmc=mcmc,
         diag=c.mcmc.diagnostics if c.mcmc is not None else None,
-        priors=c.priors.describe(),
+        priors=priors_text(c),
         priors_used=priors_used(c),
         warnings=c.warnings(),
         fmt=_fmt,
