@@ -99,6 +99,8 @@ def test_slope_table_names_every_term(slope):
     for key, r in slope.joint_maps.items():
         if key != ("centered", False) and r.status != "interior":
             assert "no interior mode" in text
+    # the report's answer and each other variant's one-sentence role are printed too
+    assert "In words: " in text and "a different density" in text
     assert all(len(line) <= 80 for line in text.split("\n"))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import textwrap
 
+from workbench import explain
 from workbench.present import curves
 
 DASH = "–"  # a missing or non-finite number (null in the JSON)
@@ -231,17 +232,23 @@ def _notes(c) -> list[str]:
                 else ("zero variance: " + ", ".join(zero) if zero else "G singular")
             )
             out.append(f"{name}: on the boundary ({what})")
+    roles = _story(c, explain.variant_roles, {})
     for key, (name, words) in JOINT_NAMES.items():
         r = c.joint_maps.get(key)
         if r is None:
             continue
         if key in (("centered", False), ("centered", True)):
             verdict = r.message
-        elif r.status == "interior":
-            verdict = "interior mode"
-        else:
-            counts = ", ".join(f"{v} {k}" for k, v in sorted(r.counts().items()))
-            verdict = f"no interior mode ({counts})"
+        else:  # a mode of another density: the verdict, then what it is (explain.variant_roles)
+            verdict = (
+                "interior mode"
+                if r.status == "interior"
+                else "no interior mode ("
+                + ", ".join(f"{v} {k}" for k, v in sorted(r.counts().items()))
+                + ")"
+            )
+            if roles.get(key):
+                verdict += ". " + roles[key]
         out.append(f"{name} [{words}]: {verdict}")
     if c.mcmc is not None:
         dg = c.mcmc.diagnostics
@@ -288,5 +295,24 @@ def comparison_table(c, width: int = WIDTH) -> str:
             "(not the root of the variance's)"
         )
     notes = [f"NOTE {n}" for n in d.notes]
-    text = [textwrap.fill(t, width, subsequent_indent="  ") for t in (legend, *notes, *_notes(c))]
-    return "\n".join([*head_lines(d, width), "", *body, "", *text])
+    answer = _story(c, explain.headline, ())
+    answer = (
+        [textwrap.fill("In words: " + " ".join(answer), width, break_on_hyphens=False), ""]
+        if answer
+        else []
+    )
+    text = [
+        textwrap.fill(t, width, subsequent_indent="  ", break_on_hyphens=False)
+        for t in (legend, *notes, *_notes(c))
+    ]
+    return "\n".join([*head_lines(d, width), "", *body, "", *answer, *text])
+
+
+def _story(c, sentences, empty):
+    """The report's generated sentences for the printout (`explain.headline`,
+    `explain.variant_roles`); `empty` when they cannot be made (without EB, say): the table is
+    printed after all the computing and must not fail on a sentence."""
+    try:
+        return sentences(c) or empty
+    except Exception:  # noqa: BLE001 - the numbers above stand without the sentence
+        return empty
