@@ -687,7 +687,7 @@ def plot_framing(framing: dict):
         ax.set_ylim(-0.6, 0.6)
         ax.set_yticks([])
         ax.set_ylabel(short(r["label"], 28), rotation=0, ha="right", va="center", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=9)
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
     src = framing["source"]
@@ -724,6 +724,6 @@ def plot_framing(framing: dict):
         any(r["eb"] is not None for r in rows),
     ]
     handles = [h for h, keep in zip(handles, drawn, strict=True) if keep]  # only what is drawn
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 1.05 / (0.62 * len(rows) + 1.3), 1, 1))
     return fig

@@ -88,10 +88,10 @@ def plot_summary(summary: pd.DataFrame, study: Study):
                 label=meth,
             )
         row[0].axhline(level, color="k", ls="--", lw=1, label=f"nominal {level:.0%}")
-        row[0].set_xticks(range(len(params)), [NAMES.get(p, p) for p in params], fontsize=8)
+        row[0].set_xticks(range(len(params)), [NAMES.get(p, p) for p in params], fontsize=9)
         row[0].set_ylabel("interval coverage")
         row[0].set_ylim(0, 1.05)
-        row[0].set_title(f"Coverage (bars: +- 2 MC SE)\n{label}", fontsize=8)
+        row[0].set_title(f"Coverage (bars: +- 2 MC SE)\n{label}", fontsize=9)
         row[1].axhline(1.0, color="k", ls="--", lw=1, label="unbiased")
         theory = sub["theory_ratio"].dropna()
         if len(theory):
@@ -102,12 +102,13 @@ def plot_summary(summary: pd.DataFrame, study: Study):
                 lw=1.5,
                 label=f"theory (n - 1)/n = {theory.iloc[0]:.3f}",
             )
-        row[1].set_xticks(range(len(ratios)), [NAMES.get(p, p) for p in ratios], fontsize=8)
+        row[1].set_xticks(range(len(ratios)), [NAMES.get(p, p) for p in ratios], fontsize=9)
         row[1].set_ylabel("mean estimate / truth")
         row[1].set_yscale("log")
-        row[1].set_title(f"Bias as a ratio\n{label}", fontsize=8)
-        row[1].legend(fontsize=7)
-    axes[-1][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+        row[1].set_title(f"Bias as a ratio\n{label}", fontsize=9)
+        # the reference lines' legend beside the axes, outside the bars
+        row[1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[-1][0].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.tight_layout()
     return fig
 
