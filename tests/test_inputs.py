@@ -178,6 +178,6 @@ def test_csv_missing_values_as_in_r(tmp_path):
 
     p = tmp_path / "d.csv"
     p.write_text("y,g,h\n1.5,None,NA\n2.5,null,\n3.5,a,x\n")
-    df, _ = read_csv(p)
+    df = read_csv(p)
     assert list(df["g"]) == ["None", "null", "a"]
     assert df["h"].isna().tolist() == [True, True, False]

@@ -19,7 +19,6 @@ bundle. No file of the bundle holds an absolute path of the machine, unless the 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from workbench.errors import InputError
-from workbench.files import check_output_folder
+from workbench.files import check_output_folder, sha256_file
 
 MANIFEST = "bundle.json"
 FORMAT = "workbench-bundle"
@@ -42,14 +41,6 @@ COPY_MAX_BYTES = 64 * 2**20
 # the data path as typed (a rerun reads the bundle's copy) is not even reported
 PROVENANCE_KEYS = (("workbench_version",), ("lock_sha256",), ("provenance",), ("data", "source"))
 UNREPORTED = ("data.source",)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_out(out: Path, option: str = "--out") -> None:
@@ -227,8 +218,7 @@ class Bundle:
 
             def copy_data(tmp):  # the bundled file must hold the data that were fitted
                 shutil.copyfile(self.data, tmp)
-                df, _ = read_csv(tmp)
-                if content_sha256(df, variables(parse(d.formula))) != d.sha256:
+                if content_sha256(read_csv(tmp), variables(parse(d.formula))) != d.sha256:
                     raise OSError(f"{self.data} changed while the models were fitted")
 
             out.append(hashed(self.data_entry, copy_data))
@@ -439,11 +429,9 @@ def rerun(folder: Path, progress=None) -> RerunResult:
     the bundle's `result.json`, value by value, exactly: every number and text must be equal.
     Provenance (versions, git commit, BLAS, the data path as typed) is compared too but only
     reported. Timings and timestamps are not in the JSON, so they never count."""
-    import joblib
-
     from workbench.casefile import load_case
     from workbench.compare import compare
-    from workbench.simulate import die_with_parent
+    from workbench.simulate import workers_die_with_this_process
 
     folder = Path(folder)
     meta = load(folder)
@@ -462,9 +450,7 @@ def rerun(folder: Path, progress=None) -> RerunResult:
         ) from None
     if not isinstance(old, dict):
         raise InputError(f"{folder}: the bundle's {JSON} is not a workbench JSON record.")
-    with joblib.parallel_config(
-        backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)
-    ):
+    with workers_die_with_this_process():
         result = compare(
             case.data_path, case.y, case.group, progress=progress, **case.compare_kwargs
         )

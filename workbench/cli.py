@@ -119,10 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="write the HTML report here (JSON and posterior NetCDF beside it)",
     )
-    c.add_argument(
-        "--quiet", action="store_true", help="no progress messages (the table is still printed)"
-    )
-    c.add_argument("--out", type=Path, default=None, metavar="DIR", help=OUT_HELP)
+    _quiet_and_out(c)
     r = sub.add_parser(
         "run",
         help="run a case file from models/",
@@ -131,10 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLES,
     )
     r.add_argument("case", help="models/NAME.toml")
-    r.add_argument(
-        "--quiet", action="store_true", help="no progress messages (the table is still printed)"
-    )
-    r.add_argument("--out", type=Path, default=None, metavar="DIR", help=OUT_HELP)
+    _quiet_and_out(r)
     rr = sub.add_parser(
         "rerun",
         help="re-run a bundle (written with --out) and check that the numbers are identical",
@@ -462,14 +456,9 @@ def _run_compare(
             f"{', '.join(f'{o} {p}' for o, p in paths.items() if p is not None)}: "
             f"two outputs name the same file; give each its own path."
         )
-    import joblib
+    from workbench.simulate import workers_die_with_this_process
 
-    from workbench.simulate import die_with_parent
-
-    # the joint-MAP starts run in joblib/loky workers: make them die with this process
-    with joblib.parallel_config(
-        backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)
-    ):
+    with workers_die_with_this_process():  # the joint-MAP starts' loky workers
         result = compare(data, y, group, progress=_progress(quiet), **kwargs)
     html = None
     if report_path is not None:
@@ -499,6 +488,14 @@ def _run_compare(
     if written:
         print("\n" + "\n".join(written))
     return 0
+
+
+def _quiet_and_out(p: argparse.ArgumentParser) -> None:
+    """The options `compare` and `run` share: --quiet and --out (a reproducibility bundle)."""
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress messages (the table is still printed)"
+    )
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help=OUT_HELP)
 
 
 def _bundle_for_compare(args, kwargs: dict, command: str):

@@ -310,7 +310,7 @@ def _model(data, y, group, formula, levels) -> LMMData:
         raise InputError("give either a formula or y/group, not both.")
     spec = parse(formula)
     if isinstance(data, str | Path):
-        frame, _ = read_csv(data)  # the data hash is of the used columns (content_sha256)
+        frame = read_csv(data)  # the data hash is of the used columns (content_sha256)
         source = str(data)
     elif isinstance(data, pd.DataFrame):
         frame, source = data, "<DataFrame>"

@@ -4,6 +4,7 @@ output paths are checked before any computing (`check_output`, `check_output_fol
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
@@ -11,6 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench.errors import InputError
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _target(path: Path) -> Path:

@@ -9,7 +9,6 @@ SHA-256 names that whole set, beside the versions of the main packages. `record(
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import platform
 import re
@@ -17,6 +16,8 @@ import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from workbench.files import sha256_file
 
 LOCK_NAME = "requirements.lock"
 PACKAGES = (
@@ -56,7 +57,7 @@ def lock_sha256() -> str | None:
     lock = lock_path()
     if lock is None:
         return None
-    return hashlib.sha256(lock.read_bytes()).hexdigest()
+    return sha256_file(lock)
 
 
 def _git(root: Path, *args: str) -> str | None:

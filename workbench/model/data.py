@@ -220,9 +220,9 @@ def from_frame(
     return from_arrays(df[y], df[group], y_name=y, group_name=group, source=source, sha256=sha256)
 
 
-def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:
-    """Read a CSV file; return the frame and the SHA-256 of the file's bytes (the data's own
-    hash in the outputs is `content_sha256`, the same for the file and a DataFrame).
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV file (the data's hash in the outputs is `content_sha256` of the used columns,
+    the same for the file and a DataFrame).
 
     Missing values as R's `read.csv` has them: "NA" and empty cells only (pandas by default also
     takes "None", "null", "NaN", "n/a", ... as missing, which turns real factor levels such as
@@ -230,19 +230,17 @@ def read_csv(path: str | Path) -> tuple[pd.DataFrame, str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; give the path of a CSV file.")
-    raw = path.read_bytes()
     try:
         df = pd.read_csv(path, keep_default_na=False, na_values=["NA", ""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot be read as CSV ({first}); check the file.") from None
-    return df, hashlib.sha256(raw).hexdigest()
+    return df
 
 
 def load_csv(path: str | Path, y: str, group: str) -> GroupedData:
     """CSV path -> validated `GroupedData` (the hash of the used columns kept for provenance)."""
-    df, _ = read_csv(path)
-    return from_frame(df, y, group, source=str(path))
+    return from_frame(read_csv(path), y, group, source=str(path))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from workbench.simulate.run import (
     run_study,
     simulate_data,
     simulate_frame,
+    workers_die_with_this_process,
 )
 from workbench.simulate.study import (
     DEFAULT_METHODS,
@@ -54,6 +55,7 @@ __all__ = [
     "check_run",
     "check_study",
     "die_with_parent",
+    "workers_die_with_this_process",
     "load_study",
     "method_labels",
     "plot_summary",

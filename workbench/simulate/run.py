@@ -6,6 +6,7 @@ processes or a Dask cluster run the replicates, with identical numbers for any b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -625,6 +626,18 @@ def _run_processes(study: Study, tasks: list, store: Store, bar, workers: int) -
 
 
 WATCH_THREAD = "wb-parent-watch"  # the name of the thread that watches for the parent's death
+
+
+@contextlib.contextmanager
+def workers_die_with_this_process():
+    """joblib's loky workers started inside (the joint-MAP starts of `compare`) die with this
+    process (`die_with_parent`)."""
+    import joblib
+
+    with joblib.parallel_config(
+        backend="loky", initializer=die_with_parent, initargs=(os.getpid(),)
+    ):
+        yield
 
 
 def die_with_parent(parent: int) -> None:
