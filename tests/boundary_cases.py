@@ -12,6 +12,17 @@ import pandas as pd
 LABELS = ["$", "$$", "a_b^c", "{x}", "%", "ünïcødé ✓ 漢字", "L" * 200, r"\alpha", "#&<b>", "x\ny"]
 
 
+def slope_frame(m: int, n: int, seed: int = 4) -> pd.DataFrame:
+    """A correlated random slope: m groups of n rows, y = 2 + x + b0 + b1 x + e with
+    cov(b) = [[4, 0.5], [0.5, 1]] (the MCMC tests' model `y ~ x + (1 + x | g)`)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(m), n)
+    x = rng.standard_normal(g.size)
+    b = rng.multivariate_normal([0, 0], [[4.0, 0.5], [0.5, 1.0]], m)
+    y = 2 + x + b[g, 0] + b[g, 1] * x + rng.standard_normal(g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"s{j}" for j in g]})
+
+
 def singular_slope_frame(seed: int = 10) -> pd.DataFrame:
     """Slopes vary by group, intercepts do not (group means of y and x equal): the ML fit of
     y ~ x + (1 + x | g) has a zero intercept variance, so the correlation is 0/0."""

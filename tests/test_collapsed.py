@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg as sla
+from boundary_cases import slope_frame
 from conftest import DATA, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -178,13 +179,7 @@ ALPHA = 0.01  # family-wise, over every test below (Bonferroni)
 
 
 def _slopes_data():
-    rng = np.random.default_rng(4)
-    g = np.repeat(np.arange(8), 6)
-    x = rng.standard_normal(g.size)
-    b = rng.multivariate_normal([0, 0], [[4.0, 0.5], [0.5, 1.0]], 8)
-    y = 2 + x + b[g, 0] + b[g, 1] * x + rng.standard_normal(g.size)
-    df = pd.DataFrame({"y": y, "x": x, "g": [f"s{j}" for j in g]})
-    return design.from_frame(df, "y ~ x + (1 + x | g)")
+    return design.from_frame(slope_frame(8, 6), "y ~ x + (1 + x | g)")
 
 
 def _shown(post) -> dict[str, np.ndarray]:

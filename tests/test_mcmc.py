@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from boundary_cases import slope_frame
 from conftest import DATA
 
 from workbench.fit import mcmc
@@ -43,13 +44,7 @@ def oneway(dyestuff):
 
 @pytest.fixture(scope="module")
 def slopes():
-    rng = np.random.default_rng(4)
-    g = np.repeat(np.arange(10), 8)
-    x = rng.standard_normal(g.size)
-    b = rng.multivariate_normal([0, 0], [[4.0, 0.5], [0.5, 1.0]], 10)
-    y = 2 + x + b[g, 0] + b[g, 1] * x + rng.standard_normal(g.size)
-    df = pd.DataFrame({"y": y, "x": x, "g": [f"s{j}" for j in g]})
-    d = design.from_frame(df, "y ~ x + (1 + x | g)")
+    d = design.from_frame(slope_frame(10, 8), "y ~ x + (1 + x | g)")
     return d, _run(d, parametrization="centered", sampler="pymc")  # PyMC's own NUTS
 
 
